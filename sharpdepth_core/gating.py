@@ -1,0 +1,64 @@
+"""Difference map and noise-aware gating: where f_G and f_D disagree, the student gets noise.
+
+`e = clip(|d̃ - d_n| / max, 0, 1)` marks pixels where the affine pass d̃ disagrees with the
+normalised metric depth d_n; its nearest-downsampled version ê gates the depth latent:
+`z'_d = ê ⊙ add_noise(x, ε, 999) + (1 - ê) ⊙ z_d`.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .alignment import apply_scale_shift, fit_scale_shift
+
+TIMESTEP = 999  # the single timestep of the one-step student, Lotus and SDS
+
+
+@lru_cache(maxsize=4)
+def _alphas_cumprod(num_steps: int, beta_start: float, beta_end: float) -> Tensor:
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(
+        num_train_timesteps=num_steps, beta_start=beta_start, beta_end=beta_end, beta_schedule="scaled_linear"
+    )
+    return sched.alphas_cumprod.clone()
+
+
+def noise_schedule(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """ᾱ_t of the SD-2 scaled-linear schedule (diffusers' own table; DDIM and DDPM share it)."""
+    return _alphas_cumprod(num_steps, beta_start, beta_end).clone()
+
+
+def add_noise(x0: Tensor, noise: Tensor, t: int = TIMESTEP, alphas_cumprod: Tensor | None = None) -> Tensor:
+    """Forward diffusion `sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε` (at t = 999 it is almost pure ε)."""
+    ab = (noise_schedule() if alphas_cumprod is None else alphas_cumprod)[t].item()
+    return ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
+
+
+def difference_map(d_tilde: Tensor, d_n: Tensor, fit_first: bool = False) -> Tensor:
+    """Per-pixel disagreement in [0, 1] between the affine pass d̃ and normalised metric depth d_n.
+
+    Both [B, 1, H, W] in normalised depth space. `fit_first` is the paper's variant: d̃ is first
+    least-squares scaled and shifted onto d_n (the reference code skips this); where that fit is not
+    usable d̃ is taken as it is. An image whose maximum difference is 0 gets e = 0 (full trust).
+    """
+    if fit_first:
+        fit = fit_scale_shift(d_tilde, d_n)
+        d_tilde = torch.where(fit.usable.view(-1, 1, 1, 1), apply_scale_shift(d_tilde, fit), d_tilde)
+    e = (d_tilde - d_n).abs()
+    e_max = e.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    return (e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))).clamp(0, 1)
+
+
+def downsample_to_latent(e: Tensor, latent_hw: tuple[int, int]) -> Tensor:
+    """ê: nearest downsampling of e to the latent grid (one channel, broadcast over latent channels)."""
+    return F.interpolate(e, size=tuple(latent_hw), mode="nearest")
+
+
+def gate(z_d: Tensor, e_hat: Tensor, noisy: Tensor) -> Tensor:
+    """Noise-aware gating `ê ⊙ noisy + (1 - ê) ⊙ z_d`: ê = 0 keeps z_d, ê = 1 gives the noise term."""
+    e_hat = e_hat.to(z_d.dtype)
+    return e_hat * noisy + (1 - e_hat) * z_d

@@ -1,0 +1,111 @@
+"""Pinhole geometry: intrinsics under resize/pad/crop, organised unprojection, coloured PLY export.
+
+Pixel convention: pixel centres at integer coordinates, as in OpenCV and ROS CameraInfo. Every image
+operation is an affine map of pixel coordinates `A`, and intrinsics (K 3x3 or P 3x4) transform as
+`A @ K`, which keeps K and P consistent with each other by construction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def resize_transform(sx: float, sy: float) -> np.ndarray:
+    """Pixel map of a resize by (sx, sy) with half-pixel centres: u' = (u + 0.5) sx - 0.5."""
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def crop_transform(x0: float, y0: float) -> np.ndarray:
+    """Pixel map of a crop whose top-left corner is (x0, y0); padding top/left by p is x0 = -p."""
+    return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+
+
+def transform_intrinsics(m, transform: np.ndarray):
+    """Apply a pixel map to K ([..., 3, 3]) or P ([..., 3, 4]); numpy in, numpy out; torch likewise."""
+    if isinstance(m, Tensor):
+        return torch.as_tensor(transform, dtype=m.dtype, device=m.device) @ m
+    return transform @ np.asarray(m, dtype=np.float64)
+
+
+def scale_intrinsics(m, input_hw: tuple[int, int], output_hw: tuple[int, int]):
+    """K or P of an image resized from input_hw to output_hw (bottom/right padding changes nothing)."""
+    sx, sy = output_hw[1] / input_hw[1], output_hw[0] / input_hw[0]
+    return transform_intrinsics(m, resize_transform(sx, sy))
+
+
+def _check_focal(fx, fy) -> None:
+    if bool((fx == 0).any()) or bool((fy == 0).any()) or not bool(torch.isfinite(fx).all() & torch.isfinite(fy).all()):
+        raise ValueError("camera intrinsics have a zero or non-finite focal length")
+
+
+def unproject(depth, K):
+    """Organised unprojection: depth [..., H, W] (metres along z) -> xyz [..., H, W, 3].
+
+    X = (u - cx) Z / fx, Y = (v - cy) Z / fy (REP 103 optical frame). Invalid depth (non-finite or
+    <= 0) gives NaN xyz, kept in the grid. K is [3, 3] or batched [..., 3, 3] matching depth's
+    leading dims. numpy in, numpy out; torch likewise.
+    """
+    as_numpy = not isinstance(depth, Tensor)
+    d = torch.as_tensor(depth)
+    if not d.is_floating_point():
+        d = d.float()
+    k = torch.as_tensor(K, dtype=d.dtype, device=d.device)
+    fx, fy, cx, cy = k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]
+    _check_focal(fx, fy)
+    h, w = d.shape[-2:]
+    u = torch.arange(w, dtype=d.dtype, device=d.device)
+    v = torch.arange(h, dtype=d.dtype, device=d.device)[:, None]
+    ex = (..., None, None)
+    z = torch.where(torch.isfinite(d) & (d > 0), d, torch.full_like(d, float("nan")))
+    x = (u - cx[ex]) * z / fx[ex]
+    y = (v - cy[ex]) * z / fy[ex]
+    xyz = torch.stack(torch.broadcast_tensors(x, y, z), dim=-1)
+    return xyz.numpy() if as_numpy else xyz
+
+
+def project(xyz, K):
+    """Pinhole projection xyz [..., 3] -> pixel coordinates uv [..., 2] (inverse of `unproject`)."""
+    as_numpy = not isinstance(xyz, Tensor)
+    p = torch.as_tensor(xyz)
+    k = torch.as_tensor(K, dtype=p.dtype, device=p.device)
+    fx, fy, cx, cy = k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]
+    _check_focal(fx, fy)
+    ex = (...,) + (None,) * (p.ndim - 1 - k.ndim + 2)
+    u = fx[ex] * p[..., 0] / p[..., 2] + cx[ex]
+    v = fy[ex] * p[..., 1] / p[..., 2] + cy[ex]
+    uv = torch.stack([u, v], dim=-1)
+    return uv.numpy() if as_numpy else uv
+
+
+def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> int:
+    """Write a binary little-endian PLY of the finite points; returns how many were written.
+
+    xyz: [..., 3] float (an organised grid is fine); rgb: matching [..., 3] uint8 or None.
+    """
+    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    keep = np.isfinite(xyz).all(axis=1)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if rgb is not None:
+        rgb = np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+        if len(rgb) != len(xyz):
+            raise ValueError(f"rgb has {len(rgb)} points, xyz has {len(xyz)}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    out = np.empty(int(keep.sum()), dtype=fields)
+    out["x"], out["y"], out["z"] = xyz[keep].T
+    if rgb is not None:
+        out["red"], out["green"], out["blue"] = rgb[keep].T
+    props = "".join(
+        f"property {'float' if t == '<f4' else 'uchar'} {n}\n" for n, t in fields
+    )
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(out)}\n{props}end_header\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.encode("ascii"))
+        out.tofile(f)
+    tmp.replace(path)
+    return len(out)
