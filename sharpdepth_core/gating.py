@@ -38,19 +38,21 @@ def add_noise(x0: Tensor, noise: Tensor, t: int = TIMESTEP, alphas_cumprod: Tens
     return ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
 
 
-def difference_map(d_tilde: Tensor, d_n: Tensor, fit_first: bool = False) -> Tensor:
+def difference_map(d_tilde: Tensor, d_n: Tensor, fit_first: bool = False, eps: float = 1e-4) -> Tensor:
     """Per-pixel disagreement in [0, 1] between the affine pass d̃ and normalised metric depth d_n.
 
     Both [B, 1, H, W] in normalised depth space. `fit_first` is the paper's variant: d̃ is first
     least-squares scaled and shifted onto d_n (the reference code skips this); where that fit is not
-    usable d̃ is taken as it is. An image whose maximum difference is 0 gets e = 0 (full trust).
+    usable d̃ is taken as it is. An image whose maximum difference is below `eps` (rounding noise in
+    a [-1, 1] range, which dividing by the max would blow up to 1) gets e = 0: full agreement.
     """
     if fit_first:
         fit = fit_scale_shift(d_tilde, d_n)
         d_tilde = torch.where(fit.usable.view(-1, 1, 1, 1), apply_scale_shift(d_tilde, fit), d_tilde)
     e = (d_tilde - d_n).abs()
     e_max = e.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-    return (e / torch.where(e_max > 0, e_max, torch.ones_like(e_max))).clamp(0, 1)
+    agree = e_max < eps
+    return torch.where(agree, torch.zeros_like(e), e / torch.where(agree, torch.ones_like(e_max), e_max)).clamp(0, 1)
 
 
 def downsample_to_latent(e: Tensor, latent_hw: tuple[int, int]) -> Tensor:
