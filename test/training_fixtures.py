@@ -1,0 +1,77 @@
+"""Real files for the data and trainer tests: tiny image folders and rosbag2 recordings written with rosbags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def pattern(seed: int, h: int, w: int) -> np.ndarray:
+    """A uint8 RGB image with structure (a bright box on a gradient), different per seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), np.full_like(xx, 40)], -1)
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(120, 255, 3)
+    return img.astype(np.uint8)
+
+
+def write_images(folder: Path, n: int, size_hw: tuple[int, int] = (48, 64), seed: int = 0) -> list[Path]:
+    """n PNG/JPEG images, some in a sub-folder, sizes around size_hw."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        h, w = size_hw[0] + 8 * (i % 2), size_hw[1]
+        sub = folder / "sub" if i % 3 == 2 else folder
+        sub.mkdir(exist_ok=True)
+        path = sub / f"img{i:03d}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(pattern(seed + i, h, w)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_bag(
+    path: Path,
+    frames: list[np.ndarray],
+    topic: str = "/camera/image_raw",
+    encoding: str = "rgb8",
+    storage: str = "mcap",
+    pad: int = 0,
+    compressed_topic: str | None = None,
+    corrupt_compressed: int | None = None,
+    extra_string_topic: bool = True,
+) -> Path:
+    """A rosbag2 recording written with rosbags: raw Image frames (optionally with row padding),
+    optionally the same frames PNG-compressed on a second topic (one of them replaced by garbage),
+    and a non-image topic that readers must ignore."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    Img, Comp = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CompressedImage"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    String = ts.types["std_msgs/msg/String"]
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        raw = writer.add_connection(topic, Img.__msgtype__, typestore=ts)
+        comp = writer.add_connection(compressed_topic, Comp.__msgtype__, typestore=ts) if compressed_topic else None
+        text = writer.add_connection("/chatter", String.__msgtype__, typestore=ts) if extra_string_topic else None
+        for i, rgb in enumerate(frames):
+            t = 1_000_000_000 + i * 100_000_000
+            header = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera")
+            h, w = rgb.shape[:2]
+            px = rgb[..., ::-1] if encoding == "bgr8" else rgb
+            rows = np.zeros((h, w * 3 + pad), np.uint8)
+            rows[:, : w * 3] = px.reshape(h, w * 3)
+            msg = Img(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=w * 3 + pad,
+                      data=rows.reshape(-1))
+            writer.write(raw, t, ts.serialize_cdr(msg, Img.__msgtype__))
+            if comp is not None:
+                ok, png = cv2.imencode(".png", rgb[..., ::-1])
+                data = np.frombuffer(b"not an image" * 3, np.uint8) if i == corrupt_compressed else png.reshape(-1)
+                writer.write(comp, t, ts.serialize_cdr(Comp(header=header, format="png", data=data), Comp.__msgtype__))
+            if text is not None:
+                writer.write(text, t + 1, ts.serialize_cdr(String(data=f"frame {i}"), String.__msgtype__))
+    return path
