@@ -1,0 +1,157 @@
+"""Evaluation metrics: metric-depth accuracy and the pseudo depth-boundary error (sharpness).
+
+Both are computed per image and then averaged over the batch, as the paper's tables are. Inputs are
+numpy arrays or torch tensors shaped [H, W], [B, H, W] or [B, 1, H, W]; everything is evaluated in
+float64 numpy. Bad input raises a ValueError naming the image: a NaN in a metric table is a bug
+report nobody can act on.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.ndimage import distance_transform_edt
+from skimage.feature import canny
+
+# Pseudo-DBE constants, as METHOD.md (after iBims-1) defines them.
+EDGE_SIGMA = math.sqrt(2.0)
+EDGE_LOW, EDGE_HIGH = 0.1, 0.2
+MAX_EDGE_DISTANCE = 10.0  # px: predicted edges farther than this from any GT edge count as misses
+
+
+def _as_batch(x, name: str) -> np.ndarray:
+    """numpy/torch [H, W] | [B, H, W] | [B, 1, H, W] -> float64 numpy [B, H, W]."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    elif a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"{name} must be [H, W], [B, H, W] or [B, 1, H, W], got shape {np.shape(x)}")
+    return a
+
+
+def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    p, g = _as_batch(pred, "pred"), _as_batch(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(f"pred {p.shape} and gt {g.shape} differ in shape")
+    return p, g
+
+
+def _positive(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (x > 0)
+
+
+def depth_metrics(pred, gt, valid=None) -> dict[str, float]:
+    """AbsRel, SqRel, RMSE, log-RMSE, SILog and δ1..δ3 of metric depth, per image then averaged.
+
+    valid: the pixels to score (same shape as gt, bool); default: finite gt > 0 (missing GT is
+    usually stored as 0, NaN or inf). The prediction must be finite and > 0 on every scored pixel,
+    otherwise a ValueError says which image: silently dropping such pixels would reward a model for
+    failing on them. An image with no scored pixel also raises.
+
+    Definitions on the scored pixels of one image (p = pred, g = gt, d = log p - log g):
+    abs_rel = mean(|p-g|/g), sq_rel = mean((p-g)²/g), rmse = sqrt(mean((p-g)²)),
+    log_rmse = sqrt(mean(d²)), silog = 100·sqrt(mean(d²) - mean(d)²) = 100·std(d) (the KITTI depth
+    benchmark's scale-invariant log error with λ = 1, so it ignores a global scale of pred),
+    delta_k = fraction with max(p/g, g/p) < 1.25^k.
+    """
+    p, g = _pair(pred, gt)
+    mask = _positive(g) if valid is None else _as_batch(valid, "valid").astype(bool)
+    if mask.shape != g.shape:
+        raise ValueError(f"valid {mask.shape} and gt {g.shape} differ in shape")
+    per_image = []
+    for i in range(len(g)):
+        m = mask[i]
+        if not m.any():
+            raise ValueError(f"image {i} has no valid pixel to score")
+        pi, gi = p[i][m], g[i][m]
+        if not _positive(gi).all():
+            raise ValueError(f"image {i}: {int((~_positive(gi)).sum())} valid pixels have non-finite or non-positive gt")
+        if not _positive(pi).all():
+            raise ValueError(f"image {i}: {int((~_positive(pi)).sum())} valid pixels have non-finite or non-positive pred")
+        per_image.append(_image_metrics(pi, gi))
+    return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
+
+
+def _image_metrics(p: np.ndarray, g: np.ndarray) -> dict[str, float]:
+    err = p - g
+    d = np.log(p) - np.log(g)
+    ratio = np.maximum(p / g, g / p)
+    return {
+        "abs_rel": float(np.mean(np.abs(err) / g)),
+        "sq_rel": float(np.mean(err * err / g)),
+        "rmse": float(np.sqrt(np.mean(err * err))),
+        "log_rmse": float(np.sqrt(np.mean(d * d))),
+        "silog": float(100.0 * np.std(d)),  # = sqrt(mean(d²) - mean(d)²), without the cancellation
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+def _min_max(x: np.ndarray) -> np.ndarray:
+    lo, hi = x.min(), x.max()
+    return np.zeros_like(x) if hi - lo <= 0 else (x - lo) / (hi - lo)
+
+
+def _canny01(x: np.ndarray) -> np.ndarray:
+    return canny(_min_max(x), sigma=EDGE_SIGMA, low_threshold=EDGE_LOW, high_threshold=EDGE_HIGH)
+
+
+def depth_edges(depth) -> np.ndarray:
+    """Depth-discontinuity map of one dense depth image [H, W] -> bool [H, W].
+
+    Canny (σ = √2) on min-max-normalised depth OR on min-max-normalised inverse depth, so that both
+    far and near discontinuities register. skimage applies float thresholds as absolute values of
+    the Sobel gradient magnitude of the smoothed image, so 0.1 / 0.2 act on the [0, 1] range; a
+    sharp step must span about 10 % of that range to be an edge. Constant depth has no edges.
+    """
+    d = _as_batch(depth, "depth")
+    if len(d) != 1:
+        raise ValueError(f"depth_edges takes one image, got a batch of {len(d)}")
+    d = d[0]
+    bad = int((~_positive(d)).sum())
+    if bad:
+        raise ValueError(f"depth has {bad} non-finite or non-positive pixels; edges need dense positive depth")
+    return _canny01(d) | _canny01(1.0 / d)
+
+
+def _edges_of(depth: np.ndarray, name: str, i: int) -> np.ndarray:
+    try:
+        return depth_edges(depth)
+    except ValueError as err:
+        raise ValueError(f"image {i} {name}: {err}") from None
+
+
+def boundary_error(pred, gt) -> tuple[float, float]:
+    """Pseudo depth-boundary error (acc, compl) in pixels, lower is sharper; per image then averaged.
+
+    Edges of pred and gt by `depth_edges`. acc = mean distance from predicted edge pixels to the
+    nearest GT edge, over those closer than 10 px (10 when none is). compl = mean distance from GT edge
+    pixels to the nearest predicted edge, untruncated. Both depths must be dense, finite and > 0.
+
+    Degenerate images: a gt without edges has nothing to be sharp about, so it raises ValueError
+    naming the image (drop it from the evaluation set). A pred without edges scores acc = 10 (no
+    predicted edge near a GT edge, the rule above) and compl = the image diagonal, the largest
+    distance any pixel can be from anything in the image: finite, and worse than any real output.
+    """
+    p, g = _pair(pred, gt)
+    accs, compls = [], []
+    for i in range(len(g)):
+        e_gt, e_pred = _edges_of(g[i], "gt", i), _edges_of(p[i], "pred", i)
+        if not e_gt.any():
+            raise ValueError(f"image {i}: gt has no depth edges; the boundary error is undefined there")
+        if not e_pred.any():
+            accs.append(MAX_EDGE_DISTANCE)
+            compls.append(math.hypot(*e_gt.shape))
+            continue
+        to_gt = distance_transform_edt(~e_gt)[e_pred]
+        near = to_gt[to_gt < MAX_EDGE_DISTANCE]
+        accs.append(float(near.mean()) if near.size else MAX_EDGE_DISTANCE)
+        compls.append(float(distance_transform_edt(~e_pred)[e_gt].mean()))
+    return float(np.mean(accs)), float(np.mean(compls))
