@@ -1,0 +1,60 @@
+"""SharpDepth: the depth node in a camera namespace, optionally a replay camera and RViz.
+
+    ros2 launch sharpdepth_ros sharpdepth.launch.py                       # on /camera/image_raw
+    ros2 launch sharpdepth_ros sharpdepth.launch.py use_replay:=true use_rviz:=true
+    ros2 launch sharpdepth_ros sharpdepth.launch.py camera_ns:=/robot/front \\
+        image_topic:=/robot/front/color/image_raw camera_info_topic:=/robot/front/color/camera_info
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare("sharpdepth_ros")
+    camera_ns = LaunchConfiguration("camera_ns")
+    params_file = LaunchConfiguration("params_file")
+    arguments = [
+        DeclareLaunchArgument("camera_ns", default_value="camera", description="namespace of the camera and of the outputs"),
+        DeclareLaunchArgument("image_topic", default_value="image_raw", description="camera image (relative to camera_ns or absolute)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="camera_info", description="camera CameraInfo"),
+        DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "sharpdepth.yaml"]),
+                              description="parameters of the sharpdepth and replay nodes"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda, cuda:N"),
+        DeclareLaunchArgument("use_replay", default_value="false", description="publish a replayed camera (no camera needed)"),
+        DeclareLaunchArgument("replay_source", default_value="synthetic", description="synthetic, image folder, video, or bag"),
+        DeclareLaunchArgument("replay_rate", default_value="2.0", description="replay frames per second"),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz with the point cloud and depth images"),
+        DeclareLaunchArgument("rviz_config", default_value=PathJoinSubstitution([share, "rviz", "sharpdepth.rviz"])),
+    ]
+    depth = Node(
+        package="sharpdepth_ros",
+        executable="sharpdepth_node",
+        name="sharpdepth",
+        namespace=camera_ns,
+        parameters=[params_file, {"device": LaunchConfiguration("device")}],
+        remappings=[("image_raw", LaunchConfiguration("image_topic")), ("camera_info", LaunchConfiguration("camera_info_topic"))],
+        output="screen",
+        emulate_tty=True,
+    )
+    replay = Node(
+        package="sharpdepth_ros",
+        executable="replay",
+        name="replay",
+        namespace=camera_ns,
+        parameters=[params_file, {"source": LaunchConfiguration("replay_source"), "rate": LaunchConfiguration("replay_rate")}],
+        remappings=[("image_raw", LaunchConfiguration("image_topic")), ("camera_info", LaunchConfiguration("camera_info_topic"))],
+        output="screen",
+        condition=IfCondition(LaunchConfiguration("use_replay")),
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", LaunchConfiguration("rviz_config")],
+        condition=IfCondition(LaunchConfiguration("use_rviz")),
+    )
+    return LaunchDescription([*arguments, depth, replay, rviz])

@@ -1,0 +1,264 @@
+"""Replay publisher: `image_raw` + `camera_info` at a set rate, so the whole system runs without a camera.
+
+Sources (parameter `source`): `synthetic` (scenes from `sharpdepth_core.synthetic.render_scene`,
+with their exact K), a folder of images, a video file (OpenCV), or a rosbag2 / MCAP / ROS 1 bag
+(`rosbags`, no ROS install needed; Image or CompressedImage on `topic`, calibration from the
+sibling `camera_info` topic when the bag has one). Sources without calibration get a pinhole K from
+`fov_deg`. Every frame is re-stamped with the current time and `frame_id`.
+
+    ros2 run sharpdepth_ros replay --ros-args -p source:=synthetic -p rate:=5.0
+    ros2 run sharpdepth_ros replay --ros-args -p source:=/data/run1.mcap -p topic:=/camera/image_raw
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+BAG_SUFFIXES = {".mcap", ".db3", ".bag"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera frame from a source; `info` is the recorded calibration when the source has one."""
+
+    rgb: np.ndarray  # uint8 [H, W, 3]
+    K: np.ndarray  # float64 [3, 3]
+    index: int  # position in the source (scene number for synthetic)
+    info: CameraInfo | None = None
+
+
+def pinhole_K(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """Square pixels, centred principal point, horizontal field of view `fov_deg`."""
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str) -> Iterator[Frame]:
+    """Scenes seed, seed+1, ... with their ground-truth K (the scene's depth is the same seed's)."""
+    from sharpdepth_core.synthetic import render_scene
+
+    for i in range(scenes):
+        scene = render_scene(seed + i, width, height, style=style)
+        yield Frame(scene.rgb, scene.K, seed + i)
+
+
+def folder_frames(folder: Path, fov_deg: float) -> Iterator[Frame]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    for i, path in enumerate(files):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read image {path}")
+        yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i)
+
+
+def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"OpenCV cannot open video {path}")
+    try:
+        i = 0
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i)
+            i += 1
+    finally:
+        capture.release()
+    if i == 0:
+        raise ValueError(f"video {path} has no readable frame")
+
+
+def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
+    """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    image_types = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"}
+    with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
+        images = [c for c in reader.connections if c.msgtype in image_types and (not topic or c.topic == topic)]
+        if not images:
+            found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
+            raise ValueError(f"bag {path} has no image topic {topic or ''}; topics: {', '.join(found)}")
+        image_topic = images[0].topic
+        base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
+        infos = [c for c in reader.connections if c.topic == f"{base}/camera_info"]
+        info, i = None, 0
+        for connection, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic == image_topic] + infos):
+            msg = reader.deserialize(raw, connection.msgtype)
+            if connection.msgtype == "sensor_msgs/msg/CameraInfo":
+                info = msg
+                continue
+            rgb = compressed_to_rgb8(msg) if connection.msgtype.endswith("CompressedImage") else image_to_rgb8(msg)
+            if info is not None:
+                K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+                yield Frame(rgb, K, i, _ros_camera_info(info))
+            else:
+                yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i)
+            i += 1
+
+
+def _ros_camera_info(info) -> CameraInfo:
+    """rosbags' CameraInfo -> sensor_msgs CameraInfo, calibration fields only."""
+    out = CameraInfo(height=int(info.height), width=int(info.width), distortion_model=info.distortion_model)
+    out.d = [float(v) for v in info.d]
+    out.k, out.r, out.p = (np.asarray(getattr(info, n), dtype=np.float64).ravel() for n in ("k", "r", "p"))
+    out.binning_x, out.binning_y = int(info.binning_x), int(info.binning_y)
+    out.roi.x_offset, out.roi.y_offset = int(info.roi.x_offset), int(info.roi.y_offset)
+    out.roi.height, out.roi.width, out.roi.do_rectify = int(info.roi.height), int(info.roi.width), bool(info.roi.do_rectify)
+    return out
+
+
+def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
+                height: int = 240, seed: int = 0, style: str = "indoor") -> Iterator[Frame]:
+    """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder)."""
+    if source == "synthetic":
+        return synthetic_frames(scenes, width, height, seed, style)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"replay source {source} does not exist (expected 'synthetic', an image folder, a video or a bag)")
+    if path.suffix.lower() in BAG_SUFFIXES or (path / "metadata.yaml").exists():
+        return bag_frames(path, topic, fov_deg)
+    if path.is_dir():
+        return folder_frames(path, fov_deg)
+    return video_frames(path, fov_deg)
+
+
+def _descriptor(description: str, kind: int, *, read_only: bool = True, integer=None, floating=None) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
+    if integer:
+        d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
+    if floating:
+        d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
+    return d
+
+
+PARAMETERS = {
+    "source": ("synthetic", _descriptor("'synthetic', an image folder, a video file, or a rosbag2/MCAP bag", ParameterType.PARAMETER_STRING)),
+    "topic": ("", _descriptor("bag only: the Image/CompressedImage topic ('' = the first one)", ParameterType.PARAMETER_STRING)),
+    "rate": (10.0, _descriptor("frames per second", ParameterType.PARAMETER_DOUBLE, floating=(0.1, 1000.0))),
+    "frame_id": ("camera_optical_frame", _descriptor("header.frame_id of the published frames", ParameterType.PARAMETER_STRING)),
+    "loop": (True, _descriptor("start again at the end of the source", ParameterType.PARAMETER_BOOL)),
+    "count": (0, _descriptor("stop after this many frames (0 = never)", ParameterType.PARAMETER_INTEGER, integer=(0, 10**9))),
+    "fov_deg": (60.0, _descriptor("horizontal field of view for sources without calibration", ParameterType.PARAMETER_DOUBLE, floating=(1.0, 179.0))),
+    "scenes": (8, _descriptor("synthetic: number of distinct scenes (rendered once, then replayed)", ParameterType.PARAMETER_INTEGER, integer=(1, 10000))),
+    "width": (320, _descriptor("synthetic: image width", ParameterType.PARAMETER_INTEGER, integer=(8, 4096))),
+    "height": (240, _descriptor("synthetic: image height", ParameterType.PARAMETER_INTEGER, integer=(8, 4096))),
+    "seed": (0, _descriptor("synthetic: seed of the first scene", ParameterType.PARAMETER_INTEGER, integer=(0, 2**31 - 1))),
+    "style": ("indoor", _descriptor("synthetic: 'indoor' or 'toy'", ParameterType.PARAMETER_STRING)),
+}
+
+
+class ReplayPublisher(Node):
+    """Publishes a source's frames as `image_raw` (rgb8) + `camera_info`, camera_info first.
+
+    `on_frame(header, frame)` is called after each publication (the demo matches outputs to ground
+    truth with it); `timer=False` leaves pacing to the caller's `publish_next()`.
+    """
+
+    def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
+        super().__init__("replay", **node_kwargs)
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._params = p
+        self._on_frame = on_frame
+        self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
+        self._frames = self._open()
+        self.published = 0
+        self.done = False
+        qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
+        self._image_pub = self.create_publisher(Image, "image_raw", qos)
+        self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
+        self._timer = self.create_timer(1.0 / p["rate"], self.publish_next) if timer else None
+        self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {self.resolve_topic_name('image_raw')}")
+
+    def _open(self) -> Iterator[Frame]:
+        """The source from its start; reads the first frame now so that a bad source fails at startup."""
+        p = self._params
+        if p["source"] == "synthetic" and self._cache:
+            return iter(self._cache)
+        frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
+                             height=p["height"], seed=p["seed"], style=p["style"])
+        if p["source"] == "synthetic":
+            frames = self._cached(frames)
+        first = next(frames, None)
+        if first is None:
+            raise ValueError(f"replay source {p['source']} has no frames")
+        return itertools.chain([first], frames)
+
+    def _cached(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        for frame in frames:
+            self._cache.append(frame)
+            yield frame
+
+    def publish_next(self) -> bool:
+        """Publish the next frame; False once the source (or `count`) is exhausted."""
+        if self.done:
+            return False
+        try:
+            frame = next(self._frames, None)
+            if frame is None and self._params["loop"]:
+                self._frames = self._open()
+                frame = next(self._frames, None)
+        except ValueError as error:  # one unreadable frame (corrupt file, odd encoding in a bag): skip it
+            self.get_logger().error(f"replay skips a frame: {error}", throttle_duration_sec=5.0)
+            return True
+        if frame is None or (self._params["count"] and self.published >= self._params["count"]):
+            self.done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self.get_logger().info(f"replay finished after {self.published} frames")
+            return False
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._params["frame_id"])
+        info = frame.info if frame.info is not None else camera_info(frame.K, frame.rgb.shape[:2], header)
+        info.header = header
+        self._info_pub.publish(info)
+        self._image_pub.publish(numpy_to_image(frame.rgb, "rgb8", header))
+        self.published += 1
+        if self._on_frame is not None:
+            self._on_frame(header, frame)
+        return True
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ReplayPublisher()
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:  # bad source or parameter
+        rclpy.logging.get_logger("replay").fatal(str(error))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
