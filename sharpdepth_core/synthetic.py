@@ -286,27 +286,27 @@ def _draw_layout(rng, style: str) -> _Layout:
 
     prims: list[Primitive] = [
         Plane("floor", (0.0, 0.0, 1.0), 0.0),
-        Plane("ceiling", (0.0, 0.0, -1.0), -room[2]),
+        Plane("ceiling", (0.0, 0.0, -1.0), float(-room[2])),
         Plane("wall_x0", (1.0, 0.0, 0.0), 0.0),
-        Plane("wall_x1", (-1.0, 0.0, 0.0), -room[0]),
+        Plane("wall_x1", (-1.0, 0.0, 0.0), float(-room[0])),
         Plane("wall_y0", (0.0, 1.0, 0.0), 0.0),
-        Plane("wall_y1", (0.0, -1.0, 0.0), -room[1]),
+        Plane("wall_y1", (0.0, -1.0, 0.0), float(-room[1])),
     ]
     wall = material(rng, "wall")
     mats = [material(rng, "floor"), material(rng, "ceiling")] + [wall] * 4
     if style == "indoor":
         for _ in range(int(rng.integers(0, 3))):  # pictures on the far or side walls
-            w, h, z = rng.uniform(0.3, 0.6), rng.uniform(0.15, 0.45), rng.uniform(1.2, min(1.8, room[2] - 0.6))
+            w, h, z = (float(x) for x in (rng.uniform(0.3, 0.6), rng.uniform(0.15, 0.45), rng.uniform(1.2, min(1.8, room[2] - 0.6))))
             side = int(rng.integers(3))
             if side == 0:
-                prims.append(Box((rng.uniform(w + 0.1, room[0] - w - 0.1), room[1] - 0.015, z), (w, 0.015, h), 0.0))
+                prims.append(Box((float(rng.uniform(w + 0.1, room[0] - w - 0.1)), float(room[1] - 0.015), z), (w, 0.015, h), 0.0))
             else:
-                x = 0.015 if side == 1 else room[0] - 0.015
-                prims.append(Box((x, rng.uniform(w + 0.1, room[1] - w - 0.1), z), (0.015, w, h), 0.0))
+                x = 0.015 if side == 1 else float(room[0] - 0.015)
+                prims.append(Box((x, float(rng.uniform(w + 0.1, room[1] - w - 0.1)), z), (0.015, w, h), 0.0))
             mats.append(material(rng, "picture"))
         if rng.random() < 0.5:
-            half = (rng.uniform(0.5, 1.2), rng.uniform(0.4, 1.0), 0.005)
-            center = (rng.uniform(half[0], room[0] - half[0]), rng.uniform(half[1] + cam[1], room[1] - half[1]), 0.005)
+            half = (float(rng.uniform(0.5, 1.2)), float(rng.uniform(0.4, 1.0)), 0.005)
+            center = (float(rng.uniform(half[0], room[0] - half[0])), float(rng.uniform(half[1] + cam[1], room[1] - half[1])), 0.005)
             prims.append(Box(center, half, 0.0))
             mats.append(material(rng, "rug"))
 
