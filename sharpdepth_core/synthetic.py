@@ -378,6 +378,9 @@ def _aabb(prim: Primitive) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+_CORNERS = np.array([[(i >> k) & 1 for k in range(3)] for i in range(8)], dtype=bool)  # hi/lo per axis
+
+
 def _window(prim: Primitive, cam, R, K, width: int, height: int) -> tuple[slice, slice] | None:
     """The pixel rectangle that can see `prim` (its projected bounding box), None if it is off-screen.
 
@@ -387,7 +390,7 @@ def _window(prim: Primitive, cam, R, K, width: int, height: int) -> tuple[slice,
     if box is None:
         return slice(None), slice(None)
     lo, hi = box
-    corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3) - cam
+    corners = np.where(_CORNERS, hi, lo) - cam
     p = corners @ R.astype(np.float64)  # optical frame
     if p[:, 2].min() < 1e-3:  # reaches behind the camera: no finite projection, test every ray
         return slice(None), slice(None)
