@@ -19,8 +19,10 @@ EDGE_SIGMA = math.sqrt(2.0)
 EDGE_LOW, EDGE_HIGH = 0.1, 0.2
 MAX_EDGE_DISTANCE = 10.0  # px: predicted edges farther than this from any GT edge count as misses
 
+Depth = np.ndarray | torch.Tensor  # [H, W], [B, H, W] or [B, 1, H, W]
 
-def _as_batch(x, name: str) -> np.ndarray:
+
+def _as_batch(x: Depth, name: str) -> np.ndarray:
     """numpy/torch [H, W] | [B, H, W] | [B, 1, H, W] -> float64 numpy [B, H, W]."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
@@ -34,7 +36,7 @@ def _as_batch(x, name: str) -> np.ndarray:
     return a
 
 
-def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred: Depth, gt: Depth) -> tuple[np.ndarray, np.ndarray]:
     p, g = _as_batch(pred, "pred"), _as_batch(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred {p.shape} and gt {g.shape} differ in shape")
@@ -46,7 +48,7 @@ def _positive(x: np.ndarray) -> np.ndarray:
         return np.isfinite(x) & (x > 0)
 
 
-def depth_metrics(pred, gt, valid=None) -> dict[str, float]:
+def depth_metrics(pred: Depth, gt: Depth, valid: Depth | None = None) -> dict[str, float]:
     """AbsRel, SqRel, RMSE, log-RMSE, SILog and δ1..δ3 of metric depth, per image then averaged.
 
     valid: the pixels to score (same shape as gt, bool); default: finite gt > 0 (missing GT is
@@ -103,7 +105,7 @@ def _canny01(x: np.ndarray) -> np.ndarray:
     return canny(_min_max(x), sigma=EDGE_SIGMA, low_threshold=EDGE_LOW, high_threshold=EDGE_HIGH)
 
 
-def depth_edges(depth) -> np.ndarray:
+def depth_edges(depth: Depth) -> np.ndarray:
     """Depth-discontinuity map of one dense depth image [H, W] -> bool [H, W].
 
     Canny (σ = √2) on min-max-normalised depth OR on min-max-normalised inverse depth, so that both
@@ -128,7 +130,7 @@ def _edges_of(depth: np.ndarray, name: str, i: int) -> np.ndarray:
         raise ValueError(f"image {i} {name}: {err}") from None
 
 
-def boundary_error(pred, gt) -> tuple[float, float]:
+def boundary_error(pred: Depth, gt: Depth) -> tuple[float, float]:
     """Pseudo depth-boundary error (acc, compl) in pixels, lower is sharper; per image then averaged.
 
     Edges of pred and gt by `depth_edges`. acc = mean distance from predicted edge pixels to the
