@@ -1,0 +1,42 @@
+"""Model loaders: the one-step diffusion depth model (Lotus-G / student), the VAE depth codec, metric
+depth backends, Marigold, and tiny random-weight versions of all of them (`tiny`).
+
+Every loader takes a local folder or a hub id (`from_pretrained`), reads safetensors only and
+answers in one line what is missing when weights are absent (`MissingWeightsError`) or unusable
+(`CheckpointError`).
+"""
+from pathlib import Path
+
+from .codec import DepthCodec
+from .hub import CheckpointError, MissingWeightsError, resolve_model_dir
+from .marigold import MarigoldDepthModel
+from .metric import (
+    DEFAULT_METRIC_IDS,
+    METRIC_BACKENDS,
+    MetricBackend,
+    MetricPrediction,
+    load_metric_model,
+    nominal_intrinsics,
+)
+from .student import PROMPT_EMBEDS_FILE, DiffusionDepthModel
+
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "weights" / "nano"  # the shipped small models
+LOTUS_G_ID = "jingheya/lotus-depth-g-v1-0"
+
+__all__ = [
+    "CheckpointError",
+    "DEFAULT_METRIC_IDS",
+    "DepthCodec",
+    "DiffusionDepthModel",
+    "EMBEDDED_DIR",
+    "LOTUS_G_ID",
+    "METRIC_BACKENDS",
+    "MarigoldDepthModel",
+    "MetricBackend",
+    "MetricPrediction",
+    "MissingWeightsError",
+    "PROMPT_EMBEDS_FILE",
+    "load_metric_model",
+    "nominal_intrinsics",
+    "resolve_model_dir",
+]

@@ -1,0 +1,278 @@
+"""Metric depth f_D behind one interface: `backend(image01, K=None) -> MetricPrediction`.
+
+image01 is [B, 3, H, W] RGB in [0, 1]; K an optional [B, 3, 3] camera matrix (pixel centres at
+integer coordinates). A backend returns metric depth (metres along the optical axis) at the input
+size and the K it stands for: the given one, else the backend's own estimate, else — for backends
+that predict none (Depth Anything) — a nominal camera with a 60° horizontal field of view and the
+principal point at the image centre (`nominal_intrinsics`); only unprojection uses that K.
+
+Backends, chosen by name (`load_metric_model`):
+- "unidepth-v1", "unidepth-v2": UniDepth, the paper's f_D. CC BY-NC, not on PyPI: imported lazily
+  when installed by the user; it takes 0..255 RGB and the camera (V2 `camera=`, V1 `intrinsics=`).
+- "depth-pro": transformers' DepthProForDepthEstimation (canonical inverse depth + field of view).
+- "depth-anything-v2": transformers' DepthAnythingForDepthEstimation, metric head (metres).
+Pre-processing is done here in torch (the transformers image processors need torchvision).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hub import CheckpointError, load_component, replacing_dir, resolve_model_dir, weight_files
+
+METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2")
+DEFAULT_METRIC_IDS = {
+    "unidepth-v1": "lpiccinelli/unidepth-v1-vitl14",
+    "unidepth-v2": "lpiccinelli/unidepth-v2-vitl14",
+    "depth-pro": "apple/DepthPro-hf",
+    "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
+}
+NOMINAL_HFOV_DEG = 60.0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MetricPrediction:
+    depth: Tensor  # [B, 1, H, W] metres, at the input size
+    K: Tensor  # [B, 3, 3] float32, the intrinsics the depth stands for
+
+
+def focal_intrinsics(f: Tensor, hw: tuple[int, int]) -> Tensor:
+    """K [B, 3, 3] with fx = fy = f [B] and the principal point at the image centre."""
+    h, w = hw
+    K = torch.zeros(f.shape[0], 3, 3, dtype=torch.float32, device=f.device)
+    K[:, 0, 0] = K[:, 1, 1] = f.float()
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (w - 1) / 2, (h - 1) / 2, 1.0
+    return K
+
+
+def nominal_intrinsics(batch: int, hw: tuple[int, int], device=None, hfov_deg: float = NOMINAL_HFOV_DEG) -> Tensor:
+    """The documented default camera when none is given or predicted: 60° horizontal field of view."""
+    f = 0.5 * hw[1] / math.tan(math.radians(hfov_deg) / 2)
+    return focal_intrinsics(torch.full((batch,), f, device=device), hw)
+
+
+def _check_inputs(image01: Tensor, K: Tensor | None) -> Tensor | None:
+    if not isinstance(image01, Tensor) or image01.ndim != 4 or image01.shape[1] != 3:
+        raise ValueError(f"metric backend: image must be a [B, 3, H, W] tensor, got {getattr(image01, 'shape', type(image01))}")
+    if K is None:
+        return None
+    K = torch.as_tensor(K, dtype=torch.float32, device=image01.device)
+    if K.shape == (3, 3):
+        K = K.expand(image01.shape[0], 3, 3)
+    if K.shape != (image01.shape[0], 3, 3) or not torch.isfinite(K).all() or (K[:, 0, 0] <= 0).any():
+        raise ValueError(f"metric backend: K must be finite [3, 3] or [B, 3, 3] with fx > 0, got shape {tuple(K.shape)}")
+    return K
+
+
+class MetricBackend(nn.Module):
+    """Common validation; subclasses implement `_predict` (inputs checked, no autograd)."""
+
+    name: str
+
+    def forward(self, image01: Tensor, K: Tensor | None = None) -> MetricPrediction:
+        K = _check_inputs(image01, K)
+        with torch.no_grad():
+            pred = self._predict(image01, K)
+        return MetricPrediction(pred.depth.float(), pred.K.float())
+
+    def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        with replacing_dir(path) as tmp:
+            self.model.save_pretrained(tmp)
+        return Path(path)
+
+
+def _load_transformers(model_cls, model_type: str, path_or_id, what: str, dtype: torch.dtype):
+    """transformers `from_pretrained` with safetensors only and every key accounted for."""
+    folder = resolve_model_dir(path_or_id, what)
+    config_file = folder / "config.json"
+    try:
+        found = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{what}: cannot read {config_file} ({type(exc).__name__})") from exc
+    if found != model_type:
+        raise CheckpointError(f"{what}: {config_file} has model_type {found!r}, expected {model_type!r}")
+    model = load_component(
+        lambda: model_cls.from_pretrained(folder, use_safetensors=True, dtype=dtype, output_loading_info=True),
+        weight_files(folder),
+        what,
+    )
+    return model.eval()
+
+
+# --- Depth Pro -------------------------------------------------------------------------------
+
+
+def depth_pro_inputs(image01: Tensor, size: int) -> Tensor:
+    """Normalise to [-1, 1] (mean = std = 0.5), then bilinear resize to size² (no antialias, as
+    transformers' DepthProImageProcessor)."""
+    x = (image01 - 0.5) / 0.5
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+
+def depth_pro_to_metric(
+    inverse_depth: Tensor, fov_deg: Tensor | None, input_hw: tuple[int, int], K: Tensor | None
+) -> MetricPrediction:
+    """Canonical inverse depth [B, h, w] -> metres at input_hw.
+
+    f = K[0, 0] when K is given, else 0.5 W / tan(fov / 2) from the predicted horizontal field of view
+    (degrees), else the nominal camera; inverse depth `pred · W / f` is resized to (H, W) and
+    `depth = 1 / clamp(inv, 1e-4, 1e4)`.
+    """
+    h, w = input_hw
+    b = inverse_depth.shape[0]
+    if K is not None:
+        f = K[:, 0, 0].float()
+    elif fov_deg is not None:
+        f = 0.5 * w / torch.tan(torch.deg2rad(fov_deg.float().reshape(b)) / 2)
+    else:
+        f = nominal_intrinsics(b, input_hw, inverse_depth.device)[:, 0, 0]
+    inv = inverse_depth.float()[:, None] * (w / f).view(b, 1, 1, 1)
+    inv = F.interpolate(inv, size=(h, w), mode="bilinear", align_corners=False)
+    depth = 1.0 / inv.clamp(1e-4, 1e4)
+    return MetricPrediction(depth, K if K is not None else focal_intrinsics(f, input_hw))
+
+
+class DepthProBackend(MetricBackend):
+    name = "depth-pro"
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        c = model.config
+        self.image_size = round(c.patch_size / min(c.scaled_images_ratios))  # 1536 for apple/DepthPro-hf
+
+    def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
+        x = depth_pro_inputs(image01.float(), self.image_size).to(self.dtype)
+        out = self.model(pixel_values=x)
+        return depth_pro_to_metric(out.predicted_depth, out.field_of_view, tuple(image01.shape[-2:]), K)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id=DEFAULT_METRIC_IDS["depth-pro"], device="cpu", dtype=torch.float32):
+        from transformers import DepthProForDepthEstimation
+
+        model = _load_transformers(DepthProForDepthEstimation, "depth_pro", path_or_id, "metric backend depth-pro", dtype)
+        return cls(model).to(device)
+
+
+# --- Depth Anything V2 (metric) ----------------------------------------------------------------
+
+
+def depth_anything_input_size(hw: tuple[int, int], size: int, multiple: int = 14) -> tuple[int, int]:
+    """transformers' DPT rule with keep_aspect_ratio: scale by whichever of size/H, size/W is
+    closer to 1, then round each side to a multiple of the patch size."""
+    h, w = hw
+    sh, sw = size / h, size / w
+    s = sw if abs(1 - sw) < abs(1 - sh) else sh
+    return tuple(max(multiple, round(v * s / multiple) * multiple) for v in (h, w))
+
+
+def depth_anything_inputs(image01: Tensor, size: int, multiple: int = 14) -> Tensor:
+    """Bicubic resize (aspect kept, sides multiples of 14), then ImageNet mean/std normalisation."""
+    x = F.interpolate(
+        image01, size=depth_anything_input_size(tuple(image01.shape[-2:]), size, multiple), mode="bicubic",
+        align_corners=False, antialias=True,
+    ).clamp(0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class DepthAnythingBackend(MetricBackend):
+    """Output is already metres (sigmoid · max_depth); resized back bilinearly, which cannot
+    overshoot below zero as bicubic can."""
+
+    name = "depth-anything-v2"
+
+    def __init__(self, model):
+        super().__init__()
+        if model.config.depth_estimation_type != "metric":
+            raise CheckpointError("metric backend depth-anything-v2: this checkpoint predicts relative depth; use a -Metric- one")
+        self.model = model
+        self.image_size = int(model.config.backbone_config.image_size)  # 518 for the released models
+        self.multiple = int(model.config.patch_size)
+
+    def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
+        x = depth_anything_inputs(image01.float(), self.image_size, self.multiple).to(self.dtype)
+        out = self.model(pixel_values=x).predicted_depth.float()[:, None]
+        hw = tuple(image01.shape[-2:])
+        depth = F.interpolate(out, size=hw, mode="bilinear", align_corners=False)
+        return MetricPrediction(depth, K if K is not None else nominal_intrinsics(image01.shape[0], hw, image01.device))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id=DEFAULT_METRIC_IDS["depth-anything-v2"], device="cpu", dtype=torch.float32):
+        from transformers import DepthAnythingForDepthEstimation
+
+        model = _load_transformers(
+            DepthAnythingForDepthEstimation, "depth_anything", path_or_id, "metric backend depth-anything-v2", dtype
+        )
+        return cls(model).to(device)
+
+
+# --- UniDepth (optional, user-installed) -------------------------------------------------------
+
+
+class UniDepthBackend(MetricBackend):
+    """UniDepth V1/V2 through its own `infer`, one image at a time (its documented call)."""
+
+    def __init__(self, model: nn.Module, version: int):
+        super().__init__()
+        if version not in (1, 2):
+            raise ValueError(f"UniDepth version must be 1 or 2, got {version}")
+        self.model, self.version = model, version
+        self.name = f"unidepth-v{version}"
+
+    def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
+        depths, Ks = [], []
+        for i in range(image01.shape[0]):
+            rgb = (image01[i].float() * 255).round().clamp(0, 255).to(torch.uint8)  # [3, H, W], 0..255
+            kwargs = {} if K is None else {("camera" if self.version == 2 else "intrinsics"): K[i]}
+            pred = self.model.infer(rgb, **kwargs)
+            depths.append(pred["depth"].reshape(1, 1, *image01.shape[-2:]).float())
+            Ks.append(K[i] if K is not None else pred["intrinsics"].reshape(3, 3).float())
+        return MetricPrediction(torch.cat(depths), torch.stack(Ks).to(image01.device))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id=None, version: int = 2, device="cpu", dtype=torch.float32):
+        """UniDepth runs in its own precision; `dtype` is accepted for a uniform signature."""
+        try:
+            from unidepth.models import UniDepthV1, UniDepthV2
+        except ImportError as exc:
+            raise ImportError(
+                f"metric backend unidepth-v{version} needs the UniDepth package, which is not installed "
+                "(not on PyPI, CC BY-NC 4.0): pip install git+https://github.com/lpiccinelli-eth/UniDepth, "
+                "or choose depth-pro / depth-anything-v2"
+            ) from exc
+        what = f"metric backend unidepth-v{version}"
+        folder = resolve_model_dir(path_or_id or DEFAULT_METRIC_IDS[f"unidepth-v{version}"], what)
+        model_cls = UniDepthV2 if version == 2 else UniDepthV1
+        model = load_component(lambda: model_cls.from_pretrained(str(folder)), weight_files(folder), what)
+        return cls(model.eval(), version).to(device)
+
+
+def load_metric_model(
+    name: str, path_or_id: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> MetricBackend:
+    """The metric backend `name` (one of METRIC_BACKENDS) from a folder or hub id (default: its
+    usual hub checkpoint, see DEFAULT_METRIC_IDS)."""
+    if name not in METRIC_BACKENDS:
+        raise ValueError(f"unknown metric backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
+    path_or_id = path_or_id or DEFAULT_METRIC_IDS[name]
+    if name.startswith("unidepth"):
+        return UniDepthBackend.from_pretrained(path_or_id, version=int(name[-1]), device=device, dtype=dtype)
+    backend_cls = DepthProBackend if name == "depth-pro" else DepthAnythingBackend
+    return backend_cls.from_pretrained(path_or_id, device=device, dtype=dtype)
