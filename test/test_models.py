@@ -319,7 +319,7 @@ def test_metric_backend_errors(tiny_dirs, tmp_path):
         backend(torch.rand(3, 48, 64))
     with pytest.raises(ValueError, match="K must be finite"):
         backend(torch.rand(1, 3, 48, 64), torch.eye(4))
-    with pytest.raises(ValueError, match="fx > 0"):
+    with pytest.raises(ValueError, match="fx, fy > 0"):
         backend(torch.rand(1, 3, 48, 64), torch.zeros(3, 3))
 
 

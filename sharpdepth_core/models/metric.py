@@ -59,16 +59,15 @@ def nominal_intrinsics(batch: int, hw: tuple[int, int], device=None, hfov_deg: f
     return focal_intrinsics(torch.full((batch,), f, device=device), hw)
 
 
-def _check_inputs(image01: Tensor, K: Tensor | None) -> Tensor | None:
-    if not isinstance(image01, Tensor) or image01.ndim != 4 or image01.shape[1] != 3:
-        raise ValueError(f"metric backend: image must be a [B, 3, H, W] tensor, got {getattr(image01, 'shape', type(image01))}")
+def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
+    """None, or K [3, 3] / [B, 3, 3] (numpy or torch) as float32 [B, 3, 3]; a bad K is a ValueError."""
     if K is None:
         return None
-    K = torch.as_tensor(K, dtype=torch.float32, device=image01.device)
+    K = torch.as_tensor(K, dtype=torch.float32, device=device)
     if K.shape == (3, 3):
-        K = K.expand(image01.shape[0], 3, 3)
-    if K.shape != (image01.shape[0], 3, 3) or not torch.isfinite(K).all() or (K[:, 0, 0] <= 0).any():
-        raise ValueError(f"metric backend: K must be finite [3, 3] or [B, 3, 3] with fx > 0, got shape {tuple(K.shape)}")
+        K = K.expand(batch, 3, 3)
+    if K.shape != (batch, 3, 3) or not torch.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
+        raise ValueError(f"K must be finite [3, 3] or [B={batch}, 3, 3] with fx, fy > 0, got shape {tuple(K.shape)}")
     return K
 
 
@@ -78,7 +77,9 @@ class MetricBackend(nn.Module):
     name: str
 
     def forward(self, image01: Tensor, K: Tensor | None = None) -> MetricPrediction:
-        K = _check_inputs(image01, K)
+        if not isinstance(image01, Tensor) or image01.ndim != 4 or image01.shape[1] != 3:
+            raise ValueError(f"metric backend: image must be a [B, 3, H, W] tensor, got {getattr(image01, 'shape', type(image01))}")
+        K = check_intrinsics(K, image01.shape[0], image01.device)
         with torch.no_grad():
             pred = self._predict(image01, K)
         return MetricPrediction(pred.depth.float(), pred.K.float())

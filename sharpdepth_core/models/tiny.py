@@ -217,12 +217,22 @@ def save_tiny_marigold(folder: str | Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def tiny_pipeline(seed: int = 0, processing_res: int = 64, metric: str = "depth-anything-v2"):
+    """A SharpDepthPipeline of tiny random models, marked `untrained` (its output must be labelled so)."""
+    from ..pipeline import SharpDepthPipeline
+
+    backend = tiny_depth_anything(seed) if metric == "depth-anything-v2" else tiny_depth_pro(seed)
+    return SharpDepthPipeline(tiny_student(seed), backend, processing_res=processing_res, untrained=True)
+
+
 def save_tiny_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """Save every tiny model under `folder`; returns {name: path} for "student", "release" (the
-    official-release layout), "depth-anything-v2", "depth-pro" and "marigold"."""
+    official-release layout), "depth-anything-v2", "depth-pro", "marigold" and "pipeline" (a
+    SharpDepthPipeline folder: tiny student + Depth Anything, processing_res 64, untrained)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return {
+        "pipeline": tiny_pipeline(seed).save_pretrained(folder / "pipeline"),
         "student": tiny_student(seed).save_pretrained(folder / "student"),
         "release": save_tiny_release(folder / "release", seed),
         "depth-anything-v2": tiny_depth_anything(seed).save_pretrained(folder / "depth-anything-v2"),
