@@ -1,0 +1,196 @@
+"""SharpDepthPipeline end to end on tiny real models (CPU): sizes, seeds, batching, the final fit, dtypes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_models import scene_image, tiny_dirs  # noqa: F401  (fixture)
+from sharpdepth_core.models import MissingWeightsError, tiny
+from sharpdepth_core.pipeline import (
+    FIT_THRESHOLD,
+    PIPELINE_CONFIG,
+    SharpDepthPipeline,
+    as_image_batch,
+    fit_to_metric,
+)
+
+# random tiny weights make some fits degenerate; the fallback test checks the warning explicitly
+pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
+
+STAGES = {"metric", "encode", "affine_pass", "decode", "difference", "sharpen_pass", "fit", "total"}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny.tiny_pipeline(processing_res=64)
+
+
+def normal_equations(depth, target, mask):
+    """Residuals of the LSQ normal equations Σ m r and Σ m r·depth (both 0 iff depth is the fit on mask)."""
+    r = (depth - target).double()[mask]
+    return float(r.sum()), float((r * depth.double()[mask]).sum())
+
+
+def test_end_to_end_on_a_synthetic_scene(pipe):
+    rgb, K = scene_image(0, width=61, height=37)  # not a multiple of 8, other aspect
+    out = pipe(rgb, K=K, seed=0)
+    for name in ("depth", "metric_depth", "difference"):
+        assert getattr(out, name).shape == (1, 1, 37, 61), name
+    assert torch.isfinite(out.depth).all() and out.fallback == [False]
+    assert 0 <= float(out.difference.min()) and float(out.difference.max()) <= 1
+    assert torch.allclose(out.K[0], torch.as_tensor(K, dtype=torch.float32))
+    assert set(out.timings) == STAGES and all(v >= 0 for v in out.timings.values())
+    # the output is the least-squares fit onto f_D over exactly the pixels with e < 0.5
+    low = out.difference < FIT_THRESHOLD
+    assert 16 <= int(low.sum()) < low.numel()
+    scale = float(out.metric_depth.abs().mean()) ** 2 * low.sum().item()
+    assert all(abs(v) < 1e-4 * scale for v in normal_equations(out.depth, out.metric_depth, low))
+    everywhere = torch.ones_like(low)
+    assert max(abs(v) for v in normal_equations(out.depth, out.metric_depth, everywhere)) > 1e-2 * scale
+
+
+def test_same_seed_same_output_and_seed_matters(pipe):
+    rgb, _ = scene_image(1)
+    first, again = pipe(rgb, seed=7), pipe(rgb, seed=7)
+    assert torch.equal(first.depth, again.depth) and torch.equal(first.difference, again.difference)
+    other = pipe(rgb, seed=8)
+    assert not torch.allclose(first.depth, other.depth)
+    assert not torch.equal(pipe(rgb).depth, pipe(rgb).depth)  # unseeded: fresh noise each call
+
+
+def test_batched_images_match_single_calls(pipe):
+    (a, _), (b, _) = scene_image(2), scene_image(3)
+    batch = torch.cat([as_image_batch(a), as_image_batch(b)])
+    out = pipe(batch, seed=3)
+    assert out.depth.shape == (2, 1, 48, 64) and out.K.shape == (2, 3, 3) and len(out.fallback) == 2
+    for i, img in enumerate((a, b)):
+        single = pipe(img, seed=3)
+        assert torch.allclose(out.depth[i], single.depth[0], atol=1e-4)
+        assert torch.allclose(out.difference[i], single.difference[0], atol=1e-4)
+        assert out.fallback[i] == single.fallback[0]
+
+
+def test_uint8_numpy_and_float_tensor_inputs_agree(pipe):
+    rgb, _ = scene_image(4)
+    as_tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(pipe(rgb, seed=1).depth, pipe(as_tensor, seed=1).depth)
+
+
+def test_image_latent_encoded_once_and_processing_resolution_used(pipe, monkeypatch):
+    rgb, _ = scene_image(5)
+    encoded, unet_inputs = [], []
+    vae_encode, student_forward = pipe.student.vae.encode, pipe.student.forward
+    monkeypatch.setattr(pipe.student.vae, "encode", lambda x: encoded.append(x.shape) or vae_encode(x))
+    monkeypatch.setattr(pipe.student, "forward", lambda zi, zd: unet_inputs.append((zi, zd)) or student_forward(zi, zd))
+    pipe.processing_res = 32
+    try:
+        out = pipe(rgb, seed=0)
+    finally:
+        pipe.processing_res = 64
+    assert encoded == [(1, 3, 24, 32), (1, 3, 24, 32)]  # one image encode, one depth encode
+    assert len(unet_inputs) == 2 and unet_inputs[0][0] is unet_inputs[1][0]  # z_i reused by both passes
+    assert unet_inputs[0][0].shape == (1, 4, 3, 4)  # longer edge 32 -> latent 3 x 4
+    assert out.depth.shape == (1, 1, 48, 64)
+
+
+def test_final_fit_uses_only_pixels_with_low_difference():
+    metric = torch.linspace(1, 5, 256).view(1, 1, 16, 16)
+    d_hat_n = (metric - 3) / 2  # agrees with f_D up to scale and shift...
+    e = torch.full_like(metric, 0.2)
+    d_hat_n[..., 8:] += 3.0  # ...except on the right half, where the difference map is high
+    e[..., 8:] = 0.9
+    depth, fallback = fit_to_metric(d_hat_n, metric, e)
+    assert fallback == [False]
+    assert torch.allclose(depth[..., :8], metric[..., :8], atol=1e-5)  # exact where e < 0.5
+    all_pixels, _ = fit_to_metric(d_hat_n, metric, torch.zeros_like(e))
+    assert (all_pixels[..., :8] - metric[..., :8]).abs().max() > 0.5  # a fit on every pixel is pulled away
+
+
+def test_degenerate_fits_return_the_metric_depth():
+    metric = torch.linspace(1, 5, 256).view(1, 1, 16, 16)
+    few = torch.ones_like(metric)
+    few[..., 0, :10] = 0.0  # 10 < 16 usable pixels
+    depth, fallback = fit_to_metric((metric - 3) / 2, metric, few)
+    assert fallback == [True] and torch.equal(depth, metric)
+    depth, fallback = fit_to_metric(-metric, metric, torch.zeros_like(metric))  # inverted: scale < 0
+    assert fallback == [True] and torch.equal(depth, metric)
+
+
+def test_pipeline_reports_and_warns_about_a_fallback(pipe):
+    rgb, _ = scene_image(6, width=5, height=3)  # 15 pixels: fewer than the fit needs
+    with pytest.warns(RuntimeWarning, match=r"degenerate final fit for image\(s\) \[0\]"):
+        out = pipe(rgb, seed=0)
+    assert out.fallback == [True] and out.depth.shape == (1, 1, 3, 5)
+    assert torch.equal(out.depth, out.metric_depth)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_pipeline(tiny_dirs, dtype):
+    rgb, _ = scene_image(7)
+    full = SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"])(rgb, seed=2)
+    pipe = SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"], dtype=dtype)
+    assert pipe.student.unet.dtype == dtype and pipe.metric_model.dtype == dtype
+    assert pipe.student.vae.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    out = pipe(rgb, seed=2)
+    assert out.depth.dtype == torch.float32 and torch.isfinite(out.depth).all()
+    assert np.corrcoef(out.depth.flatten(), full.depth.flatten())[0, 1] > 0.95
+
+
+def test_camera_k_reaches_the_metric_backend():
+    pipe = tiny.tiny_pipeline(processing_res=64, metric="depth-pro")
+    rgb, _ = scene_image(8)
+    free = pipe(rgb, seed=0)
+    K = free.K[0].clone()
+    K[0, 0] = K[1, 1] = 2 * free.K[0, 0, 0]
+    known = pipe(rgb, K=K, seed=0)
+    ok = free.metric_depth < 1e3  # Depth Pro: depth ∝ focal length where inverse depth is not clamped
+    assert torch.allclose(known.metric_depth[ok], 2 * free.metric_depth[ok], rtol=1e-4)
+    assert torch.equal(known.K[0], K)
+    pipe.pass_k_to_metric = False  # the reference's behaviour: f_D estimates its own camera
+    blind = pipe(rgb, K=K, seed=0)
+    assert torch.equal(blind.metric_depth, free.metric_depth) and torch.equal(blind.K[0], K)
+
+
+def test_paper_difference_map_variant_changes_the_gate(pipe):
+    rgb, _ = scene_image(9)
+    reference = pipe(rgb, seed=4)
+    pipe.difference_fit_first = True
+    try:
+        paper = pipe(rgb, seed=4)
+    finally:
+        pipe.difference_fit_first = False
+    assert not torch.allclose(reference.difference, paper.difference)
+
+
+def test_pipeline_folder_round_trip(pipe, tmp_path):
+    folder = pipe.save_pretrained(tmp_path / "pipe")
+    config = json.loads((folder / PIPELINE_CONFIG).read_text())
+    assert config == {"metric_backend": "depth-anything-v2", "processing_res": 64, "difference_fit_first": False, "untrained": True}
+    loaded = SharpDepthPipeline.from_pretrained(folder)
+    assert loaded.untrained and loaded.processing_res == 64
+    rgb, _ = scene_image(10)
+    assert torch.allclose(loaded(rgb, seed=5).depth, pipe(rgb, seed=5).depth, atol=1e-4)
+
+
+def test_bad_inputs_are_clear_errors(pipe, tmp_path):
+    rgb, _ = scene_image(11)
+    cases = [
+        (rgb.astype(np.float32), "uint8 HxWx3"),
+        (rgb[..., 0], "uint8 HxWx3"),
+        (torch.rand(1, 4, 48, 64), r"\[B, 3, H, W\]"),
+        (torch.rand(1, 3, 48, 64) * 2, r"in \[0, 1\]"),
+        (torch.full((1, 3, 48, 64), float("nan")), "finite"),
+        ([[0, 1]], "numpy array or a"),
+    ]
+    for image, message in cases:
+        with pytest.raises(ValueError, match=message):
+            pipe(image)
+    with pytest.raises(ValueError, match="K must be finite"):
+        pipe(rgb, K=np.eye(4))
+    with pytest.raises(ValueError, match="processing_res"):
+        SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=0)
+    with pytest.raises(MissingWeightsError, match=rf"no {PIPELINE_CONFIG} in {tmp_path}"):
+        SharpDepthPipeline.from_pretrained(tmp_path)
