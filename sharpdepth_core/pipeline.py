@@ -46,7 +46,7 @@ def as_image_batch(image) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"numpy image must be uint8 HxWx3 RGB, got {image.dtype} of shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float() / 255
     if not isinstance(image, Tensor):
         raise ValueError(f"image must be a uint8 HxWx3 numpy array or a [B, 3, H, W] tensor, got {type(image).__name__}")
     if image.ndim == 3:
