@@ -1,6 +1,7 @@
 """Real files for the data and trainer tests: tiny image folders and rosbag2 recordings written with rosbags."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -75,3 +76,35 @@ def write_bag(
             if text is not None:
                 writer.write(text, t + 1, ts.serialize_cdr(String(data=f"frame {i}"), String.__msgtype__))
     return path
+
+
+def tiny_models(folder: Path) -> dict[str, str]:
+    """Tiny random Lotus-G (teacher and student init) and Depth Anything V2 metric folders, saved once."""
+    from sharpdepth_core.models.tiny import tiny_depth_anything, tiny_student
+
+    if not (folder / "lotus").is_dir():
+        tiny_student().save_pretrained(folder / "lotus")
+        tiny_depth_anything().save_pretrained(folder / "metric")
+    return {"teacher": str(folder / "lotus"), "metric_model": "depth-anything-v2", "metric_path": str(folder / "metric")}
+
+
+def _run_rank(config_yaml: str, result_dir: str) -> None:
+    """Entry point of one process of the multi-process test: train, then dump this replica's state."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sharpdepth_core.trainer import make_config, train
+
+    result = train(make_config(yaml_file=config_yaml))
+    rank = int(os.environ["RANK"])  # (the process group is gone once train() has ended)
+    tensors = {f"student.{k}": v for k, v in result.student.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in result.ema.state_dict().items()})
+    for i, s in enumerate(result.optimizer.state.values()):
+        tensors.update({f"adam.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, f"{result_dir}/rank{rank}.safetensors")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _run_rank(sys.argv[1], sys.argv[2])

@@ -1,0 +1,552 @@
+"""GT-free distillation (METHOD.md, Training): f_D and a frozen f_G teach a one-step student G_θ.
+
+`TrainConfig` is one plain dataclass; `PRESETS` holds `paper` and `reference` (the table of
+METHOD.md) and `make_config` layers a YAML file and `key=value` overrides on a preset.
+`training_step` is the method, one batch, read top to bottom; `train` is the loop around it with
+accelerate (one or many GPUs/machines, CPU for tests, mixed precision, gradient accumulation),
+the student's EMA, atomic checkpoints that `--resume` restores exactly, signals and TensorBoard.
+
+A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
+that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, accelerate's
+optimizer / LR-schedule / RNG states, `trainer_state.json` (step, data position) and `config.yaml`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import shutil
+import signal
+import threading
+import time
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from .data import DepthCache, MixingSampler, TrainingImages, open_source, random_flip
+from .gating import add_noise, difference_map, downsample_to_latent, gate
+from .losses import reconstruction_loss, sds_loss, sds_weight
+from .normalization import normalize_depth
+
+log = logging.getLogger(__name__)
+
+
+def _opt(default, help: str):
+    """A config field with its help text (shown by `train/distill.py --help`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the defaults are the `reference` preset."""
+
+    # models
+    teacher: str = _opt("jingheya/lotus-depth-g-v1-0", "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
+    student_init: str | None = _opt(None, "initial student weights (default: the teacher)")
+    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2")
+    metric_path: str | None = _opt(None, "f_D weights folder or hub id (default: the backend's usual checkpoint)")
+    # data
+    data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml, .mcap, .db3)")
+    data_probs: list[float] | None = _opt(None, "mixing probability per data source (default: every image once per epoch)")
+    topics: list[str] | None = _opt(None, "camera topics to read from recordings (default: every image topic)")
+    resolution: tuple[int, int] = _opt((576, 768), "training size H W (multiples of 8): resize to cover, centre crop")
+    depth_cache: str | None = _opt(None, "folder for f_D's depth of each image, reused in later epochs")
+    num_workers: int = _opt(4, "data-loader worker processes")
+    # method
+    lambda_sds: float = _opt(1.0, "weight of the SDS loss")
+    lambda_rec: float = _opt(0.4, "weight of the noise-aware reconstruction loss")
+    pure_noise_prob: float = _opt(0.2, "probability of feeding [z_i, noise] instead of the gated latent")
+    ema_difference_from_step: int = _opt(0, "step from which the student's EMA, not frozen f_G, makes the difference map")
+    fit_difference: bool = _opt(False, "least-squares fit d̃ onto d_n before the difference map (the paper's variant)")
+    # optimisation
+    optimizer: Literal["adam", "adamw"] = _opt("adamw", "adam or adamw")
+    lr: float = _opt(1e-6, "learning rate (per sample, see scale_lr)")
+    scale_lr: bool = _opt(True, "multiply lr by batch_size x grad_accum x number of processes")
+    adam_betas: tuple[float, float] = _opt((0.9, 0.999), "Adam beta1 beta2")
+    weight_decay: float = _opt(1e-2, "decoupled weight decay (adamw)")
+    lr_schedule: Literal["constant", "cosine"] = _opt("cosine", "constant or cosine (after warm-up)")
+    warmup_steps: int = _opt(200, "linear warm-up steps")
+    batch_size: int = _opt(1, "images per process and micro-step")
+    grad_accum: int = _opt(8, "micro-steps per optimizer step")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps")
+    epochs: int | None = _opt(6, "stop after this many passes over the data")
+    grad_clip: float | None = _opt(1.0, "clip the gradient norm to this (None: no clipping)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _opt("bf16", "no, fp16 or bf16")
+    gradient_checkpointing: bool = _opt(False, "recompute UNet and VAE-decoder activations to save memory")
+    ema_beta: float = _opt(0.9999, "EMA decay")
+    ema_update_after_step: int = _opt(100, "EMA copies the student until this step")
+    ema_update_every: int = _opt(10, "EMA update interval in steps")
+    # bookkeeping
+    output_dir: str = _opt("runs/sharpdepth", "checkpoints and TensorBoard logs go here")
+    seed: int = _opt(0, "seed of data order, noise and flips")
+    checkpoint_every: int = _opt(1000, "save a checkpoint every N steps")
+    keep_checkpoints: int = _opt(3, "keep the last N checkpoints")
+    log_every: int = _opt(10, "log scalars every N steps")
+    validate_every: int = _opt(500, "log validation pictures every N steps (0: never)")
+    validation_images: int = _opt(2, "how many training images to picture at validation")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "reference": TrainConfig(),
+    # The paper's text: Adam at a constant 1e-6, batch 1 x 16, 13k iterations, λ_rec 0.3, f_G replaced
+    # by the EMA "as training progresses" (no step given: 1000 is this project's choice), the
+    # least-squares fit before the difference map, no pure-noise branch; precision/clipping unstated.
+    "paper": dataclasses.replace(
+        TrainConfig(),
+        lambda_rec=0.3, pure_noise_prob=0.0, ema_difference_from_step=1000, fit_difference=True,
+        optimizer="adam", scale_lr=False, weight_decay=0.0, lr_schedule="constant", warmup_steps=0,
+        grad_accum=16, max_steps=13_000, epochs=None, grad_clip=None, mixed_precision="no",
+    ),
+}
+
+
+def _coerce(name: str, tp, value):
+    """`value` (from YAML or a command line string) as the field's declared type, or a clear error."""
+    origin, args = get_origin(tp), get_args(tp)
+    bad = ValueError(f"config {name}: cannot use {value!r} as {getattr(tp, '__name__', tp)}")
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null", "~"}):
+            return None
+        return _coerce(name, next(a for a in args if a is not type(None)), value)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config {name}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        items = [_coerce(name, args[0] if origin is list else args[min(i, len(args) - 1)], v) for i, v in enumerate(value)]
+        if origin is tuple and len(items) != len(args):
+            raise ValueError(f"config {name}: needs {len(args)} values, got {len(items)}")
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+        if str(value).strip().lower() not in words:
+            raise bad
+        return words[str(value).strip().lower()]
+    try:
+        if tp is int and not isinstance(value, bool):
+            return int(value) if not isinstance(value, float) or value.is_integer() else int("x")
+        if tp is float and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if tp is str and isinstance(value, (str, int, float)):
+        return str(value)
+    raise bad
+
+
+def config_types() -> dict[str, object]:
+    return get_type_hints(TrainConfig)
+
+
+def override(cfg: TrainConfig, values: Mapping[str, object]) -> TrainConfig:
+    """A copy of cfg with `values` (field name -> YAML value or string) applied; unknown names are errors."""
+    types_ = config_types()
+    changes = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in types_:
+            close = difflib.get_close_matches(name, types_, n=1)
+            raise ValueError(f"unknown config field {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        changes[name] = _coerce(name, types_[name], value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def make_config(preset: str = "reference", yaml_file: str | Path | None = None, overrides: Mapping[str, object] = {}) -> TrainConfig:
+    """Preset, then the YAML file, then explicit overrides (the command line), each winning over the last."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    if yaml_file is not None:
+        path = Path(yaml_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of field: value")
+        cfg = override(cfg, loaded)
+    return override(cfg, overrides)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """Plain YAML-able values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a run that cannot work, naming the field, before any model is loaded."""
+    problems = []
+    if not cfg.data:
+        problems.append("data: give at least one image folder or recording")
+    if cfg.data_probs is not None and len(cfg.data_probs) != len(cfg.data):
+        problems.append(f"data_probs: {len(cfg.data_probs)} values for {len(cfg.data)} data sources")
+    if any(v <= 0 or v % 8 for v in cfg.resolution):
+        problems.append(f"resolution: {cfg.resolution} must be positive multiples of 8")
+    if not 0 <= cfg.pure_noise_prob <= 1:
+        problems.append(f"pure_noise_prob: {cfg.pure_noise_prob} is not in [0, 1]")
+    if cfg.max_steps is None and cfg.epochs is None:
+        problems.append("max_steps / epochs: set at least one")
+    for name in ("batch_size", "grad_accum", "keep_checkpoints", "checkpoint_every", "log_every", "ema_update_every"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name}: must be >= 1")
+    if (cfg.max_steps is not None and cfg.max_steps < 1) or (cfg.epochs is not None and cfg.epochs < 1):
+        problems.append("max_steps / epochs: must be >= 1")
+    if cfg.lr <= 0:
+        problems.append(f"lr: {cfg.lr} must be > 0")
+    if problems:
+        raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+# --- the method: one batch ---------------------------------------------------------------------
+
+
+def training_step(student: nn.Module, codec, teacher: nn.Module, diff_model: nn.Module, image: Tensor, depth: Tensor,
+                  cfg: TrainConfig) -> dict[str, Tensor]:
+    """METHOD.md Training 1-7 for a batch (image in [0, 1], f_D's metric depth); returns the losses.
+
+    `diff_model` makes the difference map: the student's EMA, or frozen f_G early in training.
+    """
+    d_n, _, _ = normalize_depth(depth)
+    with torch.no_grad():
+        z_i, z_d = codec.encode_image(image), codec.encode_depth(d_n)
+        z_a = diff_model(z_i, torch.randn_like(z_d))  # affine pass: pure noise in the depth slot
+        e = difference_map(codec.decode_depth(z_a), d_n, fit_first=cfg.fit_difference)
+        gated = gate(z_d, downsample_to_latent(e, z_d.shape[-2:]), add_noise(z_a, torch.randn_like(z_a)))
+        pure = (torch.rand(z_d.shape[0]) < cfg.pure_noise_prob).view(-1, 1, 1, 1).to(z_d.device)
+        z_in = torch.where(pure, torch.randn_like(z_d), gated)
+    z_hat = student(z_i, z_in)
+    with torch.no_grad():  # SDS teacher: always frozen f_G, never the EMA
+        x_hat = teacher(z_i, add_noise(z_hat.detach(), torch.randn_like(z_hat)))
+    l_sds = sds_loss(z_hat, x_hat, sds_weight())
+    l_rec = reconstruction_loss(codec.decode_depth(z_hat), d_n, e)  # through the frozen VAE decoder
+    loss = cfg.lambda_sds * l_sds + cfg.lambda_rec * l_rec
+    return {"loss": loss, "sds": l_sds.detach(), "rec": l_rec.detach(), "e_mean": e.mean()}
+
+
+# --- the run: models, data, optimisation, state ------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What `--resume` needs besides accelerate's states: where in the data and the schedule we are."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # micro-batches of this epoch already consumed (per process)
+    skipped_images: int = 0  # unreadable images replaced so far (this process; checkpoints hold the total)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # the last checkpoint folder; its student/ is a loadable model
+    state: TrainState
+    interrupted: int | None  # the signal number that stopped the run early, if one did
+    student: nn.Module  # unwrapped, as on this process
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current optimizer step.
+
+    Repeats are ignored: launchers forward the terminal's Ctrl-C, so each process may see it twice.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            return
+        self.signum = signum
+        log.warning("%s received: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT/SIGTERM to the main process, which saves and then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _make_ema(student: nn.Module, cfg: TrainConfig):
+    # ema-pytorch, not diffusers' EMAModel: the reference's EMA settings are ema-pytorch's own
+    # parameters (beta 0.9999, update_after_step 100, update_every 10, with its decay warm-up), so
+    # this implementation reproduces the reference's EMA schedule as it is; EMAModel has another
+    # warm-up rule and no update_every. The frozen VAE is not averaged.
+    from ema_pytorch import EMA
+
+    ema = EMA(student, beta=cfg.ema_beta, update_after_step=cfg.ema_update_after_step, update_every=cfg.ema_update_every,
+              include_online_model=False, ignore_startswith_names={"vae."})
+    ema.ema_model.eval()
+    return ema
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    folders = [p for p in (output_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
+    return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """`latest` -> the newest complete checkpoint (None when there is none yet); a path must exist."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = _checkpoints(Path(output_dir))
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist or is incomplete (no trainer_state.json)")
+    return path
+
+
+class _Run:
+    """The live objects of a run, built once: models, data, optimizer, schedule, EMA, depth cache."""
+
+    def __init__(self, cfg: TrainConfig, acc):
+        from diffusers.optimization import get_scheduler
+
+        from .models.metric import load_metric_model
+        from .models.student import DiffusionDepthModel
+
+        self.cfg, self.acc = cfg, acc
+        dev = acc.device
+        frozen_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        sources = [open_source(p, cfg.topics) for p in cfg.data]
+        self.dataset = TrainingImages(sources, cfg.resolution)
+        self.sampler = MixingSampler([len(s) for s in sources], cfg.data_probs, seed=cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers, drop_last=True,
+            generator=torch.Generator().manual_seed(cfg.seed),  # the global RNG stays untouched: resumable
+            worker_init_fn=_ignore_stop_signals, pin_memory=dev.type == "cuda",
+        )
+        if len(loader) == 0:
+            raise ValueError(f"{len(self.dataset)} training images are fewer than one batch of {cfg.batch_size}")
+        student = DiffusionDepthModel.from_pretrained(cfg.student_init or cfg.teacher, dtype=torch.float32, device=dev)
+        student.unet.requires_grad_(True).train()
+        if cfg.gradient_checkpointing:
+            student.unet.enable_gradient_checkpointing()
+            student.vae.enable_gradient_checkpointing()
+        self.teacher = DiffusionDepthModel.from_pretrained(cfg.teacher, dtype=frozen_dtype, device=dev)
+        self.metric = load_metric_model(cfg.metric_model, cfg.metric_path, dev, torch.float32)
+        self.ema = _make_ema(student, cfg).to(dev)
+        self.cache = None
+        if cfg.depth_cache:
+            H, W = cfg.resolution
+            self.cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}|{H}x{W}")
+        lr = cfg.lr * (cfg.batch_size * cfg.grad_accum * acc.num_processes if cfg.scale_lr else 1)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(student.unet.parameters(), lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.student, self.optimizer, self.loader = acc.prepare(student, optimizer, loader)
+        steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        limits = [n for n in (cfg.max_steps, cfg.epochs and cfg.epochs * steps_per_epoch) if n]
+        self.total_steps = min(limits)
+        schedule = get_scheduler(cfg.lr_schedule if cfg.lr_schedule == "cosine" else "constant_with_warmup",
+                                 optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total_steps)
+        self.scheduler = acc.prepare(schedule)
+        self.unwrapped = acc.unwrap_model(self.student)
+        self.codec = self.unwrapped.codec
+        acc.register_save_state_pre_hook(self._save_models)
+        acc.register_load_state_pre_hook(self._load_models)
+
+    def metric_depth(self, batch: dict) -> Tensor:
+        """f_D's depth of the (unflipped) batch, from the cache where it has it."""
+        depth = self.cache.load(batch["key"]) if self.cache else None
+        if depth is None:
+            depth = self.metric(batch["image"], None).depth
+            if self.cache:
+                self.cache.save(batch["key"], depth)
+        return depth.to(self.acc.device)
+
+    def _save_models(self, models, weights, output_dir) -> None:
+        """accelerate hook: the student and its EMA as loadable model folders instead of a state dict."""
+        if self.acc.is_main_process:
+            self.unwrapped.save_pretrained(Path(output_dir) / "student")
+            self.ema.ema_model.save_pretrained(Path(output_dir) / "ema")
+        weights.pop()
+
+    def _load_models(self, models, input_dir) -> None:
+        from .models.student import DiffusionDepthModel
+
+        for name, target in (("student", self.acc.unwrap_model(models.pop())), ("ema", self.ema.ema_model)):
+            saved = DiffusionDepthModel.from_pretrained(Path(input_dir) / name, dtype=torch.float32)
+            target.load_state_dict(saved.state_dict())
+
+
+def _total(acc, n: int) -> int:
+    """Sum of a per-process count over all processes (every process must call this)."""
+    return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
+
+
+def _save_checkpoint(run: _Run, state: TrainState) -> Path:
+    """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N."""
+    acc, out = run.acc, Path(run.cfg.output_dir) / "checkpoints"
+    final = out / f"step-{state.step:07d}"
+    tmp = out / f".tmp-{final.name}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    saved = {**dataclasses.asdict(state), "skipped_images": _total(acc, state.skipped_images),
+             "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
+    acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _checkpoints(Path(run.cfg.output_dir))[: -run.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def _load_checkpoint(run: _Run, folder: Path) -> TrainState:
+    run.acc.load_state(str(folder))  # student + EMA weights (hook), optimizer, LR schedule, RNG, accumulation step
+    saved = json.loads((folder / "trainer_state.json").read_text())
+    run.ema.step.fill_(saved.pop("ema_step"))
+    run.ema.initted.fill_(saved.pop("ema_initted"))
+    state = TrainState(**saved)
+    if not run.acc.is_main_process:  # the saved count is the total of all processes: keep it once
+        state.skipped_images = 0
+    old_cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    changed = sorted(k for k, v in config_dict(run.cfg).items() if old_cfg.get(k) != v)
+    if changed:
+        log.warning("resuming %s with a config that differs in: %s", folder, ", ".join(changed))
+    log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, state.step, state.epoch, state.batch)
+    return state
+
+
+def _log_pictures(run: _Run, step: int) -> None:
+    """Image, f_D depth, difference map and student depth of a few fixed training images."""
+    from .pipeline import SharpDepthPipeline
+    from .visualize import colorize_depth, colorize_difference
+
+    writer = run.acc.get_tracker("tensorboard", unwrap=True)
+    pipe = SharpDepthPipeline(run.unwrapped, run.metric, processing_res=max(run.cfg.resolution))
+    with torch.random.fork_rng(devices=[run.acc.device] if run.acc.device.type == "cuda" else []):
+        for i in range(min(run.cfg.validation_images, len(run.dataset))):
+            image = run.dataset[i]["image"]
+            out = pipe(image[None].to(run.acc.device), seed=i)
+            d, m = out.depth[0, 0].float().cpu().numpy(), out.metric_depth[0, 0].float().cpu().numpy()
+            lo, hi = float(min(d.min(), m.min())), float(max(d.max(), m.max()))
+            pictures = {"image": (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"),
+                        "metric_depth": colorize_depth(m, lo, hi),
+                        "difference": colorize_difference(out.difference[0, 0].float().cpu().numpy()),
+                        "student_depth": colorize_depth(d, lo, hi)}
+            for name, rgb in pictures.items():
+                writer.add_image(f"validation/{i}/{name}", rgb, step, dataformats="HWC")
+
+
+class _Meter:
+    """Running means of the losses between log steps, steps per second, and the TensorBoard/progress write."""
+
+    def __init__(self, step: int):
+        self.sums, self.step, self.time = 0.0, step, time.perf_counter()
+
+    def add(self, out: dict[str, Tensor], grad_accum: int) -> None:
+        self.sums = self.sums + torch.stack([out["loss"].detach(), out["sds"], out["rec"]]).float() / grad_accum
+        self.last = out
+
+    def log(self, run: _Run, state: TrainState, bar) -> None:
+        steps = state.step - self.step
+        loss, sds, rec = (self.sums / max(steps, 1)).tolist()
+        lr = run.scheduler.get_last_lr()[0]
+        run.acc.log({"loss/total": loss, "loss/sds": sds, "loss/rec": rec, "lr": lr,
+                     "grad_norm": float(self.last["grad_norm"]), "e_mean": float(self.last["e_mean"]),
+                     "it_per_s": steps / (time.perf_counter() - self.time),
+                     "data/skipped_images": _total(run.acc, state.skipped_images)}, step=state.step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.sums, self.step, self.time = 0.0, state.step, time.perf_counter()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Run or resume (`resume`: "latest" or a checkpoint folder) a distillation; all processes call this."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    check_config(cfg)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                      log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
+    set_seed(cfg.seed, device_specific=True)  # noise differs per process; the data order comes from the sampler
+    run = _Run(cfg, acc)
+    ckpt = resolve_resume(cfg.output_dir, resume)
+    state = _load_checkpoint(run, ckpt) if ckpt else TrainState()
+    acc.init_trackers("logs", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config_dict(cfg).items()})
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="distill", disable=not acc.is_local_main_process)
+    meter = _Meter(state.step)
+    interrupted = None
+    with StopOnSignal() as stop:
+        while state.step < run.total_steps and interrupted is None:
+            run.loader.set_epoch(state.epoch)
+            for batch in acc.skip_first_batches(run.loader, state.batch) if state.batch else run.loader:
+                state.batch += 1
+                state.skipped_images += int(batch["skipped"].sum())
+                with acc.accumulate(run.student):
+                    image, depth = random_flip(batch["image"], run.metric_depth(batch))
+                    diff_model = run.ema.ema_model if state.step >= cfg.ema_difference_from_step else run.teacher
+                    with acc.autocast():
+                        out = training_step(run.student, run.codec, run.teacher, diff_model, image, depth, cfg)
+                    acc.backward(out["loss"])
+                    if acc.sync_gradients:
+                        out["grad_norm"] = acc.clip_grad_norm_(run.student.parameters(), cfg.grad_clip or math.inf)
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                meter.add(out, cfg.grad_accum)
+                if not acc.sync_gradients:
+                    continue
+                if not acc.optimizer_step_was_skipped:
+                    run.scheduler.step()
+                run.ema.update()
+                state.step += 1
+                bar.update()
+                if state.step % cfg.log_every == 0:
+                    meter.log(run, state, bar)
+                if cfg.validate_every and state.step % cfg.validate_every == 0 and acc.is_main_process:
+                    _log_pictures(run, state.step)
+                if stop.signum:
+                    acc.set_trigger()
+                if acc.check_trigger():  # a signal on any process stops all of them at this same step
+                    interrupted = stop.signum or signal.SIGTERM
+                if interrupted or state.step % cfg.checkpoint_every == 0 or state.step >= run.total_steps:
+                    ckpt = _save_checkpoint(run, state)
+                if interrupted or state.step >= run.total_steps:
+                    break
+            else:
+                state.epoch, state.batch = state.epoch + 1, 0
+    bar.close()
+    acc.end_training()
+    if interrupted:
+        log.warning("stopped by %s at step %d; checkpoint %s; continue with --resume latest",
+                    signal.Signals(interrupted).name, state.step, ckpt)
+    return TrainResult(ckpt, state, interrupted, run.unwrapped, run.ema.ema_model, run.optimizer.optimizer)

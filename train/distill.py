@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""SharpDepth GT-free distillation (no ground truth: any image folder or robot recording is data).
+
+  python train/distill.py --preset reference --data /data/images /data/drive.mcap --output-dir runs/a
+  accelerate launch --num_processes 4 train/distill.py --config my.yaml      # several GPUs / machines
+  python train/distill.py --config my.yaml --resume latest                     # continue after a stop
+
+The config is resolved as: --preset, then --config FILE.yaml, then --set KEY=VALUE (repeatable),
+then the per-field flags below; each later one wins. `--print-config` shows the result and exits.
+SIGINT/SIGTERM save a checkpoint and stop (exit status 128 + signal); `--resume latest` continues.
+The student of every checkpoint (`<output_dir>/checkpoints/step-N/student`) loads directly in the
+pipeline and the ROS node.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Union, get_args, get_origin
+
+import yaml
+
+from sharpdepth_core.trainer import PRESETS, TrainConfig, config_dict, config_types, make_config, train
+
+
+def _is_list(tp) -> bool:
+    if get_origin(tp) is Union or type(tp).__name__ == "UnionType":
+        return any(_is_list(a) for a in get_args(tp))
+    return get_origin(tp) in (list, tuple)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="distill.py", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        usage="%(prog)s [--preset P] [--config FILE.yaml] [--set KEY=VALUE ...] [--resume latest|PATH] [--FIELD VALUE ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="reference", help="base settings (METHOD.md table)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (YAML value)")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in output_dir, or PATH")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    group = p.add_argument_group("config fields", "(value shown as reference / paper preset)")
+    types_ = config_types()
+    for f in dataclasses.fields(TrainConfig):
+        ref, paper = getattr(PRESETS["reference"], f.name), getattr(PRESETS["paper"], f.name)
+        shown = f"{ref}" if ref == paper else f"{ref} / {paper}"
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        group.add_argument(*flags, dest=f.name, nargs="+" if _is_list(types_[f.name]) else None,
+                           default=argparse.SUPPRESS, metavar=f.name.upper(), help=f"{f.metadata['help']} [{shown}]")
+    return p
+
+
+def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides.update({k: v for k, v in vars(args).items() if k in names})
+    try:
+        return make_config(args.preset, args.config, overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = resolve(args, parser)
+    if args.print_config:
+        print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = train(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad data, weights or config: one line
+        print(f"distill.py: error: {exc}", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        return 128 + result.interrupted
+    print(f"done: step {result.state.step}; student model: {result.checkpoint / 'student'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
