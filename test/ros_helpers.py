@@ -112,3 +112,48 @@ def pinhole_info(K: np.ndarray, hw: tuple[int, int], hdr=None) -> CameraInfo:
     info.r = np.eye(3).ravel()
     info.p = np.concatenate([K, np.zeros((3, 1))], axis=1).ravel()
     return info
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A SharpDepth pipeline folder of tiny random real models (processing_res 64), saved once per session."""
+    from sharpdepth_core.models import tiny
+
+    return tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path_factory.mktemp("ros_tiny") / "pipeline")
+
+
+def node_parameters(model_dir, **extra) -> list:
+    """Parameter overrides for a SharpDepthNode that loads `model_dir` on the CPU."""
+    from rclpy.parameter import Parameter
+
+    values = {"model": str(model_dir), "device": "cpu", "stats_period": 1.0, **extra}
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+class Probe:
+    """A test node recording every message of the given (topic, type) pairs, with arrival times."""
+
+    def __init__(self, context: Context, topics: dict[str, type], name: str = "probe") -> None:
+        self.node = rclpy.create_node(name, context=context)
+        self.messages: dict[str, list] = {t: [] for t in topics}
+        self.arrivals: dict[str, list[float]] = {t: [] for t in topics}
+        for topic, msg_type in topics.items():
+            self.node.create_subscription(msg_type, topic, self._recorder(topic), 10)
+
+    def _recorder(self, topic: str):
+        def record(msg) -> None:
+            self.messages[topic].append(msg)
+            self.arrivals[topic].append(time.monotonic())
+
+        return record
+
+    def by_stamp(self, topic: str, stamp: int):
+        found = [m for m in self.messages[topic] if stamp_ns(m.header) == stamp]
+        return found[0] if found else None
+
+    def has(self, topics, stamp: int) -> bool:
+        return all(self.by_stamp(t, stamp) is not None for t in topics)
+
+    def connected(self) -> bool:
+        """Every recorded topic has a publisher matched to this probe."""
+        return all(self.node.count_publishers(t) for t in self.messages)

@@ -1,0 +1,391 @@
+"""The SharpDepth ROS 2 node: camera image + CameraInfo in, metric depth, CameraInfo and point cloud out.
+
+A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline`: messages are converted in
+`conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
+owns (never in executor callbacks, where `torch.compile` and long calls misbehave): the image
+callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
+them. Bad input of any kind costs one throttled log line and that frame, never the node.
+
+    ros2 run sharpdepth_ros sharpdepth_node --ros-args --params-file config/sharpdepth.yaml \\
+        -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info
+"""
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import rclpy
+import rclpy.executors
+import torch
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from sharpdepth_core.models.metric import METRIC_BACKENDS
+from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.visualize import colorize_depth
+from sharpdepth_ros.conversions import (
+    PointCloudBuilder,
+    compressed_to_rgb8,
+    depth_camera_info,
+    image_intrinsics,
+    image_to_rgb8,
+    numpy_to_image,
+)
+
+try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+except ImportError:  # pragma: no cover - depends on the installation
+    DiagnosticArray = None
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+THROTTLE_S = 5.0
+
+
+def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
+    """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
+    embedded models) or on a student + metric backend."""
+    device = settings["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SharpDepthPipeline.from_pretrained(
+        None if settings["student"] else (settings["model"] or None),
+        student=settings["student"] or None,
+        metric=settings["metric_backend"] or None,
+        metric_path=settings["metric_model"] or None,
+        device=device,
+        dtype=DTYPES[settings["dtype"]],
+        processing_res=settings["processing_res"] or None,
+    )
+
+
+# Engine name -> loader(settings) -> callable(rgb uint8 HxWx3, K=..., seed=...) -> SharpDepthOutput.
+# The acceleration issue registers "onnx" and "tensorrt" here.
+ENGINES: dict[str, Callable[[dict], object]] = {"pytorch": load_pytorch_pipeline}
+
+
+class BadModelOutput(ValueError):
+    """The model produced something unpublishable (NaN depth: fp16 overflow, broken weights)."""
+
+
+def _descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
+    if integer is not None:
+        d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
+    if floating is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
+    return d
+
+
+S, I, F, B = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
+# name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
+PARAMETERS = {
+    "model": ("", _descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", S, read_only=True)),
+    "student": ("", _descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", S, read_only=True)),
+    "metric_backend": ("", _descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", S, read_only=True)),
+    "metric_model": ("", _descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", S, read_only=True)),
+    "engine": ("pytorch", _descriptor("inference engine", S, read_only=True)),
+    "device": ("auto", _descriptor("auto, cpu, cuda, cuda:N or mps", S, read_only=True)),
+    "dtype": ("float32", _descriptor("float32, float16 or bfloat16", S, read_only=True)),
+    "image_transport": ("raw", _descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", S, read_only=True)),
+    "processing_res": (0, _descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", I, integer=(0, 4096))),
+    "seed": (0, _descriptor("seed of the two noise draws; -1 = a fresh draw per frame", I, integer=(-1, 2**31 - 1))),
+    "use_camera_intrinsics": (True, _descriptor("give camera_info K to the metric model", B)),
+    "publish_points": (True, _descriptor("publish the point cloud on 'points'", B)),
+    "publish_difference": (False, _descriptor("publish the difference map on 'depth/difference'", B)),
+    "publish_colored": (True, _descriptor("publish a colour-mapped depth image on 'depth/colored'", B)),
+    "cloud_rgb": (True, _descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", B)),
+    "cloud_decimation": (1, _descriptor("keep every n-th pixel in both directions", I, integer=(1, 16))),
+    "cloud_max_range": (0.0, _descriptor("NaN for points deeper than this along z, metres; 0 = no limit", F, floating=(0.0, 1000.0))),
+    "stats_period": (5.0, _descriptor("seconds between statistics log lines and /diagnostics", F, read_only=True, floating=(0.5, 3600.0))),
+}
+
+
+def validate(name: str, value) -> str | None:
+    """Why `value` is not acceptable for parameter `name` (ranges are checked by the descriptors)."""
+    if name == "metric_backend" and value and value not in METRIC_BACKENDS:
+        return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
+    if name == "processing_res" and 0 < value < 64:
+        return f"processing_res {value} is below 64 (0 = the model's default)"
+    if name == "engine" and value not in ENGINES:
+        return f"engine '{value}' is not available (available: {', '.join(ENGINES)})"
+    if name == "device" and not DEVICE.match(value):
+        return f"device '{value}' is not auto, cpu, cuda, cuda:N or mps"
+    if name == "dtype" and value not in DTYPES:
+        return f"dtype '{value}' is not one of {', '.join(DTYPES)}"
+    if name == "image_transport" and value not in ("raw", "compressed"):
+        return f"image_transport '{value}' is not 'raw' or 'compressed'"
+    return None
+
+
+@dataclass
+class Stats:
+    """Counters and per-stage seconds since start; the reporter logs differences between snapshots."""
+
+    received: int = 0
+    published: int = 0
+    dropped: int = 0
+    fallbacks: int = 0  # frames whose final fit was degenerate: the metric model's depth was published
+    rejected: dict[str, int] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    def copy(self) -> "Stats":
+        return Stats(self.received, self.published, self.dropped, self.fallbacks, dict(self.rejected), dict(self.stage_s))
+
+
+class SharpDepthNode(Node):
+    """Subscribes `image_raw` (or `image_raw/compressed`) and `camera_info`; publishes `depth/image`,
+    `depth/camera_info`, `points`, optionally `depth/colored` and `depth/difference`.
+
+    `pipeline`: an already built pipeline to use instead of loading one from the parameters (the
+    demo's and the tests' seam: tiny models, or a model that fails on purpose).
+    """
+
+    def __init__(self, pipeline=None, **node_kwargs) -> None:
+        node_kwargs.setdefault("namespace", "camera")
+        super().__init__("sharpdepth", **node_kwargs)
+        self._settings: dict = {}
+        self._lock = threading.Condition()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+
+        self.pipeline = pipeline if pipeline is not None else ENGINES[self._settings["engine"]](self._settings)
+        self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
+        if getattr(self.pipeline, "untrained", False):
+            self.get_logger().warning("UNTRAINED random-weight models: the depth means nothing, only the plumbing is real")
+        self.stats = Stats()
+        self._cloud = PointCloudBuilder()
+        self._infos: dict[str, CameraInfo] = {}  # latest CameraInfo per frame_id
+        self._pending = None  # the newest frame not yet taken by the worker
+        self._stop = False
+        self._last_log: dict[str, float] = {}
+        self.last_rejection = ""
+        self._reported = (time.monotonic(), Stats())
+
+        sensor = qos_profile_sensor_data
+        override = QoSOverridingOptions.with_default_policies()
+        image_topic = self.resolve_topic_name("image_raw")  # remapped; '/compressed' follows the remap
+        if self._settings["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, image_topic + "/compressed", self._on_compressed, sensor, qos_overriding_options=override)
+        else:
+            self.create_subscription(Image, "image_raw", self._on_image, sensor, qos_overriding_options=override)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, qos_overriding_options=override)
+        out = QoSProfile(depth=2)  # reliable, small: RViz and best-effort consumers both match
+        self._pub_depth = self.create_publisher(Image, "depth/image", out, qos_overriding_options=override)
+        self._pub_info = self.create_publisher(CameraInfo, "depth/camera_info", out, qos_overriding_options=override)
+        self._pub_points = self.create_publisher(PointCloud2, "points", out, qos_overriding_options=override)
+        self._pub_colored = self.create_publisher(Image, "depth/colored", out, qos_overriding_options=override)
+        self._pub_difference = self.create_publisher(Image, "depth/difference", out, qos_overriding_options=override)
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
+        self.create_timer(self._settings["stats_period"], self._report)
+
+        self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"SharpDepth ready: {image_topic}{'/compressed' if self._settings['image_transport'] == 'compressed' else ''} "
+            f"-> {self.resolve_topic_name('depth/image')}, {self.resolve_topic_name('points')}"
+        )
+
+    # --- parameters -------------------------------------------------------------------------
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Reject a bad value with its reason; otherwise take all new values at once."""
+        for p in params:
+            reason = validate(p.name, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        settings = dict(self._settings)
+        settings.update({p.name: p.value for p in params})
+        if hasattr(self, "_model_res"):  # after startup: the pipeline exists
+            self.pipeline.processing_res = settings["processing_res"] or self._model_res
+        self._settings = settings  # one assignment: the worker sees old or new settings, never a mix
+        return SetParametersResult(successful=True)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._infos[msg.header.frame_id] = msg
+
+    def _on_image(self, msg: Image) -> None:
+        self._offer(msg, image_to_rgb8)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._offer(msg, compressed_to_rgb8)
+
+    def _offer(self, msg, decode) -> None:
+        """Latest frame wins: a frame still waiting when a newer one arrives is dropped."""
+        with self._lock:
+            self.stats.received += 1
+            if self._pending is not None:
+                self.stats.dropped += 1
+            self._pending = (msg, decode, time.perf_counter())
+            self._lock.notify()
+
+    # --- inference worker -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._stop:
+                    self._lock.wait()
+                if self._stop:
+                    return
+                item, self._pending = self._pending, None
+            self._process(*item)
+
+    def _process(self, msg, decode, arrived: float) -> None:
+        try:
+            self._infer_and_publish(msg, decode, arrived)
+        except BadModelOutput as error:
+            self._reject("model", str(error))
+        except ValueError as error:  # bad image, bad calibration
+            self._reject("input", str(error))
+        except torch.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            self._reject("out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16")
+        except Exception as error:  # a bug must not take the camera pipeline down: say so loudly
+            self._reject("error", f"unexpected {type(error).__name__}: {error}")
+
+    def _infer_and_publish(self, msg, decode, arrived: float) -> None:
+        settings = self._settings
+        t0 = time.perf_counter()
+        rgb = decode(msg)
+        info = self._infos.get(msg.header.frame_id)
+        if info is None:
+            raise ValueError(f"no camera_info for frame_id '{msg.header.frame_id}' yet on {self.resolve_topic_name('camera_info')}")
+        K = image_intrinsics(info, rgb.shape[:2])
+        t1 = time.perf_counter()
+        seed = None if settings["seed"] < 0 else settings["seed"]
+        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] else None, seed=seed)
+        t2 = time.perf_counter()
+        depth = _image_of(out.depth)
+        bad = int((~np.isfinite(depth)).sum())
+        if bad:
+            raise BadModelOutput(f"the model returned {bad} non-finite depth values of {depth.size}")
+        depth[depth <= 0] = np.nan  # REP 118: invalid is NaN
+        self._publish(msg.header, rgb, info, depth, out, settings)
+        t3 = time.perf_counter()
+        stages = {"decode": t1 - t0, **{f"model/{k}": v for k, v in out.timings.items()}, "model": t2 - t1, "publish": t3 - t2, "total": t3 - arrived}
+        with self._lock:
+            self.stats.published += 1
+            self.stats.fallbacks += int(any(getattr(out, "fallback", [])))
+            for k, v in stages.items():
+                self.stats.stage_s[k] = self.stats.stage_s.get(k, 0.0) + v
+
+    def _publish(self, header, rgb: np.ndarray, info: CameraInfo, depth: np.ndarray, out, settings: dict) -> None:
+        depth_info = depth_camera_info(info, rgb.shape[:2], depth.shape, header)
+        self._pub_depth.publish(numpy_to_image(depth, "32FC1", header))
+        self._pub_info.publish(depth_info)
+        if settings["publish_points"]:
+            color = None
+            if settings["cloud_rgb"]:
+                color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
+            K = np.reshape(depth_info.k, (3, 3))
+            self._pub_points.publish(self._cloud(depth, K, header, color, settings["cloud_decimation"], settings["cloud_max_range"]))
+        if settings["publish_colored"]:
+            self._pub_colored.publish(numpy_to_image(colorize_depth(depth), "rgb8", header))
+        if settings["publish_difference"] and getattr(out, "difference", None) is not None:
+            self._pub_difference.publish(numpy_to_image(_image_of(out.difference), "32FC1", header))
+
+    def _reject(self, kind: str, message: str) -> None:
+        """Count the skipped frame; log each kind of problem at most once every THROTTLE_S seconds."""
+        with self._lock:
+            self.stats.rejected[kind] = self.stats.rejected.get(kind, 0) + 1
+            count = self.stats.rejected[kind]
+            self.last_rejection = message
+        key = re.sub(r"\d+", "#", message)  # one line per kind of problem, whatever its numbers
+        now = time.monotonic()
+        if now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S:
+            self._last_log[key] = now
+            text = f"frame skipped: {message} ({count} '{kind}' skips since start)"
+            if kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity
+                self.get_logger().error(text)
+            else:
+                self.get_logger().warning(text)
+
+    # --- statistics -------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            current = self.stats.copy()
+        then, before = self._reported
+        self._reported = (now, current)
+        period = max(now - then, 1e-9)
+        received, published = current.received - before.received, current.published - before.published
+        dropped = current.dropped - before.dropped
+        rejected = {k: v - before.rejected.get(k, 0) for k, v in current.rejected.items() if v > before.rejected.get(k, 0)}
+        latency = {k: 1e3 * (v - before.stage_s.get(k, 0.0)) / published for k, v in current.stage_s.items()} if published else {}
+        text = (
+            f"in {received / period:.1f} Hz, out {published / period:.1f} Hz, dropped {dropped} "
+            f"(total {current.dropped}), skipped {sum(rejected.values())}, fit fallbacks {current.fallbacks - before.fallbacks}"
+            + (f" {rejected}" if rejected else "")
+            + ("; ms/frame " + ", ".join(f"{k} {v:.1f}" for k, v in latency.items()) if latency else "")
+        )
+        if received or published or rejected:
+            self.get_logger().info(text)
+        if self._pub_diag is not None:
+            self._publish_diagnostics(text, received / period, published / period, dropped, current.dropped, rejected, latency)
+
+    def _publish_diagnostics(self, text, in_hz, out_hz, dropped, dropped_total, rejected, latency) -> None:
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: depth", hardware_id=str(self._settings["device"]))
+        status.level = DiagnosticStatus.WARN if rejected or (in_hz > 0 and out_hz == 0) else DiagnosticStatus.OK
+        status.message = text
+        values = {"input_hz": f"{in_hz:.2f}", "output_hz": f"{out_hz:.2f}", "dropped": str(dropped),
+                  "dropped_total": str(dropped_total), "skipped": str(sum(rejected.values()))}
+        values.update({f"latency_ms/{k}": f"{v:.2f}" for k, v in latency.items()})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._pub_diag.publish(array)
+
+    def destroy_node(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if getattr(self, "_worker", None) is not None:
+            self._worker.join(timeout=30)
+        super().destroy_node()
+
+
+def _image_of(x) -> np.ndarray:
+    """[B,1,H,W] or [H,W] tensor/array -> a writable float32 HxW numpy array (first image)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    while x.ndim > 2:
+        x = x[0]
+    return np.array(x, dtype=np.float32)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SharpDepthNode()
+        rclpy.spin(node)
+    except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:  # missing checkpoint, bad parameter
+        rclpy.logging.get_logger("sharpdepth").fatal(str(error))
+        return 1
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""End to end over real rclpy (loopback, private domain): replay -> SharpDepth node with tiny real
+models loaded from a pipeline folder -> a probe node. The depth must be exactly the pipeline's on
+that image and K, the CameraInfo the image's K moved to the depth grid, and the cloud the
+unprojection of the published depth with the published K."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+from ros_helpers import (  # noqa: F401  (fixtures)
+    Probe,
+    Spinner,
+    encode_image,
+    header,
+    node_parameters,
+    pinhole_info,
+    ros_context,
+    stamp_ns,
+    tiny_pipeline_dir,
+    wait_for,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from sharpdepth_core.geometry import unproject
+from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.synthetic import render_scene
+from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros.node import SharpDepthNode
+from sharpdepth_ros.replay import ReplayPublisher
+
+OUTPUTS = {
+    "/camera/depth/image": Image,
+    "/camera/depth/camera_info": CameraInfo,
+    "/camera/points": PointCloud2,
+    "/camera/depth/difference": Image,
+    "/camera/depth/colored": Image,
+}
+W, H = 48, 36
+
+
+@pytest.fixture(scope="module")
+def system(ros_context, tiny_pipeline_dir):
+    node = SharpDepthNode(context=ros_context, parameter_overrides=node_parameters(tiny_pipeline_dir, publish_difference=True))
+    sent = []
+    replay = ReplayPublisher(
+        context=ros_context, namespace="camera", timer=False, on_frame=lambda h, f: sent.append((stamp_ns(h), f.index)),
+        parameter_overrides=[Parameter("scenes", value=2), Parameter("width", value=W), Parameter("height", value=H),
+                             Parameter("seed", value=3), Parameter("frame_id", value="cam_optical")],
+    )
+    probe = Probe(ros_context, OUTPUTS)
+    injector = probe.node.create_publisher(Image, "/camera/image_raw", 5)
+    info_injector = probe.node.create_publisher(CameraInfo, "/camera/camera_info", 5)
+    with Spinner(ros_context, node, replay, probe.node):
+        wait_for(lambda: probe.connected() and replay.count_subscribers("/camera/image_raw") >= 1
+                 and injector.get_subscription_count() >= 1 and node._pub_points.get_subscription_count() >= 1, 20, "discovery")
+        yield node, replay, probe, sent, (injector, info_injector)
+    node.destroy_node()
+    replay.destroy_node()
+    probe.node.destroy_node()
+
+
+def _reference(model_dir, rgb, K) -> SharpDepthPipeline:
+    return SharpDepthPipeline.from_pretrained(model_dir)(rgb, K=K, seed=0)
+
+
+def test_replayed_frames_give_depth_camera_info_and_cloud(system, tiny_pipeline_dir):
+    node, replay, probe, sent, _ = system
+    for _ in range(2):
+        assert replay.publish_next()
+        stamp, index = sent[-1]
+        wait_for(lambda: probe.has(OUTPUTS, stamp), 60, f"all outputs of frame {stamp}")
+        scene = render_scene(index, W, H)
+
+        depth_msg = probe.by_stamp("/camera/depth/image", stamp)
+        assert (depth_msg.encoding, depth_msg.height, depth_msg.width, depth_msg.header.frame_id) == ("32FC1", H, W, "cam_optical")
+        depth = image_to_numpy(depth_msg)
+        assert np.isfinite(depth).all() and (depth > 0).all()
+        expected = _reference(tiny_pipeline_dir, scene.rgb, scene.K)
+        np.testing.assert_allclose(depth, expected.depth[0, 0].numpy(), rtol=1e-5)
+
+        info = probe.by_stamp("/camera/depth/camera_info", stamp)
+        assert (info.height, info.width, info.header.frame_id) == (H, W, "cam_optical")
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), scene.K)
+        np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], scene.K)
+
+        cloud = probe.by_stamp("/camera/points", stamp)
+        assert (cloud.height, cloud.width, cloud.point_step, cloud.header.frame_id) == (H, W, 32, "cam_optical")
+        xyz, rgb = point_cloud_to_numpy(cloud)
+        np.testing.assert_allclose(xyz, unproject(depth, np.reshape(info.k, (3, 3))), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(rgb, scene.rgb)
+
+        difference = image_to_numpy(probe.by_stamp("/camera/depth/difference", stamp))
+        np.testing.assert_allclose(difference, expected.difference[0, 0].numpy(), atol=1e-6)
+        colored = probe.by_stamp("/camera/depth/colored", stamp)
+        assert (colored.encoding, colored.height, colored.width) == ("rgb8", H, W)
+
+
+def test_binned_camera_info_is_moved_to_the_depth_grid(system, tiny_pipeline_dir):
+    """A 2x-binned camera: CameraInfo holds the full-sensor K; the depth CameraInfo holds the image's."""
+    node, _, probe, _, (injector, info_injector) = system
+    scene = render_scene(7, W, H)
+    sensor_K = np.array([[80.0, 0, 47.0], [0, 78.0, 35.5], [0, 0, 1]])
+    info = pinhole_info(sensor_K, (2 * H, 2 * W), header(10**9 + 5, "binned_cam"))
+    info.binning_x = info.binning_y = 2
+    image_K = image_intrinsics(info, (H, W))
+    np.testing.assert_allclose(image_K, [[40.0, 0, 23.25], [0, 39.0, 17.5], [0, 0, 1]])  # (c + 0.5) / 2 - 0.5
+    info_injector.publish(info)
+    wait_for(lambda: "binned_cam" in node._infos, 10, "the binned CameraInfo")
+    injector.publish(encode_image(scene.rgb, "bgr8", pad=2, hdr=header(10**9 + 5, "binned_cam")))
+    wait_for(lambda: probe.has(["/camera/depth/camera_info", "/camera/points"], 10**9 + 5), 60, "the binned frame's outputs")
+    out = probe.by_stamp("/camera/depth/camera_info", 10**9 + 5)
+    assert (out.height, out.width, out.binning_x, out.binning_y) == (H, W, 0, 0)
+    np.testing.assert_allclose(np.reshape(out.k, (3, 3)), image_K)
+    np.testing.assert_allclose(np.reshape(out.p, (3, 4))[:, :3], image_K)
+    depth = image_to_numpy(probe.by_stamp("/camera/depth/image", 10**9 + 5))
+    np.testing.assert_allclose(depth, _reference(tiny_pipeline_dir, scene.rgb, image_K).depth[0, 0].numpy(), rtol=1e-5)
+
+
+def test_cloud_options_and_publish_toggles_apply_at_run_time(system):
+    node, replay, probe, sent, _ = system
+    results = node.set_parameters([Parameter("cloud_rgb", value=False), Parameter("cloud_decimation", value=4),
+                                   Parameter("cloud_max_range", value=8.5), Parameter("publish_difference", value=False)])
+    assert all(r.successful for r in results)
+    assert replay.publish_next()
+    stamp, _ = sent[-1]
+    wait_for(lambda: probe.has(["/camera/points", "/camera/depth/image", "/camera/depth/camera_info"], stamp), 60, "outputs")
+    depth = image_to_numpy(probe.by_stamp("/camera/depth/image", stamp))
+    K = np.reshape(probe.by_stamp("/camera/depth/camera_info", stamp).k, (3, 3))
+    cloud = probe.by_stamp("/camera/points", stamp)
+    assert (cloud.height, cloud.width, cloud.point_step) == (H // 4, W // 4, 16)
+    xyz, rgb = point_cloud_to_numpy(cloud)
+    assert rgb is None
+    expected = unproject(np.where(depth <= 8.5, depth, np.nan), K)[::4, ::4]
+    np.testing.assert_allclose(xyz, expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert probe.by_stamp("/camera/depth/difference", stamp) is None
+
+
+def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_path):
+    """Depth Pro uses a known focal length (f = K[0, 0]) for metric scale, so K visibly matters."""
+    from sharpdepth_core.models import tiny
+
+    model_dir = tiny.tiny_pipeline(processing_res=64, metric="depth-pro").save_pretrained(tmp_path / "depth_pro_pipeline")
+    node = SharpDepthNode(context=ros_context, namespace="dpcam", parameter_overrides=node_parameters(model_dir, publish_colored=False))
+    probe = Probe(ros_context, {"/dpcam/depth/image": Image}, name="dp_probe")
+    image_pub = probe.node.create_publisher(Image, "/dpcam/image_raw", 5)
+    info_pub = probe.node.create_publisher(CameraInfo, "/dpcam/camera_info", 5)
+    scene = render_scene(2, W, H)
+    K = scene.K * np.array([[3.0], [3.0], [1.0]])  # a long lens: 3x the scene's focal length
+    reference = SharpDepthPipeline.from_pretrained(model_dir)
+    with_K, without_K = (reference(scene.rgb, K=k, seed=0).depth[0, 0].numpy() for k in (K, None))
+    assert not np.allclose(with_K, without_K, rtol=1e-3)
+    try:
+        with Spinner(ros_context, node, probe.node):
+            wait_for(lambda: probe.connected() and image_pub.get_subscription_count() and info_pub.get_subscription_count(), 20, "discovery")
+            for stamp, use_K, expected in [(101, True, with_K), (102, False, without_K)]:
+                assert node.set_parameters([Parameter("use_camera_intrinsics", value=use_K)])[0].successful
+                hdr = header(stamp, "dp_cam")
+                info_pub.publish(pinhole_info(K, (H, W), hdr))
+                wait_for(lambda: "dp_cam" in node._infos, 10, "the CameraInfo")
+                image_pub.publish(encode_image(scene.rgb, "rgba8", hdr=hdr))
+                wait_for(lambda: probe.by_stamp("/dpcam/depth/image", stamp) is not None, 60, f"depth of frame {stamp}")
+                np.testing.assert_allclose(image_to_numpy(probe.by_stamp("/dpcam/depth/image", stamp)), expected, rtol=1e-5)
+    finally:
+        node.destroy_node()
+        probe.node.destroy_node()
