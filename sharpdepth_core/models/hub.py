@@ -18,6 +18,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # configs, tokenizer files, weights: never pickles
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -41,8 +42,9 @@ def is_hub_id(path_or_id: str | Path) -> bool:
     return bool(_HUB_ID.match(s)) and not Path(s).exists()
 
 
-def resolve_model_dir(path_or_id: str | Path, what: str, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder for `path_or_id`: the folder itself, else the hub snapshot (cache first).
+def resolve_model_dir(path_or_id: str | Path, what: str, allow_patterns: list[str] | None = HUB_FILES) -> Path:
+    """A local folder for `path_or_id`: the folder itself, else the hub snapshot (cache first) of
+    the files matching `allow_patterns` (at any depth: `*` crosses folder names in the hub's globs).
 
     Raises MissingWeightsError with one line: what is missing, the hub id, how to provide it.
     """
