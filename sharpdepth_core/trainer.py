@@ -9,6 +9,8 @@ the student's EMA, atomic checkpoints that `--resume` restores exactly, signals 
 A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
 that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, accelerate's
 optimizer / LR-schedule / RNG states, `trainer_state.json` (step, data position) and `config.yaml`.
+A finished run also writes `<output_dir>/pipeline/`, a pipeline folder (`--model` of the CLI, `model`
+of the node) holding the final student and f_D.
 """
 from __future__ import annotations
 
@@ -443,25 +445,30 @@ def _load_checkpoint(run: _Run, folder: Path) -> TrainState:
     return state
 
 
-def _log_pictures(run: _Run, step: int) -> None:
-    """Image, f_D depth, difference map and student depth of a few fixed training images."""
+def _pipeline(run: _Run):
+    """The inference pipeline around the current student, as the node would run it."""
     from .pipeline import SharpDepthPipeline
+
+    return SharpDepthPipeline(run.unwrapped, run.metric, processing_res=max(run.cfg.resolution),
+                              difference_fit_first=run.cfg.fit_difference)
+
+
+def _log_pictures(run: _Run, step: int) -> None:
+    """Image, f_D depth, difference map and student depth (the pipeline's output) of fixed training images."""
     from .visualize import colorize_depth, colorize_difference
 
-    writer = run.acc.get_tracker("tensorboard", unwrap=True)
-    pipe = SharpDepthPipeline(run.unwrapped, run.metric, processing_res=max(run.cfg.resolution))
-    with torch.random.fork_rng(devices=[run.acc.device] if run.acc.device.type == "cuda" else []):
-        for i in range(min(run.cfg.validation_images, len(run.dataset))):
-            image = run.dataset[i]["image"]
-            out = pipe(image[None].to(run.acc.device), seed=i)
-            d, m = out.depth[0, 0].float().cpu().numpy(), out.metric_depth[0, 0].float().cpu().numpy()
-            lo, hi = float(min(d.min(), m.min())), float(max(d.max(), m.max()))
-            pictures = {"image": (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"),
-                        "metric_depth": colorize_depth(m, lo, hi),
-                        "difference": colorize_difference(out.difference[0, 0].float().cpu().numpy()),
-                        "student_depth": colorize_depth(d, lo, hi)}
-            for name, rgb in pictures.items():
-                writer.add_image(f"validation/{i}/{name}", rgb, step, dataformats="HWC")
+    writer, pipe = run.acc.get_tracker("tensorboard", unwrap=True), _pipeline(run)
+    for i in range(min(run.cfg.validation_images, len(run.dataset))):
+        image = run.dataset[i]["image"]
+        out = pipe(image[None].to(run.acc.device), seed=i)  # seeded with its own generator: no global RNG used
+        depth, metric = out.depth[0, 0].cpu().numpy(), out.metric_depth[0, 0].cpu().numpy()
+        lo, hi = float(metric.min()), float(metric.max())  # one colour scale for both depths
+        pictures = {"image": (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"),
+                    "metric_depth": colorize_depth(metric, lo, hi),
+                    "difference": colorize_difference(out.difference[0, 0].cpu().numpy()),
+                    "student_depth": colorize_depth(depth, lo, hi)}
+        for name, rgb in pictures.items():
+            writer.add_image(f"validation/{i}/{name}", rgb, step, dataformats="HWC")
 
 
 class _Meter:
@@ -545,6 +552,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             else:
                 state.epoch, state.batch = state.epoch + 1, 0
     bar.close()
+    if interrupted is None and acc.is_main_process:  # a finished run: a pipeline folder for --model / the node
+        _pipeline(run).save_pretrained(Path(cfg.output_dir) / "pipeline")
+    acc.wait_for_everyone()
     acc.end_training()
     if interrupted:
         log.warning("stopped by %s at step %d; checkpoint %s; continue with --resume latest",

@@ -22,6 +22,7 @@ from sharpdepth_core.data import TrainingImages, open_source
 from sharpdepth_core.gating import add_noise
 from sharpdepth_core.losses import sds_weight
 from sharpdepth_core.models.student import DiffusionDepthModel
+from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.trainer import PRESETS, TrainConfig, config_dict, make_config, resolve_resume, train, training_step
 from training_fixtures import pattern, tiny_models, write_bag, write_images
 
@@ -59,6 +60,14 @@ def scalars(logdir: Path) -> dict[str, list[float]]:
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def images(logdir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
 
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
@@ -201,7 +210,8 @@ def test_training_step_sds_gradient_on_z_hat_is_w_times_residual_over_n(models):
 
 def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp_path):
     write_images(tmp_path / "imgs", 4)
-    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, checkpoint_every=1, keep_checkpoints=2)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, checkpoint_every=1, keep_checkpoints=2,
+                      validate_every=2, validation_images=1)
     result = train(cfg)
     assert result.interrupted is None and result.state.step == 3
     assert (result.state.epoch, result.state.batch) == (1, 2)  # 4 images, 2 per step: one epoch and a half
@@ -209,6 +219,8 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     for tag in ("loss/total", "loss/sds", "loss/rec", "lr", "grad_norm", "it_per_s", "data/skipped_images"):
         assert len(logged[tag]) == 3 and all(math.isfinite(v) for v in logged[tag]), tag
     assert all(v > 0 for v in logged["loss/sds"] + logged["loss/rec"])
+    pictures = images(tmp_path / "run" / "logs")
+    assert pictures == {f"validation/0/{n}": [2] for n in ("image", "metric_depth", "difference", "student_depth")}
     assert logged["lr"][0] == pytest.approx(2e-4)  # lr x batch 1 x grad_accum 2 x 1 process, warm-up done
     # Keep the last 2 checkpoints, each complete; the student folder is a model the pipeline loads.
     folders = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -228,6 +240,10 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     assert resolve_resume(tmp_path / "run", "latest") == ckpt
     with pytest.raises(FileNotFoundError, match="does not exist or is incomplete"):
         resolve_resume(tmp_path / "run", str(tmp_path / "nowhere"))
+    # The finished run's pipeline folder is what `sharpdepth predict --model` and the node load.
+    pipe = SharpDepthPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert state_dicts_equal(pipe.student.state_dict(), result.student.state_dict())
+    assert torch.isfinite(pipe(pattern(3, 32, 32), seed=0).metric_depth).all()
 
 
 def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(models, tmp_path, monkeypatch):
