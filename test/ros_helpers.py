@@ -131,10 +131,12 @@ def node_parameters(model_dir, **extra) -> list:
 
 
 class Probe:
-    """A test node recording every message of the given (topic, type) pairs, with arrival times."""
+    """A test node recording every message of the given (topic, type) pairs, with arrival times
+    (`keep=False`: arrival times only, for long runs whose memory is being measured)."""
 
-    def __init__(self, context: Context, topics: dict[str, type], name: str = "probe") -> None:
+    def __init__(self, context: Context, topics: dict[str, type], name: str = "probe", keep: bool = True) -> None:
         self.node = rclpy.create_node(name, context=context)
+        self.keep = keep
         self.messages: dict[str, list] = {t: [] for t in topics}
         self.arrivals: dict[str, list[float]] = {t: [] for t in topics}
         for topic, msg_type in topics.items():
@@ -142,7 +144,8 @@ class Probe:
 
     def _recorder(self, topic: str):
         def record(msg) -> None:
-            self.messages[topic].append(msg)
+            if self.keep:
+                self.messages[topic].append(msg)
             self.arrivals[topic].append(time.monotonic())
 
         return record

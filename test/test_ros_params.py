@@ -1,0 +1,126 @@
+"""Parameters: the YAML loads into both nodes, invalid values are refused at set time with a reason
+(directly and over the ROS parameter service), bad startup values and missing models fail in one line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from rcl_interfaces.srv import SetParameters
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.parameter import Parameter
+from ros_helpers import DOMAIN_ID, Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
+
+from sharpdepth_ros import node as node_module
+from sharpdepth_ros import replay as replay_module
+from sharpdepth_ros.node import SharpDepthNode
+from sharpdepth_ros.replay import ReplayPublisher
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "sharpdepth.yaml"
+
+
+def _section(name: str) -> dict:
+    return yaml.safe_load(CONFIG.read_text())[f"/**/{name}"]["ros__parameters"]
+
+
+@pytest.fixture(scope="module")
+def node(ros_context, tiny_pipeline_dir):
+    n = SharpDepthNode(context=ros_context, cli_args=["--ros-args", "--params-file", str(CONFIG)],
+                       parameter_overrides=node_parameters(tiny_pipeline_dir))
+    yield n
+    n.destroy_node()
+
+
+def test_yaml_declares_only_known_parameters_and_loads_into_the_nodes(node, ros_context):
+    values = _section("sharpdepth")
+    assert set(values) <= set(node_module.PARAMETERS), set(values) - set(node_module.PARAMETERS)
+    assert set(node_module.PARAMETERS) - {"stats_period"} <= set(values)  # the YAML documents every parameter
+    for name, value in values.items():
+        if name not in ("model", "device", "stats_period"):  # overridden by the test
+            assert node.get_parameter(name).value == value, name
+    replay_values = _section("replay")
+    assert set(replay_values) == set(replay_module.PARAMETERS)
+    replay = ReplayPublisher(context=ros_context, cli_args=["--ros-args", "--params-file", str(CONFIG), "-r", "__ns:=/camera"],
+                             parameter_overrides=[Parameter("width", value=16), Parameter("height", value=12)], timer=False)
+    try:
+        for name, value in replay_values.items():
+            if name not in ("width", "height"):
+                assert replay.get_parameter(name).value == value, name
+    finally:
+        replay.destroy_node()
+
+
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("cloud_decimation", 0, "cloud_decimation"),
+        ("cloud_decimation", 17, "cloud_decimation"),
+        ("cloud_decimation", "four", "Wrong parameter type"),
+        ("cloud_max_range", -1.0, "cloud_max_range"),
+        ("processing_res", 32, "processing_res 32 is below 64"),
+        ("processing_res", 5000, "processing_res"),
+        ("seed", -2, "seed"),
+        ("device", "cuda:1", "read-only"),
+        ("metric_backend", "depth-pro", "read-only"),
+    ],
+)
+def test_invalid_values_are_refused_with_a_reason(node, name, value, reason):
+    before = node.get_parameter(name).value
+    result = node.set_parameters([Parameter(name, value=value)])[0]
+    assert not result.successful and reason in result.reason, result.reason
+    assert node.get_parameter(name).value == before
+
+
+def test_valid_values_apply_at_run_time(node):
+    assert node.pipeline.processing_res == 64  # 0 in the YAML = the model's own (its pipeline.json)
+    assert all(r.successful for r in node.set_parameters([Parameter("processing_res", value=96), Parameter("cloud_decimation", value=4)]))
+    assert node.pipeline.processing_res == 96 and node._settings["cloud_decimation"] == 4
+    assert node.set_parameters([Parameter("processing_res", value=0)])[0].successful
+    assert node.pipeline.processing_res == 64
+
+
+def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
+    caller = rclpy.create_node("param_caller", context=ros_context)
+    client = caller.create_client(SetParameters, "/camera/sharpdepth/set_parameters")
+    try:
+        with Spinner(ros_context, node, caller):
+            assert client.wait_for_service(timeout_sec=20)
+            request = SetParameters.Request(parameters=[Parameter("cloud_decimation", value=99).to_parameter_msg()])
+            future = client.call_async(request)
+            wait_for(future.done, 20, "the set_parameters response")
+            result = future.result().results[0]
+            assert not result.successful and "cloud_decimation" in result.reason
+            ok = client.call_async(SetParameters.Request(parameters=[Parameter("publish_points", value=False).to_parameter_msg()]))
+            wait_for(ok.done, 20, "the second response")
+            assert ok.result().results[0].successful and node._settings["publish_points"] is False
+    finally:
+        caller.destroy_node()
+
+
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("device", "gpu0", "device 'gpu0' is not auto, cpu, cuda, cuda:N or mps"),
+        ("engine", "onnx", "engine 'onnx' is not available (available: pytorch)"),
+        ("metric_backend", "midas", "metric_backend 'midas' is not one of"),
+        ("dtype", "float64", "dtype 'float64' is not one of"),
+        ("image_transport", "theora", "image_transport 'theora'"),
+    ],
+)
+def test_bad_startup_values_fail_before_loading_a_model(ros_context, name, value, reason):
+    with pytest.raises(InvalidParameterValueException, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        SharpDepthNode(context=ros_context, parameter_overrides=[Parameter(name, value=value)])
+
+
+def test_missing_model_is_one_line_and_exit_code_1(tmp_path):
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)}
+    result = subprocess.run([sys.executable, "-m", "sharpdepth_ros.node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert f"no pipeline.json in {tmp_path / 'nowhere'}" in result.stderr
+    assert "Traceback" not in result.stderr
