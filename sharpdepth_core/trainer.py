@@ -320,6 +320,8 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
         return None
     if resume == "latest":
         found = _checkpoints(Path(output_dir))
+        if not found:
+            log.info("no checkpoint in %s yet: starting a new run", Path(output_dir) / "checkpoints")
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
