@@ -1,0 +1,47 @@
+"""`make demo` in small: the in-process demo runs, says its models are untrained, records every
+topic to a readable MCAP bag, writes the pictures and a summary, and exits 0."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_ros import demo
+
+
+@pytest.mark.skipif((EMBEDDED_DIR / "pipeline.json").is_file(), reason="trained embedded weights exist: the demo would run them (slow)")
+def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--frames", "2", "--width", "64", "--height", "48", "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("UNTRAINED MODELS") == 2 and "plumbing check only" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["untrained_models"] is True
+    assert [f["scene"] for f in summary["frames"]] == [4, 5]
+    assert all(0 <= f["valid"] <= 1 and f["abs_rel"] >= 0 for f in summary["frames"])
+
+    from rosbags.highlevel import AnyReader
+
+    (mcap,) = (out / "sharpdepth_demo").glob("*.mcap")
+    with AnyReader([mcap]) as reader:
+        counts = Counter(c.topic for c, _, _ in reader.messages())
+        depth = next(reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/depth/image")
+    assert counts == {topic: 2 for topic in demo.TOPICS}
+    assert (depth.encoding, depth.height, depth.width) == ("32FC1", 48, 64)
+
+    assert Image.open(out / "overview.png").size == (5 * 64, 2 * 48)
+    for i in range(2):
+        for name in ("depth", "difference", "cloud"):
+            assert Image.open(out / f"frame_{i:02d}_{name}.png").size == (64, 48)
+
+
+def test_config_without_a_sharpdepth_section_is_one_clear_error(tmp_path, capsys):
+    config = tmp_path / "params.yaml"
+    config.write_text("/**/other_node:\n  ros__parameters:\n    x: 1\n")
+    assert demo.main(["--out", str(tmp_path / "o"), "--config", str(config)]) == 1
+    assert "has no 'sharpdepth'" in capsys.readouterr().err
