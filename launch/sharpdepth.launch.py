@@ -10,6 +10,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -35,7 +36,7 @@ def generate_launch_description() -> LaunchDescription:
         executable="sharpdepth_node",
         name="sharpdepth",
         namespace=camera_ns,
-        parameters=[params_file, {"device": LaunchConfiguration("device")}],
+        parameters=[params_file, {"device": ParameterValue(LaunchConfiguration("device"), value_type=str)}],
         remappings=[("image_raw", LaunchConfiguration("image_topic")), ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
         emulate_tty=True,
@@ -45,7 +46,8 @@ def generate_launch_description() -> LaunchDescription:
         executable="replay",
         name="replay",
         namespace=camera_ns,
-        parameters=[params_file, {"source": LaunchConfiguration("replay_source"), "rate": LaunchConfiguration("replay_rate")}],
+        parameters=[params_file, {"source": ParameterValue(LaunchConfiguration("replay_source"), value_type=str),
+                                  "rate": ParameterValue(LaunchConfiguration("replay_rate"), value_type=float)}],
         remappings=[("image_raw", LaunchConfiguration("image_topic")), ("camera_info", LaunchConfiguration("camera_info_topic"))],
         output="screen",
         condition=IfCondition(LaunchConfiguration("use_replay")),

@@ -87,27 +87,28 @@ def _descriptor(description: str, kind: int, *, read_only: bool = False, integer
     return d
 
 
-S, I, F, B = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
+STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
+FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
 # name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
 PARAMETERS = {
-    "model": ("", _descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", S, read_only=True)),
-    "student": ("", _descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", S, read_only=True)),
-    "metric_backend": ("", _descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", S, read_only=True)),
-    "metric_model": ("", _descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", S, read_only=True)),
-    "engine": ("pytorch", _descriptor("inference engine", S, read_only=True)),
-    "device": ("auto", _descriptor("auto, cpu, cuda, cuda:N or mps", S, read_only=True)),
-    "dtype": ("float32", _descriptor("float32, float16 or bfloat16", S, read_only=True)),
-    "image_transport": ("raw", _descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", S, read_only=True)),
-    "processing_res": (0, _descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", I, integer=(0, 4096))),
-    "seed": (0, _descriptor("seed of the two noise draws; -1 = a fresh draw per frame", I, integer=(-1, 2**31 - 1))),
-    "use_camera_intrinsics": (True, _descriptor("give camera_info K to the metric model", B)),
-    "publish_points": (True, _descriptor("publish the point cloud on 'points'", B)),
-    "publish_difference": (False, _descriptor("publish the difference map on 'depth/difference'", B)),
-    "publish_colored": (True, _descriptor("publish a colour-mapped depth image on 'depth/colored'", B)),
-    "cloud_rgb": (True, _descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", B)),
-    "cloud_decimation": (1, _descriptor("keep every n-th pixel in both directions", I, integer=(1, 16))),
-    "cloud_max_range": (0.0, _descriptor("NaN for points deeper than this along z, metres; 0 = no limit", F, floating=(0.0, 1000.0))),
-    "stats_period": (5.0, _descriptor("seconds between statistics log lines and /diagnostics", F, read_only=True, floating=(0.5, 3600.0))),
+    "model": ("", _descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
+    "student": ("", _descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
+    "metric_backend": ("", _descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
+    "metric_model": ("", _descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", STR, read_only=True)),
+    "engine": ("pytorch", _descriptor("inference engine", STR, read_only=True)),
+    "device": ("auto", _descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
+    "dtype": ("float32", _descriptor("float32, float16 or bfloat16", STR, read_only=True)),
+    "image_transport": ("raw", _descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
+    "processing_res": (0, _descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
+    "seed": (0, _descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
+    "use_camera_intrinsics": (True, _descriptor("give camera_info K to the metric model", BOOL)),
+    "publish_points": (True, _descriptor("publish the point cloud on 'points'", BOOL)),
+    "publish_difference": (False, _descriptor("publish the difference map on 'depth/difference'", BOOL)),
+    "publish_colored": (True, _descriptor("publish a colour-mapped depth image on 'depth/colored'", BOOL)),
+    "cloud_rgb": (True, _descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", BOOL)),
+    "cloud_decimation": (1, _descriptor("keep every n-th pixel in both directions", INT, integer=(1, 16))),
+    "cloud_max_range": (0.0, _descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
+    "stats_period": (5.0, _descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
 }
 
 
@@ -251,7 +252,7 @@ class SharpDepthNode(Node):
             self._reject("model", str(error))
         except ValueError as error:  # bad image, bad calibration
             self._reject("input", str(error))
-        except torch.OutOfMemoryError as error:
+        except torch.cuda.OutOfMemoryError as error:  # torch < 2.5 has only this name
             torch.cuda.empty_cache()
             self._reject("out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16")
         except Exception as error:  # a bug must not take the camera pipeline down: say so loudly

@@ -36,7 +36,7 @@ class FaultInjection(SharpDepthPipeline):
     def __call__(self, image, K=None, seed=None):
         fault, self.fault = self.fault, None
         if fault == "oom":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         out = super().__call__(image, K=K, seed=seed)
         if fault == "nan":
             out.depth[..., ::2, :] = float("nan")

@@ -59,7 +59,7 @@ def system(ros_context, tiny_pipeline_dir):
     probe.node.destroy_node()
 
 
-def _reference(model_dir, rgb, K) -> SharpDepthPipeline:
+def _reference(model_dir, rgb, K):
     return SharpDepthPipeline.from_pretrained(model_dir)(rgb, K=K, seed=0)
 
 

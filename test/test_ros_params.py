@@ -2,9 +2,6 @@
 (directly and over the ROS parameter service), bad startup values and missing models fail in one line."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import yaml
 from rcl_interfaces.srv import SetParameters
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
-from ros_helpers import DOMAIN_ID, Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
+from ros_helpers import Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
 
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros import replay as replay_module
@@ -117,10 +114,8 @@ def test_bad_startup_values_fail_before_loading_a_model(ros_context, name, value
         SharpDepthNode(context=ros_context, parameter_overrides=[Parameter(name, value=value)])
 
 
-def test_missing_model_is_one_line_and_exit_code_1(tmp_path):
-    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID)}
-    result = subprocess.run([sys.executable, "-m", "sharpdepth_ros.node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 1
-    assert f"no pipeline.json in {tmp_path / 'nowhere'}" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_missing_model_is_one_line_and_exit_code_1(tmp_path, capfd):
+    """The console entry point (`ros2 run sharpdepth_ros sharpdepth_node`), in this process."""
+    assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"]) == 1
+    err = capfd.readouterr().err
+    assert f"no pipeline.json in {tmp_path / 'nowhere'}" in err and "FATAL" in err

@@ -1,8 +1,6 @@
 """Replay publisher: every source kind gives the right pixels and calibration, over real rclpy."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
