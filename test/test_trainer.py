@@ -3,13 +3,16 @@
 Every run trains for a few optimizer steps on 32x32 images. The 2-process run uses torchrun with
 accelerate's CPU mode (gloo), the launcher `accelerate launch` itself uses for several GPUs.
 """
+import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,7 +147,7 @@ def _distill_module():
     return module
 
 
-def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys):
+def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys, monkeypatch):
     distill = _distill_module()
     f = tmp_path / "c.yaml"
     f.write_text("lr: 3.0e-6\nseed: 5\nwarmup_steps: 7\n")
@@ -157,8 +160,11 @@ def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         distill.main(["--set", "nope=1"])
     assert err.value.code == 2 and "unknown config field 'nope'" in capsys.readouterr().err
-    help_text = subprocess.run([sys.executable, str(REPO / "train" / "distill.py"), "--help"], capture_output=True,
-                               text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal width
+    with pytest.raises(SystemExit) as err:
+        distill.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert err.value.code == 0
     assert "--resume latest|PATH" in help_text and "--lambda-rec" in help_text and "[0.4 / 0.3]" in help_text
 
 
@@ -276,6 +282,34 @@ def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(mod
     assert not state_dicts_equal(rest.ema.state_dict(), rest.student.state_dict())  # the EMA really averages
     for name in ("random_states_0.pkl", "scheduler.bin"):
         assert (rest.checkpoint / name).read_bytes() == (full.checkpoint / name).read_bytes(), name
+
+
+def test_cli_sigterm_to_the_process_group_saves_and_resume_latest_finishes(models, tmp_path, caplog):
+    """As a scheduler or a terminal stops a job: every process of the group (data workers too) gets it."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=50, grad_accum=1, num_workers=2,
+                      checkpoint_every=1, keep_checkpoints=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    cli = [sys.executable, str(REPO / "train" / "distill.py"), "--config", str(tmp_path / "cfg.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = tmp_path / "run" / "checkpoints" / "step-0000001"
+    try:
+        while not first.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    assert 1 <= step < 50
+    with caplog.at_level(logging.WARNING, logger="sharpdepth_core.trainer"):
+        rest = train(dataclasses.replace(cfg, max_steps=step + 2, num_workers=0), resume="latest")
+    assert rest.interrupted is None and rest.state.step == step + 2
+    assert "differs in: max_steps, num_workers" in caplog.text  # a changed config is said out loud
 
 
 def test_two_processes_keep_identical_replicas(models, tmp_path):

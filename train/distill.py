@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
     try:
         result = train(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # bad data, weights or config: one line
