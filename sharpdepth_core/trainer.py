@@ -68,6 +68,7 @@ class TrainConfig:
     lambda_sds: float = _opt(1.0, "weight of the SDS loss")
     lambda_rec: float = _opt(0.4, "weight of the noise-aware reconstruction loss")
     pure_noise_prob: float = _opt(0.2, "probability of feeding [z_i, noise] instead of the gated latent")
+    gating_noise: bool = _opt(True, "noise where f_G and f_D disagree; false feeds the clean z_d (the 'no noise' ablation)")
     ema_difference_from_step: int = _opt(0, "step from which the student's EMA, not frozen f_G, makes the difference map")
     fit_difference: bool = _opt(False, "least-squares fit d̃ onto d_n before the difference map (the paper's variant)")
     # optimisation
@@ -140,11 +141,11 @@ def _coerce(name: str, tp, value):
         if str(value).strip().lower() not in words:
             raise bad
         return words[str(value).strip().lower()]
+    if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+        raise bad
     try:
-        if tp is int and not isinstance(value, bool):
-            return int(value) if not isinstance(value, float) or value.is_integer() else int("x")
-        if tp is float and not isinstance(value, bool):
-            return float(value)
+        if tp in (int, float):
+            return tp(value)
     except (TypeError, ValueError):
         raise bad from None
     if tp is str and isinstance(value, (str, int, float)):
@@ -229,6 +230,8 @@ def training_step(student: nn.Module, codec, teacher: nn.Module, diff_model: nn.
         z_a = diff_model(z_i, torch.randn_like(z_d))  # affine pass: pure noise in the depth slot
         e = difference_map(codec.decode_depth(z_a), d_n, fit_first=cfg.fit_difference)
         gated = gate(z_d, downsample_to_latent(e, z_d.shape[-2:]), add_noise(z_a, torch.randn_like(z_a)))
+        if not cfg.gating_noise:
+            gated = z_d
         pure = (torch.rand(z_d.shape[0]) < cfg.pure_noise_prob).view(-1, 1, 1, 1).to(z_d.device)
         z_in = torch.where(pure, torch.randn_like(z_d), gated)
     z_hat = student(z_i, z_in)
