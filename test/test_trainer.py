@@ -214,6 +214,21 @@ def test_training_step_sds_gradient_on_z_hat_is_w_times_residual_over_n(models):
 # --- the loop ----------------------------------------------------------------------------------
 
 
+def test_without_gating_noise_the_student_sees_the_clean_depth_latent(models):
+    """The paper's "clean z_d, no noise" ablation: the student's depth slot is enc(norm(d)) exactly."""
+    torch.manual_seed(0)
+    load = DiffusionDepthModel.from_pretrained
+    student, teacher, ema = Recorder(load(models["teacher"])), load(models["teacher"]), load(models["teacher"])
+    image = torch.from_numpy(pattern(0, 32, 32)).permute(2, 0, 1)[None].float() / 255
+    depth = 1 + 4 * torch.rand(1, 1, 32, 32)
+    z_d = student.model.codec.encode_depth(trainer.normalize_depth(depth)[0])
+    for gating_noise in (True, False):
+        cfg = make_config(overrides={"pure_noise_prob": 0.0, "gating_noise": gating_noise})
+        training_step(student, student.model.codec, teacher, ema, image, depth, cfg)
+        seen = student.calls[-1][0]
+        assert torch.equal(seen, z_d) != gating_noise  # gated: noise replaces z_d where e > 0
+
+
 def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp_path):
     write_images(tmp_path / "imgs", 4)
     cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, checkpoint_every=1, keep_checkpoints=2,
