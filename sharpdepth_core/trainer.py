@@ -229,9 +229,8 @@ def training_step(student: nn.Module, codec, teacher: nn.Module, diff_model: nn.
         z_i, z_d = codec.encode_image(image), codec.encode_depth(d_n)
         z_a = diff_model(z_i, torch.randn_like(z_d))  # affine pass: pure noise in the depth slot
         e = difference_map(codec.decode_depth(z_a), d_n, fit_first=cfg.fit_difference)
-        gated = gate(z_d, downsample_to_latent(e, z_d.shape[-2:]), add_noise(z_a, torch.randn_like(z_a)))
-        if not cfg.gating_noise:
-            gated = z_d
+        gated = (gate(z_d, downsample_to_latent(e, z_d.shape[-2:]), add_noise(z_a, torch.randn_like(z_a)))
+                 if cfg.gating_noise else z_d)  # (the "clean z_d, no noise" ablation)
         pure = (torch.rand(z_d.shape[0]) < cfg.pure_noise_prob).view(-1, 1, 1, 1).to(z_d.device)
         z_in = torch.where(pure, torch.randn_like(z_d), gated)
     z_hat = student(z_i, z_in)
