@@ -1,0 +1,291 @@
+"""ONNX export of the three networks a SharpDepth frame runs: the student UNet, the VAE encoder and
+the VAE decoder (METHOD.md, "Cost per frame"), for onnxruntime and TensorRT.
+
+Graphs (inputs and outputs float32 whatever the precision inside, so every runtime feeds them alike):
+- `unet.onnx`: x [B, 8, h, w] = concat(z_img, z_depth) -> x0 latent [B, 4, h, w]; t = 999, the
+  empty-prompt embedding and the task embedding are folded in as constants.
+- `vae_encoder.onnx`: x [B, 3, H, W] in [-1, 1] (2·rgb - 1, or d_n on 3 channels) -> posterior mean
+  latent times the scaling factor [B, 4, H/8, W/8].
+- `vae_decoder.onnx`: latent [B, 4, h, w] -> normalised depth [B, 1, 8h, 8w] (mean of the 3 channels).
+`export.json` (the manifest) records precision, shapes and a SHA-256 per file; a graph over 2 GB
+keeps its weights in one `<graph>.onnx.data` file beside it.
+
+Exporter: `torch.onnx.export(..., dynamo=False)` (TorchScript tracing). On torch 2.13 the dynamo
+exporter needs onnxscript (not a dependency here) and, tried with it, took ~40× longer on the tiny UNet
+and specialised the batch dimension. Tracing records Python control flow once, so a dynamic-shape
+UNet is traced at a latent size that is *not* a multiple of its upsampling factor: diffusers then
+passes explicit upsample sizes, which the graph computes from the skip tensors at run time and which
+are correct for every size.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .gating import TIMESTEP
+from .models.hub import replacing_dir
+from .models.student import DiffusionDepthModel, vae_dtype
+
+GRAPHS = ("unet", "vae_encoder", "vae_decoder")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+MANIFEST = "export.json"
+OPSET = 17
+FORMAT_VERSION = 1
+PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data
+
+
+class StudentUNet(nn.Module):
+    """G_θ as one tensor in, one tensor out: `x [B, 8, h, w] -> x0 [B, 4, h, w]`, float32 at both ends.
+
+    The constant conditioning (t = 999 as a tensor, the cached empty-prompt embedding, the task
+    embedding) lives on the module, so the graph has no host-side inputs: what ONNX needs, and what
+    a CUDA graph needs (a Python timestep would be a host-to-device copy inside the capture). It calls
+    the student's own UNet keyword and x0 hooks, so it computes exactly `student(z_img, z_depth)`.
+    """
+
+    def __init__(self, student: DiffusionDepthModel):
+        super().__init__()
+        self.student = student
+        self.register_buffer("timestep", torch.tensor(TIMESTEP, device=student.device), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[0], x.shape[1] // 2
+        unet = self.student.unet
+        text = self.student.prompt_embeds.expand(b, -1, -1).to(unet.dtype)
+        out = unet(x.to(unet.dtype), self.timestep, encoder_hidden_states=text, **self.student._unet_kwargs(b)).sample
+        return self.student._to_x0(out.float(), x[:, c:])
+
+
+class VaeEncoder(nn.Module):
+    """`x [B, 3, H, W]` in [-1, 1] -> posterior mean latent × scaling factor (DepthCodec's arithmetic)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mode()
+        return z.float() * float(self.vae.config.scaling_factor)
+
+
+class VaeDecoder(nn.Module):
+    """Latent -> normalised depth [B, 1, H, W]: decode z / scaling, mean of the 3 channels (DepthCodec's arithmetic)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.vae.decode(z.to(self.vae.dtype) / float(self.vae.config.scaling_factor)).sample
+        return x.float().mean(dim=1, keepdim=True)
+
+
+@dataclass
+class GraphInfo:
+    file: str
+    precision: str  # "fp32" / "fp16": the weights' and arithmetic's dtype inside the graph
+    input: str
+    output: str
+    input_channels: int
+    latent_input: bool  # the input is on the latent grid (h, w) rather than the image grid (H, W)
+    sha256: str = ""
+    external_data: str | None = None
+
+
+@dataclass
+class ExportManifest:
+    """What an export folder holds; engines read it instead of guessing from the files."""
+
+    graphs: dict[str, GraphInfo]
+    image_hw: tuple[int, int] | None  # fixed processing grid (padded), or None for dynamic H/W
+    batch: int | None  # fixed batch, or None for dynamic
+    downsample_factor: int
+    latent_channels: int
+    scaling_factor: float
+    opset: int = OPSET
+    exporter: str = "torch.onnx.export (TorchScript tracing)"
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def input_shape(self, graph: str) -> tuple[int | None, ...]:
+        """The graph's input shape; None where the dimension is dynamic."""
+        info = self.graphs[graph]
+        hw = self.image_hw
+        if hw is not None and info.latent_input:
+            hw = (hw[0] // self.downsample_factor, hw[1] // self.downsample_factor)
+        return (self.batch, info.input_channels, *(hw or (None, None)))
+
+    def save(self, folder: Path) -> None:
+        (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ExportManifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no ONNX export manifest; run `sharpdepth export` to create the folder")
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raw["graphs"] = {name: GraphInfo(**g) for name, g in raw["graphs"].items()}
+            raw["image_hw"] = tuple(raw["image_hw"]) if raw["image_hw"] else None
+            manifest = cls(**raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: not a usable export manifest ({exc}); export again") from exc
+        missing = [g for g in GRAPHS if g not in manifest.graphs or not (Path(folder) / manifest.graphs[g].file).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{Path(folder)}: export incomplete, missing {', '.join(missing)}; export again")
+        return manifest
+
+
+def check_image_hw(hw, multiple: int) -> tuple[int, int]:
+    """A processing grid (H, W): positive multiples of the VAE's downsampling factor."""
+    try:
+        h, w = (int(v) for v in hw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"image size must be (H, W), got {hw!r}") from exc
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise ValueError(f"image size {h}x{w} must be positive multiples of {multiple} (the VAE's downsampling)")
+    return h, w
+
+
+def export_onnx(
+    student: DiffusionDepthModel,
+    folder: str | Path,
+    precision: str = "fp32",
+    vae_precision: str | None = None,
+    image_hw: tuple[int, int] | None = None,
+    batch: int | None = None,
+    opset: int = OPSET,
+) -> ExportManifest:
+    """Write unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to `folder` (replaced whole).
+
+    precision: the UNet's ("fp32" or "fp16"). vae_precision: the VAE's; by default the UNet's, except
+    that fp16 keeps the VAE in fp32 when its config asks for upcasting (SD-2's VAE overflows in fp16).
+    image_hw: a fixed padded processing grid (H, W) or None for dynamic H/W; batch: fixed or None.
+    The student is not modified (reduced-precision graphs are traced from copies).
+    """
+    if not isinstance(student, DiffusionDepthModel):
+        raise ValueError(f"export needs a DiffusionDepthModel, got {type(student).__name__}")
+    for name, p in (("precision", precision), ("vae_precision", vae_precision)):
+        if p is not None and p not in PRECISIONS:
+            raise ValueError(f"{name} {p!r} is not one of {', '.join(PRECISIONS)}")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive integer or None (dynamic), got {batch!r}")
+    if vae_precision is None:
+        upcast = bool(student.vae.config.get("force_upcast", True))
+        vae_precision = "fp32" if vae_dtype(PRECISIONS[precision], upcast) == torch.float32 else precision
+    factor = student.codec.downsample_factor
+    if image_hw is not None:
+        image_hw = check_image_hw(image_hw, factor)
+    model = _converted(student.eval(), PRECISIONS[precision], PRECISIONS[vae_precision])
+    c = int(student.vae.config.latent_channels)
+    graphs = {
+        "unet": (StudentUNet(model), GraphInfo("unet.onnx", precision, "x", "x0", 2 * c, True)),
+        "vae_encoder": (VaeEncoder(model.vae), GraphInfo("vae_encoder.onnx", vae_precision, "x", "latent", 3, False)),
+        "vae_decoder": (VaeDecoder(model.vae), GraphInfo("vae_decoder.onnx", vae_precision, "latent", "depth", c, True)),
+    }
+    manifest = ExportManifest(
+        graphs={},
+        image_hw=image_hw,
+        batch=batch,
+        downsample_factor=factor,
+        latent_channels=c,
+        scaling_factor=float(student.vae.config.scaling_factor),
+        opset=opset,
+        versions=_versions(),
+    )
+    trace_hw = image_hw or _general_trace_hw(student)
+    with replacing_dir(folder) as tmp, torch.no_grad():
+        for name, (module, info) in graphs.items():
+            hw = (trace_hw[0] // factor, trace_hw[1] // factor) if info.latent_input else trace_hw
+            example = torch.randn(batch or 1, info.input_channels, *hw, generator=torch.Generator().manual_seed(0))
+            _export_graph(module.eval(), example.to(student.device), tmp / info.file, info, dynamic_hw=image_hw is None, dynamic_batch=batch is None, opset=opset)
+            manifest.graphs[name] = info
+        manifest.save(tmp)
+    return manifest
+
+
+def _converted(student: DiffusionDepthModel, unet_dtype: torch.dtype, vae_dtype_: torch.dtype) -> DiffusionDepthModel:
+    """The student itself when its dtypes already match, else a converted copy (the caller's model stays as it is)."""
+    if student.unet.dtype == unet_dtype and student.vae.dtype == vae_dtype_:
+        return student
+    other = copy.deepcopy(student)
+    other.unet.to(unet_dtype)
+    other.vae.to(vae_dtype_)
+    return other
+
+
+def _general_trace_hw(student: DiffusionDepthModel) -> tuple[int, int]:
+    """An image size whose latent is not divisible by the UNet's total upsampling (so the traced graph
+    carries explicit, shape-derived upsample sizes) and has different H and W (catches axis mix-ups)."""
+    up = 2 ** sum(1 for b in student.unet.up_blocks if getattr(b, "upsamplers", None))
+    f = student.codec.downsample_factor
+    return ((up + 1) * f, (2 * up + 1) * f)
+
+
+def _export_graph(module: nn.Module, example: Tensor, path: Path, info: GraphInfo, dynamic_hw: bool, dynamic_batch: bool, opset: int) -> None:
+    axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_hw else {})}
+    staging = path.parent / f".{path.stem}.staging"
+    staging.mkdir()
+    staged = staging / path.name
+    with warnings.catch_warnings():
+        # Tracer warnings name shape checks that become constants: the trace-size choice above covers them.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(staged),
+            dynamo=False,
+            input_names=[info.input],
+            output_names=[info.output],
+            dynamic_axes={info.input: axes, info.output: axes} if axes else None,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    if len(list(staging.iterdir())) > 1:  # the exporter wrote one file per tensor (> 2 GB): gather them
+        info.external_data = _single_data_file(staged, path)
+    else:
+        staged.rename(path)
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+    info.sha256 = _sha256(path, path.parent / info.external_data if info.external_data else None)
+
+
+def _single_data_file(src: Path, dst: Path) -> str:
+    """Re-save an ONNX model whose weights are scattered over external files with all weights in one
+    `<name>.data` file beside `dst`; returns that file's name."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    location = dst.name + ".data"
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=1024)
+    return location
+
+
+def _sha256(*paths: Path | None) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        if p is None:
+            continue
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__}

@@ -1,0 +1,159 @@
+"""ONNX export of the student UNet and the VAE encoder/decoder, checked through onnxruntime against
+the PyTorch modules (tiny real diffusers models, CPU)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from sharpdepth_core.export import GRAPHS, MANIFEST, ExportManifest, _sha256, _single_data_file, export_onnx
+from sharpdepth_core.models import tiny
+
+# onnxruntime fp32 against PyTorch fp32: the issue's bound
+FP32_REL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def student():
+    return tiny.tiny_student()
+
+
+@pytest.fixture(scope="module")
+def dynamic_fp32(student, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx") / "fp32"
+    return folder, export_onnx(student, folder)
+
+
+def sessions(folder) -> dict[str, ort.InferenceSession]:
+    return {g: ort.InferenceSession(str(folder / f"{g}.onnx"), providers=["CPUExecutionProvider"]) for g in GRAPHS}
+
+
+def run(session: ort.InferenceSession, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def inputs(seed: int, b: int, h: int, w: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g), torch.rand(b, 1, h, w, generator=g) * 2 - 1, torch.randn(b, 4, h // 8, w // 8, generator=g)
+
+
+# (batch, H, W): the first is the pipeline's 64x48 grid; the second has a latent (5x7) that the tiny
+# UNet's ×2 upsampling cannot divide, and batch 2 — both differ from the traced example.
+@pytest.mark.parametrize("b,h,w", [(1, 48, 64), (2, 40, 56)])
+def test_fp32_graphs_match_pytorch(dynamic_fp32, student, b, h, w):
+    folder, _ = dynamic_fp32
+    s, codec = sessions(folder), student.codec
+    rgb, d_n, noise = inputs(b, b, h, w)
+    with torch.no_grad():
+        z_img, z_depth = codec.encode_image(rgb), codec.encode_depth(d_n)
+        x0 = student(z_img, noise)
+        depth = codec.decode_depth(x0)
+    assert rel(run(s["vae_encoder"], rgb * 2 - 1), z_img) <= FP32_REL
+    assert rel(run(s["vae_encoder"], d_n.expand(-1, 3, -1, -1).contiguous()), z_depth) <= FP32_REL
+    assert rel(run(s["unet"], torch.cat([z_img, noise], 1)), x0) <= FP32_REL
+    assert rel(run(s["unet"], torch.cat([z_img, z_depth], 1)), student(z_img, z_depth)) <= FP32_REL
+    out = run(s["vae_decoder"], x0)
+    assert out.shape == (b, 1, h, w) and rel(out, depth) <= FP32_REL
+
+
+def test_manifest_records_what_the_folder_holds(dynamic_fp32):
+    folder, manifest = dynamic_fp32
+    assert ExportManifest.load(folder) == manifest
+    assert manifest.image_hw is None and manifest.batch is None
+    assert (manifest.downsample_factor, manifest.latent_channels, manifest.scaling_factor) == (8, 4, pytest.approx(0.18215))
+    assert {g: (i.precision, i.input, i.output) for g, i in manifest.graphs.items()} == {
+        "unet": ("fp32", "x", "x0"), "vae_encoder": ("fp32", "x", "latent"), "vae_decoder": ("fp32", "latent", "depth"),
+    }
+    for g, info in manifest.graphs.items():
+        assert info.sha256 == _sha256(folder / info.file) and info.external_data is None
+        graph = onnx.load(str(folder / info.file)).graph
+        assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx"])
+    # the conditioning is folded in: the UNet graph has exactly one input
+    assert len(onnx.load(str(folder / "unet.onnx")).graph.input) == 1
+
+
+def test_fixed_shape_export_has_static_inputs_and_replaces_the_folder(student, tmp_path):
+    folder = tmp_path / "fixed"
+    folder.mkdir()
+    (folder / "stale.onnx").write_text("left over")
+    manifest = export_onnx(student, folder, image_hw=(48, 64), batch=1)
+    assert not (folder / "stale.onnx").exists()
+    shapes = {g: [d.dim_value for d in onnx.load(str(folder / f"{g}.onnx")).graph.input[0].type.tensor_type.shape.dim] for g in GRAPHS}
+    assert shapes == {"unet": [1, 8, 6, 8], "vae_encoder": [1, 3, 48, 64], "vae_decoder": [1, 4, 6, 8]}
+    assert manifest.input_shape("unet") == (1, 8, 6, 8) and manifest.input_shape("vae_encoder") == (1, 3, 48, 64)
+    rgb, _, _ = inputs(0, 1, 48, 64)
+    assert rel(run(sessions(folder)["vae_encoder"], rgb * 2 - 1), student.codec.encode_image(rgb)) <= FP32_REL
+
+
+def test_fp16_export_keeps_the_vae_in_fp32_and_leaves_the_student_alone(student, tmp_path):
+    rgb, _, noise = inputs(3, 1, 48, 64)
+    with torch.no_grad():
+        z_img = student.codec.encode_image(rgb)
+        before = student(z_img, noise)
+    manifest = export_onnx(student, tmp_path / "fp16", precision="fp16")
+    assert {g: i.precision for g, i in manifest.graphs.items()} == {"unet": "fp16", "vae_encoder": "fp32", "vae_decoder": "fp32"}
+
+    def weight_types(g):
+        return {onnx.TensorProto.DataType.Name(t.data_type) for t in onnx.load(str(tmp_path / "fp16" / f"{g}.onnx")).graph.initializer if t.dims and np.prod(t.dims) > 16}
+
+    assert weight_types("unet") == {"FLOAT16"} and weight_types("vae_decoder") == {"FLOAT"}
+    s = sessions(tmp_path / "fp16")
+    assert s["unet"].get_inputs()[0].type == "tensor(float)"  # fp32 at the boundary, fp16 inside
+    err = rel(run(s["unet"], torch.cat([z_img, noise], 1)), before)
+    assert 1e-6 < err < 2e-2  # fp16 arithmetic: not bit-identical, but close
+    assert student.unet.dtype == torch.float32 and torch.equal(student(z_img, noise), before)
+
+    manifest = export_onnx(student, tmp_path / "fp16vae", precision="fp16", vae_precision="fp16")
+    assert manifest.graphs["vae_decoder"].precision == "fp16"
+    assert rel(run(sessions(tmp_path / "fp16vae")["vae_encoder"], rgb * 2 - 1), z_img) < 2e-2
+
+
+def test_scattered_external_weights_are_gathered_into_one_file(dynamic_fp32, tmp_path):
+    """The > 2 GB path: the exporter writes one file per tensor; the export keeps one .data file."""
+    folder, _ = dynamic_fp32
+    scattered = tmp_path / "scattered"
+    scattered.mkdir()
+    model = onnx.load(str(folder / "vae_decoder.onnx"))
+    onnx.save_model(model, str(scattered / "vae_decoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert len(list(scattered.iterdir())) > 10
+    out = tmp_path / "gathered"
+    out.mkdir()
+    location = _single_data_file(scattered / "vae_decoder.onnx", out / "vae_decoder.onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"] and location == "vae_decoder.onnx.data"
+    z = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(5))
+    gathered = ort.InferenceSession(str(out / "vae_decoder.onnx"), providers=["CPUExecutionProvider"])
+    assert torch.equal(run(gathered, z), run(sessions(folder)["vae_decoder"], z))
+
+
+def test_bad_arguments_and_folders_are_one_line_errors(student, dynamic_fp32, tmp_path):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        export_onnx(student, tmp_path / "x", image_hw=(50, 64))
+    with pytest.raises(ValueError, match="precision 'int8'"):
+        export_onnx(student, tmp_path / "x", precision="int8")
+    with pytest.raises(ValueError, match="batch"):
+        export_onnx(student, tmp_path / "x", batch=0)
+    with pytest.raises(ValueError, match="DiffusionDepthModel"):
+        export_onnx(student.unet, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(FileNotFoundError, match="sharpdepth export"):
+        ExportManifest.load(tmp_path)
+    folder, _ = dynamic_fp32
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    raw = json.loads((folder / MANIFEST).read_text())
+    (broken / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(FileNotFoundError, match="missing unet, vae_encoder, vae_decoder"):
+        ExportManifest.load(broken)
+    (broken / MANIFEST).write_text(json.dumps({**raw, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version 99"):
+        ExportManifest.load(broken)
