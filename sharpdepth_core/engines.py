@@ -1,0 +1,452 @@
+"""Inference engines: the four network calls of a SharpDepth frame behind one small interface, so the
+pipeline reads the same on PyTorch, onnxruntime and TensorRT.
+
+An engine has `unet(z_img, z_depth) -> x0 latent`, `encode_image(rgb01) -> latent`,
+`encode_depth(d_n) -> latent`, `decode_depth(z) -> d_n`, and `device` / `downsample_factor`.
+Tensors go in and come out as float32 torch tensors on `device`. The PyTorch fast path and
+TensorRT never wait for the host inside a call (onnxruntime's `run` is blocking by design).
+
+- "pytorch" (`TorchEngine`): the student's own modules. Without options it *is* `student(...)` and
+  `student.codec.*`; `FastPath` adds fp16/bf16, channels_last, torch.compile and CUDA graphs.
+- "onnx" (`OnnxEngine`): the graphs of `sharpdepth_core.export` through onnxruntime.
+- "tensorrt" (`TensorRTEngine`): TensorRT engines built from those graphs, one per graph and input
+  shape, cached on disk under a name holding the GPU, TensorRT version, shape, precision and the
+  ONNX file's hash. tensorrt is imported only when this engine is asked for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .export import GRAPHS, ExportManifest, StudentUNet
+from .models.student import DiffusionDepthModel
+
+ENGINES = ("pytorch", "onnx", "tensorrt")
+log = logging.getLogger(__name__)
+
+
+class DepthEngine(Protocol):
+    name: str
+    device: torch.device
+    downsample_factor: int
+
+    def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor: ...
+    def encode_image(self, rgb01: Tensor) -> Tensor: ...
+    def encode_depth(self, d_n: Tensor) -> Tensor: ...
+    def decode_depth(self, z: Tensor) -> Tensor: ...
+
+
+# --- PyTorch -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Speed options of the PyTorch engine. None of them changes the algorithm; reduced precision
+    changes the numbers (bench/pipeline.py reports by how much against fp32).
+
+    dtype / vae_dtype: the UNet's / VAE's weights and arithmetic (None keeps them as loaded).
+    channels_last: NHWC activations (faster convolutions on tensor cores).
+    compile: torch.compile each call with fullgraph=True and static shapes (compile_backend
+    "inductor"; "eager" only traces, which is how the CPU tests check that the calls compile without
+    graph breaks: inductor's C++ code generation takes minutes on CPU).
+    cuda_graphs: capture each call once per input shape and replay it (CUDA only): one launch per
+    network instead of hundreds of kernel launches.
+    """
+
+    dtype: torch.dtype | None = None
+    vae_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    cuda_graphs: bool = False
+
+    @classmethod
+    def fastest(cls, device: str | torch.device) -> "FastPath":
+        """The project's fast settings for a device: bf16 everywhere (the SD-2 VAE overflows in fp16,
+        not in bf16), channels_last, and on CUDA torch.compile and CUDA graphs."""
+        cuda = torch.device(device).type == "cuda"
+        return cls(torch.bfloat16, torch.bfloat16, channels_last=True, compile=cuda, cuda_graphs=cuda)
+
+
+class TorchEngine:
+    """The student's own modules. Without `fast` every call is the reference call, looked up at call
+    time (`student(...)`, `student.codec.*`); `fast` converts the modules in place (the engine then
+    owns the student) and wraps the calls."""
+
+    name = "pytorch"
+
+    def __init__(self, student: DiffusionDepthModel, fast: FastPath | None = None):
+        self.student, self.fast = student, fast
+        self._calls = None if fast is None else self._fast_calls(student, fast)
+
+    @property
+    def device(self) -> torch.device:
+        return self.student.device
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.student.codec.downsample_factor
+
+    def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
+        return self.student(z_img, z_depth) if self._calls is None else self._calls["unet"](z_img, z_depth)
+
+    def encode_image(self, rgb01: Tensor) -> Tensor:
+        return self.student.codec.encode_image(rgb01) if self._calls is None else self._calls["encode_image"](rgb01)
+
+    def encode_depth(self, d_n: Tensor) -> Tensor:
+        return self.student.codec.encode_depth(d_n) if self._calls is None else self._calls["encode_depth"](d_n)
+
+    def decode_depth(self, z: Tensor) -> Tensor:
+        return self.student.codec.decode_depth(z) if self._calls is None else self._calls["decode_depth"](z)
+
+    @staticmethod
+    def _fast_calls(student: DiffusionDepthModel, fast: FastPath) -> dict[str, Callable[..., Tensor]]:
+        device = student.device
+        if fast.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"FastPath.cuda_graphs needs the model on a CUDA device; it is on {device}")
+        fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
+        if fast.dtype is not None:
+            student.unet.to(fast.dtype)
+        if fast.vae_dtype is not None:
+            student.vae.to(fast.vae_dtype)
+        student.unet.to(memory_format=fmt)
+        student.vae.to(memory_format=fmt)
+        net, codec = StudentUNet(student), student.codec
+
+        def unet(z_img: Tensor, z_depth: Tensor) -> Tensor:
+            return net(torch.cat([z_img, z_depth], dim=1).to(device).contiguous(memory_format=fmt))
+
+        calls = {
+            "unet": unet,
+            "encode_image": lambda rgb01: codec.encode_image(rgb01.contiguous(memory_format=fmt)),
+            "encode_depth": lambda d_n: codec.encode_depth(d_n.contiguous(memory_format=fmt)),
+            "decode_depth": lambda z: codec.decode_depth(z.contiguous(memory_format=fmt)),
+        }
+        if fast.compile:
+            # CUDA graphs are captured below around the compiled code, not by inductor's own trees.
+            mode = "max-autotune-no-cudagraphs" if fast.compile_backend == "inductor" and device.type == "cuda" else None
+            calls = {k: torch.compile(f, fullgraph=True, dynamic=False, backend=fast.compile_backend, mode=mode) for k, f in calls.items()}
+        if fast.cuda_graphs:
+            calls = {k: CudaGraphed(f) for k, f in calls.items()}
+        return calls
+
+
+class CudaGraphed:
+    """A function of CUDA tensors captured into a CUDA graph per input signature and replayed.
+
+    First call for a signature: warm-up on a side stream (cuDNN autotuning, lazy compilation), then
+    capture with static input buffers. Later calls copy the inputs into those buffers, replay, and
+    return a copy of the static output (the next replay overwrites it). The function must not
+    synchronise with the host, which the engines' calls guarantee (tensor timestep and conditioning).
+    """
+
+    WARMUP = 3
+
+    def __init__(self, fn: Callable[..., Tensor]):
+        self.fn = fn
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, *args: Tensor) -> Tensor:
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(args)
+        graph, static_in, static_out = self._graphs[key]
+        for buf, a in zip(static_in, args):
+            buf.copy_(a)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, args: tuple[Tensor, ...]):
+        static_in = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.fn(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(*static_in)
+        return graph, static_in, static_out
+
+
+# --- exported graphs (onnxruntime, TensorRT) -----------------------------------------------------
+
+
+class _GraphEngine:
+    """The four calls on top of the three exported graphs (`_run(graph, x)` is the runtime's)."""
+
+    name: str
+    manifest: ExportManifest
+    device: torch.device
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.manifest.downsample_factor
+
+    def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
+        return self._call("unet", torch.cat([z_img, z_depth], dim=1))
+
+    def encode_image(self, rgb01: Tensor) -> Tensor:
+        if rgb01.ndim != 4 or rgb01.shape[1] != 3:
+            raise ValueError(f"image must be [B, 3, H, W], got shape {tuple(rgb01.shape)}")
+        return self._call("vae_encoder", rgb01 * 2 - 1)
+
+    def encode_depth(self, d_n: Tensor) -> Tensor:
+        if d_n.ndim != 4 or d_n.shape[1] != 1:
+            raise ValueError(f"normalised depth must be [B, 1, H, W], got shape {tuple(d_n.shape)}")
+        return self._call("vae_encoder", d_n.expand(-1, 3, -1, -1))
+
+    def decode_depth(self, z: Tensor) -> Tensor:
+        return self._call("vae_decoder", z)
+
+    def _call(self, graph: str, x: Tensor) -> Tensor:
+        expected = self.manifest.input_shape(graph)
+        f = self.downsample_factor
+        if x.ndim == 4 and not self.manifest.graphs[graph].latent_input and (x.shape[-2] % f or x.shape[-1] % f):
+            raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of {f} for the VAE (pad it first)")
+        if x.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, x.shape)):
+            shape = "x".join("?" if e is None else str(e) for e in expected)
+            raise ValueError(f"{self.name} engine: {graph} takes input [{shape}], got {tuple(x.shape)} (export again for this shape)")
+        return self._run(graph, x.detach().to(self.device, torch.float32).contiguous())
+
+    def _run(self, graph: str, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class OnnxEngine(_GraphEngine):
+    """onnxruntime sessions on an export folder. On CUDA (CUDAExecutionProvider) inputs and outputs
+    are bound to torch's device memory (I/O binding): no copies through the host."""
+
+    name = "onnx"
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("engine 'onnx' needs onnxruntime: pip install onnxruntime (onnxruntime-gpu for CUDA)") from exc
+        self.folder, self.device = Path(folder), torch.device(device)
+        self.manifest = ExportManifest.load(self.folder)
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError(
+                    f"engine 'onnx' on {self.device}: onnxruntime has no CUDAExecutionProvider "
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
+        elif self.device.type == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise ValueError(f"engine 'onnx' runs on cpu or cuda, not {self.device}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {
+            g: ort.InferenceSession(str(self.folder / self.manifest.graphs[g].file), options, providers=providers) for g in GRAPHS
+        }
+
+    def _run(self, graph: str, x: Tensor) -> Tensor:
+        info, session = self.manifest.graphs[graph], self.sessions[graph]
+        if self.device.type == "cpu":
+            return torch.from_numpy(session.run([info.output], {info.input: x.numpy()})[0])
+        import numpy as np
+
+        out = torch.empty(self._output_shape(graph, x), dtype=torch.float32, device=self.device)
+        binding = session.io_binding()
+        index = self.device.index or 0
+        binding.bind_input(info.input, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(info.output, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream: order it after torch's
+        session.run_with_iobinding(binding)
+        return out
+
+    def _output_shape(self, graph: str, x: Tensor) -> tuple[int, ...]:
+        b, _, h, w = x.shape
+        f, c = self.manifest.downsample_factor, self.manifest.latent_channels
+        return {"unet": (b, c, h, w), "vae_encoder": (b, c, h // f, w // f), "vae_decoder": (b, 1, h * f, w * f)}[graph]
+
+
+# --- TensorRT ----------------------------------------------------------------------------------
+
+
+def import_tensorrt():
+    """The tensorrt module, or an ImportError that says what to install."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise ImportError(
+            "engine 'tensorrt' needs NVIDIA TensorRT's Python package and a CUDA GPU "
+            "(pip install tensorrt, matching your CUDA); without them use engine 'onnx' or 'pytorch'"
+        ) from exc
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a serialized TensorRT engine is only valid for."""
+
+    graph: str
+    precision: str
+    input_shape: tuple[int, ...]
+    gpu: str
+    compute_capability: tuple[int, int]
+    tensorrt: str
+    onnx_sha256: str
+
+    def filename(self) -> str:
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu).strip("-").lower()
+        shape = "x".join(str(s) for s in self.input_shape)
+        cc = "".join(str(v) for v in self.compute_capability)
+        return f"{self.graph}-{self.precision}-{shape}-{gpu}-sm{cc}-trt{self.tensorrt}-{self.onnx_sha256[:12]}.plan"
+
+
+def build_engine(trt, onnx_path: Path, input_name: str, shape: tuple[int, ...], fp16: bool) -> bytes:
+    """Parse an ONNX file (external weights beside it are found by path) and build a serialized
+    engine for exactly `shape` (the optimisation profile has min = opt = max = shape)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    explicit = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(explicit)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if any(d == -1 for t in inputs for d in t.shape):
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} for input {shape} (see its log above)")
+    return bytes(plan)
+
+
+def cached_engine(trt, key: EngineKey, onnx_path: Path, input_name: str, cache_dir: Path) -> bytes:
+    """The serialized engine for `key`: read from `cache_dir`, else built and written there atomically."""
+    path = cache_dir / key.filename()
+    if path.is_file():
+        return path.read_bytes()
+    log.warning("building TensorRT engine %s (once; minutes for the full-size UNet)", path.name)
+    plan = build_engine(trt, onnx_path, input_name, key.input_shape, fp16=key.precision == "fp16")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(plan)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return plan
+
+
+class _TrtGraph:
+    """One deserialized engine and its execution context, enqueued on torch's current stream."""
+
+    def __init__(self, runtime, plan: bytes, info, shape: tuple[int, ...], device: torch.device):
+        self.engine = runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialize a cached engine; delete the cache folder to rebuild")
+        self.context = self.engine.create_execution_context()
+        self.input, self.output, self.device = info.input, info.output, device
+        self.context.set_input_shape(self.input, shape)
+        self.out_shape = tuple(self.context.get_tensor_shape(self.output))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = torch.empty(self.out_shape, dtype=torch.float32, device=self.device)
+        self.context.set_tensor_address(self.input, x.data_ptr())
+        self.context.set_tensor_address(self.output, out.data_ptr())
+        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return out
+
+
+class TensorRTEngine(_GraphEngine):
+    """TensorRT engines for an export folder, built on first use per input shape (or ahead of time
+    with `prebuild`) and cached in `cache_dir` (default: `<export folder>/tensorrt`). A graph exported
+    in fp16 is built with TensorRT's FP16 flag; fp32 graphs keep TensorRT's default (TF32 allowed)."""
+
+    name = "tensorrt"
+
+    def __init__(self, folder: str | Path, cache_dir: str | Path | None = None, device: str | torch.device = "cuda"):
+        self.trt = import_tensorrt()
+        self.device = torch.device(device)
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"engine 'tensorrt' needs a CUDA device; asked for {self.device}, CUDA available: {torch.cuda.is_available()}")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.folder = Path(folder)
+        self.manifest = ExportManifest.load(self.folder)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.folder / "tensorrt"
+        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        self._graphs: dict[tuple[str, tuple[int, ...]], _TrtGraph] = {}
+
+    def key(self, graph: str, shape: tuple[int, ...]) -> EngineKey:
+        info = self.manifest.graphs[graph]
+        return EngineKey(
+            graph=graph,
+            precision=info.precision,
+            input_shape=tuple(int(s) for s in shape),
+            gpu=torch.cuda.get_device_name(self.device),
+            compute_capability=torch.cuda.get_device_capability(self.device),
+            tensorrt=self.trt.__version__,
+            onnx_sha256=info.sha256,
+        )
+
+    def prebuild(self, image_hw: tuple[int, int], batch: int = 1) -> list[Path]:
+        """Build (or find) the engines a frame at this padded processing grid needs; returns their files."""
+        h, w = image_hw
+        f, c = self.downsample_factor, self.manifest.latent_channels
+        shapes = {"unet": (batch, 2 * c, h // f, w // f), "vae_encoder": (batch, 3, h, w), "vae_decoder": (batch, c, h // f, w // f)}
+        for graph, shape in shapes.items():
+            self._graph(graph, shape)
+        return [self.cache_dir / self.key(g, s).filename() for g, s in shapes.items()]
+
+    def _graph(self, graph: str, shape: tuple[int, ...]) -> _TrtGraph:
+        if (graph, shape) not in self._graphs:
+            info = self.manifest.graphs[graph]
+            with torch.cuda.device(self.device):
+                plan = cached_engine(self.trt, self.key(graph, shape), self.folder / info.file, info.input, self.cache_dir)
+                self._graphs[graph, shape] = _TrtGraph(self.runtime, plan, info, shape, self.device)
+        return self._graphs[graph, shape]
+
+    def _run(self, graph: str, x: Tensor) -> Tensor:
+        return self._graph(graph, tuple(x.shape))(x)
+
+
+def load_engine(
+    name: str,
+    student: DiffusionDepthModel | None = None,
+    export_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    fast: FastPath | None = None,
+    cache_dir: str | Path | None = None,
+) -> DepthEngine:
+    """The engine `name` ("pytorch", "onnx", "tensorrt"): pytorch wraps `student` (with `fast`
+    options); onnx and tensorrt run an export folder written by `sharpdepth export`."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "pytorch":
+        if student is None:
+            raise ValueError("engine 'pytorch' needs the student model")
+        return TorchEngine(student, fast)
+    if export_dir is None:
+        raise ValueError(f"engine {name!r} needs an export folder: write one with `sharpdepth export --out DIR`")
+    if name == "onnx":
+        return OnnxEngine(export_dir, device or "cpu")
+    return TensorRTEngine(export_dir, cache_dir, device or "cuda")
