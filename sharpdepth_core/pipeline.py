@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
+from .engines import DepthEngine, TorchEngine
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
 from .models.hub import CheckpointError, replacing_dir
@@ -105,7 +106,8 @@ class SharpDepthPipeline:
     the paper's difference map (d̃ least-squares fitted to d first) instead of the reference's.
     pass_k_to_metric: give a known camera K to the metric backend (UniDepth V2, Depth Pro use it);
     the returned K is the camera's either way. untrained: the weights are random (tiny models), so
-    anything showing the output must say so.
+    anything showing the output must say so. engine: runs the UNet and VAE calls (`engines`; default
+    the student's own modules, exactly as they are).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class SharpDepthPipeline:
         difference_fit_first: bool = False,
         pass_k_to_metric: bool = True,
         untrained: bool = False,
+        engine: DepthEngine | None = None,
     ):
         if processing_res is not None and (not isinstance(processing_res, int) or processing_res < 8):
             raise ValueError(f"processing_res must be an integer >= 8 or None, got {processing_res!r}")
@@ -124,10 +127,11 @@ class SharpDepthPipeline:
         self.difference_fit_first = difference_fit_first
         self.pass_k_to_metric = pass_k_to_metric
         self.untrained = untrained
+        self.engine = engine if engine is not None else TorchEngine(student)
 
     @property
     def device(self) -> torch.device:
-        return self.student.device
+        return self.engine.device
 
     def to(self, device: str | torch.device) -> "SharpDepthPipeline":
         self.student.to(device)
@@ -141,7 +145,7 @@ class SharpDepthPipeline:
         clock = _Clock(self.device)
         image = as_image_batch(image).to(self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
-        codec = self.student.codec
+        engine = self.engine
 
         # 1. metric depth d = f_D(I), at the input size
         with clock("metric"):
@@ -149,17 +153,17 @@ class SharpDepthPipeline:
 
         # 2. z_i = enc(I), z_d = enc(norm(d)) on the processing grid (the image latent serves both passes)
         with clock("encode"):
-            x, plan = resize_and_pad(image, self.processing_res, codec.downsample_factor)
-            d, _ = resize_and_pad(metric.depth, self.processing_res, codec.downsample_factor)
+            x, plan = resize_and_pad(image, self.processing_res, engine.downsample_factor)
+            d, _ = resize_and_pad(metric.depth, self.processing_res, engine.downsample_factor)
             d_n, _, _ = normalize_depth(d)
-            z_i, z_d = codec.encode_image(x), codec.encode_depth(d_n)
+            z_i, z_d = engine.encode_image(x), engine.encode_depth(d_n)
         eps1, eps2 = self._noise(z_i, seed)
 
         # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1), d̃ = dec(ẑ_a)
         with clock("affine_pass"):
-            z_a = self.student(z_i, eps1)
+            z_a = engine.unet(z_i, eps1)
         with clock("decode"):
-            d_tilde = codec.decode_depth(z_a)
+            d_tilde = engine.decode_depth(z_a)
 
         # 4. difference map e and its latent-grid version ê (nearest)
         with clock("difference"):
@@ -169,9 +173,9 @@ class SharpDepthPipeline:
         # 5-6. noise-aware gating, sharpening pass: ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2) + (1 - ê) ⊙ z_d)
         with clock("sharpen_pass"):
             z_gated = gate(z_d, e_hat, add_noise(z_a, eps2, TIMESTEP, self.student.alphas_cumprod))
-            z = self.student(z_i, z_gated)
+            z = engine.unet(z_i, z_gated)
         with clock("decode"):
-            d_hat_n = codec.decode_depth(z)
+            d_hat_n = engine.decode_depth(z)
 
         # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5
         with clock("fit"):
