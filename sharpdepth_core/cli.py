@@ -2,6 +2,7 @@
 adds its parser and sets `func`); `main` dispatches and turns expected errors into one line.
 
     sharpdepth predict INPUT... --out DIR [--model DIR | --student P --metric NAME] [--ply]
+    sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt]
 """
 from __future__ import annotations
 
@@ -197,9 +198,89 @@ def run_predict(args) -> int:
     return 0
 
 
+# --- export --------------------------------------------------------------------------------------
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="ONNX graphs of the student UNet and the VAE (and TensorRT engines) for engine onnx / tensorrt",
+        description="Writes unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to --out (replaced whole); "
+        "with --tensorrt also builds the TensorRT engines for the processing grids of --input-size.",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="export folder")
+    models = p.add_argument_group("model (default: the embedded models)")
+    models.add_argument("--model", type=Path, metavar="DIR", help="a SharpDepth pipeline folder (its student/ is exported)")
+    models.add_argument("--student", metavar="PATH_OR_ID", help="a SharpDepth release / Lotus-G diffusers folder or hub id")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="the UNet's (default fp32)")
+    p.add_argument("--vae-precision", choices=("fp32", "fp16"),
+                   help="the VAE's (default: the UNet's, but fp32 for fp16 when the VAE config asks for upcasting, as SD-2's)")
+    p.add_argument("--input-size", metavar="WxH", help="camera image size: with --fixed or --tensorrt, the processing grid follows from it")
+    p.add_argument("--processing-res", type=int, nargs="+", default=[768], metavar="N",
+                   help="longer edge(s) of the processing grid (default 768; --fixed takes one)")
+    p.add_argument("--fixed", action="store_true", help="fixed H/W graphs for the --input-size grid (default: dynamic H/W)")
+    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic)")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a CUDA GPU)")
+    p.add_argument("--tensorrt-cache", type=Path, metavar="DIR", help="engine cache folder (default: DIR/tensorrt)")
+    p.add_argument("--device", default="auto", help="where to trace: auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=run_export)
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """"WxH" -> (H, W)."""
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError as exc:
+        raise ValueError(f"--input-size {value!r}: expected WxH, e.g. 640x480") from exc
+    if w <= 0 or h <= 0:
+        raise ValueError(f"--input-size {value!r}: width and height must be positive")
+    return h, w
+
+
+def run_export(args) -> int:
+    import torch
+
+    from .engines import TensorRTEngine
+    from .export import export_onnx
+    from .models import EMBEDDED_DIR, DiffusionDepthModel
+    from .preprocessing import plan_resize
+
+    if args.model and args.student:
+        raise ValueError("--model and --student exclude each other")
+    if (args.fixed or args.tensorrt) and not args.input_size:
+        raise ValueError("--fixed and --tensorrt need --input-size WxH (the camera's image size)")
+    if args.fixed and len(args.processing_res) != 1:
+        raise ValueError("--fixed exports one processing grid: give one --processing-res")
+    if any(r < 8 for r in args.processing_res):
+        raise ValueError(f"--processing-res must be >= 8, got {args.processing_res}")
+    input_hw = parse_size(args.input_size) if args.input_size else None
+    if args.tensorrt:
+        from .engines import import_tensorrt
+
+        import_tensorrt()  # fail before the export, not after
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    student = DiffusionDepthModel.from_pretrained(args.student or (args.model or EMBEDDED_DIR) / "student", device=device)
+    grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in args.processing_res] if input_hw else []
+    manifest = export_onnx(
+        student, args.out, precision=args.precision, vae_precision=args.vae_precision,
+        image_hw=grids[0] if args.fixed else None, batch=args.batch,
+    )
+    shape = "dynamic H/W" if manifest.image_hw is None else "fixed {}x{} (HxW)".format(*manifest.image_hw)
+    for name, info in manifest.graphs.items():
+        size = sum((args.out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20
+        print(f"{args.out / info.file}: {info.precision}, {shape}, {size:.1f} MiB")
+    if args.tensorrt:
+        engine = TensorRTEngine(args.out, args.tensorrt_cache, device if device != "cpu" else "cuda")
+        for hw in dict.fromkeys(grids):
+            for plan in engine.prebuild(hw, batch=args.batch or 1):
+                print(f"{plan}: TensorRT engine for the {hw[0]}x{hw[1]} (HxW) grid")
+    print(f"sharpdepth export: done; use it with engine 'onnx' or 'tensorrt' and export folder {args.out}", file=sys.stderr)
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
-COMMANDS = (add_predict,)
+COMMANDS = (add_predict, add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
