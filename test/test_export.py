@@ -2,6 +2,7 @@
 the PyTorch modules (tiny real diffusers models, CPU)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -157,3 +158,45 @@ def test_bad_arguments_and_folders_are_one_line_errors(student, dynamic_fp32, tm
     (broken / MANIFEST).write_text(json.dumps({**raw, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version 99"):
         ExportManifest.load(broken)
+
+
+# --- sharpdepth export -----------------------------------------------------------------------------
+
+
+def test_cli_export_fixed_grid_from_the_camera_size(student, tmp_path, capsys):
+    from sharpdepth_core.cli import main
+
+    saved = student.save_pretrained(tmp_path / "student")
+    out = tmp_path / "export"
+    argv = ["export", "--student", str(saved), "--out", str(out), "--input-size", "64x40", "--processing-res", "60", "--fixed", "--batch", "1"]
+    assert main(argv) == 0
+    manifest = ExportManifest.load(out)
+    assert manifest.image_hw == (40, 64) and manifest.batch == 1  # 60 x 38 (longer edge 60) padded to 64 x 40
+    assert "fixed 40x64 (HxW)" in capsys.readouterr().out
+    rgb, _, _ = inputs(1, 1, 40, 64)
+    assert rel(run(sessions(out)["vae_encoder"], rgb * 2 - 1), student.codec.encode_image(rgb)) <= FP32_REL
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--fixed"], "need --input-size"),
+        (["--input-size", "64by48", "--fixed"], "expected WxH"),
+        (["--input-size", "64x48", "--fixed", "--processing-res", "64", "32"], "one --processing-res"),
+        (["--model", "m", "--student", "s"], "exclude each other"),
+    ],
+)
+def test_cli_export_argument_errors_are_one_line(tmp_path, capsys, extra, message):
+    from sharpdepth_core.cli import main
+
+    assert main(["export", "--out", str(tmp_path / "x"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed: the missing-package error cannot be shown")
+def test_cli_export_tensorrt_without_tensorrt_fails_before_exporting(tmp_path, capsys):
+    from sharpdepth_core.cli import main
+
+    assert main(["export", "--out", str(tmp_path / "x"), "--input-size", "64x48", "--tensorrt"]) == 2
+    assert "pip install tensorrt" in capsys.readouterr().err and not (tmp_path / "x").exists()
