@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8, help="synthetic frames to run (default 8)")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first synthetic scene")
+    parser.add_argument("--seed", type=int, default=100_000,
+                        help="seed of the first synthetic scene (default: held out from the embedded models' training scenes)")
     parser.add_argument("--style", choices=("indoor", "toy"), default="indoor")
     parser.add_argument("--config", type=Path, help="ROS parameters YAML naming the models (see config/sharpdepth.yaml)")
     parser.add_argument("--processing-res", type=int, help="override the processing resolution")
