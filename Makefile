@@ -21,5 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test
 
+# Benchmarks print a table and a JSON line each (CPU: small configs; full size on a CUDA GPU).
+bench: $(STAMP)
+	$(BIN)/python bench/synthetic.py
+	$(BIN)/python bench/pointcloud.py
+	$(BIN)/python bench/train_step.py
+
 clean:
 	rm -rf $(VENV) build install log out .pytest_cache

@@ -31,6 +31,7 @@ setup(
         "transformers>=4.45",
         "accelerate>=0.30",
         "safetensors",
+        "huggingface_hub",
         "numpy",
         "scipy",
         "scikit-image",
@@ -53,7 +54,6 @@ setup(
     maintainer_email="sharpdepth@example.org",
     description="SharpDepth (CVPR 2025): sharp and metric monocular depth for ROS 2.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "sharpdepth = sharpdepth_core.cli:main",

@@ -23,7 +23,7 @@ import numpy as np
 import rclpy
 import rclpy.executors
 import torch
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -41,6 +41,7 @@ from sharpdepth_ros.conversions import (
     image_to_rgb8,
     numpy_to_image,
 )
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, help_text, wants_help
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -78,37 +79,28 @@ class BadModelOutput(ValueError):
     """The model produced something unpublishable (NaN depth: fp16 overflow, broken weights)."""
 
 
-def _descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
-    if integer is not None:
-        d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
-    if floating is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
-    return d
 
 
-STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
-FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
 # name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
 PARAMETERS = {
-    "model": ("", _descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
-    "student": ("", _descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
-    "metric_backend": ("", _descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
-    "metric_model": ("", _descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", STR, read_only=True)),
-    "engine": ("pytorch", _descriptor("inference engine", STR, read_only=True)),
-    "device": ("auto", _descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
-    "dtype": ("float32", _descriptor("float32, float16 or bfloat16", STR, read_only=True)),
-    "image_transport": ("raw", _descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
-    "processing_res": (0, _descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
-    "seed": (0, _descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
-    "use_camera_intrinsics": (True, _descriptor("give camera_info K to the metric model", BOOL)),
-    "publish_points": (True, _descriptor("publish the point cloud on 'points'", BOOL)),
-    "publish_difference": (False, _descriptor("publish the difference map on 'depth/difference'", BOOL)),
-    "publish_colored": (True, _descriptor("publish a colour-mapped depth image on 'depth/colored'", BOOL)),
-    "cloud_rgb": (True, _descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", BOOL)),
-    "cloud_decimation": (1, _descriptor("keep every n-th pixel in both directions", INT, integer=(1, 16))),
-    "cloud_max_range": (0.0, _descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
-    "stats_period": (5.0, _descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
+    "model": ("", descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
+    "student": ("", descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
+    "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
+    "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", STR, read_only=True)),
+    "engine": ("pytorch", descriptor("inference engine", STR, read_only=True)),
+    "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
+    "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
+    "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
+    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
+    "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
+    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model", BOOL)),
+    "publish_points": (True, descriptor("publish the point cloud on 'points'", BOOL)),
+    "publish_difference": (False, descriptor("publish the difference map on 'depth/difference'", BOOL)),
+    "publish_colored": (True, descriptor("publish a colour-mapped depth image on 'depth/colored'", BOOL)),
+    "cloud_rgb": (True, descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", BOOL)),
+    "cloud_decimation": (1, descriptor("keep every n-th pixel in both directions", INT, integer=(1, 16))),
+    "cloud_max_range": (0.0, descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
+    "stats_period": (5.0, descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
 }
 
 
@@ -371,6 +363,9 @@ def _image_of(x) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
+    if wants_help(sys.argv[1:] if args is None else args[1:]):
+        print(help_text(__doc__, PARAMETERS))
+        return 0
     rclpy.init(args=args)
     node = None
     try:

@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -30,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, help_text, wants_help
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 BAG_SUFFIXES = {".mcap", ".db3", ".bag"}
@@ -144,28 +144,21 @@ def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: 
     return video_frames(path, fov_deg)
 
 
-def _descriptor(description: str, kind: int, *, read_only: bool = True, integer=None, floating=None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
-    if integer:
-        d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
-    if floating:
-        d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
-    return d
 
 
 PARAMETERS = {
-    "source": ("synthetic", _descriptor("'synthetic', an image folder, a video file, or a rosbag2/MCAP bag", ParameterType.PARAMETER_STRING)),
-    "topic": ("", _descriptor("bag only: the Image/CompressedImage topic ('' = the first one)", ParameterType.PARAMETER_STRING)),
-    "rate": (10.0, _descriptor("frames per second", ParameterType.PARAMETER_DOUBLE, floating=(0.1, 1000.0))),
-    "frame_id": ("camera_optical_frame", _descriptor("header.frame_id of the published frames", ParameterType.PARAMETER_STRING)),
-    "loop": (True, _descriptor("start again at the end of the source", ParameterType.PARAMETER_BOOL)),
-    "count": (0, _descriptor("stop after this many frames (0 = never)", ParameterType.PARAMETER_INTEGER, integer=(0, 10**9))),
-    "fov_deg": (60.0, _descriptor("horizontal field of view for sources without calibration", ParameterType.PARAMETER_DOUBLE, floating=(1.0, 179.0))),
-    "scenes": (8, _descriptor("synthetic: number of distinct scenes (rendered once, then replayed)", ParameterType.PARAMETER_INTEGER, integer=(1, 10000))),
-    "width": (320, _descriptor("synthetic: image width", ParameterType.PARAMETER_INTEGER, integer=(8, 4096))),
-    "height": (240, _descriptor("synthetic: image height", ParameterType.PARAMETER_INTEGER, integer=(8, 4096))),
-    "seed": (0, _descriptor("synthetic: seed of the first scene", ParameterType.PARAMETER_INTEGER, integer=(0, 2**31 - 1))),
-    "style": ("indoor", _descriptor("synthetic: 'indoor' or 'toy'", ParameterType.PARAMETER_STRING)),
+    "source": ("synthetic", descriptor("'synthetic', an image folder, a video file, or a rosbag2/MCAP bag", STR, read_only=True)),
+    "topic": ("", descriptor("bag only: the Image/CompressedImage topic ('' = the first one)", STR, read_only=True)),
+    "rate": (10.0, descriptor("frames per second", FLOAT, read_only=True, floating=(0.1, 1000.0))),
+    "frame_id": ("camera_optical_frame", descriptor("header.frame_id of the published frames", STR, read_only=True)),
+    "loop": (True, descriptor("start again at the end of the source", BOOL, read_only=True)),
+    "count": (0, descriptor("stop after this many frames (0 = never)", INT, read_only=True, integer=(0, 10**9))),
+    "fov_deg": (60.0, descriptor("horizontal field of view for sources without calibration", FLOAT, read_only=True, floating=(1.0, 179.0))),
+    "scenes": (8, descriptor("synthetic: number of distinct scenes (rendered once, then replayed)", INT, read_only=True, integer=(1, 10000))),
+    "width": (320, descriptor("synthetic: image width", INT, read_only=True, integer=(8, 4096))),
+    "height": (240, descriptor("synthetic: image height", INT, read_only=True, integer=(8, 4096))),
+    "seed": (0, descriptor("synthetic: seed of the first scene", INT, read_only=True, integer=(0, 2**31 - 1))),
+    "style": ("indoor", descriptor("synthetic: 'indoor' or 'toy'", STR, read_only=True)),
 }
 
 
@@ -242,6 +235,9 @@ class ReplayPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    if wants_help(sys.argv[1:] if args is None else args[1:]):
+        print(help_text(__doc__, PARAMETERS))
+        return 0
     rclpy.init(args=args)
     node = None
     try:

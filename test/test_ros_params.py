@@ -119,3 +119,19 @@ def test_missing_model_is_one_line_and_exit_code_1(tmp_path, capfd):
     assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"]) == 1
     err = capfd.readouterr().err
     assert f"no pipeline.json in {tmp_path / 'nowhere'}" in err and "FATAL" in err
+
+
+@pytest.mark.parametrize("module_name", ["sharpdepth_ros.node", "sharpdepth_ros.replay"])
+def test_entry_points_print_parameter_help_without_starting(module_name, capsys):
+    """`--help` lists every declared parameter with its default and range, and starts nothing
+    (it must not publish or load a model); after `--ros-args`, `--help` belongs to ROS instead."""
+    import importlib
+
+    from sharpdepth_ros.params import wants_help
+
+    module = importlib.import_module(module_name)
+    assert module.main(["prog", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name, (default, _) in module.PARAMETERS.items():
+        assert f"  {name} " in out and f"default {default!r}" in out
+    assert not wants_help(["--ros-args", "--help"])

@@ -1,0 +1,38 @@
+"""Parameter tables shared by the ROS entry points: descriptors with ranges, and `--help` from them."""
+from __future__ import annotations
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
+FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
+
+
+def descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
+    """A ParameterDescriptor whose range rclpy enforces at set time."""
+    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
+    if integer is not None:
+        d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
+    if floating is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
+    return d
+
+
+def help_text(doc: str, parameters: dict[str, tuple[object, ParameterDescriptor]]) -> str | None:
+    """What `--help` prints: the module docstring and every parameter with its default, range and meaning."""
+    lines = [doc.strip(), "", "parameters (--ros-args -p NAME:=VALUE, or --params-file FILE.yaml):"]
+    for name, (default, d) in parameters.items():
+        extra = []
+        if d.integer_range:
+            extra.append(f"{d.integer_range[0].from_value}..{d.integer_range[0].to_value}")
+        if d.floating_point_range:
+            extra.append(f"{d.floating_point_range[0].from_value:g}..{d.floating_point_range[0].to_value:g}")
+        if d.read_only:
+            extra.append("read-only")
+        lines.append(f"  {name:<22} default {default!r}{' [' + ', '.join(extra) + ']' if extra else ''}: {d.description}")
+    return "\n".join(lines)
+
+
+def wants_help(args: list[str]) -> bool:
+    """`-h`/`--help` before any `--ros-args` (after it, the arguments belong to ROS)."""
+    ours = args[: args.index("--ros-args")] if "--ros-args" in args else args
+    return "-h" in ours or "--help" in ours
