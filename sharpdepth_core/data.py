@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,13 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from .images import compressed_to_rgb8, image_to_rgb8
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
 IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 class UnreadableImage(ValueError):
@@ -66,26 +66,11 @@ class ImageFolder:
 
 
 def decode_image_message(msg: object) -> np.ndarray:
-    """sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8, padded `step`) or CompressedImage -> uint8 RGB."""
-    if hasattr(msg, "encoding"):
-        ch = _CHANNELS.get(msg.encoding)
-        if ch is None:
-            raise UnreadableImage(f"unsupported image encoding {msg.encoding!r} (use one of {', '.join(_CHANNELS)})")
-        h, w, step = int(msg.height), int(msg.width), int(msg.step)
-        data = np.asarray(msg.data, dtype=np.uint8)
-        if step < w * ch or data.size < h * step:
-            raise UnreadableImage(f"image message {w}x{h} {msg.encoding} has step {step} and {data.size} bytes")
-        px = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-        if msg.encoding == "mono8":
-            return np.repeat(px, 3, axis=2)
-        if msg.encoding.startswith("bgr"):
-            px = px[..., 2::-1]
-        return np.ascontiguousarray(px[..., :3])
-    data = np.asarray(msg.data, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise UnreadableImage(f"compressed image ({getattr(msg, 'format', '?')}) cannot be decoded")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    """sensor_msgs Image (any encoding the node accepts, padded `step`) or CompressedImage -> uint8 RGB."""
+    try:
+        return image_to_rgb8(msg) if hasattr(msg, "encoding") else compressed_to_rgb8(msg)
+    except ValueError as err:
+        raise UnreadableImage(str(err)) from err
 
 
 class RosbagImages:

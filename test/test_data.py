@@ -98,7 +98,7 @@ def test_rosbag2_camera_topics_decode_exactly(tmp_path, storage, caplog):
     with caplog.at_level(logging.WARNING, logger="sharpdepth_core.data"):
         items = [ds[i] for i in range(len(ds))]
     assert sum(it["skipped"] for it in items) == 1
-    assert "cannot be decoded" in caplog.text
+    assert "could not decode compressed image" in caplog.text
     # Every image decoded to the frame it came from (PNG is lossless).
     for it in items:
         t = int(it["key"].split("|")[2])
@@ -173,3 +173,22 @@ def test_depth_cache_round_trip_is_exact_and_namespaced(tmp_path):
     assert cache.load(["a", "c"]) is None  # one missing: recompute the batch
     assert DepthCache(tmp_path / "cache", "other-model|/m|32x32").load(["a"]) is None
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_training_reads_every_encoding_the_node_accepts():
+    """One decoder for node and trainer: a mono16 or padded bgra8 frame is training data too."""
+    from types import SimpleNamespace
+
+    from sharpdepth_core.data import UnreadableImage, decode_image_message
+
+    mono16 = np.array([[0, 1000], [2000, 4000]], dtype="<u2")
+    msg = SimpleNamespace(encoding="mono16", height=2, width=2, step=4, is_bigendian=0, data=mono16.tobytes())
+    rgb = decode_image_message(msg)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[..., 0].tolist() == [[0, 64], [128, 255]]  # scaled by the frame's maximum
+    bgra = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    padded = np.concatenate([bgra.reshape(2, 12), np.zeros((2, 4), np.uint8)], axis=1)
+    msg = SimpleNamespace(encoding="bgra8", height=2, width=3, step=16, is_bigendian=0, data=padded.tobytes())
+    np.testing.assert_array_equal(decode_image_message(msg), bgra[..., 2::-1])
+    with pytest.raises(UnreadableImage, match="32FC1|unsupported"):
+        decode_image_message(SimpleNamespace(encoding="32FC1", height=1, width=1, step=4, is_bigendian=0, data=b"\0" * 4))
