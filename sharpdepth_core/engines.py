@@ -131,10 +131,8 @@ class TorchEngine:
             "encode_depth": lambda d_n: codec.encode_depth(d_n.contiguous(memory_format=fmt)),
             "decode_depth": lambda z: codec.decode_depth(z.contiguous(memory_format=fmt)),
         }
-        if fast.compile:
-            # CUDA graphs are captured below around the compiled code, not by inductor's own trees.
-            mode = "max-autotune-no-cudagraphs" if fast.compile_backend == "inductor" and device.type == "cuda" else None
-            calls = {k: torch.compile(f, fullgraph=True, dynamic=False, backend=fast.compile_backend, mode=mode) for k, f in calls.items()}
+        if fast.compile:  # default mode: CUDA graphs are captured below, around the compiled code
+            calls = {k: torch.compile(f, fullgraph=True, dynamic=False, backend=fast.compile_backend) for k, f in calls.items()}
         if fast.cuda_graphs:
             calls = {k: CudaGraphed(f) for k, f in calls.items()}
         return calls
