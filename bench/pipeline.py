@@ -1,0 +1,369 @@
+"""SharpDepth inference speed: per stage and end to end, reference settings against the fast paths.
+
+A 640x480 synthetic frame (uint8, as the node receives it) through `SharpDepthPipeline` at
+processing resolutions 512 / 768 / 1024, then unprojected to a point cloud on the host. Settings
+(side by side in one run, same seed, so each reports its output difference against `reference`):
+
+  reference   fp32, eager PyTorch: the reference code's settings (its evaluation runs at 1024)
+  torch-bf16  bf16 UNet, VAE and metric model, channels_last, eager
+  torch-fast  torch-bf16 + torch.compile + CUDA graphs per call (CUDA only)
+  onnx        onnxruntime on the fp32 ONNX graphs (metric model in PyTorch, fp32)
+  tensorrt    TensorRT engines: fp16 UNet, VAE per --trt-vae-precision (metric model PyTorch bf16)
+
+Configs: `small` (the tiny test models, default without a GPU) or `full` (default on CUDA): the
+SD-2 UNet (8 input channels) and VAE and a ViT-L Depth Anything V2 metric model, built from their
+configs with random weights (speed does not depend on weight values; output differences on random
+weights only show that the numbers stay close, not how a trained model degrades).
+
+FLOPs per frame are counted on the meta device with torch's FlopCounterMode (matmuls, convolutions
+and attention; norms and elementwise work are not counted) for the config being timed and for the
+full-size one. The matmul rate is measured here, bf16 on CUDA and fp32 on CPU (CPUs without native
+bf16 emulate it at a tiny fraction of fp32), and "of peak" is the counted FLOPs at the achieved
+frame rate over that rate. Prints a table and one JSON line.
+
+    .venv/bin/python bench/pipeline.py                       # CPU: small config, reference vs onnx, ~2 min
+    .venv/bin/python bench/pipeline.py --config full         # CUDA: the figures of bench/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from sharpdepth_core.engines import FastPath, OnnxEngine, TensorRTEngine, TorchEngine
+from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
+from sharpdepth_core.geometry import unproject
+from sharpdepth_core.models import tiny
+from sharpdepth_core.models.metric import DepthAnythingBackend
+from sharpdepth_core.models.student import DiffusionDepthModel
+from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.synthetic import render_scene
+
+SETTINGS = ("reference", "torch-bf16", "torch-fast", "onnx", "tensorrt")
+RESOLUTIONS = (512, 768, 1024)
+STAGES = ("metric", "encode", "unet", "decode", "difference", "fit", "point_cloud")
+TARGET_FPS, TARGET_SPEEDUP, TARGET_RES = 20.0, 4.0, 768
+
+# SD-2 (Lotus-G) UNet and VAE configs, MODELS.md
+SD2_UNET = dict(
+    sample_size=96, in_channels=8, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+    class_embed_type="projection", projection_class_embeddings_input_dim=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+SD2_VAE = dict(
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=768, scaling_factor=0.18215,
+)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def full_student(device) -> DiffusionDepthModel:
+    """The full-size Lotus-G / SharpDepth student with random weights, built on `device` (meta: no memory)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet, vae = UNet2DConditionModel(**SD2_UNET), AutoencoderKL(**SD2_VAE)
+    student = DiffusionDepthModel(unet, vae, tiny.tiny_scheduler(), torch.randn(1, 2, 1024))
+    return student.to(device).eval().requires_grad_(False)
+
+
+def full_metric(device) -> DepthAnythingBackend:
+    """Depth Anything V2 metric with the ViT-L/14 DINOv2 backbone (Depth-Anything-V2-Metric-*-Large's shape)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(
+        image_size=518, patch_size=14, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+        intermediate_size=4096, out_indices=[5, 12, 18, 24], reshape_hidden_states=False, apply_layernorm=True,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, patch_size=14, reassemble_hidden_size=1024, neck_hidden_sizes=[256, 512, 1024, 1024],
+        fusion_hidden_size=256, head_hidden_size=32, depth_estimation_type="metric", max_depth=20,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DepthAnythingForDepthEstimation(config)
+    return DepthAnythingBackend(model.eval()).to(device).requires_grad_(False)
+
+
+def build_models(config: str, device) -> tuple[DiffusionDepthModel, DepthAnythingBackend]:
+    if config == "small":
+        return tiny.tiny_student().to(device), tiny.tiny_depth_anything().to(device)
+    return full_student(device), full_metric(device)
+
+
+# --- FLOPs and the matmul rate -------------------------------------------------------------------
+
+
+def count_flops(config: str, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> dict[str, float]:
+    """FLOPs of one call of each network on the meta device, and of one frame (1 metric, 2 of each other)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    student, metric = build_models(config, "meta")
+    (h, w), f = grid_hw, student.codec.downsample_factor
+    c = student.vae.config.latent_channels
+    calls = {
+        "metric": (metric, torch.empty(1, 3, *image_hw, device="meta")),
+        "encode": (VaeEncoder(student.vae), torch.empty(1, 3, h, w, device="meta")),
+        "unet": (StudentUNet(student), torch.empty(1, 2 * c, h // f, w // f, device="meta")),
+        "decode": (VaeDecoder(student.vae), torch.empty(1, c, h // f, w // f, device="meta")),
+    }
+    flops = {}
+    with torch.no_grad():
+        for name, (module, x) in calls.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                module(x)
+            flops[name] = float(counter.get_total_flops())
+    flops["frame"] = flops["metric"] + 2 * (flops["encode"] + flops["unet"] + flops["decode"])
+    return flops
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul FLOP/s (n³ products, best of a few)."""
+    n, reps = (8192, 20) if device.type == "cuda" else (1024, 3)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n**3 / best
+
+
+def cpu_name() -> str:
+    try:
+        models = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else platform.machine()} CPU ({os.cpu_count()} cores)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def make_pipeline(setting: str, student, metric, device: torch.device, workdir: Path, trt_vae_precision: str):
+    """(pipeline, None) for a setting, or (None, why it cannot run here)."""
+    cuda = device.type == "cuda"
+    if setting == "reference":
+        return SharpDepthPipeline(student, metric, untrained=True), None
+    if setting in ("torch-bf16", "torch-fast"):
+        if setting == "torch-fast" and not cuda:
+            return None, "needs CUDA (CUDA graphs; inductor compiles for minutes on CPU)"
+        fast = FastPath.fastest(device) if setting == "torch-fast" else FastPath(torch.bfloat16, torch.bfloat16, channels_last=True)
+        metric_bf16 = copy.deepcopy(metric).to(torch.bfloat16)
+        if fast.channels_last:
+            metric_bf16.to(memory_format=torch.channels_last)
+        s = copy.deepcopy(student)
+        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast)), None
+    if setting == "onnx":
+        import onnxruntime as ort
+
+        if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return None, "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
+        folder = workdir / "onnx-fp32"
+        if not (folder / "export.json").is_file():
+            log("exporting fp32 ONNX graphs")
+            export_onnx(student, folder)
+        return SharpDepthPipeline(student, metric, untrained=True, engine=OnnxEngine(folder, device, threads=torch.get_num_threads())), None
+    if setting == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return None, "tensorrt is not installed (it needs CUDA)"
+        if not cuda:
+            return None, "needs CUDA"
+        folder = workdir / f"onnx-fp16-vae{trt_vae_precision}"
+        if not (folder / "export.json").is_file():
+            log("exporting fp16 ONNX graphs for TensorRT")
+            export_onnx(student, folder, precision="fp16", vae_precision=trt_vae_precision)
+        metric_bf16 = copy.deepcopy(metric).to(torch.bfloat16)
+        return SharpDepthPipeline(student, metric_bf16, untrained=True, engine=TensorRTEngine(folder, device=device)), None
+    raise ValueError(setting)
+
+
+def run_frame(pipe: SharpDepthPipeline, rgb, device: torch.device):
+    """One frame as the node runs it: uint8 image in, depth out, point cloud on the host."""
+    t0 = time.perf_counter()
+    out = pipe(rgb, seed=0)
+    t1 = time.perf_counter()
+    xyz = unproject(out.depth[0, 0], out.K[0]).cpu()  # the cloud leaves the GPU for the message
+    t2 = time.perf_counter()
+    t = out.timings
+    stages = {
+        "metric": t["metric"], "encode": t["encode"], "unet": t["affine_pass"] + t["sharpen_pass"], "decode": t["decode"],
+        "difference": t["difference"], "fit": t["fit"], "point_cloud": t2 - t1, "total": t2 - t0,
+    }
+    return out, stages, xyz
+
+
+def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int, reference_out) -> dict:
+    pipe.processing_res = res
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # random weights: degenerate fits happen
+        for _ in range(warmup):
+            run_frame(pipe, rgb, device)
+        runs = [run_frame(pipe, rgb, device) for _ in range(frames)]
+    out = runs[0][0]
+    mean = {k: sum(r[1][k] for r in runs) / frames for k in runs[0][1]}
+    row = {"setting": setting, "res": res, "frames": frames, "s": mean, "fps": 1 / mean["total"],
+           "min_total_s": min(r[1]["total"] for r in runs), "fallback": out.fallback[0]}
+    if reference_out is not None:
+        ref = reference_out.depth.float().cpu()
+        span = float(ref.max() - ref.min()) or 1.0
+        diff = (out.depth.float().cpu() - ref).abs()
+        row["depth_diff_vs_reference"] = {"max_rel": float(diff.max()) / span, "mean_rel": float(diff.mean()) / span}
+    return row, out
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
+    ref = {r["res"]: r for r in rows if r["setting"] == "reference"}
+    ref_top = ref.get(max(ref)) if ref else None
+    head = f"{'setting':<11} {'res':>4} " + " ".join(f"{s[:8]:>8}" for s in STAGES) + f" {'total':>8} {'fps':>7} {'x ref@res':>9} {'x ref@top':>9} {'of peak':>7} {'Δdepth':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s = r["s"]
+        same = ref.get(r["res"])
+        x_same = f"{same['s']['total'] / s['total']:.2f}" if same else "-"
+        x_top = f"{ref_top['s']['total'] / s['total']:.2f}" if ref_top else "-"
+        peak = flops[r["res"]]["frame"] * r["fps"] / rate
+        diff = f"{r['depth_diff_vs_reference']['max_rel']:.1e}" if "depth_diff_vs_reference" in r else "-"
+        lines.append(
+            f"{r['setting']:<11} {r['res']:>4} " + " ".join(f"{1e3 * s[k]:>8.1f}" for k in STAGES)
+            + f" {1e3 * s['total']:>8.1f} {r['fps']:>7.2f} {x_same:>9} {x_top:>9} {100 * peak:>6.1f}% {diff:>8}"
+        )
+    lines.append("stage columns and total in ms per frame (means); x ref@res: speed-up over `reference` at the same resolution; "
+                 f"x ref@top: over `reference` at {max(ref) if ref else '-'}; of peak: counted FLOPs x fps / measured {rate_name} matmul rate; "
+                 "Δdepth: max |depth - reference depth| / reference depth range, same seed")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--config", choices=("small", "full"), default="full" if cuda else "small",
+                        help="small: tiny test models; full: SD-2 UNet/VAE + ViT-L metric model (default on CUDA)")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS) if cuda else ["reference", "onnx"],
+                        help="default: all on CUDA; reference and onnx on CPU (bf16 is emulated on most CPUs)")
+    parser.add_argument("--resolutions", nargs="+", type=int, default=list(RESOLUTIONS))
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--frames", type=int, default=10 if cuda else 1, help="timed frames per setting and resolution")
+    parser.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed frames first (compilation, capture, engine builds)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady figures on a shared machine)")
+    parser.add_argument("--trt-vae-precision", choices=("fp32", "fp16"), default="fp32",
+                        help="TensorRT VAE precision (SD-2's VAE is documented to overflow in fp16: measure before trusting)")
+    parser.add_argument("--workdir", type=Path, help="keep ONNX exports and TensorRT engines here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    args = parser.parse_args(argv)
+    if min(args.frames, args.threads) < 1 or args.warmup < 0 or min(args.resolutions) < 8:
+        parser.error("--frames and --threads must be >= 1, --warmup >= 0, resolutions >= 8")
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {args.threads} thread(s)"
+    log(f"device: {name}; config {args.config}")
+    rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
+    peak = "bf16" if cuda else "fp32"
+    log("matmul rates: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
+
+    scene = render_scene(0, width=args.width, height=args.height)
+    from sharpdepth_core.preprocessing import plan_resize
+
+    grids = {r: plan_resize((args.height, args.width), r).padded_hw for r in args.resolutions}
+    flops = {r: count_flops(args.config, (args.height, args.width), g) for r, g in grids.items()}
+    flops_full = flops if args.config == "full" else {r: count_flops("full", (args.height, args.width), g) for r, g in grids.items()}
+
+    student, metric = build_models(args.config, device)
+    rows, skipped = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        reference_out: dict[int, object] = {}
+        settings = ["reference"] + [s for s in args.settings if s != "reference"]  # reference first: the Δdepth baseline
+        for setting in settings:
+            try:
+                pipe, why = make_pipeline(setting, student, metric, device, workdir, args.trt_vae_precision)
+            except Exception as exc:  # a setting that fails to build is reported, not fatal
+                pipe, why = None, f"{type(exc).__name__}: {exc}"[:300]
+            if pipe is None:
+                skipped.append({"setting": setting, "reason": why})
+                log(f"{setting}: skipped ({why})")
+                continue
+            for res in args.resolutions:
+                try:
+                    row, out = measure(pipe, setting, res, scene.rgb, device, args.warmup, args.frames, reference_out.get(res))
+                except Exception as exc:
+                    skipped.append({"setting": setting, "res": res, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+                    log(f"{setting} @ {res}: failed ({type(exc).__name__}: {exc})")
+                    continue
+                if setting == "reference":
+                    reference_out[res] = out
+                rows.append(row)
+                log(f"{setting} @ {res}: {1e3 * row['s']['total']:.1f} ms/frame")
+            del pipe
+            if cuda:
+                torch.cuda.empty_cache()
+
+    print(f"SharpDepth inference, {args.width}x{args.height} input, config {args.config}, on {name}")
+    print("measured matmul rate: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
+    print(table(rows, flops, rates[peak], peak))
+    for s in skipped:
+        print(f"skipped {s['setting']}{' @ ' + str(s['res']) if 'res' in s else ''}: {s['reason']}")
+    print("GFLOPs per call / frame (counted; 1 metric + 2 encodes + 2 UNet passes + 2 decodes):")
+    for label, table_flops in (("this config", flops), ("full size", flops_full)):
+        for r, f in table_flops.items():
+            print(f"  {label:<11} {r:>4} ({grids[r][1]}x{grids[r][0]}): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in f.items()))
+    targets = None
+    at = [r for r in rows if r["res"] == TARGET_RES and r["setting"] != "reference"]
+    ref_top = [r for r in rows if r["setting"] == "reference" and r["res"] == max(args.resolutions)]
+    if cuda and args.config == "full" and at and ref_top:
+        best = max(at, key=lambda r: r["fps"])
+        speedup = best["fps"] / ref_top[0]["fps"]
+        targets = {"best_setting": best["setting"], "fps": best["fps"], "speedup_vs_reference": speedup,
+                   "fps_target_met": best["fps"] >= TARGET_FPS, "speedup_target_met": speedup >= TARGET_SPEEDUP}
+        print(f"targets at {TARGET_RES}: {best['setting']} {best['fps']:.1f} frames/s (target {TARGET_FPS}), "
+              f"{speedup:.2f}x reference@{max(args.resolutions)} (target {TARGET_SPEEDUP}x)")
+    else:
+        print(f"targets ({TARGET_FPS} frames/s and {TARGET_SPEEDUP}x reference at {TARGET_RES}) apply to the full config on one H100")
+    result = {
+        "bench": "pipeline", "device": name, "config": args.config, "input": [args.width, args.height],
+        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "matmul_flops_per_s": rates, "peak_rate": peak,
+        "flops": {str(r): f for r, f in flops.items()}, "flops_full_size": {str(r): f for r, f in flops_full.items()},
+        "results": rows, "skipped": skipped, "targets": targets,
+    }
+    line = json.dumps(result)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
