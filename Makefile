@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/synthetic.py
 	$(BIN)/python bench/pointcloud.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) build install log out .pytest_cache

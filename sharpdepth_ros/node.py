@@ -30,6 +30,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from sharpdepth_core.engines import load_engine
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
@@ -70,9 +71,26 @@ def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
     )
 
 
+def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
+    """onnx / tensorrt: the same pipeline, its networks run from a `sharpdepth export` folder (the
+    metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
+    (`sharpdepth export --tensorrt`), so the first frame may take minutes."""
+    pipe = load_pytorch_pipeline(settings)
+    pipe.engine = load_engine(
+        settings["engine"],
+        export_dir=settings["engine_dir"] or None,
+        device=pipe.device,
+        cache_dir=settings["engine_cache"] or None,
+    )
+    return pipe
+
+
 # Engine name -> loader(settings) -> callable(rgb uint8 HxWx3, K=..., seed=...) -> SharpDepthOutput.
-# The acceleration issue registers "onnx" and "tensorrt" here.
-ENGINES: dict[str, Callable[[dict], object]] = {"pytorch": load_pytorch_pipeline}
+ENGINES: dict[str, Callable[[dict], object]] = {
+    "pytorch": load_pytorch_pipeline,
+    "onnx": load_exported_pipeline,
+    "tensorrt": load_exported_pipeline,
+}
 
 
 class BadModelOutput(ValueError):
@@ -87,7 +105,9 @@ PARAMETERS = {
     "student": ("", descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
     "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
     "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", STR, read_only=True)),
-    "engine": ("pytorch", descriptor("inference engine", STR, read_only=True)),
+    "engine": ("pytorch", descriptor("inference engine: pytorch, onnx or tensorrt", STR, read_only=True)),
+    "engine_dir": ("", descriptor("onnx/tensorrt: the folder written by `sharpdepth export`", STR, read_only=True)),
+    "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
     "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
     "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
     "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),

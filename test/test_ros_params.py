@@ -103,7 +103,7 @@ def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
     "name, value, reason",
     [
         ("device", "gpu0", "device 'gpu0' is not auto, cpu, cuda, cuda:N or mps"),
-        ("engine", "onnx", "engine 'onnx' is not available (available: pytorch)"),
+        ("engine", "openvino", "engine 'openvino' is not available (available: pytorch, onnx, tensorrt)"),
         ("metric_backend", "midas", "metric_backend 'midas' is not one of"),
         ("dtype", "float64", "dtype 'float64' is not one of"),
         ("image_transport", "theora", "image_transport 'theora'"),
@@ -135,3 +135,35 @@ def test_entry_points_print_parameter_help_without_starting(module_name, capsys)
     for name, (default, _) in module.PARAMETERS.items():
         assert f"  {name} " in out and f"default {default!r}" in out
     assert not wants_help(["--ros-args", "--help"])
+
+
+def _settings(**overrides) -> dict:
+    settings = {name: default for name, (default, _) in node_module.PARAMETERS.items()}
+    settings.update(device="cpu", **overrides)
+    return settings
+
+
+def test_onnx_engine_parameter_runs_the_exported_networks_and_matches_pytorch(tiny_pipeline_dir, tmp_path):
+    """`engine: onnx` + `engine_dir` gives the node the same pipeline with its UNet and VAE run by
+    onnxruntime from a `sharpdepth export` folder; the depth matches the pytorch engine's."""
+
+    from sharpdepth_core.engines import OnnxEngine
+    from sharpdepth_core.export import export_onnx
+    from sharpdepth_core.models import DiffusionDepthModel
+    from sharpdepth_core.synthetic import render_scene
+
+    export_onnx(DiffusionDepthModel.from_pretrained(Path(tiny_pipeline_dir) / "student"), tmp_path / "onnx")
+    reference = node_module.ENGINES["pytorch"](_settings(model=str(tiny_pipeline_dir)))
+    exported = node_module.ENGINES["onnx"](_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")))
+    assert isinstance(exported.engine, OnnxEngine)
+    rgb = render_scene(3, 64, 48).rgb
+    a, b = reference(rgb, seed=0), exported(rgb, seed=0)
+    assert (a.difference - b.difference).abs().max() < 1e-3
+    span = float(a.depth.max() - a.depth.min())
+    assert (a.depth - b.depth).abs().max() < 1e-3 * max(span, 1e-6)
+
+
+def test_exported_engine_without_a_folder_is_one_line_and_exit_code_1(tiny_pipeline_dir, capfd):
+    assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tiny_pipeline_dir}", "-p", "engine:=onnx"]) == 1
+    err = capfd.readouterr().err
+    assert "engine 'onnx' needs an export folder" in err and "Traceback" not in err
