@@ -1,0 +1,88 @@
+"""Shared settings of the small-scale reproduction: size, domains, seed ranges, cached scenes.
+
+The target domain ("indoor") is what f_D learns metric depth on, what the distillation sees (images
+only) and what the report scores; f_G learns on the other style ("toy"): the domain gap of the
+paper's Lotus, fine-tuned on synthetic data only. Seed ranges are disjoint so nothing is scored on
+a scene any model trained on.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharpdepth_core.synthetic import render_scene
+
+H, W = 96, 128
+TARGET, OTHER = "indoor", "toy"
+SEEDS = {  # (first seed, count)
+    "vae": (200_000, 3000),  # RGB and depth of both styles for the autoencoder
+    "f_D": (0, 6000),  # target style, metric GT
+    "f_G": (0, 6000),  # other style, normalised GT
+    "distill": (50_000, 1000),  # target style, images only
+    "eval": (100_000, 100),  # target style, held out from everything
+}
+OUT = Path(os.environ.get("NANO_OUT", Path(__file__).resolve().parents[2] / "out" / "nano"))
+
+
+def threads() -> int:
+    """NANO_THREADS, else 2 (the machine's cores) when the machine is idle and 1 when others load it:
+    measured here, two threads on shared cores run a training step 3-5 times slower than one."""
+    if "NANO_THREADS" in os.environ:
+        return int(os.environ["NANO_THREADS"])
+    return 2 if os.getloadavg()[0] < 1.5 else 1
+
+
+def setup(seed: int = 0) -> None:
+    """Threads (see `threads`) and a fixed seed."""
+    torch.set_num_threads(threads())
+    torch.manual_seed(seed)
+    print(f"torch threads: {torch.get_num_threads()} (1-min load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def scenes(style: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8 [N, H, W, 3], depth float32 [N, H, W] metres) of a seed range, cached as .npz."""
+    first, count = SEEDS[part]
+    path = OUT / "cache" / f"{style}_{first}_{count}_{W}x{H}.npz"
+    if path.is_file():
+        data = np.load(path)
+        return data["rgb"], data["depth"]
+    t = time.perf_counter()
+    rgb = np.empty((count, H, W, 3), np.uint8)
+    depth = np.empty((count, H, W), np.float32)
+    for i in range(count):
+        scene = render_scene(first + i, W, H, style=style)
+        rgb[i], depth[i] = scene.rgb, scene.depth
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, rgb=rgb, depth=depth)
+    tmp.replace(path)
+    print(f"rendered {count} {style} scenes (seeds {first}..{first + count - 1}) in {time.perf_counter() - t:.0f} s")
+    return rgb, depth
+
+
+def batch(rgb: np.ndarray, depth: np.ndarray, idx: np.ndarray, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [B, 3, H, W] in [0, 1] and depth [B, 1, H, W], each image flipped left-right at random."""
+    image = torch.from_numpy(rgb[idx]).permute(0, 3, 1, 2).float() / 255
+    d = torch.from_numpy(depth[idx])[:, None]
+    if flip:
+        f = torch.rand(len(idx)) < 0.5
+        image[f], d[f] = image[f].flip(-1), d[f].flip(-1)
+    return image, d
+
+
+class Budget:
+    """Stop a training loop after a wall-clock budget (the retrain must fit in an hour)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> bool:
+        return self.elapsed < self.seconds
