@@ -8,8 +8,10 @@ RMSE (`depth_metrics`, no GT alignment); sharpness: the pseudo depth-boundary er
 of `boundary_error`. Every prediction goes through the same clamp to >= 1 cm before scoring (a
 fitted affine output can dip below zero; the metrics need positive depth).
 
-Writes NANO_REPORT.md (table + verdict on each target), nano_report.json and nano_report.png
-(image, ground truth, f_D, f_G aligned, SharpDepth, difference map for a few scenes).
+Writes NANO_REPORT.md (table, verdict on each target, diagnostics: the VAE's ceiling and f_G in its
+own and the target style), nano_report.json and nano_report.png (image, ground truth, f_D, f_G
+aligned, SharpDepth, difference map for a few scenes). A hand-written "## Findings" section at the
+end of an existing NANO_REPORT.md is kept.
 
   python bench/nano_report.py                       # models of out/nano (train/nano/run_all.py)
   python bench/nano_report.py --scenes 20 --out /tmp/r
@@ -28,7 +30,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train" / "nano"))
-from common import H, OUT, SEEDS, TARGET, W, scenes  # noqa: E402
+from common import OTHER, H, OUT, SEEDS, TARGET, W, scenes  # noqa: E402
 
 from sharpdepth_core.alignment import apply_scale_shift, fit_scale_shift  # noqa: E402
 from sharpdepth_core.gating import difference_map  # noqa: E402
@@ -39,6 +41,7 @@ from sharpdepth_core.pipeline import SharpDepthPipeline, fit_to_metric  # noqa: 
 from sharpdepth_core.preprocessing import resize_and_pad, unpad_and_resize  # noqa: E402
 
 MIN_DEPTH = 0.01  # metres
+FINDINGS = "## Findings"  # a hand-written section from here on is kept when the report is regenerated
 ABLATIONS = yaml.safe_load((REPO / "train" / "nano" / "configs" / "ablations.yaml").read_text())
 LABELS = {
     "f_D": "f_D (metric teacher)",
@@ -86,6 +89,30 @@ def score(preds: list[np.ndarray], gts: np.ndarray) -> dict[str, float]:
     m = depth_metrics(p, gts)
     acc, compl = boundary_error(p, gts)
     return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
+
+
+@torch.no_grad()
+def diagnostics(f_g: DiffusionDepthModel, n: int) -> dict[str, dict[str, float]]:
+    """Why the regime holds or not, on n held-out scenes: the VAE's own ceiling (GT depth encoded and
+    decoded, fitted to GT) and f_G fitted to GT in its own style and in the target style (the gap)."""
+    from sharpdepth_core.synthetic import render_scene
+
+    out = {}
+    for style in (OTHER, TARGET):
+        found = {"vae_round_trip": [], "f_G": []}
+        gts = []
+        for i in range(n):
+            scene = render_scene(SEEDS["eval"][0] + i, W, H, style=style)
+            image = torch.from_numpy(scene.rgb).permute(2, 0, 1)[None].float() / 255
+            gt = torch.from_numpy(scene.depth)[None, None]
+            d_n, _, _ = normalize_depth(gt)
+            codec = f_g.codec
+            for name, pred in (("vae_round_trip", codec.decode_depth(codec.encode_depth(d_n))), ("f_G", affine_pass(f_g, image, i))):
+                found[name].append(apply_scale_shift(pred, fit_scale_shift(pred, gt))[0, 0].numpy())
+            gts.append(scene.depth)
+        for name, preds in found.items():
+            out[f"{name} aligned to GT, {style}"] = score(preds, np.stack(gts))
+    return out
 
 
 def halfway(value: float, start: float, goal: float) -> bool:
@@ -171,6 +198,10 @@ def markdown(r: dict, checks: list, meta: dict) -> str:
                      f"{m['dbe_acc']:.2f} | {m['dbe_compl']:.2f} |")
     lines += ["", "## Targets", "", "| target | met | value |", "|---|---|---|"]
     lines += [f"| {name} | {'yes' if ok else '**no**'} | {value} |" for name, ok, value in checks]
+    if meta.get("diagnostics"):
+        lines += ["", f"## Diagnostics ({meta['diagnostic_scenes']} held-out scenes per style, fitted to GT)", "",
+                  "| what | AbsRel | DBE acc | DBE compl |", "|---|---|---|---|"]
+        lines += [f"| {k} | {m['abs_rel']:.3f} | {m['dbe_acc']:.2f} | {m['dbe_compl']:.2f} |" for k, m in meta["diagnostics"].items()]
     if meta.get("timings"):
         lines += ["", "## Retrain time (this run)", "", "| stage | minutes |", "|---|---|"]
         lines += [f"| {k} | {v / 60:.1f} |" for k, v in meta["timings"].items()]
@@ -228,10 +259,14 @@ def main() -> int:
     timings_file = models / "timings.json"
     meta = {"scenes": len(gt), "first_seed": SEEDS["eval"][0], "size": [W, H], "style": TARGET,
             "timings": json.loads(timings_file.read_text()) if timings_file.is_file() else {}}
+    meta["diagnostic_scenes"] = min(30, args.scenes)
+    meta["diagnostics"] = diagnostics(f_g, meta["diagnostic_scenes"])
     figure(out / "nano_report.png", rows)
     write_atomic(out / "nano_report.json", json.dumps(
         {"results": results, "targets": [{"target": n, "met": ok, "value": v} for n, ok, v in checks], **meta}, indent=2) + "\n")
-    write_atomic(out / "NANO_REPORT.md", markdown(results, checks, meta))
+    report = out / "NANO_REPORT.md"
+    findings = report.read_text().partition(FINDINGS)[2] if report.is_file() else ""
+    write_atomic(report, markdown(results, checks, meta) + (f"\n{FINDINGS}{findings}" if findings else ""))
     print(markdown(results, checks, meta))
     return 0
 
