@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench nano clean
 
 $(STAMP): requirements.in requirements.lock setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test
+
+# Retrains the embedded small models from nothing (about an hour on 2 CPU cores) and writes
+# bench/NANO_REPORT.md.
+nano: $(STAMP)
+	$(BIN)/python train/nano/run_all.py
 
 # Benchmarks print a table and a JSON line each (CPU: small configs; full size on a CUDA GPU).
 bench: $(STAMP)
