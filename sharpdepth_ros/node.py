@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import rclpy
-import rclpy.executors
 import torch
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -42,7 +40,7 @@ from sharpdepth_ros.conversions import (
     image_to_rgb8,
     numpy_to_image,
 )
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, help_text, wants_help
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -170,8 +168,8 @@ class SharpDepthNode(Node):
         self._settings: dict = {}
         self._lock = threading.Condition()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        for name, (default, desc) in PARAMETERS.items():
+            self.declare_parameter(name, default, desc)
 
         self.pipeline = pipeline if pipeline is not None else ENGINES[self._settings["engine"]](self._settings)
         self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
@@ -383,24 +381,7 @@ def _image_of(x) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
-    if wants_help(sys.argv[1:] if args is None else args[1:]):
-        print(help_text(__doc__, PARAMETERS))
-        return 0
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SharpDepthNode()
-        rclpy.spin(node)
-    except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:  # missing checkpoint, bad parameter
-        rclpy.logging.get_logger("sharpdepth").fatal(str(error))
-        return 1
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run("sharpdepth", SharpDepthNode, rclpy.spin, __doc__, PARAMETERS, args)
 
 
 if __name__ == "__main__":

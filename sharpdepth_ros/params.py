@@ -1,7 +1,14 @@
-"""Parameter tables shared by the ROS entry points: descriptors with ranges, and `--help` from them."""
+"""What the ROS entry points share: parameter descriptors with ranges, `--help` from them, the run loop."""
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
 
 STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
 FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
@@ -36,3 +43,29 @@ def wants_help(args: list[str]) -> bool:
     """`-h`/`--help` before any `--ros-args` (after it, the arguments belong to ROS)."""
     ours = args[: args.index("--ros-args")] if "--ros-args" in args else args
     return "-h" in ours or "--help" in ours
+
+
+def run(name: str, make_node: Callable[[], Node], spin: Callable[[Node], None], doc: str, parameters: dict,
+        args: list[str] | None = None) -> int:
+    """An entry point's life: `--help`, or init, build the node, spin until done or Ctrl-C, shut down.
+
+    A missing checkpoint or a bad parameter is one FATAL line and exit code 1, never a traceback.
+    """
+    if wants_help(sys.argv[1:] if args is None else args[1:]):
+        print(help_text(doc, parameters))
+        return 0
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        spin(node)
+    except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:
+        rclpy.logging.get_logger(name).fatal(str(error))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -21,15 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, help_text, wants_help
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 BAG_SUFFIXES = {".mcap", ".db3", ".bag"}
@@ -171,8 +169,8 @@ class ReplayPublisher(Node):
 
     def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
         super().__init__("replay", **node_kwargs)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        for name, (default, desc) in PARAMETERS.items():
+            self.declare_parameter(name, default, desc)
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self._params = p
         self._on_frame = on_frame
@@ -234,26 +232,13 @@ class ReplayPublisher(Node):
         return True
 
 
+def _spin_until_done(node: ReplayPublisher) -> None:
+    while rclpy.ok() and not node.done:
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
 def main(args: list[str] | None = None) -> int:
-    if wants_help(sys.argv[1:] if args is None else args[1:]):
-        print(help_text(__doc__, PARAMETERS))
-        return 0
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ReplayPublisher()
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:  # bad source or parameter
-        rclpy.logging.get_logger("replay").fatal(str(error))
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run("replay", ReplayPublisher, _spin_until_done, __doc__, PARAMETERS, args)
 
 
 if __name__ == "__main__":

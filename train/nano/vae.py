@@ -13,7 +13,6 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from common import OTHER, OUT, TARGET, Budget, batch, scenes, setup
