@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 from PIL import Image
 
-from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_core.models import tiny
 from sharpdepth_ros import demo
 
 
-@pytest.mark.skipif((EMBEDDED_DIR / "pipeline.json").is_file(), reason="trained embedded weights exist: the demo would run them (slow)")
 def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
+    """Through `--config` (how users point the demo at other models), with tiny random-weight
+    models: the demo must say twice that they are untrained. (The trained embedded models are
+    covered by test_nano.py.)"""
+    folder = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "tiny")
+    config = tmp_path / "params.yaml"
+    config.write_text(f"/**/sharpdepth:\n  ros__parameters:\n    model: {folder}\n    device: cpu\n")
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--frames", "2", "--width", "64", "--height", "48", "--seed", "4"]) == 0
+    args = ["--out", str(out), "--frames", "2", "--width", "64", "--height", "48", "--seed", "4", "--config", str(config)]
+    assert demo.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("UNTRAINED MODELS") == 2 and "plumbing check only" in printed
 
