@@ -86,3 +86,16 @@ class Budget:
 
     def left(self) -> bool:
         return self.elapsed < self.seconds
+
+
+def optimize(opt: torch.optim.Optimizer, loss: torch.Tensor, params, base_lr: float, step: int, progress: float,
+             floor: float = 0.05) -> None:
+    """One step of the teachers' schedule: 100-step linear warm-up, then a linear decay over the
+    time budget (`progress` 0 -> 1) down to `floor` x base_lr; gradient-norm clip 1.0."""
+    lr = base_lr * min(1.0, (step + 1) / 100) * (floor + (1 - floor) * max(0.0, 1 - progress))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from common import OTHER, OUT, Budget, batch, scenes, setup
+from common import OTHER, OUT, Budget, batch, optimize, scenes, setup
 from sharpdepth_core.models.student import DiffusionDepthModel, empty_prompt_embedding
 from sharpdepth_core.models.tiny import tiny_clip, tiny_scheduler
 from sharpdepth_core.normalization import normalize_depth
@@ -93,13 +93,7 @@ def main() -> None:
         loss_latent = F.mse_loss(pred, zd)
         loss_decoded = (codec.decode_depth(pred[:DECODE_IMAGES]) - dn[:DECODE_IMAGES]).abs().mean()
         loss = loss_latent + args.decode_weight * loss_decoded
-        frac = (budget.elapsed - t0) / max(budget.seconds - t0, 1)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * max(0.0, 1 - frac))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, model.unet.parameters(), args.lr, step, (budget.elapsed - t0) / max(budget.seconds - t0, 1))
         step += 1
         if step % 100 == 0:
             print(f"step {step} {budget.elapsed:.0f}s latent MSE {loss_latent.item():.4f} decoded L1 {loss_decoded.item():.4f}", flush=True)

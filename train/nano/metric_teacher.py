@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from common import H, OUT, TARGET, W, Budget, batch, scenes, setup
+from common import H, OUT, TARGET, W, Budget, batch, optimize, scenes, setup
 from sharpdepth_core.metrics import depth_metrics
 from sharpdepth_core.models.metric import DepthAnythingBackend, load_metric_model
 
@@ -65,13 +65,7 @@ def main() -> None:
     while budget.left():
         image, gt = batch(rgb, depth, rng.integers(0, len(rgb), args.batch))
         loss = loss_fn(backend._predict(image, None).depth, gt)  # the backend's own pre/post-processing, with grad
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * max(0.0, 1 - budget.elapsed / budget.seconds))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backend.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, backend.parameters(), args.lr, step, budget.elapsed / budget.seconds)
         step += 1
         if step % 100 == 0:
             print(f"step {step} {budget.elapsed:.0f}s loss {loss.item():.4f}", flush=True)

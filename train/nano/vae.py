@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from common import OTHER, OUT, TARGET, Budget, batch, scenes, setup
+from common import OTHER, OUT, TARGET, Budget, batch, optimize, scenes, setup
 from sharpdepth_core.models.codec import DepthCodec
 from sharpdepth_core.normalization import normalize_depth
 
@@ -59,13 +59,7 @@ def main() -> None:
         rec = vae.decode(post.sample()).sample
         l1_img, l1_depth = (rec - x).abs()[:half].mean(), (rec - x).abs()[half:].mean()
         loss = l1_img + 2 * l1_depth + args.kl * post.kl().mean()
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * max(0.0, 1 - budget.elapsed / budget.seconds))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, vae.parameters(), args.lr, step, budget.elapsed / budget.seconds, floor=0.1)
         step += 1
         if step % 100 == 0:
             print(f"step {step} {budget.elapsed:.0f}s  L1 image {l1_img:.4f} depth {l1_depth:.4f}", flush=True)
