@@ -8,8 +8,8 @@ RMSE (`depth_metrics`, no GT alignment); sharpness: the pseudo depth-boundary er
 of `boundary_error`. Every prediction goes through the same clamp to >= 1 cm before scoring (a
 fitted affine output can dip below zero; the metrics need positive depth).
 
-Writes NANO_REPORT.md (table, verdict on each target, diagnostics: the VAE's ceiling and f_G in its
-own and the target style), nano_report.json and nano_report.png (image, ground truth, f_D, f_G
+Writes NANO_REPORT.md (table, verdict on each target, diagnostics: the VAE's ceiling, f_G in its
+own and the target style, f_D fitted to GT), nano_report.json and nano_report.png (image, ground truth, f_D, f_G
 aligned, SharpDepth, difference map for a few scenes). A hand-written "## Findings" section at the
 end of an existing NANO_REPORT.md is kept.
 
@@ -92,14 +92,15 @@ def score(preds: list[np.ndarray], gts: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def diagnostics(f_g: DiffusionDepthModel, n: int) -> dict[str, dict[str, float]]:
+def diagnostics(f_g: DiffusionDepthModel, metric, n: int) -> dict[str, dict[str, float]]:
     """Why the regime holds or not, on n held-out scenes: the VAE's own ceiling (GT depth encoded and
-    decoded, fitted to GT) and f_G fitted to GT in its own style and in the target style (the gap)."""
+    decoded, fitted to GT), f_G fitted to GT in its own style and in the target style (the gap), and
+    f_D fitted to GT in the target style (its error without the part a scale and shift remove)."""
     from sharpdepth_core.synthetic import render_scene
 
     out = {}
     for style in (OTHER, TARGET):
-        found = {"vae_round_trip": [], "f_G": []}
+        found = {"vae_round_trip": [], "f_G": [], **({"f_D": []} if style == TARGET else {})}
         gts = []
         for i in range(n):
             scene = render_scene(SEEDS["eval"][0] + i, W, H, style=style)
@@ -107,7 +108,10 @@ def diagnostics(f_g: DiffusionDepthModel, n: int) -> dict[str, dict[str, float]]
             gt = torch.from_numpy(scene.depth)[None, None]
             d_n, _, _ = normalize_depth(gt)
             codec = f_g.codec
-            for name, pred in (("vae_round_trip", codec.decode_depth(codec.encode_depth(d_n))), ("f_G", affine_pass(f_g, image, i))):
+            named = [("vae_round_trip", codec.decode_depth(codec.encode_depth(d_n))), ("f_G", affine_pass(f_g, image, i))]
+            if style == TARGET:
+                named.append(("f_D", metric(image).depth))
+            for name, pred in named:
                 found[name].append(apply_scale_shift(pred, fit_scale_shift(pred, gt))[0, 0].numpy())
             gts.append(scene.depth)
         for name, preds in found.items():
@@ -260,7 +264,7 @@ def main() -> int:
     meta = {"scenes": len(gt), "first_seed": SEEDS["eval"][0], "size": [W, H], "style": TARGET,
             "timings": json.loads(timings_file.read_text()) if timings_file.is_file() else {}}
     meta["diagnostic_scenes"] = min(30, args.scenes)
-    meta["diagnostics"] = diagnostics(f_g, meta["diagnostic_scenes"])
+    meta["diagnostics"] = diagnostics(f_g, metric, meta["diagnostic_scenes"])
     figure(out / "nano_report.png", rows)
     write_atomic(out / "nano_report.json", json.dumps(
         {"results": results, "targets": [{"target": n, "met": ok, "value": v} for n, ok, v in checks], **meta}, indent=2) + "\n")

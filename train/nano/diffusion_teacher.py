@@ -28,11 +28,13 @@ DECODE_IMAGES = 4  # images per batch that also get the decoded-depth L1
 
 
 def nano_unet() -> UNet2DConditionModel:
+    # diffusers reads attention_head_dim as the number of heads (SD-2's legacy naming): 2 heads of
+    # 16-64 channels train 1.7x faster on CPU than 8 heads of 4-16, measured here
     return UNet2DConditionModel(
         sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64, 128), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16, use_linear_projection=True,
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=16, use_linear_projection=True,
         class_embed_type="projection", projection_class_embeddings_input_dim=4,
     )
 
@@ -62,7 +64,7 @@ def latents(codec, rgb: np.ndarray, depth: np.ndarray, n: int, vae_dir: Path) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=15.0, help="training time, latent encoding included")
-    p.add_argument("--scenes", type=int, default=2000, help="training scenes to encode")
+    p.add_argument("--scenes", type=int, default=4000, help="training scenes to encode")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--decode-weight", type=float, default=0.5)

@@ -73,7 +73,7 @@ def distill_cmd(name: str, overrides: dict) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, nargs=3, default=[15, 31, 16], metavar=("VAE", "F_D", "F_G"))
+    p.add_argument("--minutes", type=float, nargs=3, default=[12, 36, 22], metavar=("VAE", "F_D", "F_G"))
     p.add_argument("--ablations", nargs="*", help="distillation runs (default: all of configs/ablations.yaml)")
     p.add_argument("--no-ship", action="store_true", help="do not copy the result into sharpdepth_core/weights/nano")
     p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0],
