@@ -9,9 +9,9 @@ of `boundary_error`. Every prediction goes through the same clamp to >= 1 cm bef
 fitted affine output can dip below zero; the metrics need positive depth).
 
 Writes NANO_REPORT.md (table, verdict on each target, diagnostics: the VAE's ceiling, f_G in its
-own and the target style, f_D fitted to GT), nano_report.json and nano_report.png (image, ground truth, f_D, f_G
-aligned, SharpDepth, difference map for a few scenes). A hand-written "## Findings" section at the
-end of an existing NANO_REPORT.md is kept.
+own and the target style, f_D fitted to GT), nano_report.json and nano_report.png (image, ground
+truth, f_D, f_G aligned, SharpDepth, difference map for a few scenes). A hand-written "## Findings"
+section at the end of an existing NANO_REPORT.md is kept.
 
   python bench/nano_report.py                       # models of out/nano (train/nano/run_all.py)
   python bench/nano_report.py --scenes 20 --out /tmp/r
