@@ -11,6 +11,8 @@ Backends, chosen by name (`load_metric_model`):
   when installed by the user; it takes 0..255 RGB and the camera (V2 `camera=`, V1 `intrinsics=`).
 - "depth-pro": transformers' DepthProForDepthEstimation (canonical inverse depth + field of view).
 - "depth-anything-v2": transformers' DepthAnythingForDepthEstimation, metric head (metres).
+- "small-conv": the small-scale family (`conv_metric`), trained in this repository on synthetic
+  scenes for the embedded models; it uses a given K through its training camera's focal length.
 Pre-processing is done here in torch (the transformers image processors need torchvision).
 """
 from __future__ import annotations
@@ -24,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hub import CheckpointError, load_component, replacing_dir, resolve_model_dir, weight_files
+from .hub import CheckpointError, MissingWeightsError, load_component, replacing_dir, resolve_model_dir, weight_files
 
-METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2")
+METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
 DEFAULT_METRIC_IDS = {
     "unidepth-v1": "lpiccinelli/unidepth-v1-vitl14",
     "unidepth-v2": "lpiccinelli/unidepth-v2-vitl14",
@@ -272,6 +274,12 @@ def load_metric_model(
     usual hub checkpoint, see DEFAULT_METRIC_IDS)."""
     if name not in METRIC_BACKENDS:
         raise ValueError(f"unknown metric backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
+    if name == "small-conv":
+        from .conv_metric import ConvMetricBackend
+
+        if path_or_id is None:
+            raise MissingWeightsError("metric backend small-conv: no published checkpoint; pass its folder (e.g. the embedded metric/)")
+        return ConvMetricBackend.from_pretrained(path_or_id, device=device, dtype=dtype)
     path_or_id = path_or_id or DEFAULT_METRIC_IDS[name]
     if name.startswith("unidepth"):
         return UniDepthBackend.from_pretrained(path_or_id, version=int(name[-1]), device=device, dtype=dtype)
