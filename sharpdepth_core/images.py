@@ -75,3 +75,65 @@ def compressed_to_rgb8(msg) -> np.ndarray:
     if pixels.dtype != np.uint8:
         raise ValueError(f"compressed colour image has {pixels.dtype} samples, expected 8-bit (format '{msg.format}')")
     return to_rgb8(pixels, "bgra8" if pixels.shape[2] == 4 else "bgr8")
+
+
+# --- image files and compressed frames: size first, then decode ----------------------------------
+
+# The largest image decoded, checked from the header before any pixel is read. 25 MP passes a 24 MP
+# photo (6000 x 4000) and every robot camera; its float RGB copy is 300 MB, within a robot computer's
+# memory. A larger "image" is more likely a decompression bomb (a 61 KiB PNG of 8000 x 8000 cost
+# 4.8 GB and 80 s in the node) than a frame; raise the limit (max_input_pixels) for a bigger camera.
+DEFAULT_MAX_INPUT_PIXELS = 25_000_000
+
+
+def check_size(height: int, width: int, max_pixels: int | None, what: str = "image") -> None:
+    """ValueError when height x width is above max_pixels (None or 0: no limit)."""
+    if max_pixels and int(height) * int(width) > max_pixels:
+        raise ValueError(
+            f"{what} of {width}x{height} = {int(height) * int(width) / 1e6:.1f} MP is above the limit of "
+            f"{max_pixels / 1e6:.1f} MP (max_input_pixels); refused before decoding"
+        )
+
+
+def _pillow_rgb8(im, what: str) -> np.ndarray:
+    """An opened (not yet decoded) Pillow image -> HxWx3 uint8 RGB: grey replicated, alpha dropped,
+    16-bit scaled to 8 (x 255 / 65535), 32-bit integer or float refused (depth maps, not photos)."""
+    im.load()
+    if im.mode.startswith("I;16"):
+        gray = (np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        raise ValueError(f"{what}: unsupported image mode {im.mode} (32-bit samples); convert it to 8 or 16 bit")
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB, the same for the CLI and the trainer; ValueError (one line,
+    naming the file once) for anything unreadable, too large, or not a photo."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            check_size(im.height, im.width, max_pixels, str(path))
+            return _pillow_rgb8(im, str(path))
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (178 MP), hit while opening
+        raise ValueError(f"{path}: image too large to decode safely ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        reason = str(exc).replace(str(path), "").strip(" :'\"") or type(exc).__name__
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {reason})") from exc
+
+
+def compressed_size(data) -> tuple[int, int] | None:
+    """(height, width) of a compressed frame from its header alone (Pillow reads no pixels to answer),
+    None if Pillow does not know the format (OpenCV then decides)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            return im.height, im.width
+    except Image.DecompressionBombError:
+        return (1 << 16, 1 << 16)  # beyond Pillow's own limit: larger than any max_input_pixels
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
