@@ -4,8 +4,9 @@ Serves the tests, the demo and the small-scale reproduction (a metric depth net 
 metric scale is learnable from one image as in the real world: camera height, room and object sizes
 and texture periods (tiles, planks, checkers) all come from fixed physical distributions, and
 nothing rescales the world afterwards. A `style` is a domain: "indoor" (the target: muted rooms,
-wood and tiles, a ceiling lamp) or "toy" (saturated primitives, checkerboards, hard sunlight, many
-spheres). Everything is vectorised numpy ray casting: one ray per pixel centre, analytic hits with
+wood and tiles, a ceiling lamp), "office" (the same lamp light and muted contrast, but larger rooms,
+concrete and carpet tiles, tall cabinets, columns and bins: other layouts, similar edges) or "toy"
+(saturated primitives, checkerboards, hard sunlight, many spheres). Everything is vectorised numpy ray casting: one ray per pixel centre, analytic hits with
 planes, boxes (slab method), spheres and vertical cylinders, nearest hit wins.
 
 World frame: metres, z up, floor at z = 0, the room spans [0, X] x [0, Y] x [0, Z]. Camera frame:
@@ -19,7 +20,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-STYLES = ("indoor", "toy")
+STYLES = ("indoor", "toy", "office")
+ROOMS = {  # (x, y, z) ranges of the room size, metres
+    "indoor": ((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)),
+    "toy": ((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)),
+    "office": ((4.0, 9.0), (4.5, 11.0), (2.6, 3.6)),
+}
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,24 @@ def _toy_material(rng, surface: str) -> _Material:
     return _material(rng, kind, [_saturated(rng), _saturated(rng)], {"flat": 1.0, "checker": 0.1, "stripes": 0.08}[kind])
 
 
+def _office_material(rng, surface: str) -> _Material:
+    grey = _hsv(rng.uniform(0.5, 0.65), rng.uniform(0.0, 0.12), rng.uniform(0.35, 0.7))
+    if surface == "floor":
+        if rng.random() < 0.5:  # concrete
+            return _material(rng, "noise", [grey * 0.85, grey * 1.1], rng.choice([0.3, 0.5]))
+        carpet = _muted(rng, s=(0.1, 0.35), v=(0.25, 0.55))
+        return _material(rng, "tiles", [carpet, carpet * 0.7], 0.5)
+    if surface == "ceiling":
+        return _material(rng, "tiles", [_hsv(0.1, 0.02, 0.92), _hsv(0.1, 0.02, 0.7)], 0.6)
+    if surface == "wall":
+        paint = _muted(rng, s=(0.02, 0.2), v=(0.6, 0.9))
+        kind = rng.choice(["flat", "checker"], p=[0.6, 0.4])  # plain or large panels
+        return replace(_material(rng, kind, [paint, paint * rng.uniform(0.85, 0.95)], 1.2 if kind == "checker" else 1.0), angle=0.0)
+    kind = rng.choice(["flat", "stripes", "noise"], p=[0.5, 0.25, 0.25])  # cabinets, columns, bins
+    c = _muted(rng, s=(0.05, 0.45), v=(0.25, 0.9))
+    return _material(rng, kind, [c, c * rng.uniform(0.65, 0.85)], {"flat": 1.0, "stripes": 0.1, "noise": 0.2}[kind])
+
+
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Optical-frame -> world rotation: level camera looking along +y, then pitch up, roll, yaw left."""
     cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (math.cos, math.sin))
@@ -233,9 +257,12 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 def _draw_object(rng, style: str, boxes: list[Box]) -> tuple[Primitive, float, Box | None]:
     """A primitive at the room origin, its horizontal footprint radius, and the box it stands on
     (taken from `boxes`, the free box tops)."""
-    kind = rng.choice(["box", "cylinder", "sphere"], p=[0.6, 0.25, 0.15] if style == "indoor" else [0.3, 0.2, 0.5])
+    probs = {"indoor": [0.6, 0.25, 0.15], "toy": [0.3, 0.2, 0.5], "office": [0.45, 0.45, 0.1]}[style]
+    kind = rng.choice(["box", "cylinder", "sphere"], p=probs)
     if style == "indoor":
         sizes = {"box": ((0.2, 0.8), (0.2, 0.5), (0.15, 0.6)), "cylinder": ((0.1, 0.3), (0.3, 1.1)), "sphere": (0.1, 0.3)}
+    elif style == "office":
+        sizes = {"box": ((0.25, 0.6), (0.2, 0.4), (0.4, 1.0)), "cylinder": ((0.15, 0.45), (0.4, 1.6)), "sphere": (0.15, 0.35)}
     else:
         sizes = {"box": ((0.12, 0.35), (0.12, 0.35), (0.12, 0.35)), "cylinder": ((0.1, 0.3), (0.2, 0.9)), "sphere": (0.12, 0.45)}
     if kind == "box":
@@ -274,8 +301,8 @@ def _moved(prim, x: float, y: float):
 
 
 def _draw_layout(rng, style: str) -> _Layout:
-    material = _indoor_material if style == "indoor" else _toy_material
-    room = np.array([rng.uniform(3.0, 7.0), rng.uniform(3.5, 9.0), rng.uniform(2.4, 3.2)])
+    material = {"indoor": _indoor_material, "toy": _toy_material, "office": _office_material}[style]
+    room = np.array([rng.uniform(*r) for r in ROOMS[style]])
     hfov = math.radians(rng.uniform(55.0, 80.0))
     cam = np.array([rng.uniform(0.6, room[0] - 0.6), rng.uniform(0.6, 0.35 * room[1]), 0.0])
     cam[2] = min(rng.uniform(1.0, 1.8), room[2] - 0.4)
@@ -312,7 +339,7 @@ def _draw_layout(rng, style: str) -> _Layout:
 
     boxes: list[Box] = []
     footprints: list[tuple[float, float, float]] = []  # objects stand on the floor side by side
-    for _ in range(int(rng.integers(3, 8) if style == "indoor" else rng.integers(4, 10))):
+    for _ in range(int(rng.integers(4, 10) if style == "toy" else rng.integers(3, 8))):
         prim, radius, host = _draw_object(rng, style, boxes)
         xy = (host.center[0], host.center[1]) if host else _place(rng, cam, yaw, hfov, room, radius, footprints)
         if xy is None or math.hypot(xy[0] - cam[0], xy[1] - cam[1]) <= radius + 0.3:
@@ -325,9 +352,10 @@ def _draw_layout(rng, style: str) -> _Layout:
         if isinstance(prim, Box):
             boxes.append(prim)
 
-    if style == "indoor":
+    if style != "toy":  # one ceiling lamp: warm at home, cool white in the office
         lamp = np.array([rng.uniform(0.2, 0.8) * room[0], rng.uniform(0.3, 0.8) * room[1], room[2] - 0.2])
-        warm = np.array([1.0, rng.uniform(0.9, 1.0), rng.uniform(0.75, 0.95)], dtype=np.float32)
+        tint = (0.9, 1.0, 0.75, 0.95) if style == "indoor" else (0.97, 1.0, 0.95, 1.0)
+        warm = np.array([1.0, rng.uniform(*tint[:2]), rng.uniform(*tint[2:])], dtype=np.float32)
         light = _Light(float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.8, 1.1)), warm, lamp, None)
     else:
         el, az = math.radians(rng.uniform(35.0, 70.0)), rng.uniform(0, 2 * math.pi)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from common import OTHER, OUT, Budget, batch, optimize, scenes, setup
+from common import F_G_STYLE, OUT, Budget, batch, optimize, scenes, setup
 from sharpdepth_core.models.student import DiffusionDepthModel, empty_prompt_embedding
 from sharpdepth_core.models.tiny import tiny_clip, tiny_scheduler
 from sharpdepth_core.normalization import normalize_depth
@@ -40,11 +40,11 @@ def nano_unet() -> UNet2DConditionModel:
 
 
 @torch.no_grad()
-def latents(codec, rgb: np.ndarray, depth: np.ndarray, n: int, vae_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def latents(codec, rgb: np.ndarray, depth: np.ndarray, n: int, vae_dir: Path, style: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Image latents, depth latents and d_n of the first n scenes (computed once, in chunks, and
     cached for this VAE's weights: encoding costs minutes on two CPU cores)."""
     weights = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(vae_dir.glob("*")))).hexdigest()[:16]
-    cache = OUT / "cache" / f"latents_{OTHER}_{n}_{weights}.pt"
+    cache = OUT / "cache" / f"latents_{style}_{n}_{weights}.pt"
     if cache.is_file():
         return tuple(torch.load(cache, weights_only=True))
     z_i, z_d, d_ns = [], [], []
@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--decode-weight", type=float, default=0.5)
     p.add_argument("--vae", default=str(OUT / "vae"))
+    p.add_argument("--style", default=F_G_STYLE, help=f"the scenes' style (default {F_G_STYLE})")
     p.add_argument("--init", help="continue training this saved f_G instead of starting from random weights")
     p.add_argument("--out", default=str(OUT / "f_G"))
     args = p.parse_args()
@@ -82,8 +83,8 @@ def main() -> None:
         model.unet.load_state_dict(DiffusionDepthModel.from_pretrained(args.init).unet.state_dict())
     print(f"f_G UNet: {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f} M parameters")
     codec = model.codec
-    z_i, z_d, d_n = latents(codec, *scenes(OTHER, "f_G"), args.scenes, Path(args.vae))
-    print(f"encoded {len(z_i)} {OTHER} scenes in {budget.elapsed:.0f} s", flush=True)
+    z_i, z_d, d_n = latents(codec, *scenes(args.style, "f_G"), args.scenes, Path(args.vae), args.style)
+    print(f"encoded {len(z_i)} {args.style} scenes in {budget.elapsed:.0f} s", flush=True)
     model.unet.requires_grad_(True).train()
     opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=1e-2)
     step, rng, t0 = 0, np.random.default_rng(2), budget.elapsed
