@@ -17,19 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
 from .engines import DepthEngine, TorchEngine
-from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate
+from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
+from .geometry import scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
 from .models.hub import CheckpointError, replacing_dir
+from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.metric import check_intrinsics
 from .normalization import normalize_depth
-from .preprocessing import resize_and_pad, unpad_and_resize
+from .preprocessing import Resize, resize_and_pad, unpad_and_resize
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
+DIFFERENCE_METHODS = ("exact", "light", "latent")
 
 
 @dataclass
@@ -102,12 +106,20 @@ class _Clock:
 class SharpDepthPipeline:
     """Sharp metric depth from one image: `pipeline(image, K=None, seed=None) -> SharpDepthOutput`.
 
-    processing_res: longer edge of the diffusion grid (None: the input size). difference_fit_first:
-    the paper's difference map (d̃ least-squares fitted to d first) instead of the reference's.
-    pass_k_to_metric: give a known camera K to the metric backend (UniDepth V2, Depth Pro use it);
-    the returned K is the camera's either way. untrained: the weights are random (tiny models), so
-    anything showing the output must say so. engine: runs the UNet and VAE calls (`engines`; default
-    the student's own modules, exactly as they are).
+    By default every step is the reference code's (docs/METHOD.md, "Inference"), so released weights
+    give the reference's numbers. Options, each a named departure:
+    - processing_res: longer edge of the diffusion grid (None: the input size).
+    - metric_at_input_res: run f_D on the full-size input and resize its depth onto the grid
+      (antialiased) instead of running it on the grid image.
+    - pass_k_to_metric: give a known camera K (scaled to where f_D runs) to the metric backend; the
+      reference never passes one, but calls without K are reference-exact either way.
+    - difference_fit_first: the paper's difference map (d̃ least-squares fitted to d first).
+    - difference: how e is made: "exact" (VAE decode of the affine pass, the reference), "light"
+      (a small decoder trained to reproduce the VAE's depth output, `light_decoder`), or "latent"
+      (|ẑ_a - z_d| on the latent grid, no decode at all).
+    untrained: the weights are random (tiny models), so anything showing the output must say so.
+    engine: runs the UNet and VAE calls (`engines`; default the student's own modules). camera: the
+    camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
     """
 
     def __init__(
@@ -119,6 +131,10 @@ class SharpDepthPipeline:
         pass_k_to_metric: bool = True,
         untrained: bool = False,
         engine: DepthEngine | None = None,
+        metric_at_input_res: bool = False,
+        difference: str = "exact",
+        light_decoder: LightDepthDecoder | None = None,
+        camera: dict | None = None,
     ):
         if processing_res is not None and (not isinstance(processing_res, int) or processing_res < 8):
             raise ValueError(f"processing_res must be an integer >= 8 or None, got {processing_res!r}")
@@ -126,8 +142,25 @@ class SharpDepthPipeline:
         self.processing_res = processing_res
         self.difference_fit_first = difference_fit_first
         self.pass_k_to_metric = pass_k_to_metric
+        self.metric_at_input_res = metric_at_input_res
         self.untrained = untrained
         self.engine = engine if engine is not None else TorchEngine(student)
+        self.light_decoder = light_decoder
+        self.difference = difference  # validated by the setter below
+        self.camera = camera
+
+    @property
+    def difference(self) -> str:
+        return self._difference
+
+    @difference.setter
+    def difference(self, method: str) -> None:
+        if method not in DIFFERENCE_METHODS:
+            raise ValueError(f"difference must be one of {', '.join(DIFFERENCE_METHODS)}, got {method!r}")
+        if method == "light" and self.light_decoder is None:
+            raise ValueError("difference 'light' needs a light depth decoder (light_decoder/ in the pipeline folder; "
+                             "train one with train/light_decoder.py)")
+        self._difference = method
 
     @property
     def device(self) -> torch.device:
@@ -136,39 +169,37 @@ class SharpDepthPipeline:
     def to(self, device: str | torch.device) -> "SharpDepthPipeline":
         self.student.to(device)
         self.metric_model.to(device)
+        if self.light_decoder is not None:
+            self.light_decoder.to(device)
         return self
 
     @torch.no_grad()
     def __call__(self, image, K=None, seed: int | None = None) -> SharpDepthOutput:
         """image: uint8 HxWx3 numpy or float [B, 3, H, W] in [0, 1]; K: [3, 3] or [B, 3, 3]; seed: makes
         both noise draws reproducible. All outputs are at the input size."""
+        res = self.processing_res  # read once: the node may change it from another thread mid-frame
         clock = _Clock(self.device)
         image = as_image_batch(image).to(self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
         engine = self.engine
+        x, plan = resize_and_pad(image, res, engine.downsample_factor)  # the processing grid
 
-        # 1. metric depth d = f_D(I), at the input size
+        # 1. metric depth d = f_D(I): on the grid image (reference), or on the input, then resized
         with clock("metric"):
-            metric = self.metric_model(image, K if self.pass_k_to_metric else None)
+            d, metric_depth, metric_K = self._metric_depth(image, x, plan, K, res)
 
-        # 2. z_i = enc(I), z_d = enc(norm(d)) on the processing grid (the image latent serves both passes)
+        # 2. z_i = enc(I), z_d = enc(norm(d)) (the image latent serves both passes)
         with clock("encode"):
-            x, plan = resize_and_pad(image, self.processing_res, engine.downsample_factor)
-            d, _ = resize_and_pad(metric.depth, self.processing_res, engine.downsample_factor)
             d_n, _, _ = normalize_depth(d)
             z_i, z_d = engine.encode_image(x), engine.encode_depth(d_n)
         eps1, eps2 = self._noise(z_i, seed)
 
-        # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1), d̃ = dec(ẑ_a)
+        # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1)
         with clock("affine_pass"):
             z_a = engine.unet(z_i, eps1)
-        with clock("decode"):
-            d_tilde = engine.decode_depth(z_a)
 
-        # 4. difference map e and its latent-grid version ê (nearest)
-        with clock("difference"):
-            e = difference_map(d_tilde, d_n, fit_first=self.difference_fit_first)
-            e_hat = downsample_to_latent(e, tuple(z_a.shape[-2:]))
+        # 4. difference map e = |dec(ẑ_a) - d_n| / max, and its latent-grid version ê (nearest)
+        e, e_hat = self._difference_map(z_a, z_d, d_n, clock)
 
         # 5-6. noise-aware gating, sharpening pass: ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2) + (1 - ê) ⊙ z_d)
         with clock("sharpen_pass"):
@@ -180,7 +211,7 @@ class SharpDepthPipeline:
         # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5
         with clock("fit"):
             d_hat_n, e = unpad_and_resize(d_hat_n, plan), unpad_and_resize(e, plan).clamp(0, 1)
-            depth, fallback = fit_to_metric(d_hat_n, metric.depth, e)
+            depth, fallback = fit_to_metric(d_hat_n, metric_depth, e)
         if any(fallback):
             which = [i for i, f in enumerate(fallback) if f]
             warnings.warn(
@@ -191,12 +222,40 @@ class SharpDepthPipeline:
             )
         return SharpDepthOutput(
             depth=depth,
-            metric_depth=metric.depth,
+            metric_depth=metric_depth,
             difference=e,
-            K=K if K is not None else metric.K,
+            K=K if K is not None else metric_K,
             timings=clock.total(),
             fallback=fallback,
         )
+
+    def _metric_depth(self, image: Tensor, x: Tensor, plan: Resize, K: Tensor | None, res: int | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(d on the processing grid, f_D's depth at the input size, the K f_D stands for at the input size).
+
+        Reference order: f_D sees the resized and padded grid image (K scaled to the grid), its depth
+        is normalised there, and brought back to the input size (bilinear, no antialias) for the fit.
+        """
+        if self.metric_at_input_res:
+            metric = self.metric_model(image, K if self.pass_k_to_metric else None)
+            d, _ = resize_and_pad(metric.depth, res, self.engine.downsample_factor)
+            return d, metric.depth, metric.K
+        K_grid = None if K is None or not self.pass_k_to_metric else scale_intrinsics(K, plan.input_hw, plan.resized_hw)
+        metric = self.metric_model(x, K_grid)
+        return metric.depth, unpad_and_resize(metric.depth, plan), scale_intrinsics(metric.K, plan.resized_hw, plan.input_hw)
+
+    def _difference_map(self, z_a: Tensor, z_d: Tensor, d_n: Tensor, clock: _Clock) -> tuple[Tensor, Tensor]:
+        """e on the processing grid and ê on the latent grid, by `self.difference` (see the class)."""
+        latent_hw = tuple(z_a.shape[-2:])
+        if self.difference == "latent":
+            with clock("difference"):
+                e_hat = latent_difference(z_a, z_d)
+                e = F.interpolate(e_hat, size=tuple(d_n.shape[-2:]), mode="bilinear", align_corners=False)
+            return e, e_hat
+        with clock("decode"):
+            d_tilde = self.engine.decode_depth(z_a) if self.difference == "exact" else self.light_decoder(z_a)
+        with clock("difference"):
+            e = difference_map(d_tilde, d_n, fit_first=self.difference_fit_first)
+            return e, downsample_to_latent(e, latent_hw)
 
     @staticmethod
     def _noise(like: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
@@ -219,47 +278,88 @@ class SharpDepthPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         processing_res: int | None = None,
+        difference: str = "exact",
     ) -> "SharpDepthPipeline":
-        """Either a pipeline folder (`student/`, `metric/`, `pipeline.json`; default: the embedded
-        models), or components: `student` (folder or hub id, e.g. jingheya/lotus-depth-g-v1-0) and
-        `metric` (a backend name) with `metric_path` (default: that backend's usual hub id)."""
-        config: dict = {}
+        """Either a pipeline folder (`student/`, `pipeline.json`, and `metric/` unless pipeline.json
+        names the metric weights; default: the embedded models), or components: `student` (folder or
+        hub id, e.g. jingheya/lotus-depth-g-v1-0) and `metric` (a backend name) with `metric_path`
+        (default: that backend's usual hub id). A student saved by the trainer has a pipeline.json
+        beside it that supplies the metric backend and the processing resolution it was trained at."""
         if student is None:
             folder = Path(path) if path is not None else EMBEDDED_DIR
-            config_file = folder / PIPELINE_CONFIG
-            if not config_file.is_file():
-                raise MissingWeightsError(
-                    f"SharpDepth pipeline: no {PIPELINE_CONFIG} in {folder}; pass a pipeline folder (student/, metric/, "
-                    f"{PIPELINE_CONFIG}) or a student and a metric backend"
-                )
-            try:
-                config = json.loads(config_file.read_text())
-            except ValueError as exc:
-                raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
-            student, metric_path = folder / "student", metric_path or folder / "metric"
-            metric = metric or config.get("metric_backend")
+            if not folder.is_dir():
+                raise MissingWeightsError(f"SharpDepth pipeline: no folder {folder} (pass a pipeline folder, or a student and a metric backend)")
+            config = read_pipeline_config(folder / PIPELINE_CONFIG)
+            student = folder / "student"
+            local_metric = folder / "metric"
         elif path is not None:
             raise ValueError("pass either a pipeline folder or a student, not both")
+        else:
+            beside = Path(student).expanduser().parent / PIPELINE_CONFIG
+            config = read_pipeline_config(beside) if Path(student).expanduser().is_dir() and beside.is_file() else {}
+            local_metric = None
+        metric = metric or config.get("metric_backend")
         if metric is None:
-            raise ValueError("a metric backend name is needed (e.g. 'depth-anything-v2')")
+            raise ValueError("a metric backend name is needed (e.g. 'depth-anything-v2'): --metric / metric_backend")
+        if metric_path is None:
+            metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
+        light = Path(student).parent / LIGHT_DECODER_DIR if config else None
         return cls(
             DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
             processing_res=processing_res or config.get("processing_res", 768),
             difference_fit_first=bool(config.get("difference_fit_first", False)),
             untrained=bool(config.get("untrained", False)),
+            difference=difference,
+            light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
+            camera=config.get("camera"),
         )
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write a pipeline folder that `from_pretrained(path)` reads back."""
+    def config(self) -> dict:
+        """What `pipeline.json` records."""
         config = {
             "metric_backend": self.metric_model.name,
             "processing_res": self.processing_res,
             "difference_fit_first": self.difference_fit_first,
             "untrained": self.untrained,
         }
+        if self.camera is not None:
+            config["camera"] = self.camera
+        return config
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write a pipeline folder that `from_pretrained(path)` reads back."""
         with replacing_dir(path) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
-            (tmp / PIPELINE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            if self.light_decoder is not None:
+                self.light_decoder.save_pretrained(tmp / LIGHT_DECODER_DIR)
+            (tmp / PIPELINE_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
         return Path(path)
+
+
+# pipeline.json fields and their types; anything else in the file is ignored
+_CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
+                 "untrained": bool, "camera": dict}
+
+
+def read_pipeline_config(path: Path) -> dict:
+    """pipeline.json as a dict of known, well-typed fields; CheckpointError (one line) otherwise."""
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"SharpDepth pipeline: no {PIPELINE_CONFIG} in {path.parent}; pass a pipeline folder (student/, metric/, "
+            f"{PIPELINE_CONFIG}) or a student and a metric backend"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of settings, got a {type(config).__name__}")
+    for key, kind in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise CheckpointError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
+    if config.get("processing_res") is not None and config["processing_res"] < 8:
+        raise CheckpointError(f"{path}: processing_res must be >= 8, got {config['processing_res']}")
+    return config

@@ -1,4 +1,9 @@
-"""Processing resolution: resize so the longer edge matches, replicate-pad to a multiple of 8, undo."""
+"""Processing resolution: resize so the longer edge matches, replicate-pad to a multiple of 8, undo.
+
+The same arithmetic as the reference code's image processor (diffusers 0.28's Marigold processor):
+grid size by floor division `h * R // max(h, w)`, bilinear with antialias on the way in, bottom/right
+replicate padding, and bilinear *without* antialias on the way back to the input size.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,13 +27,14 @@ class Resize:
 
 
 def plan_resize(input_hw: tuple[int, int], processing_res: int | None, multiple: int = 8) -> Resize:
-    """Longer edge -> processing_res (None keeps the size), then pad bottom/right to a multiple."""
+    """Longer edge -> processing_res (None keeps the size), then pad bottom/right to a multiple.
+
+    Floor division as the reference: 375x1242 at 768 is 231x768 (rounding would give 232)."""
     h, w = (int(v) for v in input_hw)
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {h}x{w}")
     if processing_res:
-        s = processing_res / max(h, w)
-        rh, rw = max(1, round(h * s)), max(1, round(w * s))
+        rh, rw = max(1, h * processing_res // max(h, w)), max(1, w * processing_res // max(h, w))
     else:
         rh, rw = h, w
     ph, pw = -(-rh // multiple) * multiple, -(-rw // multiple) * multiple
@@ -48,8 +54,9 @@ def resize_and_pad(x: Tensor, processing_res: int | None, multiple: int = 8) -> 
 
 
 def unpad_and_resize(x: Tensor, plan: Resize) -> Tensor:
-    """Inverse of `resize_and_pad`: crop the padding, resize back to the input size (bilinear)."""
+    """Inverse of `resize_and_pad`: crop the padding, resize back to the input size (bilinear, no
+    antialias, as the reference; it differs from antialiased only where the grid is the larger)."""
     x = x[..., : plan.resized_hw[0], : plan.resized_hw[1]]
     if plan.resized_hw != plan.input_hw:
-        x = F.interpolate(x, size=plan.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=plan.input_hw, mode="bilinear", align_corners=False)
     return x
