@@ -36,6 +36,7 @@ DEFAULT_METRIC_IDS = {
     "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
 }
 NOMINAL_HFOV_DEG = 60.0
+MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,8 +69,13 @@ def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
     K = torch.as_tensor(K, dtype=torch.float32, device=device)
     if K.shape == (3, 3):
         K = K.expand(batch, 3, 3)
-    if K.shape != (batch, 3, 3) or not torch.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
-        raise ValueError(f"K must be finite [3, 3] or [B={batch}, 3, 3] with fx, fy > 0, got shape {tuple(K.shape)}")
+    if K.shape != (batch, 3, 3):
+        raise ValueError(f"K must be [3, 3] or [B={batch}, 3, 3], got shape {tuple(K.shape)}")
+    if not torch.isfinite(K).all():
+        raise ValueError("K has non-finite values")
+    f = K[:, :2, :2].diagonal(dim1=1, dim2=2)
+    if (f <= 0).any() or (f > MAX_FOCAL_PX).any():
+        raise ValueError(f"K has focal lengths fx, fy = {f[0].tolist()} px; they must be in (0, {MAX_FOCAL_PX:g}]")
     return K
 
 
@@ -133,8 +139,8 @@ def depth_pro_to_metric(
     """Canonical inverse depth [B, h, w] -> metres at input_hw.
 
     f = K[0, 0] when K is given, else 0.5 W / tan(fov / 2) from the predicted horizontal field of view
-    (degrees), else the nominal camera; inverse depth `pred · W / f` is resized to (H, W) and
-    `depth = 1 / clamp(inv, 1e-4, 1e4)`.
+    (degrees), else — a checkpoint without a field-of-view head — the nominal camera, a 60° horizontal
+    field of view; inverse depth `pred · W / f` is resized to (H, W) and `depth = 1 / clamp(inv, 1e-4, 1e4)`.
     """
     h, w = input_hw
     b = inverse_depth.shape[0]
@@ -196,8 +202,11 @@ def depth_anything_inputs(image01: Tensor, size: int, multiple: int = 14) -> Ten
 
 
 class DepthAnythingBackend(MetricBackend):
-    """Output is already metres (sigmoid · max_depth); resized back bilinearly, which cannot
-    overshoot below zero as bicubic can."""
+    """Output is already metres (sigmoid · max_depth), resized back bicubically as transformers'
+    post-processing does; bicubic can overshoot at a boundary, so the result is kept >= 1 mm.
+
+    The default checkpoint is Indoor-Small, whose metric head is capped at 20 m: for outdoor scenes
+    load an Outdoor checkpoint (max 80 m), e.g. depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf."""
 
     name = "depth-anything-v2"
 
@@ -213,7 +222,7 @@ class DepthAnythingBackend(MetricBackend):
         x = depth_anything_inputs(image01.float(), self.image_size, self.multiple).to(self.dtype)
         out = self.model(pixel_values=x).predicted_depth.float()[:, None]
         hw = tuple(image01.shape[-2:])
-        depth = F.interpolate(out, size=hw, mode="bilinear", align_corners=False)
+        depth = F.interpolate(out, size=hw, mode="bicubic", align_corners=False).clamp_min(1e-3)
         return MetricPrediction(depth, K if K is not None else nominal_intrinsics(image01.shape[0], hw, image01.device))
 
     @classmethod
@@ -242,7 +251,7 @@ class UniDepthBackend(MetricBackend):
     def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
         depths, Ks = [], []
         for i in range(image01.shape[0]):
-            rgb = (image01[i].float() * 255).round().clamp(0, 255).to(torch.uint8)  # [3, H, W], 0..255
+            rgb = (image01[i].float() * 255).int()  # [3, H, W], 0..255 truncated, as the reference passes it
             kwargs = {} if K is None else {("camera" if self.version == 2 else "intrinsics"): K[i]}
             pred = self.model.infer(rgb, **kwargs)
             depths.append(pred["depth"].reshape(1, 1, *image01.shape[-2:]).float())
