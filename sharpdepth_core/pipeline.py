@@ -34,6 +34,9 @@ from .preprocessing import Resize, resize_and_pad, unpad_and_resize
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
 DIFFERENCE_METHODS = ("exact", "light", "latent")
+# The fast settings' difference map: a shortcut only where its accuracy change stayed within the exact
+# path's own run-to-run spread on held-out scenes (bench/pipeline.py, bench/RESULTS.md); else exact.
+FAST_DIFFERENCE = "exact"
 
 
 @dataclass
@@ -229,6 +232,15 @@ class SharpDepthPipeline:
             fallback=fallback,
         )
 
+    @torch.no_grad()
+    def metric_depth(self, image, K=None) -> Tensor:
+        """f_D's depth at the input size, exactly as a full call computes it (same grid, same K use):
+        the teacher's output beside SharpDepth's, for comparisons."""
+        image = as_image_batch(image).to(self.device)
+        K = check_intrinsics(K, image.shape[0], self.device)
+        x, plan = resize_and_pad(image, self.processing_res, self.engine.downsample_factor)
+        return self._metric_depth(image, x, plan, K, self.processing_res)[1]
+
     def _metric_depth(self, image: Tensor, x: Tensor, plan: Resize, K: Tensor | None, res: int | None) -> tuple[Tensor, Tensor, Tensor]:
         """(d on the processing grid, f_D's depth at the input size, the K f_D stands for at the input size).
 
@@ -359,7 +371,7 @@ def read_pipeline_config(path: Path) -> dict:
     for key, kind in _CONFIG_TYPES.items():
         value = config.get(key)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise CheckpointError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
+            raise CheckpointError(f"{path}: {key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
     if config.get("processing_res") is not None and config["processing_res"] < 8:
         raise CheckpointError(f"{path}: processing_res must be >= 8, got {config['processing_res']}")
     return config

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers_models import scene_image, tiny_dirs  # noqa: F401  (fixture)
-from sharpdepth_core.models import MissingWeightsError, tiny
+from sharpdepth_core.models import CheckpointError, MissingWeightsError, tiny
 from sharpdepth_core.pipeline import (
     FIT_THRESHOLD,
     PIPELINE_CONFIG,
@@ -188,9 +188,21 @@ def test_bad_inputs_are_clear_errors(pipe, tmp_path):
     for image, message in cases:
         with pytest.raises(ValueError, match=message):
             pipe(image)
-    with pytest.raises(ValueError, match="K must be finite"):
-        pipe(rgb, K=np.eye(4))
+    K = np.array([[50.0, 0, 32], [0, 50, 24], [0, 0, 1]])
+    for bad, message in [(np.eye(4), r"K must be \[3, 3\]"), (K * [[1], [np.nan], [1]], "non-finite"),
+                         (K * [[-1], [1], [1]], r"focal lengths fx, fy = \[-50.0, 50.0\] px; they must be in \(0, 1e\+06\]"),
+                         (K * [[1e7], [1], [1]], "must be in")]:
+        with pytest.raises(ValueError, match=message):
+            pipe(rgb, K=bad)
     with pytest.raises(ValueError, match="processing_res"):
         SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=0)
     with pytest.raises(MissingWeightsError, match=rf"no {PIPELINE_CONFIG} in {tmp_path}"):
+        SharpDepthPipeline.from_pretrained(tmp_path)
+    with pytest.raises(MissingWeightsError, match="no folder"):
+        SharpDepthPipeline.from_pretrained(tmp_path / "missing")
+    (tmp_path / PIPELINE_CONFIG).write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="expected a JSON object of settings, got a list"):
+        SharpDepthPipeline.from_pretrained(tmp_path)
+    (tmp_path / PIPELINE_CONFIG).write_text('{"processing_res": "768"}')
+    with pytest.raises(CheckpointError, match="processing_res must be an int, got .768."):
         SharpDepthPipeline.from_pretrained(tmp_path)

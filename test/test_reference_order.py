@@ -68,7 +68,7 @@ def reference_sharpdepth(student, metric, rgb01: torch.Tensor, R: int, seed: int
 
 @pytest.fixture(scope="module")
 def models():
-    pipe = tiny.tiny_pipeline(seed=3)
+    pipe = tiny.tiny_pipeline(seed=0)  # a seed whose random fits are not degenerate at these sizes
     return pipe.student, pipe.metric_model
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.synthetic import STYLES, Box, Cylinder, Plane, Sphere, render_scene
+from sharpdepth_core.synthetic import ROOMS, STYLES, Box, Cylinder, Plane, Sphere, render_scene
 
 W, H = 64, 48
 SEEDS = range(8)
@@ -94,14 +94,15 @@ def test_metric_scale_comes_from_physical_distributions():
             s = render_scene(seed, 8, 6, style=style)
             assert 1.0 <= s.camera_to_world[2, 3] <= 1.8  # camera height above the floor
             ceiling = next(p for p in s.primitives if isinstance(p, Plane) and p.name == "ceiling")
-            assert 2.4 <= -ceiling.offset <= 3.2
+            assert ROOMS[style][2][0] <= -ceiling.offset <= ROOMS[style][2][1]
+    assert ROOMS["indoor"][2] == (2.4, 3.2)  # the target's rooms: ordinary ceiling heights
 
 
 # --- depth is the geometry ---------------------------------------------------------------------
 @pytest.mark.parametrize("style", STYLES)
 def test_every_pixel_lies_on_the_surface_it_is_labelled_with(style):
     seen = set()
-    for seed in SEEDS:
+    for seed in [*SEEDS, *range(100, 110)]:  # enough scenes that every primitive kind is in view
         s = render_scene(seed, W, H, style=style)
         x = world_points(s).reshape(-1, 3)
         depth = s.depth.reshape(-1)
