@@ -5,6 +5,8 @@ processing resolutions 512 / 768 / 1024, then unprojected to a point cloud on th
 (side by side in one run, same seed, so each reports its output difference against `reference`):
 
   reference   fp32, eager PyTorch: the reference code's settings (its evaluation runs at 1024)
+  light       reference with the light depth decoder making the difference map (difference="light")
+  latent      reference with the difference map from the latents, no first decode (difference="latent")
   torch-bf16  bf16 UNet, VAE and metric model, channels_last, eager
   torch-fast  torch-bf16 + torch.compile + CUDA graphs per call (CUDA only)
   onnx        onnxruntime on the fp32 ONNX graphs (metric model in PyTorch, fp32)
@@ -13,7 +15,11 @@ processing resolutions 512 / 768 / 1024, then unprojected to a point cloud on th
 Configs: `small` (the tiny test models, default without a GPU) or `full` (default on CUDA): the
 SD-2 UNet (8 input channels) and VAE and a ViT-L Depth Anything V2 metric model, built from their
 configs with random weights (speed does not depend on weight values; output differences on random
-weights only show that the numbers stay close, not how a trained model degrades).
+weights only show that the numbers stay close, not how a trained model degrades). What the cheaper
+difference maps cost in accuracy is measured on trained models instead: the embedded small-scale
+models on held-out (val) scenes of their camera, against the exact path and against the exact
+path's own run-to-run spread (two noise seeds); a shortcut qualifies for the fast settings only when
+every metric moves by less than that spread (`--accuracy-scenes 0` skips this part).
 
 FLOPs per frame are counted on the meta device with torch's FlopCounterMode (matmuls, convolutions
 and attention; norms and elementwise work are not counted) for the config being timed and for the
@@ -37,18 +43,21 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sharpdepth_core.engines import FastPath, OnnxEngine, TensorRTEngine, TorchEngine
 from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
 from sharpdepth_core.geometry import unproject
+from sharpdepth_core.metrics import boundary_error, depth_metrics
 from sharpdepth_core.models import tiny
+from sharpdepth_core.models.light_decoder import LightDepthDecoder
 from sharpdepth_core.models.metric import DepthAnythingBackend
 from sharpdepth_core.models.student import DiffusionDepthModel
-from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.pipeline import DIFFERENCE_METHODS, FAST_DIFFERENCE, SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 
-SETTINGS = ("reference", "torch-bf16", "torch-fast", "onnx", "tensorrt")
+SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "onnx", "tensorrt")
 RESOLUTIONS = (512, 768, 1024)
 STAGES = ("metric", "encode", "unet", "decode", "difference", "fit", "point_cloud")
 TARGET_FPS, TARGET_SPEEDUP, TARGET_RES = 20.0, 4.0, 768
@@ -127,7 +136,13 @@ def count_flops(config: str, image_hw: tuple[int, int], grid_hw: tuple[int, int]
             with counter:
                 module(x)
             flops[name] = float(counter.get_total_flops())
+        counter = FlopCounterMode(display=False)
+        with counter:
+            LightDepthDecoder(c).to("meta")(torch.empty(1, c, h // f, w // f, device="meta"))
+        flops["light_decode"] = float(counter.get_total_flops())
     flops["frame"] = flops["metric"] + 2 * (flops["encode"] + flops["unet"] + flops["decode"])
+    flops["frame_light"] = flops["frame"] - flops["decode"] + flops["light_decode"]
+    flops["frame_latent"] = flops["frame"] - flops["decode"]
     return flops
 
 
@@ -162,11 +177,27 @@ def sync(device: torch.device) -> None:
 # --- settings -----------------------------------------------------------------------------------
 
 
+def fast_difference(student, device) -> dict:
+    """The fast settings' difference map: FAST_DIFFERENCE (exact unless a shortcut qualified, see the module doc)."""
+    if FAST_DIFFERENCE != "light":
+        return {"difference": FAST_DIFFERENCE}
+    return {"difference": "light", "light_decoder": LightDepthDecoder(student.vae.config.latent_channels).to(device).eval()}
+
+
+def frame_flops(setting: str) -> str:
+    """Which counted frame a setting runs: with the first decode, the light decoder, or neither."""
+    method = setting if setting in ("light", "latent") else FAST_DIFFERENCE if setting in ("torch-bf16", "torch-fast", "tensorrt") else "exact"
+    return {"exact": "frame", "light": "frame_light", "latent": "frame_latent"}[method]
+
+
 def make_pipeline(setting: str, student, metric, device: torch.device, workdir: Path, trt_vae_precision: str):
     """(pipeline, None) for a setting, or (None, why it cannot run here)."""
     cuda = device.type == "cuda"
     if setting == "reference":
         return SharpDepthPipeline(student, metric, untrained=True), None
+    if setting in ("light", "latent"):
+        light = LightDepthDecoder(student.vae.config.latent_channels).to(device).eval() if setting == "light" else None
+        return SharpDepthPipeline(student, metric, untrained=True, difference=setting, light_decoder=light), None
     if setting in ("torch-bf16", "torch-fast"):
         if setting == "torch-fast" and not cuda:
             return None, "needs CUDA (CUDA graphs; inductor compiles for minutes on CPU)"
@@ -175,7 +206,7 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
         if fast.channels_last:
             metric_bf16.to(memory_format=torch.channels_last)
         s = copy.deepcopy(student)
-        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast)), None
+        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast), **fast_difference(s, device)), None
     if setting == "onnx":
         import onnxruntime as ort
 
@@ -198,7 +229,8 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
             log("exporting fp16 ONNX graphs for TensorRT")
             export_onnx(student, folder, precision="fp16", vae_precision=trt_vae_precision)
         metric_bf16 = copy.deepcopy(metric).to(torch.bfloat16)
-        return SharpDepthPipeline(student, metric_bf16, untrained=True, engine=TensorRTEngine(folder, device=device)), None
+        return SharpDepthPipeline(student, metric_bf16, untrained=True, engine=TensorRTEngine(folder, device=device),
+                                  **fast_difference(student, device)), None
     raise ValueError(setting)
 
 
@@ -236,6 +268,57 @@ def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
     return row, out
 
 
+def difference_accuracy(n: int, first_seed: int = 110_000) -> dict:
+    """The difference-map methods on trained models: the embedded pipeline on n held-out val scenes of
+    its own camera (the nano report scores other seeds). Per method: AbsRel, δ1, DBE of the final
+    depth, |Δdepth| against exact (seed 0) and the CPU time ratio; the exact path's spread over two
+    noise seeds is the yardstick a shortcut must stay within."""
+    pipe = SharpDepthPipeline.from_pretrained()
+    camera = pipe.camera or {"width": 128, "height": 96, "K": None, "style": "indoor"}
+    K = None if camera["K"] is None else np.array(camera["K"])
+    scenes = [render_scene(first_seed + i, camera["width"], camera["height"], K=K, style=camera["style"]) for i in range(n)]
+    runs = {"exact": ("exact", 0), "exact, seed 1": ("exact", 1), "latent": ("latent", 0)}
+    if pipe.light_decoder is not None:
+        runs["light"] = ("light", 0)
+    depths, seconds = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, (method, seed) in runs.items():
+            pipe.difference = method
+            t = time.perf_counter()
+            depths[name] = [pipe(sc.rgb, seed=seed).depth[0, 0].numpy() for sc in scenes]
+            seconds[name] = time.perf_counter() - t
+    gt = np.stack([sc.depth for sc in scenes])
+    out = {}
+    for name, d in depths.items():
+        p = np.clip(np.stack(d), 0.01, None)
+        m = depth_metrics(p, gt)
+        acc, compl = boundary_error(p, gt)
+        delta = np.abs(p - np.clip(np.stack(depths["exact"]), 0.01, None))
+        out[name] = {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "dbe_acc": acc, "dbe_compl": compl,
+                     "max_abs_diff_m": float(delta.max()), "mean_abs_diff_m": float(delta.mean()),
+                     "time_vs_exact": seconds[name] / seconds["exact"]}
+    keys = ("abs_rel", "delta1", "dbe_acc", "dbe_compl")
+    spread = {k: abs(out["exact"][k] - out["exact, seed 1"][k]) for k in keys}
+    for name in ("light", "latent"):
+        if name in out:
+            out[name]["within_spread"] = all(abs(out[name][k] - out["exact"][k]) < spread[k] for k in keys)
+    return {"scenes": n, "first_seed": first_seed, "methods": out, "spread": spread}
+
+
+def accuracy_table(acc: dict) -> str:
+    lines = [f"difference-map methods on the embedded models, {acc['scenes']} held-out val scenes (seeds {acc['first_seed']}..):",
+             f"{'method':<14} {'AbsRel':>7} {'δ1':>6} {'DBE acc':>8} {'compl':>6} {'max|Δd| m':>10} {'mean|Δd| m':>11} {'time/exact':>10} {'in spread':>9}"]
+    for name, m in acc["methods"].items():
+        within = {True: "yes", False: "no"}.get(m.get("within_spread"), "-")
+        lines.append(f"{name:<14} {m['abs_rel']:>7.4f} {m['delta1']:>6.3f} {m['dbe_acc']:>8.2f} {m['dbe_compl']:>6.2f} "
+                     f"{m['max_abs_diff_m']:>10.3f} {m['mean_abs_diff_m']:>11.4f} {m['time_vs_exact']:>10.2f} {within:>9}")
+    sp = acc["spread"]
+    lines.append(f"spread (|exact seed 0 - seed 1|): AbsRel {sp['abs_rel']:.4f}, δ1 {sp['delta1']:.3f}, "
+                 f"DBE acc {sp['dbe_acc']:.2f}, compl {sp['dbe_compl']:.2f}; fast settings use: {FAST_DIFFERENCE}")
+    return "\n".join(lines)
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -253,7 +336,7 @@ def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
         same = ref.get(r["res"])
         x_same = f"{same['s']['total'] / s['total']:.2f}" if same else "-"
         x_top = f"{ref_top['s']['total'] / s['total']:.2f}" if ref_top else "-"
-        peak = flops[r["res"]]["frame"] * r["fps"] / rate
+        peak = flops[r["res"]][frame_flops(r["setting"])] * r["fps"] / rate
         diff = f"{r['depth_diff_vs_reference']['max_rel']:.1e}" if "depth_diff_vs_reference" in r else "-"
         lines.append(
             f"{r['setting']:<11} {r['res']:>4} " + " ".join(f"{1e3 * s[k]:>8.1f}" for k in STAGES)
@@ -270,8 +353,8 @@ def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     parser.add_argument("--config", choices=("small", "full"), default="full" if cuda else "small",
                         help="small: tiny test models; full: SD-2 UNet/VAE + ViT-L metric model (default on CUDA)")
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS) if cuda else ["reference", "onnx"],
-                        help="default: all on CUDA; reference and onnx on CPU (bf16 is emulated on most CPUs)")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS) if cuda else ["reference", "light", "latent", "onnx"],
+                        help="default: all on CUDA; reference, light, latent and onnx on CPU (bf16 is emulated on most CPUs)")
     parser.add_argument("--resolutions", nargs="+", type=int, default=list(RESOLUTIONS))
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
@@ -282,6 +365,8 @@ def main(argv=None) -> None:
                         help="TensorRT VAE precision (SD-2's VAE is documented to overflow in fp16: measure before trusting)")
     parser.add_argument("--workdir", type=Path, help="keep ONNX exports and TensorRT engines here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--accuracy-scenes", type=int, default=30,
+                        help="held-out scenes for the difference-map accuracy on the embedded models (0: skip)")
     args = parser.parse_args(argv)
     if min(args.frames, args.threads) < 1 or args.warmup < 0 or min(args.resolutions) < 8:
         parser.error("--frames and --threads must be >= 1, --warmup >= 0, resolutions >= 8")
@@ -337,7 +422,13 @@ def main(argv=None) -> None:
     print(table(rows, flops, rates[peak], peak))
     for s in skipped:
         print(f"skipped {s['setting']}{' @ ' + str(s['res']) if 'res' in s else ''}: {s['reason']}")
-    print("GFLOPs per call / frame (counted; 1 metric + 2 encodes + 2 UNet passes + 2 decodes):")
+    accuracy = None
+    if args.accuracy_scenes:
+        log(f"difference-map accuracy on {args.accuracy_scenes} held-out scenes")
+        accuracy = difference_accuracy(args.accuracy_scenes)
+        print(accuracy_table(accuracy))
+    print("GFLOPs per call / frame (counted; 1 metric + 2 encodes + 2 UNet passes + 2 decodes; frame_light / frame_latent:"
+          " the first decode replaced by the light decoder / by nothing):")
     for label, table_flops in (("this config", flops), ("full size", flops_full)):
         for r, f in table_flops.items():
             print(f"  {label:<11} {r:>4} ({grids[r][1]}x{grids[r][0]}): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in f.items()))
@@ -357,7 +448,7 @@ def main(argv=None) -> None:
         "bench": "pipeline", "device": name, "config": args.config, "input": [args.width, args.height],
         "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "matmul_flops_per_s": rates, "peak_rate": peak,
         "flops": {str(r): f for r, f in flops.items()}, "flops_full_size": {str(r): f for r, f in flops_full.items()},
-        "results": rows, "skipped": skipped, "targets": targets,
+        "results": rows, "skipped": skipped, "targets": targets, "difference_accuracy": accuracy,
     }
     line = json.dumps(result)
     if args.json:
