@@ -3,11 +3,13 @@
 One process, no camera, no `ros2 launch`: the replay publisher renders synthetic rooms with exact
 metric depth, the node runs the models in its worker, a recorder writes every topic to an MCAP bag
 (open it in Foxglove, or `ros2 bag play` it into RViz), and each frame's depth is scored against the
-scene's ground truth (AbsRel, δ1) with pictures of the depth, the difference map and the cloud.
+scene's ground truth beside the metric teacher f_D's (AbsRel, δ1, depth-boundary error), with an
+overview picture (image, ground truth, f_D, SharpDepth, difference map, point cloud).
 
 Models: the embedded weights (sharpdepth_core/weights/nano) when they are there, or the models a
 `--config` parameters file names; otherwise tiny random-weight models, announced as such: their
-numbers only show that the plumbing works.
+numbers only show that the plumbing works. Scenes are rendered with the camera the models were
+trained for when their pipeline.json names one (the embedded models: 128x96, 67.5°).
 
     python -m sharpdepth_ros.demo --out out/demo [--frames 8] [--config my_params.yaml]
 """
@@ -37,13 +39,14 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
-from sharpdepth_core.metrics import depth_metrics  # noqa: E402
+from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
 from sharpdepth_core.models import EMBEDDED_DIR  # noqa: E402
-from sharpdepth_core.synthetic import render_scene  # noqa: E402
+from sharpdepth_core.pipeline import PIPELINE_CONFIG, read_pipeline_config  # noqa: E402
+from sharpdepth_core.synthetic import STYLES, render_scene  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
 from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
-from sharpdepth_ros.replay import ReplayPublisher  # noqa: E402
+from sharpdepth_ros.replay import ReplayPublisher, pinhole_K  # noqa: E402
 
 NS = "/camera"
 TOPICS = {
@@ -109,6 +112,7 @@ class BagRecorder:
         self.kept: dict[str, dict[int, object]] = {t: {} for t in keep}
         self.arrival: dict[tuple[str, int], float] = {}
         self.counts = {t: 0 for t in topics}
+        self.busy_s = 0.0  # time spent in this recorder's callbacks (it shares the process with the node)
         for topic, msg_type in topics.items():
             name = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
             connection = self.writer.add_connection(topic, name, typestore=typestore)
@@ -116,6 +120,7 @@ class BagRecorder:
 
     def _callback(self, topic: str, msg_type: type, connection):
         def record(data: bytes) -> None:
+            t0 = time.perf_counter()
             with self._lock:
                 self.writer.write(connection, self._node.get_clock().now().nanoseconds, data)
                 self.counts[topic] += 1
@@ -124,6 +129,7 @@ class BagRecorder:
                 stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
                 self.arrival[(topic, stamp)] = time.perf_counter()
                 self.kept[topic][stamp] = msg
+            self.busy_s += time.perf_counter() - t0
 
         return record
 
@@ -165,6 +171,11 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
         settings["device"] = args.device
     if why_untrained:
         print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
+    camera = model_camera(settings)
+    args.width, args.height = args.width or (camera or {}).get("width", 320), args.height or (camera or {}).get("height", 240)
+    args.fov_deg = scene_fov(camera)
+    if camera:
+        print(f"scenes: {args.width}x{args.height}, {args.fov_deg:g}° horizontal field of view (the models' camera, from their pipeline.json)")
 
     context = Context()
     rclpy.init(context=context, domain_id=1 + os.getpid() % 101)  # a private DDS domain
@@ -184,7 +195,8 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             on_frame=lambda header, frame: sent.__setitem__(header.stamp.sec * 10**9 + header.stamp.nanosec, frame.index),
             parameter_overrides=[Parameter("scenes", value=args.frames), Parameter("width", value=args.width),
                                  Parameter("height", value=args.height), Parameter("seed", value=args.seed),
-                                 Parameter("style", value=args.style), Parameter("loop", value=False)],
+                                 Parameter("style", value=args.style), Parameter("loop", value=False),
+                                 Parameter("synthetic_fov_deg", value=args.fov_deg)],
         )
         nodes.append(replay)
         recorder_node = rclpy.create_node("demo_recorder", context=context)
@@ -200,7 +212,7 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             return 1
 
         rows = []
-        print(f"{'frame':>5} {'scene':>5} {'e2e ms':>8} {'model ms':>9} {'AbsRel':>8} {'δ1':>6} {'valid':>6}")
+        print(f"{'frame':>5} {'scene':>6} {'e2e ms':>7} {'model ms':>8} {'AbsRel':>7} {'f_D':>6} {'DBE compl':>9} {'f_D':>5} {'valid':>6}")
         for i in range(args.frames):
             model_s = node.stats.stage_s.get("model", 0.0)
             t0 = time.perf_counter()
@@ -209,12 +221,12 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             if not _wait(lambda: all(stamp in recorder.kept[t] for t in OUTPUTS), args.timeout):
                 print(f"demo: no output for frame {i} within {args.timeout:.0f} s (last problem: {node.last_rejection or 'none'})", file=sys.stderr)
                 return 1
-            row = score_and_draw(i, sent[stamp], stamp, recorder, args, out)
+            row = score_and_draw(i, sent[stamp], stamp, recorder, node, args, out)
             row["e2e_ms"] = 1e3 * (recorder.arrival[(f"{NS}/depth/image", stamp)] - t0)
             row["model_ms"] = 1e3 * (node.stats.stage_s.get("model", 0.0) - model_s)
             rows.append(row)
-            print(f"{i:>5} {row['scene']:>5} {row['e2e_ms']:>8.0f} {row['model_ms']:>9.0f} {row['abs_rel']:>8.3f} "
-                  f"{row['delta1']:>6.3f} {row['valid']:>6.1%}", flush=True)
+            print(f"{i:>5} {row['scene']:>6} {row['e2e_ms']:>7.0f} {row['model_ms']:>8.0f} {row['abs_rel']:>7.3f} "
+                  f"{row['f_D_abs_rel']:>6.3f} {row['dbe_compl']:>9.2f} {row['f_D_dbe_compl']:>5.2f} {row['valid']:>6.1%}", flush=True)
         _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames, 5)  # the last colour image into the bag
     finally:
         stop.set()
@@ -228,62 +240,119 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     bag = out / "sharpdepth_demo"
     shutil.rmtree(bag, ignore_errors=True)
     shutil.move(str(bag_tmp), bag)  # the finished bag appears at once, never half written
-    write_overview(rows, out)
+    write_overview(rows, out, untrained)
     summarise(rows, node, recorder, bag, out, untrained)
     if untrained:
         print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
     return 0
 
 
-def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, args, out: Path) -> dict:
-    """AbsRel and δ1 against the scene's ground truth; depth, difference and cloud pictures."""
-    scene = render_scene(scene_seed, args.width, args.height, style=args.style)
+def model_camera(settings: dict) -> dict | None:
+    """The camera the configured pipeline folder was trained for (its pipeline.json), if it names one."""
+    if settings.get("student"):
+        return None
+    folder = Path(settings.get("model") or EMBEDDED_DIR)
+    return read_pipeline_config(folder / PIPELINE_CONFIG).get("camera") if (folder / PIPELINE_CONFIG).is_file() else None
+
+
+def scene_fov(camera: dict | None) -> float:
+    """The horizontal field of view of the demo's scenes: the models' camera's, or 0 (each scene's own,
+    drawn from its seed) when the models name no camera."""
+    return float(camera.get("hfov_deg", 0.0)) if camera else 0.0
+
+
+def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, node: SharpDepthNode, args, out: Path) -> dict:
+    """AbsRel, δ1 and DBE of SharpDepth and of its metric teacher f_D against the scene's ground truth;
+    pictures. f_D's depth comes from the node's own pipeline, computed as a frame computes it."""
+    K = pinhole_K(args.width, args.height, args.fov_deg) if args.fov_deg else None
+    scene = render_scene(scene_seed, args.width, args.height, K=K, style=args.style)
     depth = image_to_numpy(recorder.kept[f"{NS}/depth/image"][stamp])
     difference = image_to_numpy(recorder.kept[f"{NS}/depth/difference"][stamp])
     xyz, rgb = point_cloud_to_numpy(recorder.kept[f"{NS}/points"][stamp])
-    valid = np.isfinite(depth) & (depth > 0) & (scene.depth > 0)
-    scores = depth_metrics(depth, scene.depth, valid) if valid.any() else {"abs_rel": float("nan"), "delta1": float("nan")}
-    vmin, vmax = np.percentile(scene.depth, [2, 98])
-    pictures = {
-        "rgb": scene.rgb,
-        "gt_depth": colorize_depth(scene.depth, vmin, vmax),
-        "depth": colorize_depth(depth, vmin, vmax),
-        "difference": colorize_difference(difference),
-        "cloud": render_point_cloud(xyz, rgb, size=depth.shape),
-    }
+    use_k = node.get_parameter("use_camera_intrinsics").value
+    metric = node.pipeline.metric_depth(scene.rgb, K=scene.K if use_k else None)[0, 0].cpu().numpy()
+    row = {"frame": i, "scene": scene_seed}
+    for name, pred in (("", depth), ("f_D_", metric)):
+        valid = np.isfinite(pred) & (pred > 0)
+        m = depth_metrics(pred, scene.depth, valid) if valid.any() else {"abs_rel": float("nan"), "delta1": float("nan")}
+        acc, compl = boundary_error(np.where(valid, pred, 0.01).clip(0.01), scene.depth)
+        row.update({f"{name}abs_rel": m["abs_rel"], f"{name}delta1": m["delta1"], f"{name}dbe_acc": acc, f"{name}dbe_compl": compl})
+    row["valid"] = float((np.isfinite(depth) & (depth > 0)).mean())
     save_png(out / f"frame_{i:02d}_depth.png", colorize_depth(depth))  # its own range: the structure
-    save_png(out / f"frame_{i:02d}_difference.png", pictures["difference"])
-    save_png(out / f"frame_{i:02d}_cloud.png", pictures["cloud"])
-    return {"frame": i, "scene": scene_seed, "abs_rel": scores["abs_rel"], "delta1": scores["delta1"],
-            "valid": float(valid.mean()), "pictures": pictures}
+    save_png(out / f"frame_{i:02d}_difference.png", colorize_difference(difference))
+    cloud = render_point_cloud(xyz, rgb, size=depth.shape)
+    save_png(out / f"frame_{i:02d}_cloud.png", cloud)
+    row["pictures"] = {"image": scene.rgb, "ground truth": scene.depth, "f_D": metric, "SharpDepth": depth,
+                       "difference map e": difference, "point cloud": cloud}
+    return row
 
 
-def write_overview(rows: list[dict], out: Path) -> None:
-    """One picture: a row per frame of camera | ground truth | SharpDepth (the ground truth's colour
-    range, so scale errors show) | difference | cloud."""
-    columns = ("rgb", "gt_depth", "depth", "difference", "cloud")
-    grid = np.concatenate([np.concatenate([r["pictures"][c] for c in columns], axis=1) for r in rows], axis=0)
-    save_png(out / "overview.png", grid)
+def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
+    """One labelled picture, a row per frame: image | ground truth | f_D | SharpDepth (one depth colour
+    scale per row, with its colour bar, so scale errors and blur compare directly) | e | point cloud."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(rows[0]["pictures"])
+    h, w = rows[0]["pictures"]["image"].shape[:2]
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                             figsize=(1.0 + 2.0 * len(columns) * max(1.0, w / h / 1.33), 0.6 + 1.6 * len(rows)))
+    for r, row in enumerate(rows):
+        pics = row["pictures"]
+        lo, hi = np.percentile(pics["ground truth"], [1, 99])
+        for c, name in enumerate(columns):
+            ax = axes[r, c]
+            if name in ("ground truth", "f_D", "SharpDepth"):
+                shown = ax.imshow(pics[name], cmap="turbo", vmin=lo, vmax=hi, interpolation="nearest")
+            elif name == "difference map e":
+                ax.imshow(pics[name], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(pics[name], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if name in ("f_D", "SharpDepth") and np.isfinite(row[("f_D_" if name == "f_D" else "") + "abs_rel"]):
+                key = "f_D_" if name == "f_D" else ""
+                ax.set_xlabel(f"AbsRel {row[key + 'abs_rel']:.3f}, DBE {row[key + 'dbe_acc']:.1f}/{row[key + 'dbe_compl']:.1f}", fontsize=7)
+        axes[r, 0].set_ylabel(f"scene {row['scene']}", fontsize=8)
+        fig.colorbar(shown, ax=axes[r, 1:4].tolist(), fraction=0.02, pad=0.01).set_label("depth [m]", fontsize=7)
+    if untrained:
+        fig.suptitle("UNTRAINED random-weight models: plumbing check only", color="red")
+    tmp = out / "overview.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out / "overview.png")
 
 
 def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag: Path, out: Path, untrained: bool) -> None:
     stages = {k: 1e3 * v / max(node.stats.published, 1) for k, v in node.stats.stage_s.items()}
+
+    def mean(key: str) -> float:
+        return float(np.nanmean([r[key] for r in rows]))
+
     summary = {
         "untrained_models": untrained,
         "frames": [{k: v for k, v in r.items() if k != "pictures"} for r in rows],
-        "mean_abs_rel": float(np.nanmean([r["abs_rel"] for r in rows])),
-        "mean_delta1": float(np.nanmean([r["delta1"] for r in rows])),
-        "mean_e2e_ms": float(np.mean([r["e2e_ms"] for r in rows])),
+        **{f"mean_{k}": mean(k) for k in ("abs_rel", "delta1", "dbe_acc", "dbe_compl", "f_D_abs_rel", "f_D_delta1",
+                                          "f_D_dbe_acc", "f_D_dbe_compl", "e2e_ms")},
         "node_ms_per_frame": stages,
+        "recorder_ms_per_frame": 1e3 * recorder.busy_s / max(len(rows), 1),
         "messages_recorded": recorder.counts,
         "bag": str(bag),
     }
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(out / "summary.json")
-    print(f"mean AbsRel {summary['mean_abs_rel']:.3f}, δ1 {summary['mean_delta1']:.3f}, end-to-end {summary['mean_e2e_ms']:.0f} ms/frame"
-          + (" (UNTRAINED models: plumbing check only)" if untrained else ""))
-    print("node ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    note = " (UNTRAINED models: plumbing check only)" if untrained else ""
+    print(f"\n{'':12}{'AbsRel':>8}{'δ1':>7}{'DBE acc':>9}{'DBE compl':>11}")
+    for label, key in (("f_D", "f_D_"), ("SharpDepth", "")):
+        print(f"{label:12}{summary[f'mean_{key}abs_rel']:>8.3f}{summary[f'mean_{key}delta1']:>7.3f}"
+              f"{summary[f'mean_{key}dbe_acc']:>9.2f}{summary[f'mean_{key}dbe_compl']:>11.2f}{note}")
+    print(f"end-to-end {summary['mean_e2e_ms']:.0f} ms/frame; node ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+          + f"; the demo's in-process recorder {summary['recorder_ms_per_frame']:.1f} ms/frame (not the node's)")
     mcap = next(bag.glob("*.mcap"))
     print(f"bag: {mcap} ({sum(recorder.counts.values())} messages on {len(recorder.counts)} topics; Foxglove, or `ros2 bag play {bag}`)")
     print(f"pictures: {out}/overview.png and frame_XX_{{depth,difference,cloud}}.png; numbers: {out}/summary.json")
@@ -293,17 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sharpdepth_ros.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="output folder (bag, pictures, summary.json)")
     parser.add_argument("--frames", type=int, default=8, help="synthetic frames to run (default 8)")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, help="image width (default: the models' camera, else 320)")
+    parser.add_argument("--height", type=int, help="image height (default: the models' camera, else 240)")
     parser.add_argument("--seed", type=int, default=100_000,
                         help="seed of the first synthetic scene (default: held out from the embedded models' training scenes)")
-    parser.add_argument("--style", choices=("indoor", "toy"), default="indoor")
+    parser.add_argument("--style", choices=STYLES, default="indoor")
     parser.add_argument("--config", type=Path, help="ROS parameters YAML naming the models (see config/sharpdepth.yaml)")
     parser.add_argument("--processing-res", type=int, help="override the processing resolution")
     parser.add_argument("--device", help="override the device (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one frame's outputs")
     args = parser.parse_args(argv)
-    if args.frames < 1 or args.width < 8 or args.height < 8:
+    if args.frames < 1 or (args.width is not None and args.width < 8) or (args.height is not None and args.height < 8):
         parser.error("--frames must be >= 1 and --width/--height >= 8")
     try:
         return run(args)

@@ -1,9 +1,9 @@
 """The shipped small models (sharpdepth_core/weights/nano): they load through the public loaders
-unchanged, and the demo on them reproduces the model card's AbsRel.
+unchanged, carry their camera and the f_G teacher, and the demo on them reproduces the model card.
 
-The card's demo figure comes from `python -m sharpdepth_ros.demo --frames 3 --width 128 --height 96
---seed 100000` (held-out scenes); the node seeds its noise draws (seed 0), so the tolerance only
-covers arithmetic differences between machines and thread counts.
+The card's demo figures come from `python -m sharpdepth_ros.demo --frames 3 --seed 100000` (held-out
+scenes, the models' own camera); the node seeds its noise draws (seed 0), so the tolerances only cover
+arithmetic differences between machines and thread counts.
 """
 import json
 import re
@@ -21,6 +21,7 @@ from sharpdepth_core.synthetic import render_scene
 REPO = Path(__file__).resolve().parents[1]
 CARD = EMBEDDED_DIR / "MODEL_CARD.md"
 DEMO_TOLERANCE = 0.02  # AbsRel, absolute
+DBE_TOLERANCE = 0.5  # DBE compl, pixels
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "pipeline.json").is_file(), reason=f"no shipped weights in {EMBEDDED_DIR}")
 
@@ -34,32 +35,39 @@ def card_figure(name: str) -> float:
 
 def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loaders():
     files = [p for p in EMBEDDED_DIR.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
-    metric = load_metric_model("depth-anything-v2", EMBEDDED_DIR / "metric")
+    metric = load_metric_model("small-conv", EMBEDDED_DIR / "metric")
     student = DiffusionDepthModel.from_pretrained(EMBEDDED_DIR / "student")
+    teacher = DiffusionDepthModel.from_pretrained(EMBEDDED_DIR / "teacher")  # f_G: offline distillation
     assert student.unet.config.in_channels == 8 and student.vae.config.latent_channels == 4
+    assert teacher.unet.config == student.unet.config
+    assert not torch.equal(next(teacher.unet.parameters()), next(student.unet.parameters()))  # distilled: moved
     pipe = SharpDepthPipeline.from_pretrained()  # the embedded default
-    assert not pipe.untrained and pipe.processing_res == 128
-    scene = render_scene(100_000, 128, 96)
+    assert not pipe.untrained and pipe.processing_res == 128 and pipe.light_decoder is not None
+    camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]
+    assert (camera["width"], camera["height"], camera["style"]) == (128, 96, "indoor")
+    scene = render_scene(100_000, 128, 96, K=camera["K"])
     image = torch.from_numpy(scene.rgb).permute(2, 0, 1)[None].float() / 255
     torch.testing.assert_close(pipe.metric_model(image).depth, metric(image).depth)
     out = pipe(scene.rgb, seed=0)
     assert out.depth.shape == (1, 1, 96, 128) and torch.isfinite(out.depth).all()
     gt = torch.from_numpy(scene.depth)
     abs_rel = ((out.depth[0, 0].clamp_min(0.01) - gt).abs() / gt).mean().item()
-    assert abs_rel < 0.3  # trained, not random: a tiny random model is off by far more
+    assert abs_rel < 0.25  # trained, not random: a tiny random model is off by far more
 
 
 def test_demo_on_the_shipped_weights_matches_the_model_card(tmp_path):
-    cmd = [sys.executable, "-m", "sharpdepth_ros.demo", "--out", str(tmp_path), "--frames", "3",
-           "--width", "128", "--height", "96", "--seed", "100000"]
+    cmd = [sys.executable, "-m", "sharpdepth_ros.demo", "--out", str(tmp_path), "--frames", "3", "--seed", "100000"]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "UNTRAINED" not in run.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert not summary["untrained_models"]
     assert summary["mean_abs_rel"] == pytest.approx(card_figure("demo_abs_rel"), abs=DEMO_TOLERANCE)
+    assert summary["mean_dbe_compl"] == pytest.approx(card_figure("demo_dbe_compl"), abs=DBE_TOLERANCE)
+    if card_figure("sharpness_target_met"):  # the shipped run reached the paper's sharpness: it shows here
+        assert summary["mean_dbe_compl"] < summary["mean_f_D_dbe_compl"]
     from rosbags.highlevel import AnyReader
 
     from sharpdepth_ros.demo import TOPICS

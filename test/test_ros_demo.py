@@ -27,7 +27,11 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["untrained_models"] is True
     assert [f["scene"] for f in summary["frames"]] == [4, 5]
-    assert all(0 <= f["valid"] <= 1 and f["abs_rel"] >= 0 for f in summary["frames"])
+    assert all(0 <= f["valid"] <= 1 and f["abs_rel"] >= 0 and f["f_D_abs_rel"] >= 0 for f in summary["frames"])
+    assert all(f["dbe_acc"] > 0 and f["dbe_compl"] > 0 and f["f_D_dbe_compl"] > 0 for f in summary["frames"])
+    assert summary["mean_dbe_compl"] == sum(f["dbe_compl"] for f in summary["frames"]) / 2
+    table = printed[printed.index("AbsRel") - 20:]
+    assert "f_D" in table and "SharpDepth" in table and "DBE compl" in table
 
     from rosbags.highlevel import AnyReader
 
@@ -38,7 +42,8 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     assert counts == {topic: 2 for topic in demo.TOPICS}
     assert (depth.encoding, depth.height, depth.width) == ("32FC1", 48, 64)
 
-    assert Image.open(out / "overview.png").size == (5 * 64, 2 * 48)
+    width, height = Image.open(out / "overview.png").size  # labelled: 6 columns, 2 rows, colour bars
+    assert width > 6 * 64 and height > 2 * 48
     for i in range(2):
         for name in ("depth", "difference", "cloud"):
             assert Image.open(out / f"frame_{i:02d}_{name}.png").size == (64, 48)

@@ -86,24 +86,24 @@ def batch(rgb: np.ndarray, depth: np.ndarray, idx: np.ndarray, flip: bool = True
     return image, d
 
 
-class Budget:
-    """Stop a training loop after a wall-clock budget (the retrain must fit in an hour)."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.start = seconds, time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def left(self) -> bool:
-        return self.elapsed < self.seconds
+def progress(steps: int, name: str, every: int = 200):
+    """range(steps) that prints the step, the rate and the time left every `every` steps (a log file
+    reads better than a progress bar). Budgets are steps, not minutes, so a retrain gives the same
+    models on a busy machine, only later."""
+    start = time.perf_counter()
+    for step in range(steps):
+        yield step
+        if (step + 1) % every == 0 or step + 1 == steps:
+            elapsed = time.perf_counter() - start
+            rate = (step + 1) / elapsed
+            print(f"{name}: step {step + 1}/{steps}, {rate:.2f} steps/s, {elapsed / 60:.1f} min, "
+                  f"{(steps - step - 1) / rate / 60:.1f} min left", flush=True)
 
 
 def optimize(opt: torch.optim.Optimizer, loss: torch.Tensor, params, base_lr: float, step: int, progress: float,
              floor: float = 0.05) -> None:
     """One step of the teachers' schedule: 100-step linear warm-up, then a linear decay over the
-    time budget (`progress` 0 -> 1) down to `floor` x base_lr; gradient-norm clip 1.0."""
+    budget (`progress` 0 -> 1) down to `floor` x base_lr; gradient-norm clip 1.0."""
     lr = base_lr * min(1.0, (step + 1) / 100) * (floor + (1 - floor) * max(0.0, 1 - progress))
     for g in opt.param_groups:
         g["lr"] = lr

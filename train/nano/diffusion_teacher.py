@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Step 3: the affine diffusion teacher f_G, Lotus-G's architecture in a small config (SD-2-shaped
 UNet with 8 input channels, projection task embedding, empty-prompt cross-attention), trained the
-Lotus way on normalised depth of the *other* style: one UNet call at t = 999 on [image latent,
-noise], x0 prediction, MSE to the depth latent, plus L1 of the decoded depth (through the frozen
-VAE decoder) on a few images per batch, which keeps boundaries crisp.
+Lotus way on normalised depth: one UNet call at t = 999 on [image latent, noise], x0 prediction, MSE
+to the depth latent, plus L1 of the decoded depth (through the frozen VAE decoder) on a few images per
+batch, which keeps boundaries crisp.
 
-Trained on another style than the target, it is sharp but off-domain: the paper's Lotus, fine-tuned
-on synthetic data only. Latents of the training scenes are computed once (the VAE is frozen).
+Its scenes are F_G_STYLE (chosen by pilot on the val seeds, bench/NANO_REPORT.md "Design") through
+the target camera. Latents of the training scenes are computed once (the VAE is frozen).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from common import F_G_STYLE, OUT, Budget, batch, optimize, scenes, setup
+from common import F_G_STYLE, OUT, batch, optimize, progress, scenes, setup
 from sharpdepth_core.models.student import DiffusionDepthModel, empty_prompt_embedding
 from sharpdepth_core.models.tiny import tiny_clip, tiny_scheduler
 from sharpdepth_core.normalization import normalize_depth
@@ -63,32 +63,28 @@ def latents(codec, rgb: np.ndarray, depth: np.ndarray, n: int, vae_dir: Path, st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=15.0, help="training time, latent encoding included")
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--scenes", type=int, default=4000, help="training scenes to encode")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--decode-weight", type=float, default=0.5)
     p.add_argument("--vae", default=str(OUT / "vae"))
     p.add_argument("--style", default=F_G_STYLE, help=f"the scenes' style (default {F_G_STYLE})")
-    p.add_argument("--init", help="continue training this saved f_G instead of starting from random weights")
     p.add_argument("--out", default=str(OUT / "f_G"))
     args = p.parse_args()
     setup(0)
-    budget = Budget(args.minutes * 60)
     vae = AutoencoderKL.from_pretrained(args.vae, use_safetensors=True).eval().requires_grad_(False)
     torch.manual_seed(0)
     text_encoder, tokenizer = tiny_clip()  # only for the constant empty-prompt embedding
     model = DiffusionDepthModel(nano_unet(), vae, tiny_scheduler(), empty_prompt_embedding(text_encoder, tokenizer))
-    if args.init:  # continue a saved f_G (its UNet; the VAE is the one given)
-        model.unet.load_state_dict(DiffusionDepthModel.from_pretrained(args.init).unet.state_dict())
     print(f"f_G UNet: {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f} M parameters")
     codec = model.codec
     z_i, z_d, d_n = latents(codec, *scenes(args.style, "f_G"), args.scenes, Path(args.vae), args.style)
-    print(f"encoded {len(z_i)} {args.style} scenes in {budget.elapsed:.0f} s", flush=True)
+    print(f"encoded {len(z_i)} {args.style} scenes", flush=True)
     model.unet.requires_grad_(True).train()
     opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=1e-2)
-    step, rng, t0 = 0, np.random.default_rng(2), budget.elapsed
-    while budget.left():
+    rng = np.random.default_rng(2)
+    for step in progress(args.steps, "f_G"):
         idx = torch.from_numpy(rng.integers(0, len(z_i), args.batch))
         flip = torch.rand(()) < 0.5  # the latent grid of a flipped image is close to the flipped grid
         zi, zd, dn = (x[idx].flip(-1) if flip else x[idx] for x in (z_i, z_d, d_n))
@@ -96,13 +92,10 @@ def main() -> None:
         loss_latent = F.mse_loss(pred, zd)
         loss_decoded = (codec.decode_depth(pred[:DECODE_IMAGES]) - dn[:DECODE_IMAGES]).abs().mean()
         loss = loss_latent + args.decode_weight * loss_decoded
-        optimize(opt, loss, model.unet.parameters(), args.lr, step, (budget.elapsed - t0) / max(budget.seconds - t0, 1))
-        step += 1
-        if step % 100 == 0:
-            print(f"step {step} {budget.elapsed:.0f}s latent MSE {loss_latent.item():.4f} decoded L1 {loss_decoded.item():.4f}", flush=True)
+        optimize(opt, loss, model.unet.parameters(), args.lr, step, step / args.steps)
     model.eval().requires_grad_(False).save_pretrained(args.out)
     DiffusionDepthModel.from_pretrained(args.out)  # the public loader reads it back
-    print(f"f_G: {step} steps in {budget.elapsed:.0f} s -> {args.out}")
+    print(f"f_G: {args.steps} steps -> {args.out}")
 
 
 if __name__ == "__main__":

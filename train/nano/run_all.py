@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Retrain the whole small-scale SharpDepth from nothing, then write the report (`make nano`).
 
-  1. VAE (vae.py), then 3. f_G (diffusion_teacher.py)  ‖  2. f_D (metric_teacher.py) all along:
-     single-thread processes side by side (on two shared cores, faster than one process on two threads)
-  4. SharpDepth distillation with train/distill.py on target-style images (no GT), and the five
-     ablations of METHOD.md (configs/sharpdepth.yaml + configs/ablations.yaml), three at a time
-  5. the full run's pipeline folder (student + f_D) -> sharpdepth_core/weights/nano (the embedded
-     default), then bench/nano_report.py
-Everything goes under out/nano (NANO_OUT); wall-clock minutes per stage go to out/nano/timings.json.
+Stages (each skipped when its output is already in out/nano, so an interrupted run continues where it
+stopped; `--redo STAGE` trains one again), two single-thread lanes side by side on two cores:
+  vae -> f_G            (train/nano/vae.py, then diffusion_teacher.py)
+  f_D                   (train/nano/metric_teacher.py)
+  gates                 the regime's three gates on the val seeds; no distillation unless they hold
+  distill               SharpDepth with train/distill.py on target-camera images (no GT): the full
+                        method twice (seeds 0 and 1: the run-to-run spread) and the five ablations
+  light_decoder         train/light_decoder.py for the full run's pipeline (the fast difference map)
+  ship                  full run + f_G teacher + light decoder -> sharpdepth_core/weights/nano
+  report                bench/nano_report.py on the held-out eval seeds -> bench/NANO_REPORT.md
+Budgets are steps (the same models on a busy machine, only later); wall-clock minutes per stage go to
+out/nano/timings.json and into the report.
 """
 from __future__ import annotations
 
@@ -26,18 +31,39 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from common import OUT, TARGET, scenes  # noqa: E402
+from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 
 PY = sys.executable
 EMBEDDED = REPO / "sharpdepth_core" / "weights" / "nano"
-PARALLEL_RUNS = 3  # distillation runs side by side
-STAGES = ("teachers", "f_G", "distill", "report")  # teachers: VAE, f_D and then f_G
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 1500}  # distillation: configs/sharpdepth.yaml
+STAGES = ("vae", "f_D", "f_G", "gates", "distill", "light_decoder", "ship", "report")
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
+              "NANO_OUT": str(OUT)}
+LANES = 2  # processes side by side: one per core
+OUTPUTS = {"vae": ["vae"], "f_D": ["f_D"], "f_G": ["f_G"], "distill": ["runs", "depth_cache"], "light_decoder": ["light_decoder"]}
+NEEDED_BY = {"vae": ["f_G"], "f_G": ["distill"], "f_D": ["distill"], "distill": ["light_decoder"], "light_decoder": []}
+
+
+def redo_set(stages: list[str]) -> set[str]:
+    """The stages to train again: those asked for and every trained stage that depends on them."""
+    out, todo = set(), [s for s in stages if s in OUTPUTS]
+    while todo:
+        stage = todo.pop()
+        if stage not in out:
+            out.add(stage)
+            todo += NEEDED_BY[stage]
+    return out
+
+
+def done(stage: str) -> bool:
+    marker = {"vae": "vae/config.json", "f_D": "f_D/config.json", "f_G": "f_G/unet/config.json",
+              "light_decoder": "light_decoder/config.json"}.get(stage)
+    return marker is not None and (OUT / marker).is_file()
 
 
 def start(name: str, cmd: list[str]) -> tuple[str, subprocess.Popen, float, object]:
     log = open(OUT / "logs" / f"{name}.log", "w")
-    print(f"[{time.strftime('%H:%M:%S')}] start {name}: {' '.join(cmd)} (log: {log.name})", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] start {name} (log: {log.name})", flush=True)
     return name, subprocess.Popen(cmd, cwd=REPO, env=ONE_THREAD, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log
 
 
@@ -46,15 +72,32 @@ def wait(job, timings: dict) -> None:
     rc = proc.wait()
     log.close()
     timings[name] = round(time.perf_counter() - t0, 1)
-    json.dump(timings, open(OUT / "timings.json", "w"), indent=2)
+    (OUT / "timings.json").write_text(json.dumps(timings, indent=2))
     tail = Path(log.name).read_text().strip().splitlines()[-1:] or [""]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {rc} after {timings[name] / 60:.1f} min | {tail[0]}", flush=True)
     if rc != 0:
-        raise SystemExit(f"{name} failed (exit {rc}); see {log.name}")
+        raise SystemExit(f"{name} failed (exit {rc}); see {log.name}; run again to continue from here")
+
+
+def run_lanes(jobs: list[tuple[str, list[str]]], timings: dict) -> None:
+    """Run (name, command) jobs in order, LANES at a time; a failure stops the others (a later
+    invocation starts them again)."""
+    running: list = []
+    try:
+        for name, cmd in jobs:
+            if len(running) == LANES:
+                wait(running.pop(0), timings)
+            running.append(start(name, cmd))
+        while running:
+            wait(running.pop(0), timings)
+    finally:
+        for _, proc, _, _ in running:
+            proc.terminate()
+            proc.wait()
 
 
 def distill_images() -> Path:
-    """The distillation data: target-style images only, as a plain image folder (no depth)."""
+    """The distillation data: target-camera images only, as a plain image folder (no depth)."""
     folder = OUT / "data" / "distill"
     rgb, _ = scenes(TARGET, "distill")
     if len(list(folder.glob("*.png"))) != len(rgb):
@@ -64,70 +107,93 @@ def distill_images() -> Path:
     return folder
 
 
-def distill_cmd(name: str, overrides: dict) -> list[str]:
+def distill_cmd(name: str, overrides: dict, scale: float) -> list[str]:
+    base = yaml.safe_load((HERE / "configs" / "sharpdepth.yaml").read_text())
+    overrides = {"max_steps": max(2, round(base["max_steps"] * scale)), **overrides}
     sets = [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
     return [PY, "train/distill.py", "--config", str(HERE / "configs" / "sharpdepth.yaml"), *sets,
             f"--set=output_dir={OUT / 'runs' / name}", f"--set=teacher={OUT / 'f_G'}", f"--set=metric_path={OUT / 'f_D'}",
             f"--set=data=[{OUT / 'data' / 'distill'}]", f"--set=depth_cache={OUT / 'depth_cache'}"]
 
 
+def ship() -> None:
+    """The full run's pipeline, the f_G teacher (for offline distillation) and the light decoder ->
+    the embedded default, written beside it and swapped in; the hand-written model card is kept."""
+    tmp = EMBEDDED.with_name(".nano.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(OUT / "runs" / "full" / "pipeline", tmp)
+    shutil.copytree(OUT / "f_G", tmp / "teacher")
+    shutil.copytree(OUT / "light_decoder", tmp / "light_decoder")
+    config = json.loads((tmp / "pipeline.json").read_text())
+    (tmp / "pipeline.json").write_text(json.dumps({**config, "camera": camera()}, indent=2) + "\n")
+    if (EMBEDDED / "MODEL_CARD.md").is_file():
+        shutil.copy2(EMBEDDED / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
+    shutil.rmtree(EMBEDDED, ignore_errors=True)
+    tmp.rename(EMBEDDED)
+
+
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, nargs=3, default=[12, 36, 22], metavar=("VAE", "F_D", "F_G"))
-    p.add_argument("--ablations", nargs="*", help="distillation runs (default: all of configs/ablations.yaml)")
-    p.add_argument("--no-ship", action="store_true", help="do not copy the result into sharpdepth_core/weights/nano")
-    p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0],
-                   help="start at this stage, keeping what the earlier ones left in out/nano (after a failure)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--redo", nargs="+", choices=list(OUTPUTS), default=[],
+                   help="train these stages again, and the stages that depend on them")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every step budget (e.g. 0.02: a quick end-to-end check)")
+    p.add_argument("--ignore-gates", action="store_true", help="distil even if a gate fails")
+    p.add_argument("--no-ship", action="store_true", help="leave sharpdepth_core/weights/nano as it is")
     args = p.parse_args()
     t_all = time.perf_counter()
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    todo = STAGES[STAGES.index(args.first):]
-    stale = {"teachers": ["vae", "f_D", "f_G"], "f_G": ["f_G"], "distill": ["runs", "depth_cache"]}
-    for stage in todo:
-        for name in stale.get(stage, []):
+    for stage in redo_set(args.redo):
+        for name in OUTPUTS[stage]:
             shutil.rmtree(OUT / name, ignore_errors=True)
-    timings: dict[str, float] = json.loads((OUT / "timings.json").read_text()) if args.first != STAGES[0] else {}
+    timings_file = OUT / "timings.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    steps = {k: max(2, round(v * args.scale)) for k, v in STEPS.items()}
+
+    lane_a = [] if done("vae") else [("vae", [PY, str(HERE / "vae.py"), "--steps", str(steps["vae"])])]
+    lane_b = [] if done("f_D") else [("f_D", [PY, str(HERE / "metric_teacher.py"), "--steps", str(steps["f_D"])])]
+    jobs_b = [start(*job) for job in lane_b]
+    try:
+        for job in lane_a:
+            wait(start(*job), timings)
+        if not done("f_G"):
+            wait(start("f_G", [PY, str(HERE / "diffusion_teacher.py"), "--steps", str(steps["f_G"])]), timings)
+        for job in jobs_b:
+            wait(job, timings)
+    finally:  # a failure in one lane stops the other (a later invocation starts it again)
+        for _, proc, _, _ in jobs_b:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
     t0 = time.perf_counter()
-    if "teachers" in todo:
-        vae = start("vae", [PY, str(HERE / "vae.py"), "--minutes", str(args.minutes[0])])
-        f_d = start("f_D", [PY, str(HERE / "metric_teacher.py"), "--minutes", str(args.minutes[1])])
-        wait(vae, timings)
-    if "f_G" in todo:
-        f_g = start("f_G", [PY, str(HERE / "diffusion_teacher.py"), "--minutes", str(args.minutes[2])])
-    if "teachers" in todo:
-        wait(f_d, timings)
-    if "f_G" in todo:
-        wait(f_g, timings)
+    gates = subprocess.run([PY, str(REPO / "bench" / "nano_report.py"), "--models", str(OUT), "--gates-only"],
+                           cwd=REPO, env=ONE_THREAD)
+    timings["gates"] = round(time.perf_counter() - t0, 1)
+    if gates.returncode != 0 and not args.ignore_gates:
+        print("a gate of the regime failed on the val seeds (above): not distilling; --ignore-gates to go on anyway")
+        return 1
+
     distill_images()
     ablations = yaml.safe_load((HERE / "configs" / "ablations.yaml").read_text())
-    names = args.ablations or list(ablations)
-    for i in range(0, len(names) if "distill" in todo else 0, PARALLEL_RUNS):
-        jobs = [start(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"])) for n in names[i : i + PARALLEL_RUNS]]
-        for job in jobs:
-            wait(job, timings)
-    timings["training (this invocation)"] = round(time.perf_counter() - t0, 1)
-    json.dump(timings, open(OUT / "timings.json", "w"), indent=2)
+    todo = [n for n in ablations if not (OUT / "runs" / n / "pipeline" / "pipeline.json").is_file()]
+    for n in todo:  # a run that was interrupted starts again from its own start
+        shutil.rmtree(OUT / "runs" / n, ignore_errors=True)
+    jobs = [(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"], args.scale)) for n in todo]
+    if not done("light_decoder"):  # needs the full run's student: queued right after it
+        light = [PY, "train/light_decoder.py", "--model", str(OUT / "runs" / "full" / "pipeline"), "--data", str(OUT / "data" / "distill"),
+                 "--resolution", str(H), str(W), "--out", str(OUT / "light_decoder"), "--steps", str(steps["light_decoder"])]
+        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light))
+    run_lanes(jobs, timings)
+    timings["training (this invocation)"] = round(time.perf_counter() - t_all, 1)
+    timings_file.write_text(json.dumps(timings, indent=2))
     if not args.no_ship:
-        tmp = EMBEDDED.with_name(".nano.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(OUT / "runs" / "full" / "pipeline", tmp)
-        if (EMBEDDED / "MODEL_CARD.md").is_file():
-            shutil.copy2(EMBEDDED / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
-        shutil.rmtree(EMBEDDED, ignore_errors=True)
-        tmp.rename(EMBEDDED)
+        ship()
     report = subprocess.run([PY, "bench/nano_report.py", "--models", str(OUT)], cwd=REPO, env=ONE_THREAD)
-    timings["total with report"] = round(time.perf_counter() - t_all, 1)
-    json.dump(timings, open(OUT / "timings.json", "w"), indent=2)
-    print("\nmodels:")
-    print(f"  VAE                      {OUT / 'vae'}")
-    print(f"  f_D (Depth Anything V2)  {OUT / 'f_D'}")
-    print(f"  f_G (Lotus-G)            {OUT / 'f_G'}")
-    for n in names:
-        print(f"  student {n:<16} {OUT / 'runs' / n / 'pipeline'}")
-    if not args.no_ship:
-        print(f"  embedded default         {EMBEDDED}")
-    print(f"  report                   {REPO / 'bench' / 'NANO_REPORT.md'}")
-    print(f"total: {timings['total with report'] / 60:.1f} min")
+    timings["total (this invocation, with report)"] = round(time.perf_counter() - t_all, 1)
+    timings_file.write_text(json.dumps(timings, indent=2))
+    print(f"\nmodels in {OUT}; embedded default {'unchanged' if args.no_ship else EMBEDDED}; "
+          f"report {REPO / 'bench' / 'NANO_REPORT.md'}; this invocation {timings['total (this invocation, with report)'] / 60:.1f} min")
     return report.returncode
 
 
