@@ -233,6 +233,7 @@ class SharpDepthNode(Node):
         supplied = pipeline is not None
         self.pipeline = pipeline if supplied else ENGINES[self._settings["engine"]](self._settings)
         self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
+        self.pipeline.processing_res = self._settings["processing_res"] or self._model_res  # no frame runs yet
         line, embedded = describe(self._settings, self.pipeline, supplied)
         (self.get_logger().warning if embedded else self.get_logger().info)(line)
         if getattr(self.pipeline, "untrained", False):

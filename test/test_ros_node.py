@@ -236,7 +236,8 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     previous = torch.get_num_threads()
     capfd.readouterr()
     try:
-        node = SharpDepthNode(context=ros_context, namespace="start", parameter_overrides=node_parameters(tiny_pipeline_dir, num_threads=2))
+        overrides = node_parameters(tiny_pipeline_dir, num_threads=2, processing_res=96)
+        node = SharpDepthNode(context=ros_context, namespace="start", parameter_overrides=overrides)
         node.destroy_node()
         assert torch.get_num_threads() == 2
     finally:
@@ -244,7 +245,7 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
     assert line.startswith("[INFO]")
     assert line.endswith(f"SharpDepth: model {tiny_pipeline_dir}; metric backend depth-anything-v2, device cpu, dtype float32, "
-                         "processing grid 64 px (longer edge), engine pytorch, 2 CPU thread(s)")
+                         "processing grid 96 px (longer edge), engine pytorch, 2 CPU thread(s)")  # the grid frames will use
     assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
 
     # model '' is the embedded synthetic-scene models: said at WARN level (a folder stands in for them here)

@@ -80,7 +80,7 @@ def test_valid_values_apply_at_run_time(node):
     assert node.pipeline.processing_res == 64  # 0 in the YAML = the model's own (its pipeline.json)
     assert all(r.successful for r in node.set_parameters([Parameter("processing_res", value=96), Parameter("cloud_decimation", value=4)]))
     assert node._settings["processing_res"] == 96 and node._settings["cloud_decimation"] == 4
-    assert node.pipeline.processing_res == 64  # no frame yet: the model is never changed under a running frame
+    assert node.pipeline.processing_res == 64  # the worker applies it at its next frame, never under a running one
 
 
 def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
