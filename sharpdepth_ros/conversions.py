@@ -180,7 +180,7 @@ class Rectifier:
     is unchanged. Pixels whose source lies outside the raw image are marked invalid.
     """
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int = 2) -> None:  # 2 x 18 MB of maps for a 1080p camera
         self._maps: OrderedDict[tuple, tuple] = OrderedDict()
         self._capacity = capacity
 
