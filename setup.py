@@ -58,7 +58,7 @@ setup(
         "console_scripts": [
             "sharpdepth = sharpdepth_core.cli:main",
             "sharpdepth_node = sharpdepth_ros.node:main",
-            "replay = sharpdepth_ros.replay:main",
+            "sharpdepth_replay = sharpdepth_ros.replay:main",
         ],
     },
 )

@@ -1,7 +1,7 @@
 """SharpDepth: the depth node in a camera namespace, optionally a replay camera and RViz.
 
     ros2 launch sharpdepth_ros sharpdepth.launch.py                       # on /camera/image_raw
-    ros2 launch sharpdepth_ros sharpdepth.launch.py use_replay:=true use_rviz:=true
+    ros2 launch sharpdepth_ros sharpdepth.launch.py use_replay:=true use_rviz:=true   # sharpdepth_replay as the camera
     ros2 launch sharpdepth_ros sharpdepth.launch.py camera_ns:=/robot/front \\
         image_topic:=/robot/front/color/image_raw camera_info_topic:=/robot/front/color/camera_info
 """
@@ -43,7 +43,7 @@ def generate_launch_description() -> LaunchDescription:
     )
     replay = Node(
         package="sharpdepth_ros",
-        executable="replay",
+        executable="sharpdepth_replay",
         name="replay",
         namespace=camera_ns,
         parameters=[params_file, {"source": ParameterValue(LaunchConfiguration("replay_source"), value_type=str),

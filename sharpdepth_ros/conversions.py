@@ -1,23 +1,27 @@
 """ROS messages <-> numpy, without cv_bridge or sensor_msgs_py (absent from the PyPI ROS wheels).
 
 Images: decoding lives in `sharpdepth_core.images` (no ROS needed, the trainer reads bags with it);
-here numpy -> Image for publishing. CameraInfo: the intrinsics of the
-image as published (ROI and binning applied) and the depth image's CameraInfo with K and P moved
-to the depth resolution. PointCloud2: depth_image_proc's organised layout, written into one
-contiguous buffer, because per-point or per-field construction costs tens of milliseconds per frame.
+here numpy -> Image for publishing. CameraInfo: checked before use (an impossible calibration is a
+ValueError, never a cloud a kilometre wide), the intrinsics of the image as published (ROI and
+binning applied), rectification of distorted cameras (OpenCV maps, as image_proc does), and the
+depth image's CameraInfo with K and P moved to the depth resolution. PointCloud2:
+depth_image_proc's organised layout, written into one contiguous buffer, because per-point or
+per-field construction costs tens of milliseconds per frame.
 
 Functions read messages by attribute only, so rosbags' deserialised messages work as well.
 """
 from __future__ import annotations
 
 import array
+import math
 import sys
+from collections import OrderedDict
 
 import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from sharpdepth_core.geometry import crop_transform, resize_transform, transform_intrinsics, unproject
+from sharpdepth_core.geometry import crop_transform, resize_transform, transform_intrinsics
 from sharpdepth_core.images import (  # noqa: F401 - re-exported: the node's conversions in one place
     COLOR_ENCODINGS,
     ENCODINGS,
@@ -51,30 +55,101 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     return msg
 
 
+# Focal lengths beyond this (pixels) are not a camera: a 1e6 px focal on a 4000 px sensor is a
+# 0.2 degree field of view. Above it the calibration is refused rather than published.
+MAX_FOCAL_PX = 1e6
+# distortion_model -> accepted numbers of coefficients (OpenCV's models; ROS names)
+DISTORTION_MODELS = {"plumb_bob": (4, 5, 8, 12, 14), "rational_polynomial": (8, 12, 14), "equidistant": (4,)}
+
+
+def _matrix(values, shape: tuple[int, int], name: str) -> np.ndarray:
+    m = np.asarray(values, dtype=np.float64)
+    if m.size != shape[0] * shape[1]:
+        raise ValueError(f"camera_info {name} has {m.size} values, expected {shape[0] * shape[1]}")
+    m = m.reshape(shape)
+    if not np.isfinite(m).all():
+        raise ValueError(f"camera_info {name} has non-finite values")
+    return m
+
+
+def _check_focal(m: np.ndarray, name: str) -> None:
+    fx, fy = m[0, 0], m[1, 1]
+    if fx == 0 or fy == 0:
+        raise ValueError(f"camera_info {name} has a zero focal length (fx={fx:g}, fy={fy:g}); is the camera calibrated?")
+    if not (0 < fx <= MAX_FOCAL_PX and 0 < fy <= MAX_FOCAL_PX):
+        raise ValueError(f"camera_info {name} has an impossible focal length (fx={fx:g}, fy={fy:g} px; "
+                         f"expected 0 < f <= {MAX_FOCAL_PX:g} px)")
+
+
+def _region(info, image_hw: tuple[int, int]) -> tuple[int, int, int, int, int, int, int, int]:
+    """(full_h, full_w, x0, y0, crop_h, crop_w, binning_x, binning_y), checked against the sensor.
+
+    REP 104: an all-zero ROI is the full sensor; binning 0 and 1 both mean none; a zero
+    height/width (an uncalibrated camera) is the image's own size.
+    """
+    roi = info.roi
+    full_h, full_w = int(info.height) or image_hw[0], int(info.width) or image_hw[1]
+    x0, y0 = int(roi.x_offset), int(roi.y_offset)
+    crop_h, crop_w = (int(roi.height) or full_h), (int(roi.width) or full_w)
+    if x0 + crop_w > full_w or y0 + crop_h > full_h:
+        raise ValueError(f"camera_info ROI {crop_w}x{crop_h} at ({x0}, {y0}) lies outside the {full_w}x{full_h} sensor")
+    bx, by = max(int(info.binning_x), 1), max(int(info.binning_y), 1)
+    if bx > crop_w or by > crop_h:
+        raise ValueError(f"camera_info binning {bx}x{by} is larger than the {crop_w}x{crop_h} region it bins")
+    return full_h, full_w, x0, y0, crop_h, crop_w, bx, by
+
+
 def _camera_to_image(info, image_hw: tuple[int, int]) -> np.ndarray:
     """Pixel map from the calibrated camera grid to the published image: ROI crop, binning, resize.
 
     CameraInfo K and P refer to the full sensor; ROI and binning say how the image was cut from it.
     A remaining size mismatch (a driver that resized without updating CameraInfo) is a resize.
     """
-    roi = info.roi
-    full_h, full_w = int(info.height) or image_hw[0], int(info.width) or image_hw[1]
-    crop_h, crop_w = (int(roi.height) or full_h), (int(roi.width) or full_w)
-    bx, by = max(int(info.binning_x), 1), max(int(info.binning_y), 1)
-    m = crop_transform(float(roi.x_offset), float(roi.y_offset))
+    _, _, x0, y0, crop_h, crop_w, bx, by = _region(info, image_hw)
+    m = crop_transform(float(x0), float(y0))
     m = resize_transform(1.0 / bx, 1.0 / by) @ m
     binned_h, binned_w = crop_h / by, crop_w / bx
     return resize_transform(image_hw[1] / binned_w, image_hw[0] / binned_h) @ m
 
 
+def _projection(info, k: np.ndarray) -> np.ndarray:
+    """P (3x4), checked; an uncalibrated all-zero P is [K | 0]."""
+    p = _matrix(info.p, (3, 4), "P")
+    if not p.any():
+        return np.concatenate([k, np.zeros((3, 1))], axis=1)
+    _check_focal(p, "P")
+    return p
+
+
+def check_calibration(info, image_hw: tuple[int, int]) -> None:
+    """ValueError (one line, what is wrong) unless K, P, D, ROI and binning describe a real camera."""
+    k = _matrix(info.k, (3, 3), "K")
+    _check_focal(k, "K")
+    _projection(info, k)
+    _region(info, image_hw)
+    if has_distortion(info):
+        _matrix(info.r, (3, 3), "R")
+        counts = DISTORTION_MODELS.get(info.distortion_model)
+        if counts is None:
+            raise ValueError(f"camera_info distortion_model '{info.distortion_model}' with non-zero D is not supported "
+                             f"(supported: {', '.join(DISTORTION_MODELS)})")
+        if len(info.d) not in counts:
+            raise ValueError(f"camera_info distortion_model '{info.distortion_model}' needs {' or '.join(map(str, counts))} "
+                             f"coefficients in D, got {len(info.d)}")
+
+
+def has_distortion(info) -> bool:
+    """True when D has a non-zero coefficient (the image must be rectified); non-finite D is a ValueError."""
+    d = np.asarray(info.d, dtype=np.float64)
+    if not np.isfinite(d).all():
+        raise ValueError("camera_info D has non-finite values")
+    return bool(d.any())
+
+
 def image_intrinsics(info, image_hw: tuple[int, int]) -> np.ndarray:
     """K (3x3 float64) of the image as published; ValueError if the calibration is unusable."""
-    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not np.isfinite(k).all():
-        raise ValueError("camera_info K has non-finite values")
-    if k[0, 0] == 0 or k[1, 1] == 0:
-        raise ValueError(f"camera_info K has a zero focal length (fx={k[0, 0]:g}, fy={k[1, 1]:g}); is the camera calibrated?")
-    return transform_intrinsics(k, _camera_to_image(info, image_hw))
+    check_calibration(info, image_hw)
+    return transform_intrinsics(np.asarray(info.k, dtype=np.float64).reshape(3, 3), _camera_to_image(info, image_hw))
 
 
 def depth_camera_info(info, image_hw: tuple[int, int], depth_hw: tuple[int, int], header) -> CameraInfo:
@@ -86,9 +161,7 @@ def depth_camera_info(info, image_hw: tuple[int, int], depth_hw: tuple[int, int]
     to_image = _camera_to_image(info, image_hw)
     to_depth = resize_transform(depth_hw[1] / image_hw[1], depth_hw[0] / image_hw[0]) @ to_image
     k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    p = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    if not p.any():
-        p = np.concatenate([k, np.zeros((3, 1))], axis=1)
+    p = _projection(info, k)
     out = CameraInfo(header=header, height=depth_hw[0], width=depth_hw[1])
     out.distortion_model = info.distortion_model
     out.d = [float(v) for v in info.d]
@@ -96,6 +169,64 @@ def depth_camera_info(info, image_hw: tuple[int, int], depth_hw: tuple[int, int]
     out.k = transform_intrinsics(k, to_depth).ravel()
     out.p = transform_intrinsics(p, to_depth).ravel()
     return out
+
+
+class Rectifier:
+    """Undistorts (and, with R, rectifies) camera images the way image_proc does, with OpenCV maps
+    cached per calibration: the depth then lives on an ideal pinhole camera (K = P, D = 0).
+
+    Maps are computed on the image grid directly: ROI, binning and resize are affine pixel maps,
+    so the image's K and P are the sensor's moved by that map while D (in normalised coordinates)
+    is unchanged. Pixels whose source lies outside the raw image are marked invalid.
+    """
+
+    def __init__(self, capacity: int = 2) -> None:  # 2 x 18 MB of maps for a 1080p camera
+        self._maps: OrderedDict[tuple, tuple] = OrderedDict()
+        self._capacity = capacity
+
+    def __call__(self, rgb: np.ndarray, info) -> tuple[np.ndarray, CameraInfo, np.ndarray]:
+        """(rectified HxWx3 image, pinhole CameraInfo of it, HxW bool mask of pixels seen by the camera)."""
+        hw = rgb.shape[:2]
+        key = (hw, info.distortion_model, *(np.asarray(getattr(info, n), dtype=np.float64).tobytes() for n in "dkrp"),
+               int(info.height), int(info.width), int(info.binning_x), int(info.binning_y),
+               int(info.roi.x_offset), int(info.roi.y_offset), int(info.roi.height), int(info.roi.width))
+        entry = self._maps.get(key)
+        if entry is None:
+            entry = self._maps[key] = self._build(info, hw)
+            while len(self._maps) > self._capacity:
+                self._maps.popitem(last=False)
+        self._maps.move_to_end(key)
+        map_x, map_y, rectified, valid = entry
+        image = cv2.remap(rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return image, rectified, valid
+
+    @staticmethod
+    def _build(info, hw: tuple[int, int]) -> tuple:
+        check_calibration(info, hw)
+        to_image = _camera_to_image(info, hw)
+        k = transform_intrinsics(np.asarray(info.k, dtype=np.float64).reshape(3, 3), to_image)
+        p = transform_intrinsics(_projection(info, np.asarray(info.k, dtype=np.float64).reshape(3, 3)), to_image)
+        r = np.asarray(info.r, dtype=np.float64).reshape(3, 3)
+        r = r if r.any() else np.eye(3)
+        d = np.asarray(info.d, dtype=np.float64)
+        size = (hw[1], hw[0])
+        if info.distortion_model == "equidistant":
+            map_x, map_y = cv2.fisheye.initUndistortRectifyMap(k, d, r, p[:, :3], size, cv2.CV_32FC1)
+        else:
+            map_x, map_y = cv2.initUndistortRectifyMap(k, d, r, p[:, :3], size, cv2.CV_32FC1)
+        valid = (map_x >= 0) & (map_x <= hw[1] - 1) & (map_y >= 0) & (map_y <= hw[0] - 1)
+        rectified = CameraInfo(height=hw[0], width=hw[1], distortion_model="plumb_bob")
+        rectified.d = [0.0] * 5
+        rectified.k = p[:, :3].ravel()
+        rectified.r = np.eye(3).ravel()
+        rectified.p = p.ravel()
+        return map_x, map_y, rectified, valid
+
+
+def pinhole_K(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """Square pixels, centred principal point, horizontal field of view `fov_deg`."""
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
 
 
 def camera_info(K: np.ndarray, hw: tuple[int, int], header) -> CameraInfo:
@@ -120,22 +251,31 @@ class PointCloudBuilder:
 
     xyz float32 at 0/4/8, point_step 16; with colour, `rgb` at 16 (uint32 0x00RRGGBB read as
     float32, bytes b,g,r,0), point_step 32; NaN xyz for invalid depth (non-finite, <= 0, or beyond
-    `max_range` along z), kept in the grid. The state is a cache of the pixel rays
-    `unproject(1, K)` for the last K and size: xyz = ray * z then is two multiplies written
-    straight into the message's own byte array.
+    `max_range` along z), kept in the grid. The state is a small cache of pixel rays per (K, size,
+    decimation): x/z = (u - cx) / fx depends on the column only and y/z on the row only, so a row
+    and a column vector, broadcast in two multiplies written straight into the message's bytes.
     """
 
+    CAPACITY = 4  # cameras whose rays stay cached (a node serves one; a few K changes stay cheap)
+
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._rays: tuple[np.ndarray, np.ndarray] | None = None
+        self._rays: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _rays_for(self, K: np.ndarray, hw: tuple[int, int], decimation: int) -> tuple[np.ndarray, np.ndarray]:
-        key = (np.asarray(K, dtype=np.float64).tobytes(), hw, decimation)
-        if key != self._key:
-            rays = unproject(np.ones(hw, dtype=np.float32), K)[::decimation, ::decimation]
-            self._rays = (np.ascontiguousarray(rays[..., 0]), np.ascontiguousarray(rays[..., 1]))
-            self._key = key
-        return self._rays
+        K = np.asarray(K, dtype=np.float64)
+        key = (K.tobytes(), hw, decimation)
+        rays = self._rays.get(key)
+        if rays is None:
+            fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+            if not (np.isfinite([fx, fy, cx, cy]).all() and fx != 0 and fy != 0):
+                raise ValueError("camera intrinsics have a zero or non-finite focal length")
+            u = np.arange(0, hw[1], decimation, dtype=np.float64)
+            v = np.arange(0, hw[0], decimation, dtype=np.float64)
+            rays = self._rays[key] = (((u - cx) / fx).astype(np.float32)[None, :], ((v - cy) / fy).astype(np.float32)[:, None])
+            while len(self._rays) > self.CAPACITY:
+                self._rays.popitem(last=False)
+        self._rays.move_to_end(key)
+        return rays
 
     def __call__(
         self,

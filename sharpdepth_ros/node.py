@@ -11,10 +11,12 @@ them. Bad input of any kind costs one throttled log line and that frame, never t
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,16 +31,22 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from sharpdepth_core.engines import load_engine
+from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
+from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
+    Rectifier,
+    camera_info,
     compressed_to_rgb8,
     depth_camera_info,
+    has_distortion,
     image_intrinsics,
     image_to_rgb8,
     numpy_to_image,
+    pinhole_K,
 )
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
@@ -50,16 +58,34 @@ except ImportError:  # pragma: no cover - depends on the installation
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 THROTTLE_S = 5.0
+MAX_CAMERAS = 8  # camera_info kept for this many frame_ids (the latest ones): memory stays bounded
+MAX_PROBLEMS = 64  # kinds of problem whose last log time is remembered
+CAMERA_INFO_GRACE_S = 2.0  # images wait this long for a first camera_info before the fov_deg fallback
+SHUTDOWN_GRACE_S = 2.0  # how long shutdown waits for a frame in progress to finish
+
+
+def resolve_device(name: str) -> str:
+    """The torch device to load on; a device this machine lacks is a one-line ValueError (a FATAL
+    line at start-up), not torch's assertion from deep inside the first `.to()`."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            found = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+            raise ValueError(f"device '{name}' is not available: this machine has {found}; use device:=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device '{name}' is not available on this machine (no Apple Metal); use device:=cpu or auto")
+    return name
 
 
 def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
     """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
     embedded models) or on a student + metric backend."""
-    device = settings["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(settings["device"])
     return SharpDepthPipeline.from_pretrained(
-        None if settings["student"] else (settings["model"] or None),
+        None if settings["student"] else (settings["model"] or EMBEDDED_DIR),
         student=settings["student"] or None,
         metric=settings["metric_backend"] or None,
         metric_path=settings["metric_model"] or None,
@@ -95,8 +121,6 @@ class BadModelOutput(ValueError):
     """The model produced something unpublishable (NaN depth: fp16 overflow, broken weights)."""
 
 
-
-
 # name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
 PARAMETERS = {
     "model": ("", descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
@@ -108,10 +132,18 @@ PARAMETERS = {
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
     "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
     "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
+    "num_threads": (1, descriptor("PyTorch CPU threads of this process; 0 = PyTorch's default (one per core), which ran 15-21x "
+                                  "slower than 1 on a 2-core machine shared with other work", INT, read_only=True, integer=(0, 1024))),
     "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
+    "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
+                                                              "before any copy or decode; larger frames are skipped", INT,
+                                                              integer=(1, 2**31 - 1))),
     "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
     "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
-    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model", BOOL)),
+    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model (false: images need no camera_info)", BOOL)),
+    "fov_deg": (60.0, descriptor("horizontal field of view of the pinhole K assumed for depth/camera_info and the cloud when "
+                                 "no camera_info arrives (use_camera_intrinsics false, or none within 2 s)", FLOAT,
+                                 floating=(1.0, 179.0))),
     "publish_points": (True, descriptor("publish the point cloud on 'points'", BOOL)),
     "publish_difference": (False, descriptor("publish the difference map on 'depth/difference'", BOOL)),
     "publish_colored": (True, descriptor("publish a colour-mapped depth image on 'depth/colored'", BOOL)),
@@ -137,6 +169,30 @@ def validate(name: str, value) -> str | None:
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
+
+
+def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
+    """The start-up line (what runs, where, at which grid: a mistyped parameter shows here) and
+    whether it is the embedded synthetic-scene models."""
+    embedded = not supplied and not settings["student"] and not settings["model"]
+    if supplied:
+        model = "a pipeline supplied in-process"
+    elif settings["student"]:
+        model = f"student {settings['student']}"
+    elif settings["model"]:
+        model = f"model {settings['model']}"
+    else:
+        model = f"the EMBEDDED synthetic-scene models ({EMBEDDED_DIR}): not for real cameras (set model or student)"
+    student = getattr(pipeline, "student", None)
+    parts = [
+        f"metric backend {getattr(getattr(pipeline, 'metric_model', None), 'name', 'unknown')}",
+        f"device {getattr(pipeline, 'device', 'unknown')}",
+        f"dtype {str(getattr(student, 'dtype', 'unknown')).removeprefix('torch.')}",
+        f"processing grid {getattr(pipeline, 'processing_res', 'unknown')} px (longer edge)",
+        f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),
+        f"{torch.get_num_threads()} CPU thread(s)",
+    ]
+    return f"SharpDepth: {model}; " + ", ".join(parts), embedded
 
 
 @dataclass
@@ -167,20 +223,30 @@ class SharpDepthNode(Node):
         super().__init__("sharpdepth", **node_kwargs)
         self._settings: dict = {}
         self._lock = threading.Condition()
+        self._publishing = threading.Lock()  # held while outputs go out; shutdown waits for it
         self.add_on_set_parameters_callback(self._on_set_parameters)
         for name, (default, desc) in PARAMETERS.items():
             self.declare_parameter(name, default, desc)
 
-        self.pipeline = pipeline if pipeline is not None else ENGINES[self._settings["engine"]](self._settings)
+        if self._settings["num_threads"]:
+            torch.set_num_threads(self._settings["num_threads"])  # before the models load and warm up
+        supplied = pipeline is not None
+        self.pipeline = pipeline if supplied else ENGINES[self._settings["engine"]](self._settings)
         self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
+        self.pipeline.processing_res = self._settings["processing_res"] or self._model_res  # no frame runs yet
+        line, embedded = describe(self._settings, self.pipeline, supplied)
+        (self.get_logger().warning if embedded else self.get_logger().info)(line)
         if getattr(self.pipeline, "untrained", False):
             self.get_logger().warning("UNTRAINED random-weight models: the depth means nothing, only the plumbing is real")
         self.stats = Stats()
         self._cloud = PointCloudBuilder()
-        self._infos: dict[str, CameraInfo] = {}  # latest CameraInfo per frame_id
+        self._rectifier = Rectifier()
+        self._infos: OrderedDict[str, CameraInfo] = OrderedDict()  # latest CameraInfo of the latest MAX_CAMERAS frame_ids
+        self._first_image: float | None = None  # when the first image arrived (the camera_info grace)
+        self._said_fallback = False
         self._pending = None  # the newest frame not yet taken by the worker
         self._stop = False
-        self._last_log: dict[str, float] = {}
+        self._last_log: OrderedDict[str, float] = OrderedDict()
         self.last_rejection = ""
         self._reported = (time.monotonic(), Stats())
 
@@ -211,33 +277,52 @@ class SharpDepthNode(Node):
     # --- parameters -------------------------------------------------------------------------
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Reject a bad value with its reason; otherwise take all new values at once."""
+        """Reject a bad value with its reason; otherwise take all new values at once. Nothing else
+        changes here: the worker reads the settings once per frame and applies them itself."""
         for p in params:
             reason = validate(p.name, p.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         settings = dict(self._settings)
         settings.update({p.name: p.value for p in params})
-        if hasattr(self, "_model_res"):  # after startup: the pipeline exists
-            self.pipeline.processing_res = settings["processing_res"] or self._model_res
         self._settings = settings  # one assignment: the worker sees old or new settings, never a mix
         return SetParametersResult(successful=True)
 
     # --- input ------------------------------------------------------------------------------
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._infos[msg.header.frame_id] = msg
+        with self._lock:
+            self._infos[msg.header.frame_id] = msg
+            self._infos.move_to_end(msg.header.frame_id)
+            while len(self._infos) > MAX_CAMERAS:
+                self._infos.popitem(last=False)
 
     def _on_image(self, msg: Image) -> None:
-        self._offer(msg, image_to_rgb8)
+        if self._accepts_size(msg.height, msg.width):  # from the header: nothing copied yet
+            self._offer(msg, image_to_rgb8)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._offer(msg, compressed_to_rgb8)
+        hw = compressed_size(msg.data)  # the header only; None: a format Pillow does not know (OpenCV decides)
+        if hw is None or self._accepts_size(*hw):
+            self._offer(msg, compressed_to_rgb8)
+
+    def _accepts_size(self, height: int, width: int) -> bool:
+        """False (the frame counted and skipped) when it is above max_input_pixels."""
+        try:
+            check_size(height, width, self._settings["max_input_pixels"], "image")
+        except ValueError as error:
+            with self._lock:
+                self.stats.received += 1
+            self._reject("input", str(error))
+            return False
+        return True
 
     def _offer(self, msg, decode) -> None:
         """Latest frame wins: a frame still waiting when a newer one arrives is dropped."""
         with self._lock:
             self.stats.received += 1
+            if self._first_image is None:
+                self._first_image = time.monotonic()
             if self._pending is not None:
                 self.stats.dropped += 1
             self._pending = (msg, decode, time.perf_counter())
@@ -258,67 +343,123 @@ class SharpDepthNode(Node):
     def _process(self, msg, decode, arrived: float) -> None:
         try:
             self._infer_and_publish(msg, decode, arrived)
-        except BadModelOutput as error:
-            self._reject("model", str(error))
-        except ValueError as error:  # bad image, bad calibration
-            self._reject("input", str(error))
-        except torch.cuda.OutOfMemoryError as error:  # torch < 2.5 has only this name
-            torch.cuda.empty_cache()
-            self._reject("out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16")
-        except Exception as error:  # a bug must not take the camera pipeline down: say so loudly
-            self._reject("error", f"unexpected {type(error).__name__}: {error}")
+        except Exception as error:
+            if self._stop or not self.context.ok():
+                return  # shutting down (Ctrl-C, SIGTERM): the frame is abandoned quietly
+            if isinstance(error, torch.cuda.OutOfMemoryError):  # torch < 2.5 has only this name
+                torch.cuda.empty_cache()
+                self._reject("out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16")
+            elif isinstance(error, BadModelOutput):
+                self._reject("model", str(error))
+            elif isinstance(error, ValueError):  # bad image, bad calibration
+                self._reject("input", str(error))
+            else:  # a bug must not take the camera pipeline down: say so loudly
+                self._reject("error", f"unexpected {type(error).__name__}: {error}")
+
+    def _calibration(self, frame_id: str, image_hw: tuple[int, int], header, settings: dict) -> tuple[CameraInfo, bool]:
+        """(this frame's CameraInfo, whether it is a real calibration rather than the fov_deg pinhole).
+
+        Images need camera_info unless use_camera_intrinsics is false, or no camera_info at all has
+        arrived within CAMERA_INFO_GRACE_S of the first image (a camera without calibration).
+        """
+        with self._lock:
+            info = self._infos.get(frame_id)
+            known = list(self._infos)
+            waited = time.monotonic() - (self._first_image or time.monotonic())
+        if info is not None:
+            return info, True
+        if settings["use_camera_intrinsics"] and (known or waited < CAMERA_INFO_GRACE_S):
+            seen = f" (camera_info arrives for {', '.join(repr(k) for k in known)})" if known else ""
+            raise ValueError(f"no camera_info for frame_id '{frame_id}' yet on {self.resolve_topic_name('camera_info')}{seen}")
+        if not self._said_fallback:
+            self._said_fallback = True
+            why = ("use_camera_intrinsics is false" if not settings["use_camera_intrinsics"]
+                   else f"no camera_info on {self.resolve_topic_name('camera_info')} within {CAMERA_INFO_GRACE_S:g} s")
+            self.get_logger().warning(
+                f"{why}: frames without camera_info get a pinhole K of fov_deg {settings['fov_deg']:g} degrees (horizontal, "
+                "centred) for depth/camera_info and the cloud; the metric model runs without K. Set fov_deg to your lens, "
+                "or publish camera_info")
+        h, w = image_hw
+        return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header), False
 
     def _infer_and_publish(self, msg, decode, arrived: float) -> None:
-        settings = self._settings
+        settings = self._settings  # one snapshot per frame: a parameter set meanwhile applies to the next
+        self.pipeline.processing_res = settings["processing_res"] or self._model_res
         t0 = time.perf_counter()
         rgb = decode(msg)
-        info = self._infos.get(msg.header.frame_id)
-        if info is None:
-            raise ValueError(f"no camera_info for frame_id '{msg.header.frame_id}' yet on {self.resolve_topic_name('camera_info')}")
-        K = image_intrinsics(info, rgb.shape[:2])
+        info, calibrated = self._calibration(msg.header.frame_id, rgb.shape[:2], msg.header, settings)
+        K = image_intrinsics(info, rgb.shape[:2])  # checks the calibration: one line, frame skipped
+        seen = None
+        if has_distortion(info):  # pinhole cameras (all-zero D) skip this entirely
+            rgb, info, seen = self._rectifier(rgb, info)
+            K = image_intrinsics(info, rgb.shape[:2])
         t1 = time.perf_counter()
         seed = None if settings["seed"] < 0 else settings["seed"]
-        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] else None, seed=seed)
+        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None, seed=seed)
         t2 = time.perf_counter()
         depth = _image_of(out.depth)
         bad = int((~np.isfinite(depth)).sum())
         if bad:
             raise BadModelOutput(f"the model returned {bad} non-finite depth values of {depth.size}")
         depth[depth <= 0] = np.nan  # REP 118: invalid is NaN
-        self._publish(msg.header, rgb, info, depth, out, settings)
-        t3 = time.perf_counter()
-        stages = {"decode": t1 - t0, **{f"model/{k}": v for k, v in out.timings.items()}, "model": t2 - t1, "publish": t3 - t2, "total": t3 - arrived}
+        if seen is not None and seen.shape == depth.shape:
+            depth[~seen] = np.nan  # rectified pixels the camera did not see
+        cpu0 = time.thread_time()
+        if not self._publish(msg.header, rgb, info, depth, out, settings):
+            return
+        t3, own = time.perf_counter(), time.thread_time() - cpu0
+        stages = {"decode": t1 - t0, **{f"model/{k}": v for k, v in out.timings.items()}, "model": t2 - t1,
+                  "publish": own, "publish_wall": t3 - t2, "total": t3 - arrived}
         with self._lock:
             self.stats.published += 1
             self.stats.fallbacks += int(any(getattr(out, "fallback", [])))
             for k, v in stages.items():
                 self.stats.stage_s[k] = self.stats.stage_s.get(k, 0.0) + v
 
-    def _publish(self, header, rgb: np.ndarray, info: CameraInfo, depth: np.ndarray, out, settings: dict) -> None:
-        depth_info = depth_camera_info(info, rgb.shape[:2], depth.shape, header)
-        self._pub_depth.publish(numpy_to_image(depth, "32FC1", header))
-        self._pub_info.publish(depth_info)
-        if settings["publish_points"]:
-            color = None
-            if settings["cloud_rgb"]:
-                color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
-            K = np.reshape(depth_info.k, (3, 3))
-            self._pub_points.publish(self._cloud(depth, K, header, color, settings["cloud_decimation"], settings["cloud_max_range"]))
-        if settings["publish_colored"]:
-            self._pub_colored.publish(numpy_to_image(colorize_depth(depth), "rgb8", header))
-        if settings["publish_difference"] and getattr(out, "difference", None) is not None:
-            self._pub_difference.publish(numpy_to_image(_image_of(out.difference), "32FC1", header))
+    def _publish(self, header, rgb: np.ndarray, info: CameraInfo, depth: np.ndarray, out, settings: dict) -> bool:
+        """Build and publish the outputs; False when the node is shutting down (nothing published).
+
+        The 'publish' stage is this thread's CPU time here: the node's own cost, apart from other
+        threads of the process holding the GIL meanwhile (an in-process recorder's callbacks);
+        'publish_wall' is the wall-clock time including them.
+        """
+        with self._publishing:
+            if self._stop or not self.context.ok():
+                return False
+            depth_info = depth_camera_info(info, rgb.shape[:2], depth.shape, header)
+            self._pub_depth.publish(numpy_to_image(depth, "32FC1", header))
+            self._pub_info.publish(depth_info)
+            if settings["publish_points"]:
+                color = None
+                if settings["cloud_rgb"]:
+                    color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
+                K = np.reshape(depth_info.k, (3, 3))  # a rectified camera has K = P
+                self._pub_points.publish(self._cloud(depth, K, header, color, settings["cloud_decimation"], settings["cloud_max_range"]))
+            if settings["publish_colored"]:
+                self._pub_colored.publish(numpy_to_image(colorize_depth(depth), "rgb8", header))
+            if settings["publish_difference"] and getattr(out, "difference", None) is not None:
+                self._pub_difference.publish(numpy_to_image(_image_of(out.difference), "32FC1", header))
+        return True
 
     def _reject(self, kind: str, message: str) -> None:
-        """Count the skipped frame; log each kind of problem at most once every THROTTLE_S seconds."""
+        """Count the skipped frame; log each kind of problem at most once every THROTTLE_S seconds.
+
+        The kind of problem is the message with its variable parts (quoted names such as frame_ids
+        and encodings, numbers) blanked: 300 random frame_ids are one problem, not 300.
+        """
+        key = kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
+        now = time.monotonic()
         with self._lock:
             self.stats.rejected[kind] = self.stats.rejected.get(kind, 0) + 1
             count = self.stats.rejected[kind]
             self.last_rejection = message
-        key = re.sub(r"\d+", "#", message)  # one line per kind of problem, whatever its numbers
-        now = time.monotonic()
-        if now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S:
-            self._last_log[key] = now
+            due = now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S
+            if due:
+                self._last_log[key] = now
+                self._last_log.move_to_end(key)
+                while len(self._last_log) > MAX_PROBLEMS:
+                    self._last_log.popitem(last=False)
+        if due:
             text = f"frame skipped: {message} ({count} '{kind}' skips since start)"
             if kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity
                 self.get_logger().error(text)
@@ -361,12 +502,21 @@ class SharpDepthNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(array)
 
+    @property
+    def busy(self) -> bool:
+        """The worker thread is still running (inside a model call, after shutdown)."""
+        return getattr(self, "_worker", None) is not None and self._worker.is_alive()
+
     def destroy_node(self) -> None:
+        """Stop the worker: no output is published after this starts; a frame in progress gets
+        SHUTDOWN_GRACE_S to end (a model call cannot be interrupted; `main` deals with one that runs on)."""
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        if getattr(self, "_worker", None) is not None:
-            self._worker.join(timeout=30)
+        with self._publishing:  # a publication in progress ends; none starts after `_stop`
+            pass
+        if self.busy:
+            self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()
 
 
@@ -381,7 +531,22 @@ def _image_of(x) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run("sharpdepth", SharpDepthNode, rclpy.spin, __doc__, PARAMETERS, args)
+    nodes: list[SharpDepthNode] = []
+
+    def make_node() -> SharpDepthNode:
+        nodes.append(SharpDepthNode())
+        return nodes[-1]
+
+    code = run("sharpdepth", make_node, rclpy.spin, __doc__, PARAMETERS, args)
+    if any(node.busy for node in nodes):
+        # ROS is shut down, but the worker is still inside a model call. Interpreter exit would kill
+        # that thread inside torch's C++ frames (`terminate called without an active exception`,
+        # exit 134), and waiting could take minutes: end the process here, promptly and cleanly.
+        rclpy.logging.get_logger("sharpdepth").info("shutdown: a model call was still running; exiting without waiting for it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@
 Sources (parameter `source`): `synthetic` (scenes from `sharpdepth_core.synthetic.render_scene`,
 with their exact K), a folder of images, a video file (OpenCV), or a rosbag2 / MCAP / ROS 1 bag
 (`rosbags`, no ROS install needed; Image or CompressedImage on `topic`, calibration from the
-sibling `camera_info` topic when the bag has one). Sources without calibration get a pinhole K from
-`fov_deg`. Every frame is re-stamped with the current time and `frame_id`.
+sibling `camera_info` topic when the bag has one, paired by header stamp). Sources without
+calibration get a pinhole K from `fov_deg` (said once). Every frame is re-stamped with the current
+time and `frame_id`. Like the node, it lives in the `/camera` namespace by default.
 
-    ros2 run sharpdepth_ros replay --ros-args -p source:=synthetic -p rate:=5.0
-    ros2 run sharpdepth_ros replay --ros-args -p source:=/data/run1.mcap -p topic:=/camera/image_raw
+    ros2 run sharpdepth_ros sharpdepth_replay --ros-args -p source:=synthetic -p rate:=5.0
+    ros2 run sharpdepth_ros sharpdepth_replay --ros-args -p source:=/data/run1.mcap -p topic:=/camera/image_raw
+    .venv/bin/sharpdepth_replay --ros-args -p source:=photos/      # in the virtualenv, without ros2
 """
 from __future__ import annotations
 
+import bisect
 import itertools
-import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image
+from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image, pinhole_K
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -35,18 +37,14 @@ BAG_SUFFIXES = {".mcap", ".db3", ".bag"}
 
 @dataclass(frozen=True)
 class Frame:
-    """One camera frame from a source; `info` is the recorded calibration when the source has one."""
+    """One camera frame from a source; `info` is the recorded calibration when the source has one;
+    `assumed`: K is the fov_deg pinhole, not a calibration."""
 
     rgb: np.ndarray  # uint8 [H, W, 3]
     K: np.ndarray  # float64 [3, 3]
     index: int  # position in the source (scene number for synthetic)
     info: CameraInfo | None = None
-
-
-def pinhole_K(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """Square pixels, centred principal point, horizontal field of view `fov_deg`."""
-    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
-    return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    assumed: bool = False
 
 
 def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str) -> Iterator[Frame]:
@@ -66,7 +64,7 @@ def folder_frames(folder: Path, fov_deg: float) -> Iterator[Frame]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"cannot read image {path}")
-        yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i)
+        yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i, assumed=True)
 
 
 def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
@@ -79,7 +77,7 @@ def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
             ok, bgr = capture.read()
             if not ok:
                 break
-            yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i)
+            yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i, assumed=True)
             i += 1
     finally:
         capture.release()
@@ -87,8 +85,17 @@ def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
         raise ValueError(f"video {path} has no readable frame")
 
 
+def _stamp_ns(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
 def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
-    """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag."""
+    """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag.
+
+    Each image gets the camera_info of the same header stamp, else the latest one stamped before it
+    (log order says nothing: a recorder may write a frame's camera_info after its image); an image
+    older than every camera_info gets the fov_deg pinhole (`assumed`).
+    """
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
@@ -100,20 +107,21 @@ def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
             raise ValueError(f"bag {path} has no image topic {topic or ''}; topics: {', '.join(found)}")
         image_topic = images[0].topic
         base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
-        infos = [c for c in reader.connections if c.topic == f"{base}/camera_info"]
-        info, i = None, 0
-        for connection, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic == image_topic] + infos):
+        info_connections = [c for c in reader.connections if c.topic == f"{base}/camera_info"]
+        by_stamp: dict[int, CameraInfo] = {}  # camera_info is small: all of it, once, keyed by stamp
+        for connection, _, raw in reader.messages(connections=info_connections) if info_connections else ():
             msg = reader.deserialize(raw, connection.msgtype)
-            if connection.msgtype == "sensor_msgs/msg/CameraInfo":
-                info = msg
-                continue
+            by_stamp[_stamp_ns(msg)] = _ros_camera_info(msg)
+        stamps = sorted(by_stamp)
+        for i, (connection, _, raw) in enumerate(reader.messages(connections=[c for c in reader.connections if c.topic == image_topic])):
+            msg = reader.deserialize(raw, connection.msgtype)
             rgb = compressed_to_rgb8(msg) if connection.msgtype.endswith("CompressedImage") else image_to_rgb8(msg)
-            if info is not None:
-                K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-                yield Frame(rgb, K, i, _ros_camera_info(info))
+            at = bisect.bisect_right(stamps, _stamp_ns(msg))  # stamps[at - 1] <= the image's stamp
+            if at:
+                info = by_stamp[stamps[at - 1]]
+                yield Frame(rgb, np.reshape(info.k, (3, 3)), i, info)
             else:
-                yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i)
-            i += 1
+                yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
 
 
 def _ros_camera_info(info) -> CameraInfo:
@@ -168,6 +176,7 @@ class ReplayPublisher(Node):
     """
 
     def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
+        node_kwargs.setdefault("namespace", "camera")  # the node's: image_raw is /camera/image_raw for both
         super().__init__("replay", **node_kwargs)
         for name, (default, desc) in PARAMETERS.items():
             self.declare_parameter(name, default, desc)
@@ -178,6 +187,7 @@ class ReplayPublisher(Node):
         self._frames = self._open()
         self.published = 0
         self.done = False
+        self._said_assumed = False
         qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
         self._image_pub = self.create_publisher(Image, "image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
@@ -221,6 +231,10 @@ class ReplayPublisher(Node):
                 self._timer.cancel()
             self.get_logger().info(f"replay finished after {self.published} frames")
             return False
+        if frame.assumed and not self._said_assumed:
+            self._said_assumed = True
+            self.get_logger().warning(f"frame {frame.index} of {self._params['source']} has no calibration: camera_info carries "
+                                      f"a pinhole K of fov_deg {self._params['fov_deg']:g} degrees (said once)")
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._params["frame_id"])
         info = frame.info if frame.info is not None else camera_info(frame.K, frame.rgb.shape[:2], header)
         info.header = header

@@ -3,6 +3,10 @@ line, nothing is published for it, and the next valid frame is processed. Real r
 models; NaN depth and CUDA out-of-memory are injected by wrapping the real pipeline (no GPU here)."""
 from __future__ import annotations
 
+import struct
+import time
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -18,11 +22,13 @@ from ros_helpers import (  # noqa: F401  (fixtures)
     tiny_pipeline_dir,
     wait_for,
 )
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
-from sharpdepth_ros.node import SharpDepthNode
+from sharpdepth_ros.node import MAX_CAMERAS, SharpDepthNode
 
 SCENE = render_scene(11, 40, 30)
 DEPTH = "/camera/depth/image"
@@ -50,7 +56,7 @@ def system(ros_context, tiny_pipeline_dir):
     node = SharpDepthNode(pipeline, context=ros_context, parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
     compressed_node = SharpDepthNode(pipeline, context=ros_context, namespace="ccam",
                                      parameter_overrides=node_parameters(tiny_pipeline_dir, image_transport="compressed", publish_colored=False))
-    probe = Probe(ros_context, {DEPTH: Image, "/ccam/depth/image": Image})
+    probe = Probe(ros_context, {DEPTH: Image, "/ccam/depth/image": Image, "/diagnostics": DiagnosticArray})
     pubs = {
         "image": probe.node.create_publisher(Image, "/camera/image_raw", 5),
         "info": probe.node.create_publisher(CameraInfo, "/camera/camera_info", 5),
@@ -104,6 +110,24 @@ def _zero_focal(image, info):
     return image, info
 
 
+def _calibration(frame_id: str, change):
+    def corrupt(image, info):
+        image.header.frame_id = info.header.frame_id = frame_id
+        change(info)
+        return image, info
+
+    return corrupt
+
+
+def _set(**fields):
+    def change(info):
+        for name, value in fields.items():
+            target = info.roi if name in ("x_offset", "y_offset", "width_roi") else info
+            setattr(target, "width" if name == "width_roi" else name, value)
+
+    return change
+
+
 CASES = {
     "unknown encoding": (_bad_encoding, None, "unsupported image encoding 'yuv422'"),
     "zero size": (_zero_size, None, "image has zero size (0x0)"),
@@ -111,6 +135,17 @@ CASES = {
     "data length mismatch": (_short_data, None, "step x height"),
     "missing camera_info": (_missing_info, None, "no camera_info for frame_id 'uncalibrated_cam'"),
     "zero focal length": (_zero_focal, None, "zero focal length"),
+    "ROI beyond the sensor": (_calibration("roi_cam", _set(x_offset=4_000_000_000)), None,
+                              "camera_info ROI 40x30 at (4000000000, 0) lies outside the 40x30 sensor"),
+    "binning larger than the sensor": (_calibration("binned_cam", _set(binning_x=1000)), None,
+                                       "camera_info binning 1000x1 is larger than the 40x30 region"),
+    "non-finite P": (_calibration("nan_p_cam", _set(p=[float("nan")] * 12)), None, "camera_info P has non-finite values"),
+    "negative focal length": (_calibration("negative_cam", _set(k=[-50.0, 0, 20, 0, 50, 15, 0, 0, 1])), None,
+                              "camera_info K has an impossible focal length (fx=-50, fy=50 px; expected 0 < f <= 1e+06 px)"),
+    "huge focal length": (_calibration("huge_cam", _set(k=[1e9, 0, 20, 0, 1e9, 15, 0, 0, 1])), None,
+                          "camera_info K has an impossible focal length (fx=1e+09, fy=1e+09 px"),
+    "unknown distortion model": (_calibration("kb_cam", _set(distortion_model="kannala_brandt", d=[0.1, 0.0, 0.0, 0.0])), None,
+                                 "distortion_model 'kannala_brandt' with non-zero D is not supported"),
     "NaN depth from the model": (lambda i, c: (i, c), "nan", "non-finite depth values"),
     "CUDA out of memory": (lambda i, c: (i, c), "oom", "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)"),
 }
@@ -161,14 +196,96 @@ def test_compressed_input_and_undecodable_bytes(system):
 
 
 def test_a_repeated_problem_is_logged_once_per_throttle_period(system, capfd):
+    """One line per kind of problem: the names in it (encodings here, frame_ids below) do not count."""
     node, _, _, _, pubs = system
+    node._last_log.clear()  # earlier tests logged problems of this kind less than THROTTLE_S ago
     capfd.readouterr()
-    for _ in range(3):
-        image, info = _bad_encoding(*_frame(encoding="rgb8"))
-        image.encoding = "bayer_rggb8"
+    for encoding in ["bayer_rggb8", "yuv422", "bayer_rggb8", "nv21"]:
+        image, info = _frame(encoding="rgb8")
+        image.encoding = encoding
         before = _skips(node)
         pubs["image"].publish(image)
         wait_for(lambda: _skips(node) == before + 1, 30, "the skip")
     err = capfd.readouterr().err
     assert err.count("frame skipped: unsupported image encoding 'bayer_rggb8'") == 1, err
-    assert node.stats.rejected["input"] >= 3
+    assert err.count("frame skipped: unsupported image encoding") == 1, err
+    assert node.stats.rejected["input"] >= 4
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid greyscale PNG of side x side black pixels: ~60 KiB for 8000 x 8000 (64 MB decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compressobj(9)
+    idat = b"".join(rows.compress(bytes(side + 1)) for _ in range(side)) + rows.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _diagnostics_since(probe, t0: float, namespace: str) -> list:
+    return [m for m, t in zip(probe.messages["/diagnostics"], probe.arrivals["/diagnostics"])
+            if t > t0 and m.status[0].name.startswith(f"/{namespace}/sharpdepth")]
+
+
+def test_oversized_frames_are_refused_from_the_header_and_diagnostics_keep_flowing(system):
+    """max_input_pixels (default 25 MP) is checked before anything is copied or decoded: a raw frame
+    whose header claims 100000 x 100000 (with 3 bytes of data: a copy or a decode would fail
+    differently) and an 8000 x 8000 PNG of 60 KiB (4.8 GB and 80 s in the node before this check)."""
+    node, compressed_node, _, probe, pubs = system
+    raw, _ = _frame()
+    raw.height = raw.width = 100_000
+    raw.step, raw.data = 300_000, b"abc"
+    hdr = header(next(STAMP), "cam")
+    bomb = CompressedImage(header=hdr, format="png", data=_png_bomb(8000))
+    t0 = time.monotonic()
+    before, before_c = _skips(node), _skips(compressed_node)
+    pubs["image"].publish(raw)
+    pubs["cinfo"].publish(pinhole_info(SCENE.K, (30, 40), hdr))
+    pubs["compressed"].publish(bomb)
+    wait_for(lambda: _skips(node) == before + 1, 30, "the oversized raw frame to be skipped")
+    assert node.last_rejection == ("image of 100000x100000 = 10000.0 MP is above the limit of 25.0 MP (max_input_pixels); "
+                                   "refused before decoding")
+    wait_for(lambda: _skips(compressed_node) == before_c + 1, 30, "the PNG bomb to be skipped")
+    assert compressed_node.last_rejection.startswith("image of 8000x8000 = 64.0 MP is above the limit of 25.0 MP")
+    for n, ns in [(node, "camera"), (compressed_node, "ccam")]:  # the stats period (1 s) goes on, and says it
+        wait_for(lambda: any(int(dict((v.key, v.value) for v in m.status[0].values)["skipped"]) >= 1
+                             for m in _diagnostics_since(probe, t0, ns)), 10, f"/diagnostics of /{ns} reporting the skip")
+    # the limit is a run-time parameter: a camera of 1200 px passes at 1200 and is refused at 1199
+    good_image, good_info = _frame()
+    assert node.set_parameters([Parameter("max_input_pixels", value=1199)])[0].successful
+    try:
+        before = _skips(node)
+        pubs["info"].publish(good_info)
+        pubs["image"].publish(good_image)
+        wait_for(lambda: _skips(node) == before + 1, 30, "the 40x30 frame to be refused at 1199 px")
+    finally:
+        assert node.set_parameters([Parameter("max_input_pixels", value=1200)])[0].successful
+    good_image, good_info = _frame()
+    pubs["info"].publish(good_info)
+    pubs["image"].publish(good_image)
+    stamp = good_image.header.stamp.sec * 10**9 + good_image.header.stamp.nanosec
+    wait_for(lambda: probe.by_stamp(DEPTH, stamp) is not None, 60, "a 40x30 frame at the limit")
+
+
+def test_camera_info_of_many_frame_ids_stays_bounded_and_is_one_problem(system, capfd):
+    """60,000 frame_ids cost 160 MB and 300 gave 300 WARN lines: now the latest MAX_CAMERAS are
+    kept and unknown frame_ids are one throttled problem."""
+    node, _, _, _, pubs = system
+    for batch in range(10):
+        for i in range(4):
+            pubs["info"].publish(pinhole_info(SCENE.K, (30, 40), header(next(STAMP), f"random_{batch}_{i}")))
+        wait_for(lambda: f"random_{batch}_3" in node._infos, 10, f"camera_info batch {batch}")
+    assert len(node._infos) == MAX_CAMERAS
+    assert list(node._infos)[-1] == "random_9_3"  # the latest are kept
+    node._last_log.clear()  # earlier tests logged "no camera_info" less than THROTTLE_S ago
+    capfd.readouterr()
+    for i in range(12):
+        image, _ = _frame(frame_id=f"unknown_{i}")
+        before = _skips(node)
+        pubs["image"].publish(image)
+        wait_for(lambda: _skips(node) == before + 1, 30, f"unknown frame_id {i} to be skipped")
+    assert "no camera_info for frame_id 'unknown_11'" in node.last_rejection
+    assert "(camera_info arrives for 'random_" in node.last_rejection and "'random_9_3')" in node.last_rejection
+    err = capfd.readouterr().err
+    assert err.count("frame skipped: no camera_info for frame_id") == 1, err

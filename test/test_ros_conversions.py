@@ -10,8 +10,10 @@ from sensor_msgs.msg import CompressedImage, PointField
 from sharpdepth_core.geometry import unproject
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
+    Rectifier,
     compressed_to_rgb8,
     depth_camera_info,
+    has_distortion,
     image_intrinsics,
     image_to_numpy,
     image_to_rgb8,
@@ -149,3 +151,78 @@ def test_cloud_rgb_packing_decimation_and_max_range():
     K2 = K * np.array([[2.0], [2.0], [1.0]])
     xyz2, _ = point_cloud_to_numpy(builder(depth, K2, header(2)))
     np.testing.assert_allclose(xyz2, unproject(depth, K2), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: setattr(i.roi, "x_offset", 4_000_000_000), r"camera_info ROI 7x5 at \(4000000000, 0\) lies outside the 7x5 sensor"),
+        (lambda i: (setattr(i.roi, "y_offset", 2), setattr(i.roi, "height", 4)), r"camera_info ROI 7x4 at \(0, 2\) lies outside the 7x5 sensor"),
+        (lambda i: setattr(i, "binning_y", 6), "camera_info binning 1x6 is larger than the 7x5 region it bins"),
+        (lambda i: setattr(i, "p", [float("nan")] * 12), "camera_info P has non-finite values"),
+        (lambda i: setattr(i, "p", [-3.0, 0, 3, 0, 0, 40, 2, 0, 0, 0, 1, 0]), r"camera_info P has an impossible focal length \(fx=-3, fy=40 px"),
+        (lambda i: setattr(i, "k", [50.0, 0, 3, 0, -40, 2, 0, 0, 1]), r"camera_info K has an impossible focal length \(fx=50, fy=-40 px; expected 0 < f <= 1e\+06 px\)"),
+        (lambda i: setattr(i, "k", [2e6, 0, 3, 0, 2e6, 2, 0, 0, 1]), r"impossible focal length \(fx=2e\+06, fy=2e\+06 px"),
+        (lambda i: setattr(i, "d", [0.1, float("inf"), 0, 0, 0]), "camera_info D has non-finite values"),
+        (lambda i: (setattr(i, "distortion_model", "equidistant"), setattr(i, "d", [0.1] * 5)),
+         "distortion_model 'equidistant' needs 4 coefficients in D, got 5"),
+    ],
+)
+def test_impossible_calibrations_are_refused_in_one_line(change, message):
+    info = pinhole_info(K, (5, 7))
+    change(info)
+    with pytest.raises(ValueError, match=message):
+        image_intrinsics(info, (5, 7))
+
+
+def test_a_valid_roi_and_uncalibrated_sizes_pass():
+    info = pinhole_info(K, (5, 7))
+    info.roi.x_offset, info.roi.width = 2, 5  # the right 5 columns
+    np.testing.assert_allclose(image_intrinsics(info, (5, 5)), K - np.array([[0, 0, 2], [0, 0, 0], [0, 0, 0]]))
+    info = pinhole_info(K, (0, 0))  # height/width 0: the image's own size
+    np.testing.assert_allclose(image_intrinsics(info, (5, 7)), K)
+
+
+def test_rectifying_a_binned_camera_matches_binning_the_rectified_full_frame():
+    """Maps are made on the image grid with K and P moved by ROI/binning; D is unchanged."""
+    h, w = 96, 128
+    sensor_K = np.array([[100.0, 0, 63.5], [0, 100.0, 47.5], [0, 0, 1]])
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    wave = (127 + 120 * np.sin(2 * np.pi * u / 23) * np.sin(2 * np.pi * v / 19)).astype(np.uint8)
+    full = np.stack([wave, 255 - wave, wave // 2], axis=-1)
+    info = pinhole_info(sensor_K, (h, w))
+    info.d = [-0.3, 0.1, 0.0, 0.0, 0.0]
+    P = np.array([[80.0, 0, 60.0, 0], [0, 80.0, 45.0, 0], [0, 0, 1, 0]])  # a new camera matrix of its own
+    info.p = P.ravel()
+    assert has_distortion(info) and not has_distortion(pinhole_info(K, (5, 7)))
+    rectified_full, full_info, _ = Rectifier()(full, info)
+    np.testing.assert_allclose(np.reshape(full_info.k, (3, 3)), P[:, :3])
+    assert (full_info.distortion_model, list(full_info.d)) == ("plumb_bob", [0.0] * 5)
+
+    binned = cv2.resize(full, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    info.binning_x = info.binning_y = 2
+    rectifier = Rectifier()
+    rectified, binned_info, seen = rectifier(binned, info)
+    np.testing.assert_allclose(np.reshape(binned_info.p, (3, 4)), [[40.0, 0, 29.75, 0], [0, 40.0, 22.25, 0], [0, 0, 1, 0]])
+    expected = cv2.resize(rectified_full, (w // 2, h // 2), interpolation=cv2.INTER_AREA).astype(float)
+    inner = seen.copy()
+    inner[:3], inner[-3:], inner[:, :3], inner[:, -3:] = False, False, False, False
+    assert np.abs(rectified - expected)[inner].mean() < 0.25 * np.abs(binned - expected)[inner].mean()
+    again, _, _ = rectifier(binned, info)
+    np.testing.assert_array_equal(again, rectified)
+    assert len(rectifier._maps) == 1
+
+
+def test_cloud_rays_are_cached_per_camera_size_and_decimation():
+    """Switching between cameras (or decimations) reuses each one's rays instead of recomputing."""
+    depth = _depth_with_invalid(6, 8)
+    builder = PointCloudBuilder()
+    K2 = K * np.array([[2.0], [2.0], [1.0]])
+    for k, decimation in [(K, 1), (K2, 1), (K, 2), (K, 1)]:
+        xyz, _ = point_cloud_to_numpy(builder(depth, k, header(1), decimation=decimation))
+        np.testing.assert_allclose(xyz, unproject(depth, k)[::decimation, ::decimation], rtol=1e-6, equal_nan=True)
+    assert len(builder._rays) == 3
+    first = builder._rays[(K.tobytes(), (6, 8), 1)]
+    builder(depth, K2, header(1))
+    builder(depth, K, header(1))
+    assert builder._rays[(K.tobytes(), (6, 8), 1)] is first

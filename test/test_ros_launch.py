@@ -8,7 +8,6 @@ config must subscribe to topics the node publishes with a compatible QoS, in the
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sharpdepth_ros.replay import ReplayPublisher
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "sharpdepth.launch.py"
+SETUP = REPO / "setup.py"
 RVIZ = REPO / "rviz" / "sharpdepth.rviz"
 
 
@@ -31,7 +31,7 @@ RVIZ = REPO / "rviz" / "sharpdepth.rviz"
 def graph(ros_context, tiny_pipeline_dir):
     """Topics (relative to /camera) each node subscribes to and publishes, read from the ROS graph."""
     depth = SharpDepthNode(context=ros_context, parameter_overrides=node_parameters(tiny_pipeline_dir))
-    replay = ReplayPublisher(context=ros_context, namespace="camera", timer=False)
+    replay = ReplayPublisher(context=ros_context, timer=False)  # the default namespace: the node's
     names = {}
     for node, name in [(depth, "sharpdepth"), (replay, "replay")]:
         wait_for(lambda: node.get_publisher_names_and_types_by_node(name, "/camera"), 10, f"{name} in the graph")
@@ -41,6 +41,13 @@ def graph(ros_context, tiny_pipeline_dir):
     yield names, depth
     depth.destroy_node()
     replay.destroy_node()
+
+
+def console_scripts() -> dict[str, str]:
+    """name -> 'module:function' of this checkout's setup.py (an installed copy's metadata may be older)."""
+    call = _calls(ast.parse(SETUP.read_text()), "setup")[0]
+    scripts = ast.literal_eval(_kw(call, "entry_points"))["console_scripts"]
+    return dict((part.strip() for part in line.split("=", 1)) for line in scripts)
 
 
 def _calls(tree: ast.AST, func: str) -> list[ast.Call]:
@@ -59,13 +66,14 @@ def test_launch_file_sets_only_what_the_nodes_declare(graph):
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
     assert {"camera_ns", "params_file", "use_replay", "use_rviz", "replay_source", "image_topic", "camera_info_topic"} <= declared
 
-    declares = {"sharpdepth_node": (node_module.PARAMETERS, "sharpdepth"), "replay": (replay_module.PARAMETERS, "replay")}
-    scripts = {e.name for e in importlib.metadata.entry_points(group="console_scripts")}
+    declares = {"sharpdepth_node": (node_module, "sharpdepth"), "sharpdepth_replay": (replay_module, "replay")}
+    scripts = console_scripts()
     nodes = {ast.literal_eval(_kw(c, "executable")): c for c in _calls(tree, "Node")}
-    assert set(nodes) == {"sharpdepth_node", "replay", "rviz2"}
-    for executable, (parameters, node_name) in declares.items():
+    assert set(nodes) == {"sharpdepth_node", "sharpdepth_replay", "rviz2"}
+    for executable, (module, node_name) in declares.items():
+        parameters = module.PARAMETERS
         call = nodes[executable]
-        assert executable in scripts, f"{executable} is not a console script of the installed package"
+        assert scripts.get(executable) == f"{module.__name__}:main", f"{executable} is not a console script of this package"
         assert ast.literal_eval(_kw(call, "package")) == "sharpdepth_ros"
         assert ast.literal_eval(_kw(call, "name")) == node_name  # the YAML's /**/<name> section matches it
         overrides = [e for e in _kw(call, "parameters").elts if isinstance(e, ast.Dict)]

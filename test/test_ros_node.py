@@ -4,8 +4,11 @@ that image and K, the CameraInfo the image's K moved to the depth grid, and the 
 unprojection of the published depth with the published K."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+import torch
 from rclpy.parameter import Parameter
 from ros_helpers import (  # noqa: F401  (fixtures)
     Probe,
@@ -25,6 +28,7 @@ from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros import node as node_module
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
@@ -163,3 +167,91 @@ def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_pa
     finally:
         node.destroy_node()
         probe.node.destroy_node()
+
+
+def test_publish_is_reported_as_the_nodes_own_time_and_wall_time(system):
+    """'publish' is the worker thread's own CPU time for building and sending the outputs (what an
+    in-process recorder's callbacks cost the process does not count); 'publish_wall' includes them."""
+    node = system[0]
+    stages = node.stats.stage_s
+    assert {"decode", "model", "publish", "publish_wall", "total"} <= set(stages)
+    assert 0 < stages["publish"] <= stages["publish_wall"] < stages["total"]
+
+
+class Paused(SharpDepthPipeline):
+    """The real pipeline; each call notes the processing_res it starts with, then waits for the test."""
+
+    def __call__(self, image, K=None, seed=None):
+        self.started_with.append(self.processing_res)
+        self.entered.set()
+        assert self.release.wait(30)
+        self.release.clear()
+        return super().__call__(image, K=K, seed=seed)
+
+
+def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context, tiny_pipeline_dir):
+    """processing_res set from another thread while a frame runs: that frame finishes at the old
+    grid (its depth is exactly the old grid's), the next frame uses the new one."""
+    loaded = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
+    pipeline = Paused(loaded.student, loaded.metric_model, processing_res=64)
+    pipeline.started_with, pipeline.entered, pipeline.release = [], threading.Event(), threading.Event()
+    node = SharpDepthNode(pipeline, context=ros_context, namespace="snap",
+                          parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
+    probe = Probe(ros_context, {"/snap/depth/image": Image}, name="snap_probe")
+    image_pub = probe.node.create_publisher(Image, "/snap/image_raw", 5)
+    info_pub = probe.node.create_publisher(CameraInfo, "/snap/camera_info", 5)
+    scene = render_scene(4, W, H)
+    reference = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
+    expected = {}
+    for res in (64, 96):
+        reference.processing_res = res
+        expected[res] = reference(scene.rgb, K=scene.K, seed=0).depth[0, 0].numpy()
+    assert not np.allclose(expected[64], expected[96], rtol=1e-3)
+    try:
+        with Spinner(ros_context, node, probe.node):
+            wait_for(lambda: probe.connected() and image_pub.get_subscription_count() and info_pub.get_subscription_count(), 20, "discovery")
+            for stamp, res in [(31, 64), (32, 96)]:
+                hdr = header(stamp, "snap_cam")
+                info_pub.publish(pinhole_info(scene.K, (H, W), hdr))
+                wait_for(lambda: "snap_cam" in node._infos, 10, "the CameraInfo")
+                image_pub.publish(encode_image(scene.rgb, "rgb8", hdr=hdr))
+                assert pipeline.entered.wait(30)
+                pipeline.entered.clear()
+                if stamp == 31:  # mid-frame, from another thread (as the parameter service would)
+                    setter = threading.Thread(target=lambda: node.set_parameters([Parameter("processing_res", value=96)]))
+                    setter.start()
+                    setter.join(10)
+                    assert node._settings["processing_res"] == 96
+                pipeline.release.set()
+                wait_for(lambda: probe.by_stamp("/snap/depth/image", stamp) is not None, 60, f"depth of frame {stamp}")
+                np.testing.assert_allclose(image_to_numpy(probe.by_stamp("/snap/depth/image", stamp)), expected[res], rtol=1e-5)
+        assert pipeline.started_with == [64, 96]
+    finally:
+        pipeline.release.set()
+        node.destroy_node()
+        probe.node.destroy_node()
+
+
+def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(ros_context, tiny_pipeline_dir, monkeypatch, capfd):
+    previous = torch.get_num_threads()
+    capfd.readouterr()
+    try:
+        overrides = node_parameters(tiny_pipeline_dir, num_threads=2, processing_res=96)
+        node = SharpDepthNode(context=ros_context, namespace="start", parameter_overrides=overrides)
+        node.destroy_node()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
+    assert line.startswith("[INFO]")
+    assert line.endswith(f"SharpDepth: model {tiny_pipeline_dir}; metric backend depth-anything-v2, device cpu, dtype float32, "
+                         "processing grid 96 px (longer edge), engine pytorch, 2 CPU thread(s)")  # the grid frames will use
+    assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
+
+    # model '' is the embedded synthetic-scene models: said at WARN level (a folder stands in for them here)
+    monkeypatch.setattr(node_module, "EMBEDDED_DIR", tiny_pipeline_dir)
+    node = SharpDepthNode(context=ros_context, namespace="start2", parameter_overrides=node_parameters("", publish_colored=False))
+    node.destroy_node()
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
+    assert line.startswith("[WARN]")
+    assert f"SharpDepth: the EMBEDDED synthetic-scene models ({tiny_pipeline_dir}): not for real cameras" in line

@@ -42,13 +42,13 @@ def test_ament_index_marker_and_share_files(install):
 
 def test_executables_are_where_ros2_run_looks_and_start(install):
     lib = install / "lib/sharpdepth_ros"
-    for name in ["sharpdepth_node", "replay"]:
+    for name in ["sharpdepth_node", "sharpdepth_replay"]:
         assert (lib / name).is_file() and os.access(lib / name, os.X_OK), f"lib/sharpdepth_ros/{name} missing or not executable"
     site = next(install.glob("lib/python3*/site-packages"))
     assert (site / "sharpdepth_ros/node.py").is_file() and (site / "sharpdepth_core/geometry.py").is_file()
     # The installed entry point runs the installed package: a bad replay source is one clear line, exit 1.
     env = {**os.environ, "PYTHONPATH": str(site), "ROS_DOMAIN_ID": str(1 + os.getpid() % 101)}
-    result = subprocess.run([str(lib / "replay"), "--ros-args", "-p", "source:=/nonexistent/run.mcap"],
+    result = subprocess.run([str(lib / "sharpdepth_replay"), "--ros-args", "-p", "source:=/nonexistent/run.mcap"],
                             cwd=install, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "replay source /nonexistent/run.mcap does not exist" in result.stdout + result.stderr

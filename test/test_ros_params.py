@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import rclpy
+import torch
 import yaml
 from rcl_interfaces.srv import SetParameters
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from ros_helpers import Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
 
 from sharpdepth_ros import node as node_module
@@ -74,11 +76,11 @@ def test_invalid_values_are_refused_with_a_reason(node, name, value, reason):
 
 
 def test_valid_values_apply_at_run_time(node):
+    """Taken at once; the worker applies them from the next frame on (test_ros_node checks the frames)."""
     assert node.pipeline.processing_res == 64  # 0 in the YAML = the model's own (its pipeline.json)
     assert all(r.successful for r in node.set_parameters([Parameter("processing_res", value=96), Parameter("cloud_decimation", value=4)]))
-    assert node.pipeline.processing_res == 96 and node._settings["cloud_decimation"] == 4
-    assert node.set_parameters([Parameter("processing_res", value=0)])[0].successful
-    assert node.pipeline.processing_res == 64
+    assert node._settings["processing_res"] == 96 and node._settings["cloud_decimation"] == 4
+    assert node.pipeline.processing_res == 64  # the worker applies it at its next frame, never under a running one
 
 
 def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
@@ -114,11 +116,42 @@ def test_bad_startup_values_fail_before_loading_a_model(ros_context, name, value
         SharpDepthNode(context=ros_context, parameter_overrides=[Parameter(name, value=value)])
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:99", "mps"])
+def test_a_device_this_machine_lacks_is_one_fatal_line_and_exit_code_1(tiny_pipeline_dir, capfd, device):
+    """Not torch's `AssertionError: Torch not compiled with CUDA enabled` traceback."""
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"this machine has {device}")
+    assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tiny_pipeline_dir}", "-p", f"device:={device}"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "FATAL" in line]
+    assert f"device '{device}' is not available" in line and "use device:=cpu or auto" in line
+
+
+def test_reliable_input_through_the_documented_qos_overrides(ros_context, tiny_pipeline_dir, tmp_path):
+    """The README's recipe: the commented `qos_overrides` of config/sharpdepth.yaml, uncommented,
+    make the image and camera_info subscriptions reliable (best effort by default)."""
+    text = CONFIG.read_text()
+    block = text[text.index("    # qos_overrides:"):text.index("\n\n", text.index("    # qos_overrides:"))]
+    params = tmp_path / "reliable.yaml"
+    params.write_text(text.replace(block, block.replace("    # ", "    ").replace("/camera/", "/qoscam/")))  # a namespace of its own
+    n = SharpDepthNode(context=ros_context, namespace="qoscam", cli_args=["--ros-args", "--params-file", str(params)],
+                       parameter_overrides=node_parameters(tiny_pipeline_dir))
+    try:
+        for topic in ("/qoscam/image_raw", "/qoscam/camera_info"):
+            (info,) = n.get_subscriptions_info_by_topic(topic)
+            assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
+        (points,) = n.get_publishers_info_by_topic("/qoscam/points")
+        assert points.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    finally:
+        n.destroy_node()
+
+
 def test_missing_model_is_one_line_and_exit_code_1(tmp_path, capfd):
     """The console entry point (`ros2 run sharpdepth_ros sharpdepth_node`), in this process."""
     assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"]) == 1
     err = capfd.readouterr().err
-    assert f"no pipeline.json in {tmp_path / 'nowhere'}" in err and "FATAL" in err
+    assert f"SharpDepth pipeline: no folder {tmp_path / 'nowhere'}" in err and "FATAL" in err
 
 
 @pytest.mark.parametrize("module_name", ["sharpdepth_ros.node", "sharpdepth_ros.replay"])

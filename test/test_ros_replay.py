@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
-from ros_helpers import Spinner, encode_image, pinhole_info, ros_context, wait_for  # noqa: F401  (fixture)
+from ros_helpers import Spinner, encode_image, header, pinhole_info, ros_context, wait_for  # noqa: F401  (fixture)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.synthetic import render_scene
@@ -112,3 +112,53 @@ def test_publishes_synthetic_scenes_with_their_K_then_loops(ros_context):
         np.testing.assert_array_equal(image_to_numpy(image), scene.rgb)
         np.testing.assert_allclose(np.reshape(info.k, (3, 3)), scene.K)
         np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], scene.K)
+
+
+def test_bag_calibration_is_paired_by_header_stamp_not_log_order(tmp_path):
+    """A recorder may log a frame's camera_info after its image: frame 0 must still get its own K.
+    Same stamp first, else the latest camera_info before the image, else the fov_deg pinhole."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    typestore = get_typestore(Stores.LATEST)
+    images = _images(5)
+    image_stamps = [50, 100, 200, 250, 300]
+    info_stamps = {100: 20.0, 200: 21.0, 300: 22.0}  # stamp -> fx
+    with Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        c_raw = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=typestore)
+        c_info = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=typestore)
+        for i, (stamp, rgb) in enumerate(zip(image_stamps, images)):
+            writer.write(c_raw, 10 * i, serialize_message(encode_image(rgb, "rgb8", hdr=header(stamp, "cam"))))
+            if stamp in info_stamps:  # logged after its image
+                fx = info_stamps[stamp]
+                info = pinhole_info(np.array([[fx, 0, 8.0], [0, fx, 6.0], [0, 0, 1]]), (12, 16), header(stamp, "cam"))
+                writer.write(c_info, 10 * i + 5, serialize_message(info))
+    frames = list(open_source(str(tmp_path / "bag"), fov_deg=90.0))
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4]
+    for frame, rgb in zip(frames, images):
+        np.testing.assert_array_equal(frame.rgb, rgb)
+    assert frames[0].assumed and frames[0].info is None  # older than every camera_info
+    np.testing.assert_allclose(frames[0].K, pinhole_K(16, 12, 90.0))
+    assert [f.K[0, 0] for f in frames[1:]] == [20.0, 21.0, 21.0, 22.0]  # 250 takes 200's
+    assert not any(f.assumed for f in frames[1:]) and frames[1].info.k[0] == 20.0
+
+
+def test_replay_lives_in_the_nodes_namespace_and_says_once_when_K_is_assumed(ros_context, tmp_path, capfd):
+    for i, rgb in enumerate(_images(2)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rgb[..., ::-1])
+    received = []
+    replay = ReplayPublisher(context=ros_context, timer=False, parameter_overrides=[Parameter("source", value=str(tmp_path))])
+    listener = replay.create_subscription(CameraInfo, "/camera/camera_info", received.append, 10)
+    assert listener
+    try:
+        assert replay.resolve_topic_name("image_raw") == "/camera/image_raw"  # the node's input
+        with Spinner(ros_context, replay):
+            wait_for(lambda: replay.count_subscribers("/camera/camera_info"), 10, "discovery")
+            capfd.readouterr()
+            for _ in range(3):
+                assert replay.publish_next()
+            wait_for(lambda: len(received) == 3, 10, "three frames")
+    finally:
+        replay.destroy_node()
+    np.testing.assert_allclose(np.reshape(received[0].k, (3, 3)), pinhole_K(16, 12, 60.0))
+    assert capfd.readouterr().err.count("has no calibration: camera_info carries a pinhole K of fov_deg 60 degrees") == 1
