@@ -1,8 +1,11 @@
 """`sharpdepth` command line. Subcommands register themselves in COMMANDS (an `add_*` function that
 adds its parser and sets `func`); `main` dispatches and turns expected errors into one line.
 
-    sharpdepth predict INPUT... --out DIR [--model DIR | --student P --metric NAME] [--ply]
+    sharpdepth predict INPUT... --out DIR [--model DIR | --student P [--metric NAME]] [--ply]
     sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt]
+
+Everything that can be checked without the models (arguments, devices, the output folder) is
+checked before they load, so a mistake costs a second, not a model load.
 """
 from __future__ import annotations
 
@@ -10,12 +13,46 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .images import DEFAULT_MAX_INPUT_PIXELS
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+# What predict writes per image (<name> + suffix); an input folder's files named like these are skipped.
+OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy", "_metric_depth_color.png",
+                   "_difference.png", ".ply")
+# predict's record of the files it wrote in an output folder: only those are ever overwritten.
+PREDICT_RECORD = ".sharpdepth-predict.json"
+OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
+
+
+def default_threads() -> int:
+    """Half the CPU cores this process may use (at least 1): see --threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores // 2)
+
+
+def positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
+    return n
+
+
+def _device_help() -> str:
+    return "auto (cuda when available), cpu, cuda, cuda:N or mps; checked before the models load"
 
 
 # --- predict -------------------------------------------------------------------------------------
@@ -26,58 +63,76 @@ def add_predict(sub) -> None:
         "predict",
         help="sharp metric depth for images or folders of images",
         description="Writes, per image: <name>_depth.npy (float32 metres), <name>_depth.png (uint16 millimetres, "
-        "0 = invalid or beyond 65.535 m), <name>_depth_color.png, <name>_difference.png and, with --ply, <name>.ply.",
+        "0 = invalid or beyond 65.535 m), <name>_metric_depth.npy (the metric model f_D's depth, for comparison), "
+        "<name>_depth_color.png and <name>_metric_depth_color.png (one colour scale for the pair, with a colour bar "
+        "giving its range in metres), <name>_difference.png (the difference map e, with its bar) and, with --ply, "
+        "<name>.ply. Files that predict did not write itself are never overwritten (it records what it wrote in "
+        f"DIR/{PREDICT_RECORD}); files named like its outputs are skipped when reading a folder.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (not recursive)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (not recursive; regular files only)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
-    models = p.add_argument_group("models (default: the embedded models)")
+    models = p.add_argument_group("models (default: the embedded models, small models for synthetic rooms only)")
     models.add_argument("--model", type=Path, metavar="DIR", help="a SharpDepth pipeline folder (student/, metric/, pipeline.json)")
-    models.add_argument("--student", metavar="PATH_OR_ID", help="a SharpDepth release / Lotus-G diffusers folder or hub id")
-    models.add_argument("--metric", metavar="NAME", help="metric backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2")
+    models.add_argument("--student", metavar="PATH_OR_ID",
+                        help="a SharpDepth release / Lotus-G diffusers folder or hub id; a pipeline.json beside the folder "
+                        "(as the trainer writes) supplies the metric backend and processing resolution")
+    models.add_argument(
+        "--metric", metavar="NAME",
+        help="with --student: the metric backend f_D (needed unless a pipeline.json beside the student names one): "
+        "unidepth-v1, unidepth-v2, depth-pro (when it predicts no field of view, a 60 degree horizontal one is "
+        "assumed unless --intrinsics gives K), depth-anything-v2 (default checkpoint: the Indoor-Small metric model, "
+        "depth capped at 20 m; for outdoor scenes pass --metric-path "
+        "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf, capped at 80 m), small-conv",
+    )
     models.add_argument("--metric-path", metavar="PATH_OR_ID", help="metric backend weights (default: its usual hub id)")
     p.add_argument("--processing-res", type=int, metavar="N", help="longer edge of the processing grid (default: the model's)")
+    p.add_argument("--metric-at-input-resolution", action="store_true",
+                   help="run f_D on the full-size input and resize its depth onto the grid (default: on the grid "
+                   "image, the reference code's order; this option is a named departure from it)")
+    p.add_argument("--difference", choices=("exact", "light", "latent"), default="exact",
+                   help="how the difference map is made: exact (VAE decode, the reference; default), light (the small "
+                   "decoder in the pipeline folder's light_decoder/), latent (from the latents, no decode)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; -1: fresh noise)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help=_device_help())
+    p.add_argument("--threads", type=positive_int, default=default_threads(), metavar="N",
+                   help=f"CPU threads for PyTorch (default: half the cores available, here {default_threads()}). "
+                   "Measured on a 2-core machine: with another process running, 2 threads made a frame 15-21x slower "
+                   "than 1 thread; idle, 2 threads were only 1.16x faster. Use all cores only on an idle machine")
+    p.add_argument("--max-input-pixels", type=non_negative_int, default=DEFAULT_MAX_INPUT_PIXELS, metavar="N",
+                   help=f"refuse images above N pixels, from the file header before decoding (default {DEFAULT_MAX_INPUT_PIXELS:,}"
+                   "; 0: no limit of ours, Pillow's decompression-bomb limit still applies)")
     p.add_argument("--intrinsics", metavar="fx,fy,cx,cy|FILE.json",
-                   help="camera K, given to the metric backend and used for --ply; JSON: {\"K\": 3x3 or 9 numbers, "
-                   "optional \"width\", \"height\" of the calibration}")
+                   help="camera K. Without it the run is reference-exact (the reference gives the metric model no K); "
+                   "with it K goes to the metric backend (UniDepth, Depth Pro and small-conv use it) and to --ply. "
+                   "JSON: {\"K\": 3x3 or 9 numbers, optional \"width\", \"height\" of the calibration}")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (K: --intrinsics, else the backend's)")
     p.set_defaults(func=run_predict)
 
 
 def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image files named or contained (one level) in folders, in order; plus one problem line per bad input."""
+    """Image files named or contained (one level) in folders, in order; plus one problem line per bad
+    input. Only regular files are read (a FIFO or device would block); in folders, files named like
+    predict's own outputs are left out (a rerun into the input folder must not feed them back)."""
     images, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            outputs = [p for p in candidates if p.name.lower().endswith(OUTPUT_SUFFIXES)]
+            found = [p for p in candidates if p not in outputs and p.is_file()]
             images += found
+            if outputs:
+                problems.append(f"{path}: skipped {len(outputs)} file(s) named like sharpdepth outputs (e.g. {outputs[0].name})")
             if not found:
                 problems.append(f"{path}: no images in this folder")
         elif path.is_file():
             images.append(path)
+        elif path.exists():
+            problems.append(f"{path}: not a regular file")
         else:
             problems.append(f"{path}: no such file or folder")
     return images, problems
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Any common image as uint8 HxWx3 RGB: grayscale is replicated, alpha dropped, 16-bit scaled."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I;16"):
-                gray = (np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=2)
-            if im.mode in ("I", "F"):
-                raise ValueError(f"{path}: unsupported image mode {im.mode} (32-bit); convert it to 8 or 16 bit")
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from exc
 
 
 def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | None] | None:
@@ -86,12 +141,17 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
         return None
     source = Path(value)
     if source.suffix.lower() == ".json" or source.is_file():
+        if not source.is_file():
+            raise ValueError(f"--intrinsics {value}: no such file")
         try:
             data = json.loads(source.read_text())
             K = np.asarray(data.get("K", data.get("k")), dtype=np.float64).reshape(3, 3)
-            hw = (int(data["height"]), int(data["width"])) if "height" in data and "width" in data else None
+            hw = (data["height"], data["width"]) if "height" in data or "width" in data else None
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise ValueError(f"--intrinsics {value}: expected a JSON file with \"K\" (3x3 or 9 numbers) ({type(exc).__name__})") from exc
+            raise ValueError(f"--intrinsics {value}: expected a JSON object with \"K\" (3x3 or 9 numbers) and optionally "
+                             f"both \"width\" and \"height\" ({type(exc).__name__})") from exc
+        if hw is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+            raise ValueError(f"--intrinsics {value}: width and height must be positive integers, got {hw[1]!r} x {hw[0]!r}")
     else:
         try:
             fx, fy, cx, cy = (float(v) for v in value.split(","))
@@ -101,6 +161,29 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"--intrinsics {value}: fx and fy must be finite and positive")
     return K, hw
+
+
+def check_writable(folder: Path, option: str = "--out") -> None:
+    """ValueError unless a file can be created in `folder`, or where it does not exist yet, in its
+    nearest existing parent (it is created there): found before the models load, not after."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{option} {folder}: cannot be created, {probe} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as exc:
+        raise ValueError(f"{option} {folder}: cannot write in {probe} ({exc.strerror or type(exc).__name__})") from exc
+
+
+def output_folder(out: Path) -> Path:
+    """The absolute output folder, checked (a folder or absent, writable) before anything loads."""
+    out = Path(os.path.abspath(out.expanduser()))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    check_writable(out)
+    return out
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -116,35 +199,76 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
     return np.where((mm > 0) & (mm <= 65535), mm, 0).astype(np.uint16)
 
 
-def _load_pipeline(args):
+def depth_pictures(depth: np.ndarray, metric_depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The coloured depth and metric depth on one colour scale (`depth_range` of both), each with a
+    colour bar below giving that range in metres."""
+    from .visualize import colorize_depth, depth_colour_bar, depth_range
+
+    lo, hi = depth_range(depth, metric_depth) or (float("nan"), float("nan"))
+    bar = depth_colour_bar(depth.shape[1], lo, hi)
+    return tuple(np.vstack([colorize_depth(d, lo, hi), bar]) for d in (depth, metric_depth))
+
+
+def _read_record(out: Path) -> set[str]:
+    """Names of the files predict wrote in `out` before (none when the record is missing or unreadable)."""
+    try:
+        files = json.loads((out / PREDICT_RECORD).read_text()).get("files", [])
+        return {str(f) for f in files}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def _write_record(out: Path, names: set[str]) -> None:
+    tmp = out / f"{PREDICT_RECORD}.tmp"
+    tmp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
+    os.replace(tmp, out / PREDICT_RECORD)
+
+
+def _load_pipeline(args, device):
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from . import models
     from .pipeline import SharpDepthPipeline
 
     diffusers_logging.disable_progress_bar()  # one progress bar: ours
     transformers_logging.disable_progress_bar()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype])
-    if args.student or args.metric:
-        if args.model:
-            raise ValueError("--model and --student/--metric exclude each other")
-        if not (args.student and args.metric):
-            raise ValueError("--student and --metric go together")
-        return SharpDepthPipeline.from_pretrained(
-            student=args.student, metric=args.metric, metric_path=args.metric_path,
-            device=device, dtype=dtype, processing_res=args.processing_res,
-        )
-    return SharpDepthPipeline.from_pretrained(args.model, device=device, dtype=dtype, processing_res=args.processing_res)
+    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, difference=args.difference)
+    if args.student:
+        pipe = SharpDepthPipeline.from_pretrained(student=args.student, metric=args.metric, metric_path=args.metric_path, **options)
+    else:
+        pipe = SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)
+    pipe.metric_at_input_res = args.metric_at_input_resolution
+    return pipe
+
+
+def _uses_embedded_models(args) -> bool:
+    from . import models
+
+    return not args.student and (args.model is None or args.model.resolve() == Path(models.EMBEDDED_DIR).resolve())
+
+
+def _check_model_arguments(args) -> None:
+    if args.model and (args.student or args.metric or args.metric_path):
+        raise ValueError("--model excludes --student, --metric and --metric-path (a pipeline folder names its own models)")
+    if (args.metric or args.metric_path) and not args.student:
+        raise ValueError("--metric and --metric-path go with --student (a pipeline folder names its own metric model)")
+    if args.model and not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: no such folder")
 
 
 def run_predict(args) -> int:
+    import torch
     from tqdm import tqdm
 
+    from .engines import check_device
     from .geometry import scale_intrinsics, unproject, write_ply
-    from .visualize import colorize_depth, colorize_difference, save_png
+    from .images import read_image_file
+    from .visualize import colorize_difference, difference_colour_bar, save_png
 
+    _check_model_arguments(args)
     images, problems = find_images(args.inputs)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
@@ -152,49 +276,74 @@ def run_predict(args) -> int:
         print("sharpdepth predict: error: no images to process", file=sys.stderr)
         return 1
     camera = parse_intrinsics(args.intrinsics)
-    pipe = _load_pipeline(args)
+    device = check_device(args.device)
+    out = output_folder(args.out)
+    torch.set_num_threads(args.threads)
+    pipe = _load_pipeline(args, device)
     if pipe.untrained:
         print("sharpdepth predict: WARNING: these are UNTRAINED random-weight models; the depth means nothing", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if _uses_embedded_models(args):
+        print("sharpdepth predict: note: the embedded models are small models trained on synthetic rooms only, not for "
+              "real cameras; for photographs pass full-size models with --model or --student", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    ours = _read_record(out)
     done, stems = 0, set()
     for path in tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None):
         stem, n = path.stem, 1
         while stem in stems:
             stem, n = f"{path.stem}_{n}", n + 1
         stems.add(stem)
-        try:
-            rgb = load_rgb(path)
-            K = None
-            if camera is not None:
-                K, calib_hw = camera
-                if calib_hw is not None and calib_hw != rgb.shape[:2]:
-                    K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
-            out = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
-        except ValueError as exc:
-            tqdm.write(f"{path}: error: {exc}", file=sys.stderr)
+        names = [stem + s for s in OUTPUT_SUFFIXES if s != ".ply" or args.ply]
+        theirs = [name for name in names if (out / name).exists() and (name not in ours or not (out / name).is_file())]
+        if theirs:
+            tqdm.write(f"{path}: error: {out / theirs[0]} exists and was not written by sharpdepth predict; not overwritten "
+                       "(choose another --out, or move it away)", file=sys.stderr)
             continue
-        depth = out.depth[0, 0].float().cpu().numpy()
-        e = out.difference[0, 0].float().cpu().numpy()
-        _save_npy(args.out / f"{stem}_depth.npy", depth.astype(np.float32))
-        save_png(args.out / f"{stem}_depth.png", depth_to_millimetres(depth))
-        save_png(args.out / f"{stem}_depth_color.png", colorize_depth(depth))
-        save_png(args.out / f"{stem}_difference.png", colorize_difference(e))
+        # warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                rgb = read_image_file(path, args.max_input_pixels or None)
+                K = None
+                if camera is not None:
+                    K, calib_hw = camera
+                    if calib_hw is not None and calib_hw != rgb.shape[:2]:
+                        K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
+                result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
+            except ValueError as exc:
+                message = str(exc)
+                tqdm.write(message if message.startswith(str(path)) else f"{path}: error: {message}", file=sys.stderr)
+                continue
+        for w in dict.fromkeys(str(w.message) for w in caught):
+            tqdm.write(f"sharpdepth predict: warning: {path}: {w}", file=sys.stderr)
+        depth = result.depth[0, 0].float().cpu().numpy()
+        metric = result.metric_depth[0, 0].float().cpu().numpy()
+        e = result.difference[0, 0].float().cpu().numpy()
+        ours.update(names)
+        _write_record(out, ours)  # before writing: a crash midway leaves files predict may overwrite
+        depth_color, metric_color = depth_pictures(depth, metric)
+        _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
+        save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
+        save_png(out / f"{stem}_depth_color.png", depth_color)
+        _save_npy(out / f"{stem}_metric_depth.npy", metric.astype(np.float32))
+        save_png(out / f"{stem}_metric_depth_color.png", metric_color)
+        save_png(out / f"{stem}_difference.png", np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])]))
         if args.ply:
-            write_ply(args.out / f"{stem}.ply", unproject(depth, out.K[0].cpu().numpy()), rgb)
+            write_ply(out / f"{stem}.ply", unproject(depth, result.K[0].cpu().numpy()), rgb)
         valid = depth[np.isfinite(depth) & (depth > 0)]
         summary = (
             f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, depth {valid.min():.2f}-{valid.max():.2f} m (median {np.median(valid):.2f})"
             if valid.size else f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, no valid depth"
         )
-        summary += f", e<0.5 on {100 * float((e < 0.5).mean()):.0f}%, {out.timings['total']:.2f} s"
-        if out.fallback[0]:
+        summary += f", e<0.5 on {100 * float((e < 0.5).mean()):.0f}%, {result.timings['total']:.2f} s"
+        if result.fallback[0]:
             summary += ", FALLBACK: degenerate fit, metric backend depth written"
         tqdm.write(summary, file=sys.stdout)
         done += 1
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)
         return 1
-    print(f"sharpdepth predict: {done} of {len(images)} images written to {args.out}", file=sys.stderr)
+    print(f"sharpdepth predict: {done} of {len(images)} images written to {out}", file=sys.stderr)
     return 0
 
 
@@ -205,10 +354,13 @@ def add_export(sub) -> None:
     p = sub.add_parser(
         "export",
         help="ONNX graphs of the student UNet and the VAE (and TensorRT engines) for engine onnx / tensorrt",
-        description="Writes unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to --out (replaced whole); "
-        "with --tensorrt also builds the TensorRT engines for the processing grids of --input-size.",
+        description="Writes unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to --out (a new or empty "
+        "folder, or with --overwrite an earlier export); with --tensorrt also builds the TensorRT engines for the "
+        "processing grids of --input-size. export.json records the student's weight hash and, for --fixed, the "
+        "processing_res: the node refuses an export made for another model or grid at start-up.",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="export folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (nothing else is ever deleted)")
     models = p.add_argument_group("model (default: the embedded models)")
     models.add_argument("--model", type=Path, metavar="DIR", help="a SharpDepth pipeline folder (its student/ is exported)")
     models.add_argument("--student", metavar="PATH_OR_ID", help="a SharpDepth release / Lotus-G diffusers folder or hub id")
@@ -216,13 +368,14 @@ def add_export(sub) -> None:
     p.add_argument("--vae-precision", choices=("fp32", "fp16"),
                    help="the VAE's (default: the UNet's, but fp32 for fp16 when the VAE config asks for upcasting, as SD-2's)")
     p.add_argument("--input-size", metavar="WxH", help="camera image size: with --fixed or --tensorrt, the processing grid follows from it")
-    p.add_argument("--processing-res", type=int, nargs="+", default=[768], metavar="N",
-                   help="longer edge(s) of the processing grid (default 768; --fixed takes one)")
+    p.add_argument("--processing-res", type=int, nargs="+", metavar="N",
+                   help="longer edge(s) of the processing grid (default: the model's, from its pipeline.json, else 768; "
+                   "--fixed takes one)")
     p.add_argument("--fixed", action="store_true", help="fixed H/W graphs for the --input-size grid (default: dynamic H/W)")
     p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a CUDA GPU)")
     p.add_argument("--tensorrt-cache", type=Path, metavar="DIR", help="engine cache folder (default: DIR/tensorrt)")
-    p.add_argument("--device", default="auto", help="where to trace: auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help=f"where to trace: {_device_help()}")
     p.set_defaults(func=run_export)
 
 
@@ -237,44 +390,83 @@ def parse_size(value: str) -> tuple[int, int]:
     return h, w
 
 
-def run_export(args) -> int:
-    import torch
+def export_folder(out: Path, overwrite: bool) -> Path:
+    """The absolute export folder, checked before any model loads: new, empty, or (with `overwrite`)
+    an earlier export (export.json) holding nothing sharpdepth export did not write."""
+    from .export import EXPORT_EXTRAS, GRAPHS, MANIFEST
 
-    from .engines import TensorRTEngine
-    from .export import export_onnx
-    from .models import EMBEDDED_DIR, DiffusionDepthModel
+    out = Path(os.path.abspath(out.expanduser()))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries:
+        if MANIFEST not in entries:
+            raise ValueError(f"--out {out}: not empty and not an earlier export (no {MANIFEST}); choose a new or empty folder")
+        if not overwrite:
+            raise ValueError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
+        ours = {MANIFEST, *EXPORT_EXTRAS, *(f"{g}.onnx" for g in GRAPHS)}
+        foreign = [name for name in entries if name not in ours and not name.startswith(".sharpdepth-")]
+        if foreign:
+            raise ValueError(f"--out {out}: holds {', '.join(foreign[:5])}, which sharpdepth export did not write; "
+                             "move it away or choose another folder")
+    check_writable(out)
+    return out
+
+
+def _model_processing_res(args) -> int:
+    """The processing_res of the model being exported: its pipeline.json's (pipeline folder, or beside
+    the student folder as the trainer writes it), else 768."""
+    from .models import EMBEDDED_DIR
+    from .pipeline import PIPELINE_CONFIG, read_pipeline_config
+
+    config = Path(args.student).expanduser().parent / PIPELINE_CONFIG if args.student else Path(args.model or EMBEDDED_DIR) / PIPELINE_CONFIG
+    res = read_pipeline_config(config).get("processing_res") if config.is_file() else None
+    return res or 768
+
+
+def run_export(args) -> int:
+    from .engines import TensorRTEngine, check_device
+    from .export import export_onnx, student_weights_sha256
+    from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
     from .preprocessing import plan_resize
 
     if args.model and args.student:
         raise ValueError("--model and --student exclude each other")
+    if args.model and not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: no such folder")
     if (args.fixed or args.tensorrt) and not args.input_size:
         raise ValueError("--fixed and --tensorrt need --input-size WxH (the camera's image size)")
-    if args.fixed and len(args.processing_res) != 1:
+    if args.fixed and args.processing_res and len(args.processing_res) != 1:
         raise ValueError("--fixed exports one processing grid: give one --processing-res")
-    if any(r < 8 for r in args.processing_res):
+    if args.processing_res and any(r < 8 for r in args.processing_res):
         raise ValueError(f"--processing-res must be >= 8, got {args.processing_res}")
     input_hw = parse_size(args.input_size) if args.input_size else None
+    device = check_device(args.device)
+    out = export_folder(args.out, args.overwrite)
     if args.tensorrt:
         from .engines import import_tensorrt
 
         import_tensorrt()  # fail before the export, not after
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    student = DiffusionDepthModel.from_pretrained(args.student or (args.model or EMBEDDED_DIR) / "student", device=device)
-    grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in args.processing_res] if input_hw else []
+    resolutions = args.processing_res or [_model_processing_res(args)]
+    student_dir = resolve_model_dir(args.student or Path(args.model or EMBEDDED_DIR) / "student", DiffusionDepthModel.what)
+    student = DiffusionDepthModel.from_pretrained(student_dir, device=device)
+    grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
     manifest = export_onnx(
-        student, args.out, precision=args.precision, vae_precision=args.vae_precision,
+        student, out, precision=args.precision, vae_precision=args.vae_precision,
         image_hw=grids[0] if args.fixed else None, batch=args.batch,
+        processing_res=resolutions[0] if args.fixed else None, input_hw=input_hw if args.fixed else None,
+        student_sha256=student_weights_sha256(student_dir),
     )
     shape = "dynamic H/W" if manifest.image_hw is None else "fixed {}x{} (HxW)".format(*manifest.image_hw)
     for name, info in manifest.graphs.items():
-        size = sum((args.out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20
-        print(f"{args.out / info.file}: {info.precision}, {shape}, {size:.1f} MiB")
+        size = sum((out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20
+        print(f"{out / info.file}: {info.precision}, {shape}, {size:.1f} MiB")
     if args.tensorrt:
-        engine = TensorRTEngine(args.out, args.tensorrt_cache, device if device != "cpu" else "cuda")
+        engine = TensorRTEngine(out, args.tensorrt_cache, device if device.type != "cpu" else "cuda")
         for hw in dict.fromkeys(grids):
             for plan in engine.prebuild(hw, batch=args.batch or 1):
                 print(f"{plan}: TensorRT engine for the {hw[0]}x{hw[1]} (HxW) grid")
-    print(f"sharpdepth export: done; use it with engine 'onnx' or 'tensorrt' and export folder {args.out}", file=sys.stderr)
+    print(f"sharpdepth export: done; use it with engine 'onnx' or 'tensorrt' and export folder {out}", file=sys.stderr)
     return 0
 
 
@@ -291,9 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_option_values(argv: list[str]) -> list[str]:
+    """`--intrinsics -1,...` as `--intrinsics=-1,...`: argparse takes a value starting with '-' for an option."""
+    joined, i = [], 0
+    while i < len(argv):
+        if argv[i] in OPTIONS_WITH_VALUES and i + 1 < len(argv):
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # model errors subclass these

@@ -32,6 +32,28 @@ from .models.student import DiffusionDepthModel
 
 ENGINES = ("pytorch", "onnx", "tensorrt")
 log = logging.getLogger(__name__)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
+def check_device(name: str) -> torch.device:
+    """A device name (auto, cpu, cuda, cuda:N, mps) as a torch.device that exists on this machine,
+    checked before any model loads; ValueError (one line) otherwise. auto: cuda when available."""
+    m = _DEVICE.match(str(name))
+    if not m or (m[2] is not None and m[1] != "cuda"):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    kind = m[1]
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {name!r}: CUDA is not available here ({why}); use cpu")
+        count = torch.cuda.device_count()
+        if m[2] is not None and int(m[2]) >= count:
+            raise ValueError(f"device {name!r}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: Apple MPS is not available here; use cpu")
+    return torch.device(name)
 
 
 class DepthEngine(Protocol):

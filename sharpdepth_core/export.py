@@ -8,7 +8,10 @@ Graphs (inputs and outputs float32 whatever the precision inside, so every runti
   latent times the scaling factor [B, 4, H/8, W/8].
 - `vae_decoder.onnx`: latent [B, 4, h, w] -> normalised depth [B, 1, 8h, 8w] (mean of the 3 channels).
 `export.json` (the manifest) records precision, shapes and a SHA-256 per file; a graph over 2 GB
-keeps its weights in one `<graph>.onnx.data` file beside it.
+keeps its weights in one `<graph>.onnx.data` file beside it. It also records what a user of the export
+must match (`check_export_matches`): for a fixed grid, the camera size and processing_res it was made
+for, and the SHA-256 of the exported student's weight files, so that a node started with another
+processing_res or another model fails at start-up with one line instead of dropping every frame.
 
 Exporter: `torch.onnx.export(..., dynamo=False)` (TorchScript tracing). On torch 2.13 the dynamo
 exporter needs onnxscript (not a dependency here) and, tried with it, took ~40× longer on the tiny UNet
@@ -36,6 +39,9 @@ from .models.student import DiffusionDepthModel, vae_dtype
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MANIFEST = "export.json"
+# What an earlier export folder may hold besides the graphs and the manifest: the TensorRT engine
+# cache (`TensorRTEngine`'s default place) and external weights of graphs over 2 GB.
+EXPORT_EXTRAS = ("tensorrt", *(f"{g}.onnx.data" for g in GRAPHS))
 OPSET = 17
 FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data
@@ -113,6 +119,9 @@ class ExportManifest:
     exporter: str = "torch.onnx.export (TorchScript tracing)"
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    input_hw: tuple[int, int] | None = None  # the camera size a fixed grid was planned for
+    processing_res: int | None = None  # the processing_res a fixed grid was planned with
+    student_sha256: str | None = None  # `student_weights_sha256` of the exported student, when known
 
     def input_shape(self, graph: str) -> tuple[int | None, ...]:
         """The graph's input shape; None where the dimension is dynamic."""
@@ -136,6 +145,7 @@ class ExportManifest:
                 raise ValueError(f"format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
             raw["graphs"] = {name: GraphInfo(**g) for name, g in raw["graphs"].items()}
             raw["image_hw"] = tuple(raw["image_hw"]) if raw["image_hw"] else None
+            raw["input_hw"] = tuple(raw["input_hw"]) if raw.get("input_hw") else None
             manifest = cls(**raw)
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{path}: not a usable export manifest ({exc}); export again") from exc
@@ -164,12 +174,18 @@ def export_onnx(
     image_hw: tuple[int, int] | None = None,
     batch: int | None = None,
     opset: int = OPSET,
+    processing_res: int | None = None,
+    input_hw: tuple[int, int] | None = None,
+    student_sha256: str | None = None,
 ) -> ExportManifest:
-    """Write unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to `folder` (replaced whole).
+    """Write unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to `folder`, replacing an
+    earlier export there (never a folder holding anything else: `models.hub.replacing_dir`).
 
     precision: the UNet's ("fp32" or "fp16"). vae_precision: the VAE's; by default the UNet's, except
     that fp16 keeps the VAE in fp32 when its config asks for upcasting (SD-2's VAE overflows in fp16).
     image_hw: a fixed padded processing grid (H, W) or None for dynamic H/W; batch: fixed or None.
+    processing_res, input_hw, student_sha256: recorded for `check_export_matches` (the grid's
+    processing_res and camera size; `student_weights_sha256` of the student's folder).
     The student is not modified (reduced-precision graphs are traced from copies).
     """
     if not isinstance(student, DiffusionDepthModel):
@@ -201,9 +217,12 @@ def export_onnx(
         scaling_factor=float(student.vae.config.scaling_factor),
         opset=opset,
         versions=_versions(),
+        input_hw=tuple(input_hw) if input_hw else None,
+        processing_res=processing_res,
+        student_sha256=student_sha256,
     )
     trace_hw = image_hw or _general_trace_hw(student)
-    with replacing_dir(folder) as tmp, torch.no_grad():
+    with replacing_dir(folder, also=EXPORT_EXTRAS) as tmp, torch.no_grad():
         for name, (module, info) in graphs.items():
             hw = (trace_hw[0] // factor, trace_hw[1] // factor) if info.latent_input else trace_hw
             example = torch.randn(batch or 1, info.input_channels, *hw, generator=torch.Generator().manual_seed(0))
@@ -211,6 +230,38 @@ def export_onnx(
             manifest.graphs[name] = info
         manifest.save(tmp)
     return manifest
+
+
+def student_weights_sha256(folder: str | Path) -> str:
+    """SHA-256 of a student folder's UNet and VAE weight files (names and bytes): identifies the model
+    whatever dtype or device it is later loaded in."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("unet/*.safetensors")) + sorted(folder.glob("vae/*.safetensors")):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(_sha256(path)))
+    return h.hexdigest()
+
+
+def check_export_matches(manifest: ExportManifest, folder: str | Path, processing_res: int | None, student_sha256=None) -> None:
+    """ValueError (one line) when an export cannot serve this pipeline: a fixed grid planned for another
+    processing_res, or the graphs of another student. student_sha256: the loaded student's
+    `student_weights_sha256`, or a function returning it (called only when the manifest has one)."""
+    if manifest.image_hw is not None and manifest.processing_res is not None and manifest.processing_res != processing_res:
+        h, w = manifest.input_hw or (None, None)
+        camera = f" for {w}x{h} camera images" if h else ""
+        raise ValueError(
+            f"export {folder} has a fixed {manifest.image_hw[0]}x{manifest.image_hw[1]} (HxW) grid made with processing_res "
+            f"{manifest.processing_res}{camera}, but the pipeline runs at processing_res {processing_res}: set processing_res "
+            f"to {manifest.processing_res}, or export again with --processing-res {processing_res}"
+        )
+    if manifest.student_sha256 and student_sha256 is not None:
+        actual = student_sha256() if callable(student_sha256) else student_sha256
+        if actual != manifest.student_sha256:
+            raise ValueError(
+                f"export {folder} is of another student model (weights SHA-256 {manifest.student_sha256[:12]} in {MANIFEST}, "
+                f"{actual[:12]} loaded): export this model again with `sharpdepth export`"
+            )
 
 
 def _converted(student: DiffusionDepthModel, unet_dtype: torch.dtype, vae_dtype_: torch.dtype) -> DiffusionDepthModel:

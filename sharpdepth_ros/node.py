@@ -98,8 +98,20 @@ def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
 def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
     """onnx / tensorrt: the same pipeline, its networks run from a `sharpdepth export` folder (the
     metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
-    (`sharpdepth export --tensorrt`), so the first frame may take minutes."""
+    (`sharpdepth export --tensorrt`), so the first frame may take minutes. An export made for another
+    processing grid or of another student is refused here, in one line, instead of every frame."""
+    from pathlib import Path
+
+    from sharpdepth_core.export import ExportManifest, check_export_matches, student_weights_sha256
+    from sharpdepth_core.models import EMBEDDED_DIR, resolve_model_dir
+
     pipe = load_pytorch_pipeline(settings)
+    if settings["engine_dir"]:
+        student = settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student"
+        check_export_matches(
+            ExportManifest.load(settings["engine_dir"]), settings["engine_dir"], pipe.processing_res,
+            lambda: student_weights_sha256(resolve_model_dir(student, "student model")),
+        )
     pipe.engine = load_engine(
         settings["engine"],
         export_dir=settings["engine_dir"] or None,

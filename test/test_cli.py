@@ -1,17 +1,29 @@
-"""`sharpdepth predict` in-process on real files, with the tiny pipeline folder (CPU)."""
+"""`sharpdepth predict` in-process on real files, with the tiny pipeline folder (CPU); a subprocess where
+a hang is the failure."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers_models import scene_image, tiny_dirs  # noqa: F401  (fixture)
-from sharpdepth_core.cli import build_parser, depth_to_millimetres, main
+from sharpdepth_core.cli import PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
 
@@ -45,19 +57,32 @@ def test_predict_writes_every_output_at_the_input_size(tiny_dirs, images, tmp_pa
     assert "UNTRAINED" in captured.err and "4 of 4 images" in captured.err
     sizes = {"scene": (48, 64), "gray": (48, 64), "rgba": (30, 50), "ir16": (24, 40)}
     for stem, hw in sizes.items():
-        depth = np.load(out / f"{stem}_depth.npy")
-        assert depth.dtype == np.float32 and depth.shape == hw
+        depth, metric = np.load(out / f"{stem}_depth.npy"), np.load(out / f"{stem}_metric_depth.npy")
+        assert depth.dtype == metric.dtype == np.float32 and depth.shape == metric.shape == hw
         mm = np.asarray(Image.open(out / f"{stem}_depth.png"))
         assert mm.dtype == np.uint16 and np.array_equal(mm, depth_to_millimetres(depth))
-        for picture in ("depth_color", "difference"):
-            assert np.asarray(Image.open(out / f"{stem}_{picture}.png")).shape == (*hw, 3)
+        for picture in ("depth_color", "metric_depth_color", "difference"):
+            image = np.asarray(Image.open(out / f"{stem}_{picture}.png"))
+            assert image.shape[1:] == (hw[1], 3) and image.shape[0] > hw[0]  # the picture, then its colour bar
         assert any(line.startswith(str(images / f"{stem}.png")) for line in captured.out.splitlines())
-    # the files hold the pipeline's output for that image and seed
+    # the files hold the pipeline's output for that image and seed, f_D's depth included
     rgb = np.asarray(Image.open(images / "scene.png"))
-    expected = SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"])(rgb, seed=0).depth[0, 0].numpy()
-    assert np.allclose(np.load(out / "scene_depth.npy"), expected, atol=1e-4)
-    assert np.array_equal(np.asarray(Image.open(out / "scene_depth_color.png")), colorize_depth(np.load(out / "scene_depth.npy")))
+    expected = SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"])(rgb, seed=0)
+    depth, metric = np.load(out / "scene_depth.npy"), np.load(out / "scene_metric_depth.npy")
+    assert np.allclose(depth, expected.depth[0, 0].numpy(), atol=1e-4)
+    assert np.allclose(metric, expected.metric_depth[0, 0].numpy(), atol=1e-4) and not np.allclose(depth, metric, atol=1e-3)
+    # one colour scale for the pair: the 2nd-98th percentile of both maps' valid depth
+    both = np.concatenate([depth[np.isfinite(depth) & (depth > 0)], metric[np.isfinite(metric) & (metric > 0)]])
+    lo, hi = np.percentile(both, [2, 98])
+    depth_png = np.asarray(Image.open(out / "scene_depth_color.png"))
+    metric_png = np.asarray(Image.open(out / "scene_metric_depth_color.png"))
+    assert np.array_equal(depth_png[:48], colorize_depth(depth, lo, hi))
+    assert np.array_equal(metric_png[:48], colorize_depth(metric, lo, hi))
+    near, far = colorize_depth(np.array([[lo, hi]]), lo, hi)[0]
+    for png in (depth_png, metric_png):  # the bar runs from the near colour (lo) to the far one (hi)
+        assert np.array_equal(png[48, 0], near) and np.array_equal(png[48, -1], far)
     assert not list(out.glob(".*.tmp")) and not (out / "notes_depth.npy").exists()
+    assert json.loads((out / PREDICT_RECORD).read_text())["files"] == sorted(p.name for p in out.iterdir() if p.name != PREDICT_RECORD)
 
 
 def test_point_cloud_uses_the_given_intrinsics(tiny_dirs, images, tmp_path):
@@ -89,7 +114,8 @@ def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path,
                    "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
     err = capsys.readouterr().err
     assert status == 0 and (out / "scene_depth.npy").exists() and not (out / "broken_depth.npy").exists()
-    assert f"{broken}: error: {broken}: not a readable image" in err
+    line = next(line for line in err.splitlines() if "not a readable image" in line)
+    assert line.startswith(f"{broken}: not a readable image") and line.count(str(broken)) == 1  # the path once
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and "1 of 2 images" in err
 
 
@@ -110,23 +136,221 @@ def test_nothing_processed_is_a_failure_with_a_message(tiny_dirs, tmp_path, caps
     [
         (["--intrinsics", "1,2,3"], "expected fx,fy,cx,cy"),
         (["--intrinsics", "0,1,2,3"], "fx and fy must be finite and positive"),
-        (["--student", "x"], "--student and --metric go together"),
+        (["--intrinsics", "-1,1,2,3"], "fx and fy must be finite and positive"),  # read as the value, no '=' needed
+        (["--intrinsics", "missing.json"], "missing.json: no such file"),
+        (["--metric", "depth-pro"], "--metric and --metric-path go with --student"),
+        (["--difference", "light"], "needs a light depth decoder"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tiny_dirs, images, tmp_path, capsys, extra, message):
-    model = [] if "--student" in extra else ["--model", str(tiny_dirs["pipeline"])]
+    model = [] if "--metric" in extra else ["--model", str(tiny_dirs["pipeline"])]
     assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sharpdepth predict: error:") and message in err[-1]
 
 
+def test_calibration_json_with_zero_size_is_one_line(tiny_dirs, images, tmp_path, capsys):
+    calib = tmp_path / "camera.json"
+    calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 47.5], [0, 0, 1]], "width": 0, "height": 0}))
+    assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(tiny_dirs["pipeline"]), "--intrinsics", str(calib)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "width and height must be positive integers" in err[0]
+
+
 def test_missing_models_say_what_to_provide(images, tmp_path, capsys):
     assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
-    assert "no pipeline.json in" in capsys.readouterr().err
+    assert f"--model {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--student", "jingheya/lotus-depth-g-v1-0",
                  "--metric", "depth-anything-v2"]) == 2
     err = capsys.readouterr().err
     assert "jingheya/lotus-depth-g-v1-0" in err and "hf download" in err
+
+
+def test_malformed_pipeline_json_and_short_schedule_are_one_line(tiny_dirs, images, tmp_path, capsys):
+    listed = Path(shutil.copytree(tiny_dirs["pipeline"], tmp_path / "listed"))
+    (listed / "pipeline.json").write_text("[1, 2]")
+    short = Path(shutil.copytree(tiny_dirs["pipeline"], tmp_path / "short"))
+    config = short / "student" / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_train_timesteps": 500}))
+    for folder, message in ((listed, "expected a JSON object"), (short, "num_train_timesteps 500")):
+        assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
+
+
+def test_student_with_a_pipeline_json_beside_it_needs_no_metric_and_runs_at_its_resolution(tiny_dirs, images, tmp_path, capsys):
+    """What the trainer writes: student/ with a pipeline.json beside it naming the metric backend and the
+    processing resolution (64 here; 768 when none is known) -> the same output as the pipeline folder."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_dirs["student"], checkpoint / "student")
+    (checkpoint / "pipeline.json").write_text(json.dumps({"metric_backend": "depth-anything-v2", "untrained": True,
+                                                          "metric_path": str(tiny_dirs["depth-anything-v2"]), "processing_res": 64}))
+    scene = str(images / "scene.png")
+    assert main(["predict", scene, "--out", str(tmp_path / "a"), "--student", str(checkpoint / "student")]) == 0
+    assert main(["predict", scene, "--out", str(tmp_path / "b"), "--model", str(tiny_dirs["pipeline"])]) == 0
+    assert np.allclose(np.load(tmp_path / "a" / "scene_depth.npy"), np.load(tmp_path / "b" / "scene_depth.npy"), atol=1e-5)
+    capsys.readouterr()
+    assert main(["predict", scene, "--out", str(tmp_path / "c"), "--student", str(tiny_dirs["student"])]) == 2
+    assert "--metric" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def models_must_not_load(monkeypatch):
+    """Checks that must happen before the models load: loading them fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the check")
+
+    monkeypatch.setattr(SharpDepthPipeline, "from_pretrained", refuse)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: a missing CUDA cannot be shown")
+@pytest.mark.parametrize("device,message", [("cuda", "CUDA is not available here"), ("cuda:3", "CUDA is not available here"),
+                                            ("mps", "MPS is not available here"), ("gpu", "expected auto, cpu, cuda, cuda:N or mps")])
+def test_unavailable_device_is_one_line_before_loading(images, tmp_path, capsys, models_must_not_load, device, message):
+    assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def _read_only_system_folder() -> Path:
+    try:
+        tempfile.TemporaryFile(dir="/sys").close()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("/sys is writable here: no read-only folder to write into")
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "read_only_fs", "read_only_dir"])
+def test_unusable_output_folder_is_one_line_before_loading(images, tmp_path, capsys, models_must_not_load, where):
+    target = tmp_path / "file.txt"
+    target.write_text("a file")
+    if where == "under_a_file":
+        target = target / "out"
+    elif where == "read_only_fs":
+        target = _read_only_system_folder() / "sharpdepth-out"
+    elif where == "read_only_dir":
+        if os.geteuid() == 0:
+            pytest.skip("running as root, which ignores permission bits")
+        target = tmp_path / "locked"
+        target.mkdir()
+        target.chmod(0o500)
+    assert main(["predict", str(images), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sharpdepth predict: error: --out {target}")
+    assert (tmp_path / "file.txt").read_text() == "a file"
+
+
+def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_path):
+    """A FIFO named like an image would block the reader forever: only regular files are read."""
+    os.mkfifo(images / "camera.png")
+    os.mkfifo(tmp_path / "named.png")
+    command = [sys.executable, "-m", "sharpdepth_core.cli", "predict", str(images), str(tmp_path / "named.png"),
+               "--out", str(tmp_path / "out"), "--model", str(tiny_dirs["pipeline"]), "--threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "4 of 4 images" in done.stderr, done.stderr
+    assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header announces width x height, with no pixel data: what a size check must stop."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_oversized_images_are_refused_from_the_header_and_the_batch_goes_on(tiny_dirs, images, tmp_path, capsys):
+    big = png_header(images / "big.png", 6000, 5000)  # 30 MP, over the 25 MP default
+    bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own decompression-bomb limit
+    model = ["--model", str(tiny_dirs["pipeline"])]
+    assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model]) == 0
+    err = capsys.readouterr().err
+    assert f"\n{big} of 6000x5000 = 30.0 MP is above the limit of 25.0 MP" in err and "4 of 5 images" in err
+    assert main(["predict", str(bomb), str(images / "scene.png"), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"{bomb}: image too large to decode safely" in err and "1 of 2 images" in err
+    assert main(["predict", str(big), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "40000000"]) == 1  # read, then undecodable
+    assert "not a readable image" in capsys.readouterr().err
+
+
+def test_predict_never_overwrites_files_it_did_not_write(tiny_dirs, images, tmp_path, capsys):
+    """Outputs into the input folder: a user's <name>_depth.png stays as it is (that image is skipped with
+    one line), files named like outputs are not read as inputs, and a rerun replaces predict's own files."""
+    user_depth = images / "gray_depth.png"
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)).save(user_depth)
+    before = user_depth.read_bytes()
+    model = ["--model", str(tiny_dirs["pipeline"])]
+    assert main(["predict", str(images), "--out", str(images), *model]) == 0
+    err = capsys.readouterr().err
+    assert user_depth.read_bytes() == before and not (images / "gray_depth.npy").exists()
+    assert f"{images / 'gray_depth.png'} exists and was not written by sharpdepth predict" in err and "3 of 4 images" in err
+    stamp = (images / "scene_depth.npy").stat().st_mtime_ns
+    assert main(["predict", str(images), "--out", str(images), *model, "--seed", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 13 file(s) named like sharpdepth outputs" in err and "3 of 4 images" in err  # 3 x 4 outputs + the user's
+    assert (images / "scene_depth.npy").stat().st_mtime_ns != stamp and user_depth.read_bytes() == before
+
+
+def test_degenerate_fit_warning_is_one_plain_line(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    import sharpdepth_core.pipeline as pipeline_module
+
+    real_fit = pipeline_module.fit_to_metric
+    monkeypatch.setattr(pipeline_module, "fit_to_metric", lambda d, m, e: real_fit(d, m, e, threshold=-1.0))  # no pixel qualifies
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "o"), "--model", str(tiny_dirs["pipeline"])]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if "degenerate final fit" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"sharpdepth predict: warning: {images / 'scene.png'}: SharpDepth: degenerate")
+    assert "RuntimeWarning" not in captured.err and ".py:" not in captured.err and "FALLBACK" in captured.out
+
+
+def test_embedded_models_are_announced_once_as_synthetic_scene_models(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    import sharpdepth_core.models as models
+
+    monkeypatch.setattr(models, "EMBEDDED_DIR", tiny_dirs["pipeline"])  # the default models, small for the test
+    assert main(["predict", str(images), "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err.count("trained on synthetic rooms only, not for real cameras") == 1
+    other = shutil.copytree(tiny_dirs["pipeline"], tmp_path / "other")
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "b"), "--model", str(other)]) == 0
+    assert "synthetic rooms" not in capsys.readouterr().err
+
+
+def test_pipeline_options_reach_the_pipeline(tiny_dirs, images, tmp_path):
+    """--difference, --metric-at-input-resolution and --threads, checked against the pipeline itself (on
+    the 50x30 image: its processing grid differs from the input, so where f_D runs matters)."""
+    rgb = np.asarray(Image.open(images / "rgba.png").convert("RGB"))
+    pipe = SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"])
+    reference = pipe(rgb, seed=0).depth[0, 0].numpy()
+    threads = torch.get_num_threads()
+    try:
+        for i, (option, setting) in enumerate(((["--difference", "latent"], ("difference", "latent")),
+                                               (["--metric-at-input-resolution"], ("metric_at_input_res", True)))):
+            setattr(pipe, *setting)
+            expected = pipe(rgb, seed=0).depth[0, 0].numpy()
+            setattr(pipe, setting[0], SharpDepthPipeline.from_pretrained(tiny_dirs["pipeline"]).__getattribute__(setting[0]))
+            out = tmp_path / str(i)
+            assert main(["predict", str(images / "rgba.png"), "--out", str(out), "--model", str(tiny_dirs["pipeline"]),
+                         "--threads", "2", *option]) == 0
+            depth = np.load(out / "rgba_depth.npy")
+            assert np.allclose(depth, expected, atol=1e-5) and not np.allclose(depth, reference, atol=1e-4)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_help_documents_the_model_choices_and_the_reference_departures(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside hub ids
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("60 degree horizontal one is assumed", "Indoor-Small metric model, depth capped at 20 m",
+                   "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf", "--metric-at-input-resolution",
+                   "Without it the run is reference-exact", "with it K goes to the metric backend",
+                   "15-21x slower than 1 thread", f"here {default_threads()}"):
+        assert needle in text, needle
 
 
 def test_subcommands_are_registered_in_one_place():
@@ -135,54 +359,5 @@ def test_subcommands_are_registered_in_one_place():
         parser.parse_args([])  # a subcommand is required
     args = parser.parse_args(["predict", "a.png", "--out", "o"])
     assert args.command == "predict" and args.seed == 0 and args.func.__name__ == "run_predict"
-
-
-# --- the pictures (sharpdepth_core.visualize) ------------------------------------------------------
-
-
-def test_depth_colours_near_warm_far_dark_invalid_black():
-    from matplotlib import colormaps
-
-    depth = np.array([[1.0, 2.0, 3.0, np.nan, -1.0, np.inf]])
-    rgb = colorize_depth(depth, vmin=1.0, vmax=3.0)
-    near, mid, far = rgb[0, 0].astype(int), rgb[0, 1].astype(int), rgb[0, 2].astype(int)
-    assert np.array_equal(near, (np.array(colormaps["inferno"](1.0)[:3]) * 255 + 0.5).astype(int))  # pale yellow
-    assert near.sum() > mid.sum() > far.sum() > 0 and near[0] > near[2]  # warm and bright when near
-    assert (rgb[0, 3:] == 0).all()  # NaN, negative, inf: black, darker than any depth
-    assert colorize_depth(np.full((2, 2), np.nan)).shape == (2, 2, 3)
-
-
-def test_difference_colours_follow_viridis():
-    from matplotlib import colormaps
-
-    from sharpdepth_core.visualize import colorize_difference
-
-    rgb = colorize_difference(np.array([[0.0, 1.0, 2.0, np.nan]]))
-    for i, t in enumerate((0.0, 1.0, 1.0)):  # values above 1 are clipped
-        assert np.array_equal(rgb[0, i], (np.array(colormaps["viridis"](t)[:3]) * 255 + 0.5).astype(np.uint8))
-    assert (rgb[0, 3] == 0).all()
-
-
-def test_point_cloud_render_keeps_the_nearest_point():
-    from sharpdepth_core.visualize import render_point_cloud
-
-    xyz = np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 4.0], [0.2, 0.1, 3.0], [np.nan, 0, 1]])
-    rgb = np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0], [9, 9, 9]], dtype=np.uint8)
-    image = render_point_cloud(xyz, rgb, size=(40, 60), yaw_deg=0.0, pitch_deg=0.0, splat=1)
-    assert image.shape == (40, 60, 3)
-    colours = {tuple(c) for c in image.reshape(-1, 3)}
-    assert (255, 0, 0) in colours and (0, 255, 0) in colours  # the far blue point hides behind the red one
-    assert (0, 0, 255) not in colours and (9, 9, 9) not in colours
-    turned = render_point_cloud(xyz, rgb, size=(40, 60), yaw_deg=60.0, pitch_deg=0.0, splat=1)
-    assert {tuple(c) for c in turned.reshape(-1, 3)} >= {(255, 0, 0), (0, 0, 255)}  # seen from the side
-
-
-def test_save_png_round_trips_and_refuses_what_png_cannot_hold(tmp_path):
-    from sharpdepth_core.visualize import save_png
-
-    mm = np.array([[0, 1, 65535], [1234, 40000, 7]], dtype=np.uint16)
-    path = save_png(tmp_path / "a" / "mm.png", mm)
-    assert np.array_equal(np.asarray(Image.open(path)), mm) and list(tmp_path.rglob("*.tmp")) == []
-    with pytest.raises(ValueError, match="uint8 HxW/HxWx3/HxWx4 or uint16 HxW"):
-        save_png(tmp_path / "f.png", np.zeros((2, 2), np.float32))
-    assert not (tmp_path / "f.png").exists()
+    assert args.processing_res is None and args.difference == "exact" and args.metric_at_input_resolution is False
+    assert args.threads == default_threads() == max(1, len(os.sched_getaffinity(0)) // 2)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,8 +14,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sharpdepth_core.export import GRAPHS, MANIFEST, ExportManifest, _sha256, _single_data_file, export_onnx
-from sharpdepth_core.models import tiny
+from sharpdepth_core.export import GRAPHS, MANIFEST, ExportManifest, _sha256, _single_data_file, export_onnx, student_weights_sha256
+from sharpdepth_core.models import DiffusionDepthModel, tiny
+from sharpdepth_core.models.hub import replacing_dir
 
 # onnxruntime fp32 against PyTorch fp32: the issue's bound
 FP32_REL = 1e-3
@@ -83,17 +87,33 @@ def test_manifest_records_what_the_folder_holds(dynamic_fp32):
     assert len(onnx.load(str(folder / "unet.onnx")).graph.input) == 1
 
 
-def test_fixed_shape_export_has_static_inputs_and_replaces_the_folder(student, tmp_path):
+def test_fixed_shape_export_has_static_inputs_and_replaces_an_earlier_export(student, dynamic_fp32, tmp_path):
     folder = tmp_path / "fixed"
-    folder.mkdir()
-    (folder / "stale.onnx").write_text("left over")
+    shutil.copytree(dynamic_fp32[0], folder)
+    (folder / "tensorrt").mkdir()  # an engine cache, which the export also counts as its own
+    (folder / "tensorrt" / "unet.plan").write_bytes(b"stale engine")
     manifest = export_onnx(student, folder, image_hw=(48, 64), batch=1)
-    assert not (folder / "stale.onnx").exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx"])
     shapes = {g: [d.dim_value for d in onnx.load(str(folder / f"{g}.onnx")).graph.input[0].type.tensor_type.shape.dim] for g in GRAPHS}
     assert shapes == {"unet": [1, 8, 6, 8], "vae_encoder": [1, 3, 48, 64], "vae_decoder": [1, 4, 6, 8]}
     assert manifest.input_shape("unet") == (1, 8, 6, 8) and manifest.input_shape("vae_encoder") == (1, 3, 48, 64)
     rgb, _, _ = inputs(0, 1, 48, 64)
     assert rel(run(sessions(folder)["vae_encoder"], rgb * 2 - 1), student.codec.encode_image(rgb)) <= FP32_REL
+
+
+def test_export_never_deletes_what_it_did_not_write(student, dynamic_fp32, tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "stale.onnx").write_text("a user's file")
+    with pytest.raises(ValueError, match=rf"{user}: refusing to replace a non-empty folder.*stale.onnx"):
+        export_onnx(student, user)
+    assert [p.name for p in user.iterdir()] == ["stale.onnx"] and (user / "stale.onnx").read_text() == "a user's file"
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dynamic_fp32[0], earlier)
+    (earlier / "notes.txt").write_text("kept")
+    with pytest.raises(ValueError, match="notes.txt, which this save does not write"):
+        export_onnx(student, earlier)
+    assert (earlier / "notes.txt").read_text() == "kept" and ExportManifest.load(earlier) == dynamic_fp32[1]
 
 
 def test_fp16_export_keeps_the_vae_in_fp32_and_leaves_the_student_alone(student, tmp_path):
@@ -172,9 +192,110 @@ def test_cli_export_fixed_grid_from_the_camera_size(student, tmp_path, capsys):
     assert main(argv) == 0
     manifest = ExportManifest.load(out)
     assert manifest.image_hw == (40, 64) and manifest.batch == 1  # 60 x 38 (longer edge 60) padded to 64 x 40
+    # what the node checks at start-up: the grid's processing_res and camera size, the student's weights
+    assert (manifest.processing_res, manifest.input_hw) == (60, (40, 64))
+    assert manifest.student_sha256 == student_weights_sha256(saved) and len(manifest.student_sha256) == 64
     assert "fixed 40x64 (HxW)" in capsys.readouterr().out
     rgb, _, _ = inputs(1, 1, 40, 64)
     assert rel(run(sessions(out)["vae_encoder"], rgb * 2 - 1), student.codec.encode_image(rgb)) <= FP32_REL
+
+
+def test_cli_export_grid_defaults_to_the_models_processing_res(tmp_path):
+    """A pipeline folder at processing_res 64 exports the grid it runs at, not a 768 one."""
+    from sharpdepth_core.cli import main
+
+    pipeline = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "pipeline")
+    assert main(["export", "--model", str(pipeline), "--out", str(tmp_path / "e"), "--input-size", "64x48", "--fixed"]) == 0
+    manifest = ExportManifest.load(tmp_path / "e")
+    assert manifest.image_hw == (48, 64) and manifest.processing_res == 64
+    assert manifest.student_sha256 == student_weights_sha256(pipeline / "student")
+
+
+@pytest.fixture
+def student_must_not_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(DiffusionDepthModel, "from_pretrained", refuse)
+
+
+def test_cli_export_refuses_a_folder_it_did_not_write_before_loading(dynamic_fp32, tmp_path, capsys, student_must_not_load):
+    from sharpdepth_core.cli import main
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "photo.jpg").write_bytes(b"precious")
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dynamic_fp32[0], earlier)
+    cases = [
+        (user, [], f"--out {user}: not empty and not an earlier export (no export.json)"),
+        (earlier, [], f"--out {earlier}: holds an earlier export; pass --overwrite to replace it"),
+        (tmp_path / "user" / "photo.jpg", [], "exists and is not a folder"),
+    ]
+    for out, extra, message in cases:
+        assert main(["export", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    (earlier / "notes.txt").write_text("mine")
+    assert main(["export", "--out", str(earlier), "--overwrite"]) == 2
+    assert "holds notes.txt, which sharpdepth export did not write" in capsys.readouterr().err
+    assert (user / "photo.jpg").read_bytes() == b"precious" and (earlier / "notes.txt").read_text() == "mine"
+    assert ExportManifest.load(earlier) == dynamic_fp32[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: a missing CUDA cannot be shown")
+def test_cli_export_on_a_missing_device_is_one_line_before_loading(tmp_path, capsys, student_must_not_load):
+    from sharpdepth_core.cli import main
+
+    assert main(["export", "--out", str(tmp_path / "x"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda': CUDA is not available here" in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_cli_export_overwrites_an_earlier_export_and_writes_into_the_current_folder(student, dynamic_fp32, tmp_path, monkeypatch):
+    from sharpdepth_core.cli import main
+
+    saved = student.save_pretrained(tmp_path / "student")
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dynamic_fp32[0], earlier)
+    argv = ["export", "--student", str(saved), "--input-size", "64x48", "--fixed", "--processing-res", "64"]
+    assert main([*argv, "--out", str(earlier), "--overwrite"]) == 0
+    assert ExportManifest.load(earlier).image_hw == (48, 64)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main([*argv, "--out", "."]) == 0
+    assert Path(os.getcwd()) == here and ExportManifest.load(here).image_hw == (48, 64)  # the folder itself, not a copy
+    assert main([*argv, "--out", ".", "--overwrite"]) == 0 and Path(os.getcwd()) == here
+
+
+def test_replacing_dir_replaces_only_earlier_saves_of_the_same_kind(tmp_path, monkeypatch):
+    """Every save_pretrained goes through replacing_dir: an earlier save is replaced, anything else refused."""
+    pipe = tiny.tiny_pipeline()
+    folder = pipe.save_pretrained(tmp_path / "pipe")
+    pipe.processing_res = 96
+    pipe.save_pretrained(folder)
+    assert json.loads((folder / "pipeline.json").read_text())["processing_res"] == 96
+    assert sorted(p.name for p in folder.iterdir()) == ["metric", "pipeline.json", "student"] and not list(tmp_path.glob(".*"))
+    for extra in (folder / "README.md", folder / "student" / "unet" / "notes.txt"):  # at any depth
+        extra.write_text("a user's notes")
+        with pytest.raises(ValueError, match=rf"{folder}: refusing to replace .*{extra.relative_to(folder)}, which this save does not write"):
+            pipe.save_pretrained(folder)
+        assert extra.read_text() == "a user's notes"
+        extra.unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")  # a user's file that a metric save would also write
+    with pytest.raises(ValueError, match="lacks model.safetensors, so it is no earlier save of this kind"):
+        pipe.metric_model.save_pretrained(other)
+    assert (other / "config.json").read_text() == "{}"
+    monkeypatch.chdir(tmp_path / "other")
+    (other / "config.json").unlink()
+    pipe.metric_model.save_pretrained(".")  # the current folder: written in place, still the current folder
+    assert Path(os.getcwd()) == other and sorted(p.name for p in other.iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        with replacing_dir(other / "config.json"):
+            pass
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import math
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,3 +406,86 @@ def test_marigold_folder_is_a_diffusers_pipeline_and_a_teacher(tiny_dirs, tmp_pa
 def test_empty_prompt_embedding_has_start_and_end_tokens():
     text_encoder, tokenizer = tiny.tiny_clip()
     assert empty_prompt_embedding(text_encoder, tokenizer).shape == (1, 2, tiny.TEXT_DIM)
+
+
+# --- loader security: no pickle is ever reached, index files included ----------------------------
+
+
+class _Marker:
+    """Unpickling this object creates `path`: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tiny_conv_metric(folder):
+    from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
+
+    with tiny._seeded(0):
+        return ConvMetricBackend(ConvMetricNet(channels=(8, 8, 8, 8))).save_pretrained(folder)
+
+
+def _tiny_light_decoder(folder):
+    from sharpdepth_core.models.light_decoder import LightDepthDecoder
+
+    with tiny._seeded(0):
+        LightDepthDecoder(channels=(8, 8)).save_pretrained(folder)
+    return folder
+
+
+# name -> (make a folder in tmp (tiny_dirs, tmp) -> folder, component subfolder, loader(folder))
+_LOADERS = {
+    "student unet": (lambda d, t: shutil.copytree(d["student"], t / "m"), "unet", DiffusionDepthModel.from_pretrained),
+    "student vae": (lambda d, t: shutil.copytree(d["student"], t / "m"), "vae", DiffusionDepthModel.from_pretrained),
+    "release text encoder": (lambda d, t: shutil.copytree(d["release"], t / "m", ignore=shutil.ignore_patterns(PROMPT_EMBEDS_FILE)),
+                             "text_encoder", DiffusionDepthModel.from_pretrained),
+    "marigold unet": (lambda d, t: shutil.copytree(d["marigold"], t / "m"), "unet", MarigoldDepthModel.from_pretrained),
+    "depth-anything-v2": (lambda d, t: shutil.copytree(d["depth-anything-v2"], t / "m"), ".",
+                          lambda f: load_metric_model("depth-anything-v2", f)),
+    "depth-pro": (lambda d, t: shutil.copytree(d["depth-pro"], t / "m"), ".", lambda f: load_metric_model("depth-pro", f)),
+    "small-conv": (lambda d, t: _tiny_conv_metric(t / "m"), ".", lambda f: load_metric_model("small-conv", f)),
+    "light decoder": (lambda d, t: _tiny_light_decoder(t / "m"), ".",
+                      lambda f: __import__("sharpdepth_core.models.light_decoder", fromlist=["x"]).LightDepthDecoder.load(f)),
+}
+
+
+@pytest.fixture
+def torch_load_unguarded(monkeypatch):
+    """torch.load as libraries called it before `weights_only` became their default: were the loaders to
+    reach the pickle at all, it would run (today's diffusers/transformers pass weights_only=True, which
+    only stops this pickle because it calls `open`)."""
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: real(*a, **{**k, "weights_only": False}))
+
+
+@pytest.mark.parametrize("name", list(_LOADERS))
+def test_an_index_pointing_at_a_pickle_beside_decoy_safetensors_is_refused(name, tiny_dirs, tmp_path, torch_load_unguarded):
+    make, sub, load = _LOADERS[name]
+    folder = Path(make(tiny_dirs, tmp_path))
+    component = folder / sub
+    weights = next(component.glob("*.safetensors"))  # model.safetensors / diffusion_pytorch_model.safetensors
+    keys = list(load_file(weights))
+    weights.rename(component / "decoy.safetensors")  # a .safetensors file is still there, under another name
+    marker = tmp_path / "UNPICKLED"
+    torch.save({key: _Marker(marker) for key in keys}, component / "evil.bin")
+    index = component / f"{weights.name}.index.json"  # the sharded-checkpoint index the library looks for
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {key: "evil.bin" for key in keys}}))
+    with pytest.raises(CheckpointError, match=rf"{index}: maps weights to 'evil.bin', not a .safetensors file"):
+        load(folder)
+    assert not marker.exists()
+
+
+def test_a_sharded_index_must_point_at_safetensors_inside_the_folder(tiny_dirs, tmp_path):
+    folder = Path(shutil.copytree(tiny_dirs["depth-anything-v2"], tmp_path / "m"))
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(folder / "model.safetensors", outside)
+    keys = list(load_file(folder / "model.safetensors"))
+    for target, problem in (("../elsewhere.safetensors", "not a file in"), ("model-00002-of-00002.safetensors", "not a file in")):
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: target for k in keys}}))
+        with pytest.raises(CheckpointError, match=rf"maps weights to '{target}', which is {problem} {folder}"):
+            load_metric_model("depth-anything-v2", folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "model.safetensors" for k in keys}}))
+    assert load_metric_model("depth-anything-v2", folder).name == "depth-anything-v2"  # a valid index loads

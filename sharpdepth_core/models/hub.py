@@ -7,10 +7,12 @@ Weights are read as safetensors only.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -83,18 +85,49 @@ def require_subfolders(folder: Path, names: list[str], what: str) -> None:
         raise CheckpointError(f"{what}: {folder} lacks {', '.join(n + '/' for n in missing)} (expected a diffusers folder)")
 
 
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+
+
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors weights of one component folder; refuses pickle-only checkpoints by name."""
+    """The safetensors weights of one component folder, checked so that no loader can reach a pickle.
+
+    diffusers and transformers load whatever a sharded-checkpoint index (`*.safetensors.index.json`)
+    names, and `torch.load` any target that is not `.safetensors`, even beside a decoy `.safetensors`
+    file. So every index in the folder must map its weights to `.safetensors` files that exist inside
+    the folder; anything else, or a folder with pickle weights only, is a CheckpointError.
+    """
+    for index in sorted(folder.glob("*index*.json")):
+        _check_index(index, folder)
     safe = sorted(folder.glob("*.safetensors"))
     if safe:
         return safe
-    pickled = sorted(p for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"}) if folder.is_dir() else []
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
     if pickled:
         raise CheckpointError(
             f"{pickled[0]}: only pickle weights found; SharpDepth loads safetensors only "
             f"(convert once with safetensors on a trusted machine)"
         )
     raise CheckpointError(f"{folder}: no *.safetensors weights")
+
+
+def _check_index(index: Path, folder: Path) -> None:
+    """A sharded-checkpoint index whose every target is a `.safetensors` file inside `folder`."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{index}: unreadable checkpoint index ({type(exc).__name__})") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if weight_map is None:
+        return  # not a checkpoint index (no loader reads it as one)
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to files")
+    inside = folder.resolve()
+    for target in sorted({str(t) for t in weight_map.values()}):
+        path = (folder / target).resolve()
+        if not target.endswith(".safetensors"):
+            raise CheckpointError(f"{index}: maps weights to {target!r}, not a .safetensors file; SharpDepth loads safetensors only")
+        if not path.is_relative_to(inside) or not path.is_file():
+            raise CheckpointError(f"{index}: maps weights to {target!r}, which is not a file in {folder}")
 
 
 def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
@@ -119,21 +152,82 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
     return result
 
 
+_OWN_TEMP = ".sharpdepth-"  # prefix of the temporary entries replacing_dir itself makes
+
+
 @contextmanager
-def replacing_dir(path: str | Path) -> Iterator[Path]:
-    """Write a model folder beside its destination, then swap it in: a crash never leaves half a model."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def replacing_dir(path: str | Path, also: Collection[str] = ()) -> Iterator[Path]:
+    """Write a folder in a temporary place, then put it at `path`: a crash never leaves half a model.
+
+    An existing `path` is replaced only when it is empty or an earlier save of the same kind: it holds
+    every top-level file this write produced (the writer's own files: pipeline.json, export.json,
+    config.json and weights, ...), and every file and folder in it, at any depth, is one this write
+    also produced, except top-level names in `also` (what an earlier save of this kind may hold
+    besides, e.g. an engine cache). Anything else is refused with a ValueError naming the folder and
+    what is in the way, and nothing in it is touched: the project never deletes what it did not
+    write. An existing folder keeps its place (and inode: the current directory or a symlinked
+    folder stays valid); its entries are swapped.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))  # "." and "x/.." have no usable name
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder")
+    existed = path.is_dir()
+    if existed:
+        tmp = Path(tempfile.mkdtemp(prefix=_OWN_TEMP + "partial-", dir=path))
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OWN_TEMP}partial-", dir=path.parent))
     try:
         yield tmp
-    except BaseException:
+        if existed:
+            _swap_entries(path, tmp, also)
+        else:
+            tmp.rename(path)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_entries(path: Path, new: Path, also: Collection[str]) -> None:
+    """Move `new`'s entries into `path` in place of its old ones (checked as `replacing_dir` says)."""
+    old = [p for p in path.iterdir() if p != new]
+    leftovers = [p for p in old if p.name.startswith(_OWN_TEMP)]  # from a crashed earlier save
+    old = [p for p in old if p not in leftovers]
+    if old:
+        produced = _tree(new)
+        foreign = sorted(name for p in old if p.name not in also for name in _tree(path, p) if name not in produced)
+        missing = sorted(p.name for p in new.iterdir() if p.is_file() and not (path / p.name).is_file())
+        if foreign or missing:
+            reason = (f"it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which this save does not write"
+                      if foreign else f"it lacks {', '.join(missing[:5])}, so it is no earlier save of this kind")
+            raise ValueError(
+                f"{path}: refusing to replace a non-empty folder that the project did not write ({reason}); "
+                "choose a new or empty folder, or move those files away"
+            )
+    for entry in leftovers:
+        _remove(entry)
+    trash = Path(tempfile.mkdtemp(prefix=_OWN_TEMP + "old-", dir=path))
+    for entry in old:
+        entry.rename(trash / entry.name)
+    for entry in new.iterdir():
+        entry.rename(path / entry.name)
+    _remove(trash)  # kept if a rename above failed: the earlier save stays recoverable
+
+
+def _tree(root: Path, entry: Path | None = None) -> set[str]:
+    """Relative paths of `entry` (default: everything in `root`) and all it holds, folders marked '/'."""
+    entries = [entry] if entry is not None else list(root.iterdir())
+    names = set()
+    for e in entries:
+        if e.is_dir() and not e.is_symlink():
+            names.add(e.relative_to(root).as_posix() + "/")
+            names |= {p.relative_to(root).as_posix() + ("/" if p.is_dir() and not p.is_symlink() else "") for p in e.rglob("*")}
+        else:
+            names.add(e.relative_to(root).as_posix())
+    return names
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)

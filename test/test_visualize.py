@@ -1,0 +1,111 @@
+"""The pictures (`sharpdepth_core.visualize`): colour tables against matplotlib, colour bars, the
+point-cloud render and atomic PNG writing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from PIL import Image
+
+from sharpdepth_core.visualize import (
+    DEPTH_CMAP,
+    DIFFERENCE_CMAP,
+    TABLES,
+    colorize_depth,
+    colorize_difference,
+    depth_colour_bar,
+    depth_range,
+    difference_colour_bar,
+)
+
+
+def matplotlib_colours(name: str, t) -> np.ndarray:
+    return (colormaps[name](np.asarray(t))[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", [DEPTH_CMAP, DIFFERENCE_CMAP])
+def test_colour_tables_are_matplotlibs_colormaps(name):
+    """The hard-coded tables are the colormaps sampled at 256 points, and colouring any value through
+    them stays within 5/255 of matplotlib's own colour for that value (the table's quantisation)."""
+    assert np.array_equal(TABLES[name][:256], matplotlib_colours(name, np.linspace(0, 1, 256)))
+    assert (TABLES[name][256] == 0).all()  # invalid pixels
+    t = np.random.default_rng(0).random((40, 50))
+    ours = colorize_difference(t) if name == DIFFERENCE_CMAP else colorize_depth(3.0 - 2.0 * t, 1.0, 3.0)
+    position = t if name == DIFFERENCE_CMAP else 0.15 + 0.85 * t
+    assert np.abs(ours.astype(int) - matplotlib_colours(name, position).astype(int)).max() <= 5
+
+
+def test_colouring_does_not_import_matplotlib():
+    """The colour tables are built in: the node's first frame pays no matplotlib import (~170 ms)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from sharpdepth_core.visualize import colorize_depth, colorize_difference; "
+            "colorize_depth(np.ones((4, 4))); colorize_difference(np.zeros((4, 4))); print('matplotlib' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=root)
+    assert out.stdout.strip() == "False"
+
+
+def test_depth_range_spans_both_maps_and_ignores_invalid_values():
+    a = np.array([[1.0, 2.0, np.nan, -1.0]])
+    b = np.array([[3.0, np.inf, 0.0, 2.0]])
+    lo, hi = depth_range(a, b)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile([1.0, 2.0, 3.0, 2.0], [2, 98])))
+    assert depth_range(np.full((2, 2), np.nan)) is None
+
+
+def test_colour_bars_show_the_scale_and_its_ends():
+    bar = depth_colour_bar(300, 0.5, 4.0)
+    assert bar.shape[1] == 300 and bar.dtype == np.uint8 and 10 < bar.shape[0] < 60
+    near, far = colorize_depth(np.array([[0.5, 4.0]]), 0.5, 4.0)[0]
+    assert np.array_equal(bar[0, 0], near) and np.array_equal(bar[0, -1], far)  # near on the left, far on the right
+    bright = bar[bar.shape[0] // 2:].max(axis=2) > 200  # the labels, white on dark grey
+    assert bright[:, :60].any() and bright[:, -60:].any() and not bright[:, 120:180].any()
+    e_bar = difference_colour_bar(200)
+    assert np.array_equal(e_bar[0, 0], colorize_difference(np.zeros((1, 1)))[0, 0])
+    assert np.array_equal(e_bar[0, -1], colorize_difference(np.ones((1, 1)))[0, 0])
+
+
+def test_depth_colours_near_warm_far_dark_invalid_black():
+    depth = np.array([[1.0, 2.0, 3.0, np.nan, -1.0, np.inf]])
+    rgb = colorize_depth(depth, vmin=1.0, vmax=3.0)
+    near, mid, far = rgb[0, 0].astype(int), rgb[0, 1].astype(int), rgb[0, 2].astype(int)
+    assert np.array_equal(near, (np.array(colormaps["inferno"](1.0)[:3]) * 255 + 0.5).astype(int))  # pale yellow
+    assert near.sum() > mid.sum() > far.sum() > 0 and near[0] > near[2]  # warm and bright when near
+    assert (rgb[0, 3:] == 0).all()  # NaN, negative, inf: black, darker than any depth
+    assert colorize_depth(np.full((2, 2), np.nan)).shape == (2, 2, 3)
+
+
+def test_difference_colours_follow_viridis():
+    rgb = colorize_difference(np.array([[0.0, 1.0, 2.0, np.nan]]))
+    for i, t in enumerate((0.0, 1.0, 1.0)):  # values above 1 are clipped
+        assert np.array_equal(rgb[0, i], (np.array(colormaps["viridis"](t)[:3]) * 255 + 0.5).astype(np.uint8))
+    assert (rgb[0, 3] == 0).all()
+
+
+def test_point_cloud_render_keeps_the_nearest_point():
+    from sharpdepth_core.visualize import render_point_cloud
+
+    xyz = np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 4.0], [0.2, 0.1, 3.0], [np.nan, 0, 1]])
+    rgb = np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0], [9, 9, 9]], dtype=np.uint8)
+    image = render_point_cloud(xyz, rgb, size=(40, 60), yaw_deg=0.0, pitch_deg=0.0, splat=1)
+    assert image.shape == (40, 60, 3)
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    assert (255, 0, 0) in colours and (0, 255, 0) in colours  # the far blue point hides behind the red one
+    assert (0, 0, 255) not in colours and (9, 9, 9) not in colours
+    turned = render_point_cloud(xyz, rgb, size=(40, 60), yaw_deg=60.0, pitch_deg=0.0, splat=1)
+    assert {tuple(c) for c in turned.reshape(-1, 3)} >= {(255, 0, 0), (0, 0, 255)}  # seen from the side
+
+
+def test_save_png_round_trips_and_refuses_what_png_cannot_hold(tmp_path):
+    from sharpdepth_core.visualize import save_png
+
+    mm = np.array([[0, 1, 65535], [1234, 40000, 7]], dtype=np.uint16)
+    path = save_png(tmp_path / "a" / "mm.png", mm)
+    assert np.array_equal(np.asarray(Image.open(path)), mm) and list(tmp_path.rglob("*.tmp")) == []
+    with pytest.raises(ValueError, match="uint8 HxW/HxWx3/HxWx4 or uint16 HxW"):
+        save_png(tmp_path / "f.png", np.zeros((2, 2), np.float32))
+    assert not (tmp_path / "f.png").exists()
