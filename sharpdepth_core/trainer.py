@@ -30,6 +30,7 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -735,13 +736,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         acc.get_tracker("tensorboard", unwrap=True).add_text("config", text, state.step)
     try:
         ckpt, interrupted = _loop(run, state, ckpt)
-    except DataError as exc:
+    except BaseException as exc:
+        # Release the data-loader iterator the traceback's frames hold, so torch shuts its workers down
+        # now; left to the interpreter's exit, they are terminated there and torch reports that as a
+        # worker failure.
+        traceback.clear_frames(exc.__traceback__)
         lines = str(exc).strip().splitlines()
-        if len(lines) == 1:
-            raise
-        # Raised in a data-loader worker: torch re-raises it with the worker's traceback as the message,
-        # whose last line is "sharpdepth_core.data.DataError: <the message>".
-        raise DataError(lines[-1].split(": ", 1)[-1]) from None
+        if isinstance(exc, DataError) and len(lines) > 1:
+            # Raised in a worker: torch re-raises it with the worker's traceback as the message, whose
+            # last line is "sharpdepth_core.data.DataError: <the message>".
+            raise DataError(lines[-1].split(": ", 1)[-1]) from None
+        raise
     pipeline = None
     if interrupted is None:  # a finished run: a pipeline folder for --model / the node
         pipeline = Path(cfg.output_dir) / "pipeline"

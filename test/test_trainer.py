@@ -658,3 +658,14 @@ def test_a_bad_depth_cache_entry_is_recomputed_during_training(models, tmp_path,
     warned = [r.message for r in caplog.records if "depth cache" in r.message]
     assert len(warned) == 3  # once each, naming its file
     assert all(sum(str(cache.path(ds[i]["key"])) in w for w in warned) == 1 for i in bad)
+
+
+def test_a_repeated_signal_stops_at_once_unless_it_is_the_launchers_echo(monkeypatch):
+    with trainer.StopOnSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # first: save a checkpoint after this step, then stop
+        signal.raise_signal(signal.SIGINT)  # at once again: the launcher forwarding the same Ctrl-C
+        monkeypatch.setattr(trainer.StopOnSignal, "ECHO_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):  # later again: the user insists, the run stops now
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

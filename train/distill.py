@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 from typing import Union, get_args, get_origin
 
 import yaml
@@ -66,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
-    """The run's config; when resuming from a checkpoint, its saved config.yaml replaces the preset."""
+def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[TrainConfig, Path | None]:
+    """The run's config and the checkpoint it resumes (None: a new run); when resuming, the
+    checkpoint's saved config.yaml takes the place of the preset."""
     overrides: dict[str, object] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -80,13 +82,13 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainC
         cfg = make_config(args.preset or "reference", args.config, overrides)
         checkpoint = resolve_resume(cfg.output_dir, args.resume)
         if checkpoint is None:
-            return cfg
+            return cfg, None
         if args.preset:
             print(f"distill.py: note: --preset {args.preset} is not used: resuming {checkpoint} with its saved config",
                   file=sys.stderr)
         resumed = make_config(yaml_file=args.config, overrides=overrides, base=checkpoint / "config.yaml")
         # "latest" was found in cfg.output_dir: the run lives there even if its saved config names another
-        return dataclasses.replace(resumed, output_dir=cfg.output_dir) if args.resume == "latest" else resumed
+        return (dataclasses.replace(resumed, output_dir=cfg.output_dir) if args.resume == "latest" else resumed), checkpoint
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
 
@@ -96,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
-    cfg = resolve(args, parser)
+    cfg, checkpoint = resolve(args, parser)
     try:
         if args.print_config:
             check_config(cfg)  # what training would refuse is refused here too
             print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
             return 0
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=checkpoint and str(checkpoint))
     except (ValueError, OSError, ImportError) as exc:  # bad data, weights, config or output folder: one line
         print(f"distill.py: error: {exc}", file=sys.stderr)
         return 1
