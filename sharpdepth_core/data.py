@@ -165,6 +165,15 @@ class _CompletePart:
         return str(self.path)
 
 
+def _reader_errors() -> tuple[type[Exception], ...]:
+    """What rosbags raises for a recording it cannot read (its high-level reader does not wrap all)."""
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag1 import ReaderError as Rosbag1Error
+    from rosbags.rosbag2 import ReaderError as Rosbag2Error
+
+    return AnyReaderError, Rosbag1Error, Rosbag2Error
+
+
 def _camera_image_problem(topic: str, msg: object) -> str | None:
     """Why an image topic is not a camera's picture, None when it is one. Colour-mapped depth (this
     node's `depth/colored`, a RealSense colouriser) is rgb8 and has a camera_info beside it like a
@@ -191,8 +200,6 @@ class RosbagImages:
     """
 
     def __init__(self, path: str | os.PathLike, topics: Sequence[str] | None = None):
-        from rosbags.highlevel import AnyReaderError
-
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"recording {self.path} does not exist")
@@ -201,7 +208,7 @@ class RosbagImages:
         try:
             with self._open() as reader:
                 self._build_index(reader, topics)
-        except AnyReaderError as err:
+        except _reader_errors() as err:
             raise DataError(f"recording {self.path} cannot be read: {err}") from err
 
     def _recording_parts(self) -> list[Path | _CompletePart]:
@@ -209,7 +216,8 @@ class RosbagImages:
         to its complete records."""
         files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
         ends = {f: _complete_mcap_end(f) for f in files if f.suffix.lower() == ".mcap"}
-        if not any(e is not None for e in ends.values()) and (self.path.is_file() or (self.path / "metadata.yaml").is_file()):
+        complete = all(e is None for e in ends.values())
+        if complete and (self.path.is_file() or (self.path / "metadata.yaml").is_file()):
             return [self.path]
         parts = [_CompletePart(f, ends[f]) if ends.get(f) is not None else f for f in files]
         if not parts:
@@ -217,8 +225,6 @@ class RosbagImages:
         return parts
 
     def _build_index(self, reader, topics: Sequence[str] | None) -> None:
-        from rosbags.highlevel import AnyReaderError
-
         image_conns = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
         available = sorted({c.topic for c in image_conns})
         if topics:
@@ -235,7 +241,7 @@ class RosbagImages:
             if conn.topic not in problems:  # decided on the topic's first readable message
                 try:
                     problems[conn.topic] = _camera_image_problem(conn.topic, reader.deserialize(raw, conn.msgtype))
-                except AnyReaderError:
+                except _reader_errors():
                     continue
             if problems[conn.topic] is not None:
                 continue
@@ -244,7 +250,8 @@ class RosbagImages:
             self.index.append((conn.topic, t, k))
         left_out = ", ".join(f"{t} ({why})" for t, why in sorted(problems.items()) if why)
         if not self.index:
-            reason = f"no camera image topic (left out: {left_out}); choose with --topics" if left_out else f"image topics: {available}"
+            reason = (f"no camera image topic (left out: {left_out}); choose with --topics" if left_out
+                      else f"image topics: {available}")
             raise DataError(f"no image messages in {self.path} ({reason})")
         counts = Counter(topic for topic, _, _ in self.index)
         self.topics = sorted(counts)
@@ -275,19 +282,17 @@ class RosbagImages:
         return f"{self.path.resolve()}|{topic}|{t}|{k}"
 
     def read(self, i: int) -> np.ndarray:
-        from rosbags.highlevel import AnyReaderError
-
-        if self._reader is None:
-            self._reader = self._open()
-            self._reader.open()
         topic, t, k = self.index[i]
-        conns = [c for c in self._reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
-        for j, (conn, _, raw) in enumerate(self._reader.messages(connections=conns, start=t, stop=t + 1)):
-            if j == k:
-                try:
+        try:
+            if self._reader is None:
+                self._reader = self._open()
+                self._reader.open()
+            conns = [c for c in self._reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
+            for j, (conn, _, raw) in enumerate(self._reader.messages(connections=conns, start=t, stop=t + 1)):
+                if j == k:
                     return decode_image_message(self._reader.deserialize(raw, conn.msgtype))
-                except (UnreadableImage, AnyReaderError) as err:
-                    raise UnreadableImage(f"{self.path} {topic} @ {t}: {err}") from err
+        except (UnreadableImage, *_reader_errors()) as err:
+            raise UnreadableImage(f"{self.path} {topic} @ {t}: {err}") from err
         raise UnreadableImage(f"{self.path} {topic} @ {t}: message vanished from the recording")
 
 

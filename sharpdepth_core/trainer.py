@@ -66,12 +66,13 @@ class TrainConfig:
     # models
     teacher: str = _opt("jingheya/lotus-depth-g-v1-0", "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
     student_init: str | None = _opt(None, "initial student weights (default: the teacher)")
-    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2")
+    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2, small-conv")
     metric_path: str | None = _opt(None, "f_D weights folder or hub id (default: the backend's usual checkpoint)")
     # data
-    data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml, .mcap, .db3)")
+    data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml or .mcap files, .mcap, .db3)")
     data_probs: list[float] | None = _opt(None, "mixing probability per data source (default: every image once per epoch)")
-    topics: list[str] | None = _opt(None, "camera topics to read from recordings (default: every image topic)")
+    topics: list[str] | None = _opt(None, "image topics to read from recordings (default: the camera image topics: raw colour/mono "
+                                                "or compressed images, no depth)")
     resolution: tuple[int, int] = _opt((576, 768), "training size H W (multiples of 8): resize to cover, centre crop")
     depth_cache: str | None = _opt(None, "folder for f_D's depth of each image, reused in later epochs")
     num_workers: int = _opt(4, "data-loader worker processes")
