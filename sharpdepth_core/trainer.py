@@ -226,10 +226,17 @@ def make_config(preset: str = "reference", yaml_file: str | Path | None = None, 
     explicit overrides (the command line), each winning over the last."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = PRESETS[preset] if base is None else override(TrainConfig(), read_config_file(base))
+    cfg = PRESETS[preset] if base is None else _override_from_file(TrainConfig(), base)
     if yaml_file is not None:
-        cfg = override(cfg, read_config_file(yaml_file))
+        cfg = _override_from_file(cfg, yaml_file)
     return override(cfg, overrides)
+
+
+def _override_from_file(cfg: TrainConfig, path: str | Path) -> TrainConfig:
+    try:
+        return override(cfg, read_config_file(path))
+    except ValueError as exc:  # name the file the bad value came from
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def config_dict(cfg: TrainConfig) -> dict:

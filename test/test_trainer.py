@@ -172,9 +172,12 @@ def test_yaml_then_overrides_win_and_values_are_typed(tmp_path):
         ({"gradient_checkpointing": "maybe"}, "cannot use 'maybe' as bool"),
     ],
 )
-def test_bad_overrides_are_one_line_errors(changes, message):
+def test_bad_overrides_are_one_line_errors(changes, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         make_config("reference", overrides=changes)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(changes))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'c.yaml'}: .*{message}"):  # the file is named
+        make_config("reference", tmp_path / "c.yaml")
 
 
 def test_a_run_that_cannot_work_is_refused_before_loading_anything(tmp_path):
