@@ -233,8 +233,9 @@ def make_config(preset: str = "reference", yaml_file: str | Path | None = None, 
 
 
 def _override_from_file(cfg: TrainConfig, path: str | Path) -> TrainConfig:
+    values = read_config_file(path)
     try:
-        return override(cfg, read_config_file(path))
+        return override(cfg, values)
     except ValueError as exc:  # name the file the bad value came from
         raise ValueError(f"{path}: {exc}") from None
 
