@@ -8,7 +8,10 @@ one EMA update, under accelerate exactly as `train()` runs them. f_D and data lo
 Configs: `small` (the tiny test models) runs anywhere; `sd2-512` and `sd2-768` build the full-size
 Lotus-G architecture (SD-2 UNet with 8 input channels, SD-2 VAE) from its config with random
 weights and need a CUDA GPU. Each measurement runs in its own process so its peak memory is its
-own (CUDA: max allocated; CPU: peak RSS of the process). Prints a table and one JSON line.
+own (CUDA: max allocated; CPU: peak RSS of the process). Prints a table, the bf16 / fp32 time ratio
+of each config (bf16 is slower than fp32 on CPUs without bf16 matrix units: train in fp32 there),
+and one JSON line. Steps vary: the default 20 timed steps after 2 of warm-up (5 timed steps gave a
+mean 1.7x the minimum of 20); on a shared machine compare the ratios of one run, not absolute times.
 """
 from __future__ import annotations
 
@@ -126,18 +129,37 @@ def run_child(args, config: str, precision: str) -> dict:
     return json.loads(lines[-1])
 
 
-def main(argv=None) -> None:
+def bf16_ratios(rows: list[dict]) -> list[str]:
+    """One line per config measured in both precisions: bf16's time per step (min) over fp32's."""
+    times = {(r["config"], r["precision"]): r for r in rows if "error" not in r}
+    lines = []
+    for config in dict.fromkeys(r["config"] for r in rows):
+        fp32, bf16 = times.get((config, "no")), times.get((config, "bf16"))
+        if fp32 and bf16:
+            ratio = bf16["s_per_step_min"] / fp32["s_per_step_min"]
+            where = fp32["device"] if fp32["device"] != "cpu" else "this CPU"
+            advice = "; train in fp32 (mixed_precision: no) here" if ratio > 1 else ""
+            lines.append(f"{config}: bf16 takes {ratio:.2f}x the fp32 time per step on {where}{advice}")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
                         help="default: small, plus sd2-512 and sd2-768 when a CUDA GPU is present")
     parser.add_argument("--precisions", nargs="+", choices=["no", "bf16"], default=["no", "bf16"], help="no = fp32")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (reference: 8)")
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady figures on a shared machine)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "PRECISION"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if min(args.grad_accum, args.steps, args.threads) < 1 or args.warmup < 0:
         parser.error("--grad-accum, --steps and --threads must be >= 1, --warmup >= 0")
@@ -169,7 +191,14 @@ def main(argv=None) -> None:
               f"{r['s_per_step_min']:>8.3f} {gpu:>12} {r['peak_rss_GiB']:>12.2f}  {r['device']} ({r['threads']} threads)")
     for s in skipped:
         print(f"{s['config']:<8} skipped: {s['reason']}")
-    print(json.dumps({"bench": "train_step", "load_average_1min": os.getloadavg()[0], "results": rows, "skipped": skipped}))
+    ratios = bf16_ratios(rows)
+    for line in ratios:
+        print(line)
+    load = os.getloadavg()[0]
+    if load >= 0.5:
+        print(f"load average {load:.2f}: other processes shared the CPU; compare the ratios, not the times")
+    print(json.dumps({"bench": "train_step", "load_average_1min": load, "results": rows, "bf16_ratios": ratios,
+                      "skipped": skipped}))
 
 
 if __name__ == "__main__":

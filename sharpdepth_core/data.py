@@ -1,36 +1,44 @@
 """Training data for GT-free distillation: any images, from folders or from robot logs.
 
-Sources are image folders (recursive) and camera topics of rosbag2 / MCAP recordings, read with
-`rosbags` (no ROS install needed). Every image is resized to cover the training resolution and
-centre-cropped, so a batch has one size. `MixingSampler` draws the epoch's order from (seed, epoch)
-alone, so every process sees the same order (accelerate shards it) and a resumed run replays it.
-A corrupt image is skipped with a warning and counted in the batch (`skipped`), never fatal; a
-source without images is a clear error at start-up. `DepthCache` keeps f_D's depth on disk so
-later epochs do not recompute it.
+Sources are image folders (recursive; files decoded as the CLI decodes them) and the camera topics
+of rosbag2 / MCAP recordings, read with `rosbags` (no ROS install needed); a recording cut short by
+a crash (no MCAP footer) is read as far as it is complete. Every image is resized to cover the
+training resolution and centre-cropped, so a batch has one size. `MixingSampler` draws the epoch's
+order from (seed, epoch) alone, so every process sees the same order (accelerate shards it) and a
+resumed run replays it. A corrupt image is skipped with a warning and counted in the batch
+(`skipped`), never fatal; a source without images, or with none readable, is a one-line `DataError`.
+`DepthCache` keeps f_D's depth on disk so later epochs do not recompute it.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
-import tempfile
+import secrets
+import struct
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from .images import compressed_to_rgb8, image_to_rgb8
+from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, compressed_to_rgb8, image_to_rgb8, read_image_file
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
 IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+class DataError(ValueError):
+    """Training data that cannot be used at all (no images, none readable): one line, the run stops."""
 
 
 class UnreadableImage(ValueError):
@@ -46,7 +54,7 @@ class ImageFolder:
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -57,12 +65,11 @@ class ImageFolder:
         return f"{self.files[i].resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
     def read(self, i: int) -> np.ndarray:
-        """uint8 [H, W, 3] RGB."""
+        """uint8 [H, W, 3] RGB, decoded as the CLI does (16-bit scaled to 8; 32-bit and oversized refused)."""
         try:
-            with Image.open(self.files[i]) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise UnreadableImage(f"{self.files[i]}: {err}") from err
+            return read_image_file(self.files[i], DEFAULT_MAX_INPUT_PIXELS)
+        except ValueError as err:  # the message names the file once
+            raise UnreadableImage(str(err)) from err
 
 
 def decode_image_message(msg: object) -> np.ndarray:
@@ -73,46 +80,196 @@ def decode_image_message(msg: object) -> np.ndarray:
         raise UnreadableImage(str(err)) from err
 
 
+def _complete_mcap_end(path: Path) -> int | None:
+    """None for a complete MCAP file (it ends with the magic bytes); for one cut short (a recorder
+    killed before writing its footer) the end of its last complete record in the data section."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size >= 2 * len(MCAP_MAGIC):
+            f.seek(size - len(MCAP_MAGIC))
+            if f.read() == MCAP_MAGIC:
+                return None
+        f.seek(0)
+        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            return None  # not an MCAP file: rosbags says so
+        end = len(MCAP_MAGIC)
+        while end + 9 <= size:  # a record: opcode (1 byte), length (uint64), content
+            f.seek(end)
+            opcode, length = struct.unpack("<BQ", f.read(9))
+            if opcode in (0x02, 0x0F) or end + 9 + length > size:  # footer, data end, or the cut record
+                break
+            end += 9 + length
+    return end
+
+
+class _McapPrefix(io.RawIOBase):
+    """A read-only file: the first `end` bytes of an MCAP file, then an empty footer (no summary)."""
+
+    # Footer record (opcode 0x02, 20 bytes: summary start, summary offset start, CRC, all 0), magic.
+    TAIL = struct.pack("<BQQQI", 0x02, 20, 0, 0, 0) + MCAP_MAGIC
+
+    def __init__(self, path: Path, end: int):
+        super().__init__()
+        self._file, self._end, self._pos = open(path, "rb"), end, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end + len(self.TAIL)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._pos < self._end:
+            self._file.seek(self._pos)
+            n = self._file.readinto(view[: min(len(view), self._end - self._pos)])
+        else:
+            tail = self.TAIL[self._pos - self._end :][: len(view)]
+            view[: len(tail)] = tail
+            n = len(tail)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _CompletePart:
+    """A truncated MCAP file as rosbags is given it (the few path methods its reader uses): the
+    complete records and an empty footer, which rosbags reads by scanning, as any unindexed MCAP."""
+
+    suffix = ".mcap"
+
+    def __init__(self, path: Path, end: int):
+        self.path, self.end = path, end
+
+    def exists(self) -> bool:
+        return True
+
+    def is_dir(self) -> bool:
+        return False
+
+    def open(self, mode: str = "rb") -> io.BufferedReader:
+        return io.BufferedReader(_McapPrefix(self.path, self.end))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _reader_errors() -> tuple[type[Exception], ...]:
+    """What rosbags raises for a recording it cannot read (its high-level reader does not wrap all)."""
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag1 import ReaderError as Rosbag1Error
+    from rosbags.rosbag2 import ReaderError as Rosbag2Error
+
+    return AnyReaderError, Rosbag1Error, Rosbag2Error
+
+
+def _camera_image_problem(topic: str, msg: object) -> str | None:
+    """Why an image topic is not a camera's picture, None when it is one. Colour-mapped depth (this
+    node's `depth/colored`, a RealSense colouriser) is rgb8 and has a camera_info beside it like a
+    camera, so the topic's name decides there: any path segment naming depth or disparity."""
+    if any("depth" in part or "disparity" in part for part in topic.lower().split("/")):
+        return "depth, not a camera picture"
+    if hasattr(msg, "encoding"):
+        return None if msg.encoding in COLOR_ENCODINGS else f"encoding {msg.encoding}"
+    return f"format {msg.format}" if "compresseddepth" in msg.format.lower() else None
+
+
 class RosbagImages:
     """The camera images of a rosbag2 folder, an .mcap / .db3 file (or a ROS 1 .bag), read with rosbags.
 
-    `topics` selects image topics (None: every Image/CompressedImage topic). The index of
-    (topic, timestamp) pairs is built once by reading the log; an image is then fetched by its
-    timestamp, which indexed MCAP and sqlite3 storages answer without a scan. The reader is opened
-    lazily in each process (data-loader workers included) and never pickled.
+    `topics` selects image topics; by default the camera image topics (`_camera_image_problem`:
+    raw rgb8/bgr8/rgba8/bgra8/mono8/mono16 or compressed images, not depth products), and the log
+    says which were used and which were left out. The index of (topic, timestamp) pairs is built
+    once by reading the log; an image is then fetched by its timestamp, which indexed MCAP and
+    sqlite3 storages answer without a scan. The reader is opened lazily in each process (data-loader
+    workers included) and never pickled.
+
+    An MCAP file cut short (no footer: the recorder was killed) is read up to its last complete
+    record, as is a rosbag2 folder whose recorder never wrote metadata.yaml; the log says how much.
     """
 
     def __init__(self, path: str | os.PathLike, topics: Sequence[str] | None = None):
-        from rosbags.highlevel import AnyReader
-
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"recording {self.path} does not exist")
         self._reader = None
-        with self._open(AnyReader) as reader:
-            image_conns = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
-            available = sorted({c.topic for c in image_conns})
-            if topics:
-                missing = sorted(set(topics) - set(available))
-                if missing:
-                    raise ValueError(f"{self.path}: no image topic {missing}; image topics are {available}")
-                image_conns = [c for c in image_conns if c.topic in set(topics)]
-            if not image_conns:  # (an empty connection list would mean "all topics" to rosbags)
-                raise ValueError(f"no image messages in {self.path} (no Image/CompressedImage topic)")
-            self.topics = sorted({c.topic for c in image_conns})
-            seen: dict[tuple[str, int], int] = {}
-            self.index: list[tuple[str, int, int]] = []  # (topic, timestamp ns, ordinal at that timestamp)
-            for conn, t, _ in reader.messages(connections=image_conns):
-                k = seen.get((conn.topic, t), 0)
-                seen[(conn.topic, t)] = k + 1
-                self.index.append((conn.topic, t, k))
-        if not self.index:
-            raise ValueError(f"no image messages in {self.path} (image topics: {available})")
+        self._parts = self._recording_parts()
+        try:
+            with self._open() as reader:
+                self._build_index(reader, topics)
+        except _reader_errors() as err:
+            raise DataError(f"recording {self.path} cannot be read: {err}") from err
 
-    def _open(self, reader_cls):
+    def _recording_parts(self) -> list[Path | _CompletePart]:
+        """What rosbags opens: the recording itself, or its MCAP files with any truncated one cut
+        to its complete records."""
+        files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
+        ends = {f: _complete_mcap_end(f) for f in files if f.suffix.lower() == ".mcap"}
+        complete = all(e is None for e in ends.values())
+        if complete and (self.path.is_file() or (self.path / "metadata.yaml").is_file()):
+            return [self.path]
+        parts = [_CompletePart(f, ends[f]) if ends.get(f) is not None else f for f in files]
+        if not parts:
+            raise DataError(f"recording {self.path}: no metadata.yaml and no .mcap file")
+        return parts
+
+    def _build_index(self, reader, topics: Sequence[str] | None) -> None:
+        image_conns = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
+        available = sorted({c.topic for c in image_conns})
+        if topics:
+            missing = sorted(set(topics) - set(available))
+            if missing:
+                raise DataError(f"{self.path}: no image topic {missing}; image topics are {available}")
+            image_conns = [c for c in image_conns if c.topic in set(topics)]
+        if not image_conns:  # (an empty connection list would mean "all topics" to rosbags)
+            raise DataError(f"no image messages in {self.path} (no Image/CompressedImage topic)")
+        problems: dict[str, str | None] = {t: None for t in topics or ()}  # chosen topics are used as they are
+        seen: dict[tuple[str, int], int] = {}
+        self.index: list[tuple[str, int, int]] = []  # (topic, timestamp ns, ordinal at that timestamp)
+        for conn, t, raw in reader.messages(connections=image_conns):
+            if conn.topic not in problems:  # decided on the topic's first readable message
+                try:
+                    problems[conn.topic] = _camera_image_problem(conn.topic, reader.deserialize(raw, conn.msgtype))
+                except _reader_errors():
+                    continue
+            if problems[conn.topic] is not None:
+                continue
+            k = seen.get((conn.topic, t), 0)
+            seen[(conn.topic, t)] = k + 1
+            self.index.append((conn.topic, t, k))
+        left_out = ", ".join(f"{t} ({why})" for t, why in sorted(problems.items()) if why)
+        if not self.index:
+            reason = (f"no camera image topic (left out: {left_out}); choose with --topics" if left_out
+                      else f"image topics: {available}")
+            raise DataError(f"no image messages in {self.path} ({reason})")
+        counts = Counter(topic for topic, _, _ in self.index)
+        self.topics = sorted(counts)
+        used = ", ".join(f"{t} ({counts[t]} images)" for t in self.topics)
+        log.info("recording %s: training on %s%s", self.path, used,
+                 f"; not camera images, left out: {left_out} (choose with --topics)" if left_out else "")
+        cut = [p for p in self._parts if isinstance(p, _CompletePart)]
+        if cut:
+            kept = ", ".join(f"{p.path.name}: {p.end / 1e6:.2f} of {p.path.stat().st_size / 1e6:.2f} MB" for p in cut)
+            log.warning("recording %s is truncated (no MCAP footer: the recorder did not finish it); recovered %d messages "
+                        "from its complete records (%s), %d of them camera images used for training; the rest is lost",
+                        self.path, reader.message_count, kept, len(self.index))
+
+    def _open(self):
+        from rosbags.highlevel import AnyReader
         from rosbags.typesys import Stores, get_typestore
 
-        return reader_cls([self.path], default_typestore=get_typestore(Stores.LATEST))
+        return AnyReader(self._parts, default_typestore=get_typestore(Stores.LATEST))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_reader": None}
@@ -125,26 +282,25 @@ class RosbagImages:
         return f"{self.path.resolve()}|{topic}|{t}|{k}"
 
     def read(self, i: int) -> np.ndarray:
-        from rosbags.highlevel import AnyReader, AnyReaderError
-
-        if self._reader is None:
-            self._reader = self._open(AnyReader)
-            self._reader.open()
         topic, t, k = self.index[i]
-        conns = [c for c in self._reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
-        for j, (conn, _, raw) in enumerate(self._reader.messages(connections=conns, start=t, stop=t + 1)):
-            if j == k:
-                try:
+        try:
+            if self._reader is None:
+                self._reader = self._open()
+                self._reader.open()
+            conns = [c for c in self._reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
+            for j, (conn, _, raw) in enumerate(self._reader.messages(connections=conns, start=t, stop=t + 1)):
+                if j == k:
                     return decode_image_message(self._reader.deserialize(raw, conn.msgtype))
-                except (UnreadableImage, AnyReaderError) as err:
-                    raise UnreadableImage(f"{self.path} {topic} @ {t}: {err}") from err
+        except (UnreadableImage, *_reader_errors()) as err:
+            raise UnreadableImage(f"{self.path} {topic} @ {t}: {err}") from err
         raise UnreadableImage(f"{self.path} {topic} @ {t}: message vanished from the recording")
 
 
 def open_source(path: str | os.PathLike, topics: Sequence[str] | None = None) -> ImageFolder | RosbagImages:
-    """A folder of images, or a recording: a rosbag2 folder (metadata.yaml), .mcap, .db3 or .bag."""
+    """A folder of images, or a recording: a rosbag2 folder (metadata.yaml, or .mcap files whose
+    recorder stopped before writing it), .mcap, .db3 or .bag."""
     p = Path(path)
-    if p.suffix.lower() in BAG_SUFFIXES or (p / "metadata.yaml").is_file():
+    if p.suffix.lower() in BAG_SUFFIXES or (p / "metadata.yaml").is_file() or (p.is_dir() and any(p.glob("*.mcap"))):
         return RosbagImages(p, topics)
     return ImageFolder(p)
 
@@ -188,15 +344,17 @@ class TrainingImages(Dataset):
         return self.sources[s], i - int(self.offsets[s])
 
     def __getitem__(self, i: int) -> dict:
+        last = None
         for skipped in range(len(self)):
             source, j = self.locate((i + skipped) % len(self))
             try:
                 image = source.read(j)
             except UnreadableImage as err:
                 log.warning("skipping unreadable training image: %s", err)
+                last = err
                 continue
             return {"image": fit_to_resolution(image, self.resolution), "key": source.key(j), "skipped": skipped}
-        raise RuntimeError(f"none of the {len(self)} training images can be read")
+        raise DataError(f"none of the {len(self)} training images can be read (the last: {last})")
 
 
 class MixingSampler(Sampler[int]):
@@ -236,40 +394,64 @@ class MixingSampler(Sampler[int]):
         yield from (offsets[source] + within).tolist()
 
 
-def random_flip(*images: Tensor, p: float = 0.5) -> tuple[Tensor, ...]:
-    """Flip each sample of every [B, C, H, W] tensor left-right together, with probability p (global RNG)."""
-    flip = (torch.rand(images[0].shape[0]) < p).view(-1, 1, 1, 1).to(images[0].device)
-    return tuple(torch.where(flip, x.flip(-1), x) for x in images)
+def draw_flips(batch: int, p: float = 0.5) -> Tensor:
+    """Which samples of a batch to flip left-right: [B] bool from the global RNG (saved in checkpoints)."""
+    return torch.rand(batch) < p
+
+
+def flip_where(x: Tensor, flips: Tensor) -> Tensor:
+    """x [B, C, H, W] with the samples marked in `flips` flipped left-right."""
+    return torch.where(flips.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
 
 
 class DepthCache:
-    """f_D's depth per training image on disk (float32 .npy), keyed by image identity and `namespace`.
+    """f_D's depth per training image on disk (float32 .npy [1, H, W]), keyed by image identity.
 
-    The namespace names the metric model and the training resolution, so a different f_D or size
-    never reads stale depth. Writes are atomic (temp file + rename): concurrent processes are safe.
+    Entries are namespaced by `model` (the metric backend and its weights) and the training
+    resolution, so a different f_D or size never reads stale depth. Writes are atomic (temporary
+    file + rename: concurrent processes are safe) and honour the umask. An entry that cannot be
+    used (unreadable, truncated, wrong shape, not finite) is logged once, naming its file, and
+    reported missing, so the trainer recomputes and overwrites it.
     """
 
-    def __init__(self, folder: str | os.PathLike, namespace: str):
+    def __init__(self, folder: str | os.PathLike, model: str, resolution: tuple[int, int]):
         self.folder = Path(folder)
-        self.namespace = namespace
+        self.shape = (1, *(int(v) for v in resolution))
+        self.namespace = f"{model}|{self.shape[1]}x{self.shape[2]}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         digest = hashlib.sha256(f"{self.namespace}\n{key}".encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.npy"
 
+    def _read(self, path: Path) -> np.ndarray | None:
+        try:
+            depth = np.load(path, allow_pickle=False)
+            problem = (f"of shape {depth.shape}, expected {self.shape}" if depth.shape != self.shape
+                       else f"of dtype {depth.dtype}" if depth.dtype != np.float32
+                       else "not finite everywhere" if not np.isfinite(depth).all() else None)
+        except (OSError, ValueError, EOFError) as exc:  # truncated or not an .npy file
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        if problem is None:
+            return depth
+        log.warning("depth cache %s: entry %s is %s; recomputing it with f_D", self.folder, path, problem)
+        return None
+
     def load(self, keys: Sequence[str]) -> Tensor | None:
-        """[B, 1, H, W] for all keys, or None if any is missing (the batch is then recomputed)."""
-        paths = [self.path(k) for k in keys]
-        if not all(p.is_file() for p in paths):
-            return None
-        return torch.from_numpy(np.stack([np.load(p, allow_pickle=False) for p in paths]))
+        """[B, 1, H, W] for all keys, or None if any is missing or unusable (the batch is then recomputed)."""
+        depths = []
+        for path in (self.path(k) for k in keys):
+            depth = self._read(path) if path.is_file() else None
+            if depth is None:
+                return None
+            depths.append(depth)
+        return torch.from_numpy(np.stack(depths))
 
     def save(self, keys: Sequence[str], depth: Tensor) -> None:
         for key, d in zip(keys, depth.detach().float().cpu().numpy()):
             path = self.path(key)
             path.parent.mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            with open(tmp, "xb") as f:  # (tempfile.mkstemp would make it 0600 whatever the umask)
                 np.save(f, d, allow_pickle=False)
             os.replace(tmp, path)

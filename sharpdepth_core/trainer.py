@@ -1,28 +1,36 @@
 """GT-free distillation (METHOD.md, Training): f_D and a frozen f_G teach a one-step student G_θ.
 
 `TrainConfig` is one plain dataclass; `PRESETS` holds `paper` and `reference` (the table of
-METHOD.md) and `make_config` layers a YAML file and `key=value` overrides on a preset.
+METHOD.md) and `nano` (the embedded small models, a CPU recipe), and `make_config` layers a YAML file
+and `key=value` overrides on a preset (or on a checkpoint's saved config when resuming).
 `training_step` is the method, one batch, read top to bottom; `train` is the loop around it with
 accelerate (one or many GPUs/machines, CPU for tests, mixed precision, gradient accumulation),
 the student's EMA, atomic checkpoints that `--resume` restores exactly, signals and TensorBoard.
 
 A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
-that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, accelerate's
-optimizer / LR-schedule / RNG states, `trainer_state.json` (step, data position) and `config.yaml`.
-A finished run also writes `<output_dir>/pipeline/`, a pipeline folder (`--model` of the CLI, `model`
-of the node) holding the final student and f_D.
+that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, with a
+`pipeline.json` beside them (metric backend and weights, processing resolution: what `--student`
+needs besides the student), accelerate's optimizer / LR-schedule / RNG states, `trainer_state.json`
+(step, data position) and `config.yaml`. A finished run also writes `<output_dir>/pipeline/`, a
+pipeline folder (`--model` of the CLI, `model` of the node) holding the final student and f_D.
+The trainer deletes nothing it did not write: only its own checkpoint folders (those holding its
+`trainer_state.json`) are rotated, and a `pipeline/` it did not write stops the run before training.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import math
+import os
+import re
 import shutil
 import signal
 import threading
 import time
+import traceback
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,12 +41,15 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from .data import DepthCache, MixingSampler, TrainingImages, open_source, random_flip
+from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
 from .normalization import normalize_depth
 
 log = logging.getLogger(__name__)
+
+# models.EMBEDDED_DIR, without importing the model libraries (seconds) for `distill.py --help`
+EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "nano"
 
 
 def _opt(default, help: str):
@@ -55,12 +66,13 @@ class TrainConfig:
     # models
     teacher: str = _opt("jingheya/lotus-depth-g-v1-0", "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
     student_init: str | None = _opt(None, "initial student weights (default: the teacher)")
-    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2")
+    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2, small-conv")
     metric_path: str | None = _opt(None, "f_D weights folder or hub id (default: the backend's usual checkpoint)")
     # data
-    data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml, .mcap, .db3)")
+    data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml or .mcap files, .mcap, .db3)")
     data_probs: list[float] | None = _opt(None, "mixing probability per data source (default: every image once per epoch)")
-    topics: list[str] | None = _opt(None, "camera topics to read from recordings (default: every image topic)")
+    topics: list[str] | None = _opt(None, "image topics to read from recordings (default: the camera image topics: raw colour/mono "
+                                                "or compressed images, no depth)")
     resolution: tuple[int, int] = _opt((576, 768), "training size H W (multiples of 8): resize to cover, centre crop")
     depth_cache: str | None = _opt(None, "folder for f_D's depth of each image, reused in later epochs")
     num_workers: int = _opt(4, "data-loader worker processes")
@@ -89,6 +101,9 @@ class TrainConfig:
     ema_beta: float = _opt(0.9999, "EMA decay")
     ema_update_after_step: int = _opt(100, "EMA copies the student until this step")
     ema_update_every: int = _opt(10, "EMA update interval in steps")
+    ema_before_step: bool = _opt(True, "update the EMA just before optimizer.step() (one step behind), as the reference script")
+    flip_before_metric: bool = _opt(True, "flip the image before f_D, as the reference script; false: f_D on the image, "
+                                          "then image and depth flipped together")
     # bookkeeping
     output_dir: str = _opt("runs/sharpdepth", "checkpoints and TensorBoard logs go here")
     seed: int = _opt(0, "seed of data order, noise and flips")
@@ -97,6 +112,15 @@ class TrainConfig:
     log_every: int = _opt(10, "log scalars every N steps")
     validate_every: int = _opt(500, "log validation pictures every N steps (0: never)")
     validation_images: int = _opt(2, "how many training images to picture at validation")
+
+
+def _embedded_resolution() -> tuple[int, int]:
+    """(H, W) of the camera the embedded models were trained for (their pipeline.json), else 96 x 128."""
+    try:
+        camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text()).get("camera") or {}
+        return int(camera["height"]), int(camera["width"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 96, 128
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -109,6 +133,18 @@ PRESETS: dict[str, TrainConfig] = {
         lambda_rec=0.3, pure_noise_prob=0.0, ema_difference_from_step=1000, fit_difference=True,
         optimizer="adam", scale_lr=False, weight_decay=0.0, lr_schedule="constant", warmup_steps=0,
         grad_accum=16, max_steps=13_000, epochs=None, grad_clip=None, mixed_precision="no",
+        ema_before_step=False, flip_before_metric=False,
+    ),
+    # A laptop CPU, offline, minutes: the embedded small models (f_G teacher, small-conv f_D) at their
+    # camera's resolution, the reference method at the small scale of train/nano/configs/sharpdepth.yaml
+    # (a learning rate and an EMA horizon fitted to a few hundred steps).
+    "nano": dataclasses.replace(
+        TrainConfig(),
+        teacher=str(EMBEDDED_DIR / "teacher"), metric_model="small-conv", metric_path=str(EMBEDDED_DIR / "metric"),
+        resolution=_embedded_resolution(), depth_cache="runs/depth_cache", num_workers=2,
+        lr=1e-4, scale_lr=False, lr_schedule="cosine", warmup_steps=20, batch_size=4, grad_accum=1, max_steps=300,
+        epochs=None, mixed_precision="no", ema_beta=0.99, ema_update_after_step=10, ema_update_every=1,
+        output_dir="runs/nano", checkpoint_every=100, log_every=10, validate_every=100,
     ),
 }
 
@@ -170,20 +206,38 @@ def override(cfg: TrainConfig, values: Mapping[str, object]) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def make_config(preset: str = "reference", yaml_file: str | Path | None = None, overrides: Mapping[str, object] = {}) -> TrainConfig:
-    """Preset, then the YAML file, then explicit overrides (the command line), each winning over the last."""
+def read_config_file(path: str | Path) -> dict:
+    """A YAML mapping of config fields (not yet checked against TrainConfig)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping of field: value")
+    return loaded
+
+
+def make_config(preset: str = "reference", yaml_file: str | Path | None = None, overrides: Mapping[str, object] = {},
+                base: str | Path | None = None) -> TrainConfig:
+    """Preset (or, when resuming, `base`: a checkpoint's saved config.yaml), then the YAML file, then
+    explicit overrides (the command line), each winning over the last."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
+    cfg = PRESETS[preset] if base is None else _override_from_file(TrainConfig(), base)
     if yaml_file is not None:
-        path = Path(yaml_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of field: value")
-        cfg = override(cfg, loaded)
+        cfg = _override_from_file(cfg, yaml_file)
     return override(cfg, overrides)
+
+
+def _override_from_file(cfg: TrainConfig, path: str | Path) -> TrainConfig:
+    values = read_config_file(path)
+    try:
+        return override(cfg, values)
+    except ValueError as exc:  # name the file the bad value came from
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -207,12 +261,55 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "keep_checkpoints", "checkpoint_every", "log_every", "ema_update_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}: must be >= 1")
+    for name in ("num_workers", "warmup_steps", "validate_every", "validation_images", "ema_update_after_step",
+                 "ema_difference_from_step"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name}: must be >= 0")
+    if not 0 <= cfg.ema_beta < 1:
+        problems.append(f"ema_beta: {cfg.ema_beta} is not in [0, 1)")
     if (cfg.max_steps is not None and cfg.max_steps < 1) or (cfg.epochs is not None and cfg.epochs < 1):
         problems.append("max_steps / epochs: must be >= 1")
     if cfg.lr <= 0:
         problems.append(f"lr: {cfg.lr} must be > 0")
     if problems:
         raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+def check_models(cfg: TrainConfig) -> None:
+    """Find every model the config names before loading any, and name the setting(s) to change in one
+    error (offline, each default hub id would otherwise fail alone, one run at a time)."""
+    from .models.hub import CheckpointError, MissingWeightsError, resolve_model_dir
+    from .models.metric import DEFAULT_METRIC_IDS, METRIC_BACKENDS
+
+    problems = []
+
+    def find(setting: str, path_or_id: str, what: str) -> None:
+        try:
+            resolve_model_dir(path_or_id, what)
+        except (MissingWeightsError, CheckpointError) as exc:
+            problems.append(f"{setting}: {exc}")
+
+    find("teacher", cfg.teacher, "f_G teacher")
+    if cfg.student_init:
+        find("student_init", cfg.student_init, "initial student")
+    name = cfg.metric_model
+    if name not in METRIC_BACKENDS:
+        problems.append(f"metric_model: unknown backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
+    elif name.startswith("unidepth") and importlib.util.find_spec("unidepth") is None:
+        problems.append(f"metric_model: {name} needs the UniDepth package, which is not installed "
+                        "(pip install git+https://github.com/lpiccinelli-eth/UniDepth), or choose depth-pro / depth-anything-v2")
+    elif cfg.metric_path is None and name not in DEFAULT_METRIC_IDS:
+        problems.append(f"metric_path: backend {name} has no published checkpoint; give its folder")
+    else:
+        find("metric_path" if cfg.metric_path else "metric_path (default of metric_model)",
+             cfg.metric_path or DEFAULT_METRIC_IDS[name], f"f_D ({name})")
+    if problems:
+        embedded = str(EMBEDDED_DIR) in (cfg.teacher, cfg.metric_path)
+        raise MissingWeightsError(
+            "the models of this config cannot be found; set " + ", ".join(p.split(":")[0] for p in problems)
+            + f" (--set KEY=VALUE or --KEY{'' if embedded else '; --preset nano uses the embedded small models'}): "
+            + " | ".join(problems)
+        )
 
 
 # --- the method: one batch ---------------------------------------------------------------------
@@ -263,23 +360,32 @@ class TrainResult:
     student: nn.Module  # unwrapped, as on this process
     ema: nn.Module
     optimizer: torch.optim.Optimizer
+    pipeline: Path | None  # the finished run's pipeline folder (None when interrupted)
 
 
 class StopOnSignal:
     """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current optimizer step.
 
-    Repeats are ignored: launchers forward the terminal's Ctrl-C, so each process may see it twice.
+    A repeat within `ECHO_S` is ignored (launchers forward the terminal's Ctrl-C, so each process
+    may see it twice); a later one stops at once without a checkpoint (KeyboardInterrupt), so
+    Ctrl-C always ends a run, even one stuck in a step.
     """
+
+    ECHO_S = 2.0
 
     def __init__(self):
         self.signum: int | None = None
+        self._first = 0.0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
-            return
-        self.signum = signum
-        log.warning("%s received: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+            log.warning("%s received: saving a checkpoint after this step, then stopping (again to stop at once)", name)
+        elif time.monotonic() - self._first > self.ECHO_S:
+            log.warning("%s received again: stopping at once, without a checkpoint", name)
+            raise KeyboardInterrupt
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -292,10 +398,14 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader workers leave SIGINT/SIGTERM to the main process, which saves and then ends them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _own_session(worker_id: int) -> None:
+    """Data-loader workers leave the terminal's session: Ctrl-C and a SIGTERM to the process group
+    reach only the main process, which saves a checkpoint and then ends them. Their own signals stay
+    at the defaults, so the loader's shutdown (SIGTERM) always ends them, and they exit by themselves
+    when the main process dies."""
+    os.setsid()
+    for s in (signal.SIGINT, signal.SIGTERM):  # (a forked worker inherits the main process's handlers)
+        signal.signal(s, signal.SIG_DFL)
 
 
 def _make_ema(student: nn.Module, cfg: TrainConfig):
@@ -311,9 +421,39 @@ def _make_ema(student: nn.Module, cfg: TrainConfig):
     return ema
 
 
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    """A folder this trainer wrote: named step-N and holding its trainer_state.json."""
+    return bool(_STEP_FOLDER.fullmatch(folder.name)) and (folder / "trainer_state.json").is_file()
+
+
 def _checkpoints(output_dir: Path) -> list[Path]:
-    folders = [p for p in (output_dir / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
+    """This trainer's checkpoints in output_dir, oldest first; anything else there is not ours to touch."""
+    folders = [p for p in (output_dir / "checkpoints").glob("step-*") if _is_checkpoint(p)]
     return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
+    """Refuse, before training, a run whose writing would replace what it did not write: a `pipeline/`
+    that is not a pipeline folder, or (starting afresh) the checkpoints of an earlier run, which
+    rotation would delete and `--resume latest` would mix with this run's."""
+    out = Path(cfg.output_dir)
+    pipeline = out / "pipeline"
+    if pipeline.exists() and not (pipeline / "pipeline.json").is_file():
+        raise FileExistsError(f"{pipeline} exists and is not a pipeline folder; a finished run writes its pipeline there: "
+                              "move it, or choose another output_dir")
+    named = [p for p in (out / "checkpoints").glob("step-*") if (m := _STEP_FOLDER.fullmatch(p.name))
+            and p.name == f"step-{int(m.group(1)):07d}"]  # the names this trainer saves under
+    foreign = sorted(p for p in named if not _is_checkpoint(p))
+    if foreign:
+        raise FileExistsError(f"{foreign[0]} is not a complete checkpoint of this trainer (no trainer_state.json), and "
+                              "the run saves its checkpoints under these names: move it, or choose another output_dir")
+    found = _checkpoints(out)
+    if found and not resuming:
+        raise FileExistsError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (newest {found[-1].name}): "
+                              "continue it with --resume latest, or choose another output_dir")
 
 
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
@@ -345,14 +485,15 @@ class _Run:
         frozen_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
         sources = [open_source(p, cfg.topics) for p in cfg.data]
         self.dataset = TrainingImages(sources, cfg.resolution)
+        self.dataset[0]  # at least one image is readable (else one DataError now, before any model loads)
         self.sampler = MixingSampler([len(s) for s in sources], cfg.data_probs, seed=cfg.seed)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.num_workers, drop_last=True,
             generator=torch.Generator().manual_seed(cfg.seed),  # the global RNG stays untouched: resumable
-            worker_init_fn=_ignore_stop_signals, pin_memory=dev.type == "cuda",
+            worker_init_fn=_own_session, pin_memory=dev.type == "cuda",
         )
         if len(loader) == 0:
-            raise ValueError(f"{len(self.dataset)} training images are fewer than one batch of {cfg.batch_size}")
+            raise DataError(f"{len(self.dataset)} training images are fewer than one batch of {cfg.batch_size}")
         student = DiffusionDepthModel.from_pretrained(cfg.student_init or cfg.teacher, dtype=torch.float32, device=dev)
         student.unet.requires_grad_(True).train()
         if cfg.gradient_checkpointing:
@@ -363,8 +504,7 @@ class _Run:
         self.ema = _make_ema(student, cfg).to(dev)
         self.cache = None
         if cfg.depth_cache:
-            H, W = cfg.resolution
-            self.cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}|{H}x{W}")
+            self.cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}", cfg.resolution)
         lr = cfg.lr * (cfg.batch_size * cfg.grad_accum * acc.num_processes if cfg.scale_lr else 1)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(student.unet.parameters(), lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
@@ -380,14 +520,26 @@ class _Run:
         acc.register_save_state_pre_hook(self._save_models)
         acc.register_load_state_pre_hook(self._load_models)
 
-    def metric_depth(self, batch: dict) -> Tensor:
-        """f_D's depth of the (unflipped) batch, from the cache where it has it."""
-        depth = self.cache.load(batch["key"]) if self.cache else None
+    def metric_depth(self, image: Tensor, keys: list[str]) -> Tensor:
+        """f_D's depth of the batch, from the cache where it has it (`keys` name the images as given)."""
+        depth = self.cache.load(keys) if self.cache else None
         if depth is None:
-            depth = self.metric(batch["image"], None).depth
+            depth = self.metric(image, None).depth
             if self.cache:
-                self.cache.save(batch["key"], depth)
+                self.cache.save(keys, depth)
         return depth.to(self.acc.device)
+
+    def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(image, f_D depth) of a batch, randomly flipped left-right: f_D on the flipped image
+        (`flip_before_metric`, the reference script; its cache entry keyed by the flip), or image and
+        depth flipped together after f_D. The flips are drawn the same way in both cases."""
+        image, flips = batch["image"], draw_flips(batch["image"].shape[0])
+        if self.cfg.flip_before_metric:
+            image = flip_where(image, flips)
+            keys = [k + "|flipped" if f else k for k, f in zip(batch["key"], flips.tolist())]
+            return image, self.metric_depth(image, keys)
+        depth = self.metric_depth(image, batch["key"])
+        return flip_where(image, flips), flip_where(depth, flips)
 
     def _save_models(self, models, weights, output_dir) -> None:
         """accelerate hook: the student and its EMA as loadable model folders instead of a state dict."""
@@ -409,8 +561,49 @@ def _total(acc, n: int) -> int:
     return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _honour_umask(folder: Path) -> None:
+    """Give the files under folder the mode the umask asks for: safetensors writes weights 0600 (owner
+    only) whatever the umask, so a checkpoint or pipeline would be unreadable to the user's group."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
+def pipeline_config(cfg: TrainConfig) -> dict:
+    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+    from .models.metric import DEFAULT_METRIC_IDS
+
+    metric_path = cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)
+    if metric_path is not None and Path(metric_path).expanduser().is_dir():  # a local folder: from anywhere
+        metric_path = str(Path(metric_path).expanduser().resolve())
+    config = {"metric_backend": cfg.metric_model, "metric_path": metric_path, "processing_res": max(cfg.resolution),
+              "difference_fit_first": cfg.fit_difference, "untrained": False}
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _delete_checkpoint(folder: Path) -> None:
+    """Renamed first: a deletion cut short leaves an `.old-` folder, never a step folder without its state."""
+    doomed = folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed)
+
+
 def _save_checkpoint(run: _Run, state: TrainState) -> Path:
-    """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N."""
+    """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N
+    of this trainer's own checkpoints; anything else in the folder is left alone."""
     acc, out = run.acc, Path(run.cfg.output_dir) / "checkpoints"
     final = out / f"step-{state.step:07d}"
     tmp = out / f".tmp-{final.name}"
@@ -423,17 +616,47 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
     if acc.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
+        (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
+        _honour_umask(tmp)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
+            _delete_checkpoint(final)
         tmp.rename(final)
         for old in _checkpoints(Path(run.cfg.output_dir))[: -run.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
+            _delete_checkpoint(old)
     acc.wait_for_everyone()
     return final
 
 
+def _check_architecture(run: _Run, folder: Path) -> None:
+    """One line naming the checkpoint and what differs when its student is not the configured
+    architecture (loading it would fail with one size mismatch per tensor)."""
+    from .models.hub import CheckpointError
+
+    problems = []
+    for part in ("unet", "vae"):
+        file = folder / "student" / part / "config.json"
+        try:
+            saved = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {folder} is incomplete: cannot read {file} ({type(exc).__name__})") from exc
+        live = json.loads(getattr(run.unwrapped, part).to_json_string())
+        for key in sorted(k for k in set(saved) | set(live) if not k.startswith("_")):
+            if saved.get(key) != live.get(key):
+                problems.append(f"{part} {key} {saved.get(key)} (checkpoint) vs {live.get(key)}")
+    if problems:
+        source = run.cfg.student_init or run.cfg.teacher
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"cannot resume from {folder}: its student is another architecture than the configured one ({source}): "
+            f"{'; '.join(problems[:3])}{more}; resume with the checkpoint's own teacher / student_init (its config.yaml), "
+            "or start a new run in another output_dir"
+        )
+
+
 def _load_checkpoint(run: _Run, folder: Path) -> TrainState:
+    _check_architecture(run, folder)
     run.acc.load_state(str(folder))  # student + EMA weights (hook), optimizer, LR schedule, RNG, accumulation step
     saved = json.loads((folder / "trainer_state.json").read_text())
     run.ema.step.fill_(saved.pop("ema_step"))
@@ -504,16 +727,54 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     """Run or resume (`resume`: "latest" or a checkpoint folder) a distillation; all processes call this."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     check_config(cfg)
+    ckpt = resolve_resume(cfg.output_dir, resume)
+    check_output_dir(cfg, resuming=ckpt is not None)
+    check_models(cfg)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
     set_seed(cfg.seed, device_specific=True)  # noise differs per process; the data order comes from the sampler
     run = _Run(cfg, acc)
-    ckpt = resolve_resume(cfg.output_dir, resume)
     state = _load_checkpoint(run, ckpt) if ckpt else TrainState()
-    acc.init_trackers("logs", {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config_dict(cfg).items()})
+    # One folder of event files for the whole run, resumes included: the config goes in as text, not as
+    # accelerate's hparams (each call of those writes a new logs/<timestamp>/ folder).
+    acc.init_trackers("logs")
+    if acc.is_main_process:
+        text = "```yaml\n" + yaml.safe_dump(config_dict(cfg), sort_keys=False) + "```"
+        acc.get_tracker("tensorboard", unwrap=True).add_text("config", text, state.step)
+    try:
+        ckpt, interrupted = _loop(run, state, ckpt)
+    except BaseException as exc:
+        # Release the data-loader iterator the traceback's frames hold, so torch shuts its workers down
+        # now; left to the interpreter's exit, they are terminated there and torch reports that as a
+        # worker failure.
+        traceback.clear_frames(exc.__traceback__)
+        lines = str(exc).strip().splitlines()
+        if isinstance(exc, DataError) and len(lines) > 1:
+            # Raised in a worker: torch re-raises it with the worker's traceback as the message, whose
+            # last line is "sharpdepth_core.data.DataError: <the message>".
+            raise DataError(lines[-1].split(": ", 1)[-1]) from None
+        raise
+    pipeline = None
+    if interrupted is None:  # a finished run: a pipeline folder for --model / the node
+        pipeline = Path(cfg.output_dir) / "pipeline"
+        if acc.is_main_process:
+            _pipeline(run).save_pretrained(pipeline)
+            _honour_umask(pipeline)
+    acc.wait_for_everyone()
+    acc.end_training()
+    if interrupted:
+        log.warning("stopped by %s at step %d; checkpoint %s; continue with --resume latest",
+                    signal.Signals(interrupted).name, state.step, ckpt)
+    return TrainResult(ckpt, state, interrupted, run.unwrapped, run.ema.ema_model, run.optimizer.optimizer, pipeline)
+
+
+def _loop(run: _Run, state: TrainState, ckpt: Path | None) -> tuple[Path | None, int | None]:
+    """Optimizer steps until the end of the schedule or a signal; (last checkpoint, signal or None)."""
+    from tqdm.auto import tqdm
+
+    cfg, acc = run.cfg, run.acc
     bar = tqdm(total=run.total_steps, initial=state.step, desc="distill", disable=not acc.is_local_main_process)
     meter = _Meter(state.step)
     interrupted = None
@@ -524,12 +785,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 state.batch += 1
                 state.skipped_images += int(batch["skipped"].sum())
                 with acc.accumulate(run.student):
-                    image, depth = random_flip(batch["image"], run.metric_depth(batch))
+                    image, depth = run.inputs(batch)
                     diff_model = run.ema.ema_model if state.step >= cfg.ema_difference_from_step else run.teacher
                     with acc.autocast():
                         out = training_step(run.student, run.codec, run.teacher, diff_model, image, depth, cfg)
                     acc.backward(out["loss"])
                     if acc.sync_gradients:
+                        if cfg.ema_before_step:  # the reference script: the EMA sees the weights before this step
+                            run.ema.update()
                         out["grad_norm"] = acc.clip_grad_norm_(run.student.parameters(), cfg.grad_clip or math.inf)
                     run.optimizer.step()
                     run.optimizer.zero_grad(set_to_none=True)
@@ -538,7 +801,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                     continue
                 if not acc.optimizer_step_was_skipped:
                     run.scheduler.step()
-                run.ema.update()
+                if not cfg.ema_before_step:
+                    run.ema.update()
                 state.step += 1
                 bar.update()
                 if state.step % cfg.log_every == 0:
@@ -556,11 +820,4 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             else:
                 state.epoch, state.batch = state.epoch + 1, 0
     bar.close()
-    if interrupted is None and acc.is_main_process:  # a finished run: a pipeline folder for --model / the node
-        _pipeline(run).save_pretrained(Path(cfg.output_dir) / "pipeline")
-    acc.wait_for_everyone()
-    acc.end_training()
-    if interrupted:
-        log.warning("stopped by %s at step %d; checkpoint %s; continue with --resume latest",
-                    signal.Signals(interrupted).name, state.step, ckpt)
-    return TrainResult(ckpt, state, interrupted, run.unwrapped, run.ema.ema_model, run.optimizer.optimizer)
+    return ckpt, interrupted

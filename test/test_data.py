@@ -1,5 +1,8 @@
 """Training data: real image files and real rosbag2 recordings (MCAP and sqlite3) written with rosbags."""
 import logging
+import os
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -8,16 +11,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sharpdepth_core.data import (
+    DataError,
     DepthCache,
     ImageFolder,
     MixingSampler,
     RosbagImages,
     TrainingImages,
+    draw_flips,
     fit_to_resolution,
+    flip_where,
     open_source,
-    random_flip,
 )
-from training_fixtures import pattern, write_bag, write_images
+from training_fixtures import camera_info_message, image_message, pattern, write_bag, write_images, write_messages
 
 
 def test_image_folder_is_recursive_sorted_and_reads_exact_pixels(tmp_path):
@@ -64,10 +69,28 @@ def test_corrupt_images_are_skipped_with_a_warning_and_counted(tmp_path, caplog)
     assert not any(str(ds.sources[0].files[i].resolve()) in k for i in bad for k in keys)
 
 
+def test_image_files_are_decoded_as_the_cli_decodes_them(tmp_path, caplog):
+    """16-bit scaled to 8 bits (it read as all white), 32-bit float refused and skipped (it read as black)."""
+    (tmp_path / "imgs").mkdir()
+    ramp = (np.arange(16 * 24, dtype=np.uint32).reshape(16, 24) * 170).astype(np.uint16)  # 0 .. 65110
+    Image.fromarray(ramp).save(tmp_path / "imgs" / "a16.png")
+    Image.fromarray(np.full((16, 24), 0.5, np.float32)).save(tmp_path / "imgs" / "b_float.tiff")
+    Image.fromarray(pattern(1, 16, 24)).save(tmp_path / "imgs" / "c.png")
+    ds = TrainingImages([ImageFolder(tmp_path / "imgs")], (16, 24))
+    first = ds[0]
+    expect = np.repeat((ramp / 257).round().astype(np.uint8)[..., None], 3, axis=2)
+    torch.testing.assert_close(first["image"], torch.from_numpy(expect).permute(2, 0, 1).float() / 255)
+    assert first["skipped"] == 0 and first["image"].std() > 0.2
+    with caplog.at_level(logging.WARNING, logger="sharpdepth_core.data"):
+        second = ds[1]
+    assert second["skipped"] == 1 and second["key"].startswith(str((tmp_path / "imgs" / "c.png").resolve()))
+    assert "b_float.tiff" in caplog.text and "32-bit" in caplog.text
+
+
 def test_all_corrupt_and_empty_data_are_clear_errors(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.png").write_bytes(b"nope")
-    with pytest.raises(RuntimeError, match="none of the 1 training images can be read"):
+    with pytest.raises(DataError, match=r"none of the 1 training images can be read \(the last: .*a.png: not a readable"):
         TrainingImages([ImageFolder(tmp_path / "bad")], (32, 32))[0]
     (tmp_path / "empty" / "deeper").mkdir(parents=True)
     (tmp_path / "empty" / "deeper" / "readme.md").write_text("x")
@@ -104,6 +127,76 @@ def test_rosbag2_camera_topics_decode_exactly(tmp_path, storage, caplog):
         t = int(it["key"].split("|")[2])
         expect = fit_to_resolution(frames[(t - 1_000_000_000) // 100_000_000], (16, 24))
         torch.testing.assert_close(it["image"], expect)
+
+
+def test_default_topics_are_the_camera_images_and_the_log_says_which(tmp_path, caplog):
+    """The node's own colour-mapped depth (rgb8, with a camera_info beside it) is no training image."""
+    frames = [pattern(i, 12, 16) for i in range(3)]
+    messages = []
+    for i, rgb in enumerate(frames):
+        t = 1_000_000_000 + i * 100_000_000
+        messages += [("/camera/image_raw", "sensor_msgs/msg/Image", t, image_message(t, rgb, "rgb8")),
+                     ("/camera/camera_info", "sensor_msgs/msg/CameraInfo", t, camera_info_message(t, 12, 16)),
+                     ("/camera/depth/colored", "sensor_msgs/msg/Image", t + 1, image_message(t, 255 - rgb, "rgb8")),
+                     ("/camera/depth/camera_info", "sensor_msgs/msg/CameraInfo", t + 1, camera_info_message(t, 12, 16)),
+                     ("/camera/depth/image", "sensor_msgs/msg/Image", t + 1,
+                      image_message(t, np.full((12, 16), 2.0, np.float32), "32FC1")),
+                     ("/ir/image", "sensor_msgs/msg/Image", t + 2, image_message(t, np.full((12, 16), 7, np.uint16), "16UC1")),
+                     ("/mono/image", "sensor_msgs/msg/Image", t + 2, image_message(t, rgb[..., 0], "mono8"))]
+    bag = write_messages(tmp_path / "node_output", messages)
+    with caplog.at_level(logging.INFO, logger="sharpdepth_core.data"):
+        source = open_source(bag)
+    assert source.topics == ["/camera/image_raw", "/mono/image"] and len(source) == 6
+    for i in range(len(source)):
+        topic, t, _ = source.index[i]
+        rgb = frames[(t - 1_000_000_000) // 100_000_000]
+        np.testing.assert_array_equal(source.read(i), rgb if topic == "/camera/image_raw" else np.repeat(rgb[..., :1], 3, 2))
+    (line,) = [r.message for r in caplog.records if "training on" in r.message]
+    assert "/camera/image_raw (3 images), /mono/image (3 images)" in line
+    assert "/camera/depth/colored (depth, not a camera picture)" in line and "/ir/image (encoding 16UC1)" in line
+    assert "/camera/depth/image (depth" in line and "--topics" in line
+    # Chosen explicitly, a topic is used as it is.
+    assert RosbagImages(bag, topics=["/camera/depth/colored"]).topics == ["/camera/depth/colored"]
+    only_depth = write_messages(tmp_path / "depth_only", [m for m in messages if m[0] == "/camera/depth/colored"])
+    with pytest.raises(DataError, match=r"no camera image topic \(left out: /camera/depth/colored .*--topics"):
+        open_source(only_depth)
+
+
+def _truncated_recording(tmp_path):
+    """A rosbag2 MCAP recording of 5 frames in two 1 MiB chunks, cut in the middle of its second chunk as
+    a recorder killed mid-write leaves it (no footer, no summary, no metadata.yaml)."""
+    frames = [pattern(i, 256, 512) for i in range(5)]  # 393 KB each: rosbags closes a chunk after 3
+    bag = write_bag(tmp_path / "crashed", frames, extra_string_topic=False)
+    (mcap,) = bag.glob("*.mcap")
+    data = mcap.read_bytes()
+    chunks, pos = [], 8
+    while pos < len(data) - 8:  # MCAP records: opcode (1 byte), length (uint64), content
+        opcode, length = struct.unpack_from("<BQ", data, pos)
+        chunks += [pos] if opcode == 0x06 else []
+        pos += 9 + length
+    assert len(chunks) == 2
+    mcap.write_bytes(data[: chunks[1] + (len(data) - chunks[1]) // 3])
+    (bag / "metadata.yaml").unlink()
+    return frames, bag, mcap
+
+
+def test_a_truncated_mcap_recording_is_read_as_far_as_it_is_complete(tmp_path, caplog):
+    frames, bag, mcap = _truncated_recording(tmp_path)
+    for path in (mcap, bag):  # the file, and the folder the recorder left
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sharpdepth_core.data"):
+            source = open_source(path)
+        assert len(source) == 3 and source.topics == ["/camera/image_raw"]
+        for i in range(3):
+            np.testing.assert_array_equal(source.read(i), frames[i])
+        (warning,) = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+        assert "is truncated" in warning and "recovered 3 messages" in warning and "3 of them camera images" in warning
+        assert f"{mcap.name}: " in warning and " MB" in warning
+    # In data-loader workers too (the recovered reader is rebuilt there, never pickled open).
+    ds = TrainingImages([open_source(bag)], (32, 64))
+    got = torch.cat([b["image"] for b in DataLoader(ds, batch_size=1, num_workers=2)])
+    torch.testing.assert_close(got, torch.stack([fit_to_resolution(f, (32, 64)) for f in frames[:3]]))
+    assert mcap.read_bytes()[-8:] != b"\x89MCAP0\r\n"  # the user's file is left as it was
 
 
 def test_rosbag_errors_name_the_topics(tmp_path):
@@ -152,27 +245,53 @@ def test_mixing_sampler_follows_probabilities():
         MixingSampler([1, 2], probs=[0, 0])
 
 
-def test_random_flip_flips_image_and_depth_together():
+def test_flips_are_drawn_once_and_applied_per_sample():
     torch.manual_seed(0)
     img = torch.arange(8 * 3 * 2 * 4, dtype=torch.float32).view(8, 3, 2, 4)
-    depth = img[:, :1] * 10
-    f_img, f_depth = random_flip(img, depth)
-    flipped = (f_img != img).flatten(1).any(1)
-    assert 0 < flipped.sum() < 8  # some flipped, some not (seeded)
+    flips = draw_flips(8)
+    assert flips.dtype == torch.bool and 0 < flips.sum() < 8  # some flipped, some not (seeded)
+    f_img, f_depth = flip_where(img, flips), flip_where(img[:, :1] * 10, flips)
     torch.testing.assert_close(f_depth, f_img[:, :1] * 10)  # the same decision per sample
-    torch.testing.assert_close(f_img[flipped], img[flipped].flip(-1))
-    assert torch.equal(random_flip(img, p=1.0)[0], img.flip(-1)) and torch.equal(random_flip(img, p=0.0)[0], img)
+    torch.testing.assert_close(f_img[flips], img[flips].flip(-1))
+    torch.testing.assert_close(f_img[~flips], img[~flips])
+    assert draw_flips(4, p=1.0).all() and not draw_flips(4, p=0.0).any()
 
 
 def test_depth_cache_round_trip_is_exact_and_namespaced(tmp_path):
-    cache = DepthCache(tmp_path / "cache", "depth-anything-v2|/m|32x32")
-    depth = torch.rand(2, 1, 32, 32) * 50
-    assert cache.load(["a", "b"]) is None
-    cache.save(["a", "b"], depth)
+    mask = os.umask(0o022)
+    try:
+        cache = DepthCache(tmp_path / "cache", "depth-anything-v2|/m", (32, 32))
+        depth = torch.rand(2, 1, 32, 32) * 50
+        assert cache.load(["a", "b"]) is None
+        cache.save(["a", "b"], depth)
+    finally:
+        os.umask(mask)
     assert torch.equal(cache.load(["b", "a"]), depth.flip(0))
     assert cache.load(["a", "c"]) is None  # one missing: recompute the batch
-    assert DepthCache(tmp_path / "cache", "other-model|/m|32x32").load(["a"]) is None
+    assert DepthCache(tmp_path / "cache", "other-model|/m", (32, 32)).load(["a"]) is None
+    assert DepthCache(tmp_path / "cache", "depth-anything-v2|/m", (32, 48)).load(["a"]) is None
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "cache").rglob("*.npy")} == {"0o644"}  # the umask's
+
+
+def test_bad_depth_cache_entries_are_reported_missing_once_naming_the_file(tmp_path, caplog):
+    cache = DepthCache(tmp_path / "cache", "m", (8, 8))
+    good = torch.rand(1, 1, 8, 8) + 1
+    cache.save(["nan", "short", "shape", "ok"], good.expand(4, 1, 8, 8))
+    nan = np.ones((1, 8, 8), np.float32)
+    nan[0, 2, 3] = np.nan
+    np.save(cache.path("nan"), nan)
+    cache.path("short").write_bytes(cache.path("short").read_bytes()[:100])
+    np.save(cache.path("shape"), np.ones((1, 4, 8), np.float32))
+    for key, problem in (("nan", "not finite"), ("short", "unreadable"), ("shape", r"of shape \(1, 4, 8\)")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sharpdepth_core.data"):
+            assert cache.load(["ok", key]) is None  # recomputed by the caller ...
+        (record,) = caplog.records
+        assert str(cache.path(key)) in record.message and str(tmp_path / "cache") in record.message
+        assert re.search(problem, record.message)
+        cache.save([key], good)  # ... and overwritten
+        assert torch.equal(cache.load(["ok", key]), torch.cat([good, good]))
 
 
 def test_training_reads_every_encoding_the_node_accepts():

@@ -15,21 +15,33 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from sharpdepth_core import trainer
-from sharpdepth_core.data import TrainingImages, open_source
+from sharpdepth_core.data import DataError, DepthCache, TrainingImages, open_source
 from sharpdepth_core.gating import add_noise
 from sharpdepth_core.losses import sds_weight
+from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_core.models.hub import CheckpointError
+from sharpdepth_core.models.metric import load_metric_model
 from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.trainer import PRESETS, TrainConfig, config_dict, make_config, resolve_resume, train, training_step
-from training_fixtures import pattern, tiny_models, write_bag, write_images
+from training_fixtures import pattern, tiny_models, tiny_small_conv, write_bag, write_images
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def reset_accelerate() -> None:
+    """accelerate keeps singletons; a second run in one process needs them cleared."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +51,25 @@ def one_thread_and_fresh_accelerate():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
+    reset_accelerate()
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+
+def run_cli(args: list[str], **env: str) -> subprocess.Popen:
+    """Python with `args` in its own process group, importing this checkout's packages, on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=REPO)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    """(exit status, stderr); a process still running after `timeout` is a hang: killed, and the test fails."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s (a hang); stderr:\n{err[-3000:]}")
+    return proc.returncode, err
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +126,25 @@ def test_presets_follow_the_method_table():
     assert (ref.mixed_precision, ref.grad_clip) == ("bf16", 1.0)
     assert ref.ema_difference_from_step == 0 and paper.ema_difference_from_step > 0  # reference: EMA from step 0
     assert (ref.fit_difference, paper.fit_difference) == (False, True)
+    # The reference script's two cheap accidents are reproduced in its preset only.
+    assert (ref.ema_before_step, ref.flip_before_metric) == (True, True)
+    assert (paper.ema_before_step, paper.flip_before_metric) == (False, False)
+
+
+def test_nano_preset_is_the_embedded_models_at_the_small_scale():
+    nano, ref = PRESETS["nano"], PRESETS["reference"]
+    assert nano.teacher == str(EMBEDDED_DIR / "teacher")
+    assert (nano.metric_model, nano.metric_path) == ("small-conv", str(EMBEDDED_DIR / "metric"))
+    assert nano.resolution == (96, 128)  # the embedded models' camera, 128 x 96
+    assert (nano.lr, nano.scale_lr, nano.lr_schedule, nano.warmup_steps) == (1e-4, False, "cosine", 20)
+    assert (nano.batch_size, nano.grad_accum) == (4, 1)
+    assert (nano.max_steps, nano.epochs, nano.mixed_precision) == (300, None, "no")
+    assert (nano.ema_beta, nano.ema_update_after_step, nano.ema_update_every) == (0.99, 10, 1)
+    assert nano.depth_cache and nano.num_workers <= 2
+    method = ("lambda_sds", "lambda_rec", "pure_noise_prob", "gating_noise", "ema_difference_from_step", "fit_difference",
+              "optimizer", "weight_decay", "grad_clip", "ema_before_step", "flip_before_metric")
+    assert all(getattr(nano, f) == getattr(ref, f) for f in method)  # the reference method
+    trainer.check_config(dataclasses.replace(nano, data=["imgs"]))
 
 
 def test_yaml_then_overrides_win_and_values_are_typed(tmp_path):
@@ -126,9 +172,12 @@ def test_yaml_then_overrides_win_and_values_are_typed(tmp_path):
         ({"gradient_checkpointing": "maybe"}, "cannot use 'maybe' as bool"),
     ],
 )
-def test_bad_overrides_are_one_line_errors(changes, message):
+def test_bad_overrides_are_one_line_errors(changes, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         make_config("reference", overrides=changes)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(changes))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'c.yaml'}: .*{message}"):  # the file is named
+        make_config("reference", tmp_path / "c.yaml")
 
 
 def test_a_run_that_cannot_work_is_refused_before_loading_anything(tmp_path):
@@ -157,6 +206,10 @@ def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys, 
     assert rc == 0
     assert printed["lr"] == 3e-6 and printed["seed"] == 6 and printed["warmup_steps"] == 9
     assert printed["data"] == ["/a", "/b.mcap"] and printed["resolution"] == [64, 96] and printed["grad_accum"] == 16
+    # --print-config refuses what training refuses.
+    assert distill.main(["--data", "/a", "--set", "lr=-1", "--set", "num_workers=-2", "--print-config"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr: -1.0 must be > 0" in err and "num_workers: must be >= 0" in err
     with pytest.raises(SystemExit) as err:
         distill.main(["--set", "nope=1"])
     assert err.value.code == 2 and "unknown config field 'nope'" in capsys.readouterr().err
@@ -233,7 +286,11 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     write_images(tmp_path / "imgs", 4)
     cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, checkpoint_every=1, keep_checkpoints=2,
                       validate_every=2, validation_images=1)
-    result = train(cfg)
+    mask = os.umask(0o022)
+    try:
+        result = train(cfg)
+    finally:
+        os.umask(mask)
     assert result.interrupted is None and result.state.step == 3
     assert (result.state.epoch, result.state.batch) == (1, 2)  # 4 images, 2 per step: one epoch and a half
     logged = scalars(tmp_path / "run" / "logs")
@@ -262,9 +319,20 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     with pytest.raises(FileNotFoundError, match="does not exist or is incomplete"):
         resolve_resume(tmp_path / "run", str(tmp_path / "nowhere"))
     # The finished run's pipeline folder is what `sharpdepth predict --model` and the node load.
+    assert result.pipeline == tmp_path / "run" / "pipeline"
     pipe = SharpDepthPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert state_dicts_equal(pipe.student.state_dict(), result.student.state_dict())
     assert torch.isfinite(pipe(pattern(3, 32, 32), seed=0).metric_depth).all()
+    # Each checkpoint's student carries what it needs beside it: no metric backend to name.
+    assert json.loads((ckpt / "pipeline.json").read_text()) == {
+        "metric_backend": "depth-anything-v2", "metric_path": str(Path(models["metric_path"]).resolve()),
+        "processing_res": 32, "difference_fit_first": False, "untrained": False}
+    from_ckpt = SharpDepthPipeline.from_pretrained(student=ckpt / "student")
+    assert from_ckpt.processing_res == 32 and from_ckpt.metric_model.name == "depth-anything-v2"
+    torch.testing.assert_close(from_ckpt(pattern(3, 32, 32), seed=0).depth, pipe(pattern(3, 32, 32), seed=0).depth)
+    # Every file the run wrote honours the umask (safetensors alone would write the weights 0600).
+    modes = {oct(f.stat().st_mode & 0o777) for f in (tmp_path / "run").rglob("*") if f.is_file()}
+    assert modes == {"0o644"}
 
 
 def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(models, tmp_path, monkeypatch):
@@ -290,6 +358,9 @@ def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(mod
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     rest = train(tiny_config(models, [tmp_path / "imgs"], tmp_path / "split", max_steps=5), resume="latest")
+    # One run, one folder of logs: the resumed part writes beside the first (no logs/<timestamp>/ folders).
+    assert not [p for p in (tmp_path / "split" / "logs").iterdir() if p.is_dir()]
+    assert scalars(tmp_path / "split" / "logs")["loss/total"] == pytest.approx(scalars(tmp_path / "full" / "logs")["loss/total"])
     assert rest.state == full.state
     assert state_dicts_equal(rest.student.state_dict(), full.student.state_dict())
     assert state_dicts_equal(rest.ema.state_dict(), full.ema.state_dict())
@@ -299,28 +370,29 @@ def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(mod
         assert (rest.checkpoint / name).read_bytes() == (full.checkpoint / name).read_bytes(), name
 
 
-def test_cli_sigterm_to_the_process_group_saves_and_resume_latest_finishes(models, tmp_path, caplog):
-    """As a scheduler or a terminal stops a job: every process of the group (data workers too) gets it."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_signal_to_the_process_group_saves_and_resume_latest_finishes(models, tmp_path, caplog, signum):
+    """As a scheduler (SIGTERM) or a terminal's Ctrl-C (SIGINT) stops a job: the whole process group gets it,
+    data-loader workers included; the run ends promptly with a checkpoint."""
     write_images(tmp_path / "imgs", 4)
     cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=50, grad_accum=1, num_workers=2,
                       checkpoint_every=1, keep_checkpoints=1)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
-    cli = [sys.executable, str(REPO / "train" / "distill.py"), "--config", str(tmp_path / "cfg.yaml")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = run_cli([str(REPO / "train" / "distill.py"), "--config", str(tmp_path / "cfg.yaml")])
     first = tmp_path / "run" / "checkpoints" / "step-0000001"
-    try:
-        while not first.exists() and proc.poll() is None:
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signum)
+    rc, err = finish(proc, timeout=120)
+    name = signal.Signals(signum).name
+    assert rc == 128 + signum, err[-2000:]
+    assert "Traceback" not in err and f"stopped by {name}" in err
     (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
     step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
     assert 1 <= step < 50
+    if signum == signal.SIGINT:
+        return
     with caplog.at_level(logging.WARNING, logger="sharpdepth_core.trainer"):
         rest = train(dataclasses.replace(cfg, max_steps=step + 2, num_workers=0), resume="latest")
     assert rest.interrupted is None and rest.state.step == step + 2
@@ -331,7 +403,8 @@ def test_two_processes_keep_identical_replicas(models, tmp_path):
     write_images(tmp_path / "imgs", 4)
     cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=2, grad_accum=1, log_every=100)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "test")}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "test")])}  # this checkout's packages
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "test" / "training_fixtures.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -349,7 +422,7 @@ def test_training_on_a_rosbag2_mcap_recording_in_bf16_with_a_depth_cache(models,
     frames = [pattern(i, 24, 40) for i in range(2)]
     bag = write_bag(tmp_path / "drive", frames, compressed_topic="/camera/image_raw/compressed", corrupt_compressed=1)
     cfg = tiny_config(models, [bag], tmp_path / "run", max_steps=2, mixed_precision="bf16",
-                      depth_cache=str(tmp_path / "cache"))
+                      depth_cache=str(tmp_path / "cache"), flip_before_metric=False)
     result = train(cfg)
     assert (result.state.step, result.state.epoch, result.state.batch) == (2, 0, 4)  # 4 messages: one epoch
     logged = scalars(tmp_path / "run" / "logs")
@@ -357,10 +430,7 @@ def test_training_on_a_rosbag2_mcap_recording_in_bf16_with_a_depth_cache(models,
     saved = json.loads((result.checkpoint / "trainer_state.json").read_text())
     assert saved["skipped_images"] == 1 and logged["data/skipped_images"][-1] == 1  # the garbage PNG
     # f_D's depth of the three readable images is cached, exactly what f_D computes.
-    from sharpdepth_core.data import DepthCache
-    from sharpdepth_core.models.metric import load_metric_model
-
-    cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}|32x32")
+    cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}", (32, 32))
     assert len(list(Path(cfg.depth_cache).rglob("*.npy"))) == 3
     ds = TrainingImages([open_source(bag)], (32, 32))
     metric = load_metric_model(cfg.metric_model, cfg.metric_path)
@@ -371,8 +441,237 @@ def test_training_on_a_rosbag2_mcap_recording_in_bf16_with_a_depth_cache(models,
 
 def test_missing_images_or_weights_fail_with_a_clear_message(models, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images .* under .*empty"):
+    with pytest.raises(DataError, match="no images .* under .*empty"):
         train(tiny_config(models, [tmp_path / "empty"], tmp_path / "run", max_steps=1))
     write_images(tmp_path / "imgs", 2)
     with pytest.raises(FileNotFoundError, match="no model folder at .*nowhere"):
         train(tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=1, teacher=str(tmp_path / "nowhere")))
+
+
+# --- bad data, signals, output folders ------------------------------------------------------------
+
+
+def _unreadable_folder(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"a{i}.png").write_bytes(b"not an image")
+    return folder
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_data_ends_the_run_with_one_line(models, tmp_path, workers):
+    """It hung for good with data-loader workers (they ignored the signals the main process waited on)."""
+    cfg = tiny_config(models, [_unreadable_folder(tmp_path / "bad")], tmp_path / "run", max_steps=2, num_workers=workers)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    rc, err = finish(run_cli([str(REPO / "train" / "distill.py"), "--config", str(tmp_path / "cfg.yaml")]), 120)
+    assert rc == 1 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("distill.py: error")]
+    assert line.startswith("distill.py: error: none of the 3 training images can be read (the last: ")
+
+
+def test_a_data_error_in_a_loader_worker_ends_the_run_with_one_line(models, tmp_path):
+    """Images that become unreadable after start-up (read only by the workers then): one line, no hang."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=4, grad_accum=1, num_workers=2)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    script = f"""
+import os, runpy, sys
+from sharpdepth_core import data
+main_process, read = os.getpid(), data.ImageFolder.read
+def gone_in_workers(self, i):
+    if os.getpid() != main_process:
+        raise data.UnreadableImage(f"{{self.files[i]}}: deleted")
+    return read(self, i)
+data.ImageFolder.read = gone_in_workers
+sys.argv = ["distill.py", "--config", {str(tmp_path / "cfg.yaml")!r}]
+runpy.run_path({str(REPO / "train" / "distill.py")!r}, run_name="__main__")
+"""
+    rc, err = finish(run_cli(["-c", script]), 120)
+    assert rc == 1 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("distill.py: error")]
+    assert line.startswith("distill.py: error: none of the 4 training images can be read (the last: ")
+    assert line.endswith(": deleted)")
+
+
+def test_resuming_with_a_student_of_another_architecture_is_one_line(models, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    write_images(tmp_path / "imgs", 2)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=1, grad_accum=1)
+    ckpt = train(cfg).checkpoint
+    reset_accelerate()
+    narrow = DiffusionDepthModel.from_pretrained(models["teacher"])
+    narrow.unet = UNet2DConditionModel.from_config({**narrow.unet.config, "block_out_channels": [16, 32]})
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(CheckpointError) as err:
+        train(dataclasses.replace(cfg, teacher=str(tmp_path / "narrow"), max_steps=2), resume="latest")
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 800
+    assert message.startswith(f"cannot resume from {ckpt}: its student is another architecture")
+    assert "unet block_out_channels [32, 64] (checkpoint) vs [16, 32]" in message and str(tmp_path / "narrow") in message
+
+
+def test_files_in_output_dir_the_trainer_did_not_write_are_left_alone(models, tmp_path):
+    write_images(tmp_path / "imgs", 4)
+    out = tmp_path / "run"
+    mine = {out / "notes.txt": "mine", out / "checkpoints" / "keep" / "a.txt": "mine",
+            out / "checkpoints" / "step-final" / "trainer_state.json": "{}", out / "checkpoints" / "step-2" / "b.txt": "mine",
+            out / "logs" / "c.txt": "mine", out / "pipeline.txt": "mine"}
+    for path, text in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    cfg = tiny_config(models, [tmp_path / "imgs"], out, max_steps=3, grad_accum=1, checkpoint_every=1, keep_checkpoints=1)
+    train(cfg)
+    assert all(path.read_text() == text for path, text in mine.items())
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["keep", "step-0000003", "step-2", "step-final"]
+    # What the run would replace or mix with, it refuses before training, naming it.
+    reset_accelerate()
+    with pytest.raises(FileExistsError, match=r"holds the checkpoints of an earlier run \(newest step-0000003\).*--resume latest"):
+        train(cfg)
+    (tmp_path / "other" / "pipeline").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"other/pipeline exists and is not a pipeline folder"):
+        train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other")))
+    (tmp_path / "third" / "checkpoints" / "step-0000002").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"third/checkpoints/step-0000002 is not a complete checkpoint"):
+        train(dataclasses.replace(cfg, output_dir=str(tmp_path / "third")))
+    assert not (tmp_path / "other" / "checkpoints").exists() and not (tmp_path / "third" / "logs").exists()
+
+
+# --- offline, the nano preset, resuming with the saved config ----------------------------------------
+
+
+def test_the_readme_command_offline_names_every_setting_to_change_in_one_line(tmp_path):
+    write_images(tmp_path / "imgs", 2)
+    proc = run_cli([str(REPO / "train" / "distill.py"), "--preset", "reference", "--data", str(tmp_path / "imgs"),
+                    "--output-dir", str(tmp_path / "run")], HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    rc, err = finish(proc, 120)
+    assert rc == 1 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("distill.py: error")]
+    assert line.startswith("distill.py: error: the models of this config cannot be found; set teacher, metric_")
+    assert "teacher: f_G teacher: 'jingheya/lotus-depth-g-v1-0' is not a local folder" in line
+    assert "--preset nano" in line and not (tmp_path / "run").exists()
+
+
+def test_pipeline_config_names_a_local_metric_folder_absolutely(tmp_path, monkeypatch):
+    (tmp_path / "fd").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(overrides={"metric_model": "depth-anything-v2", "metric_path": "fd", "resolution": [48, 64]})
+    assert trainer.pipeline_config(cfg) == {"metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"),
+                                            "processing_res": 64, "difference_fit_first": False, "untrained": False}
+    hub = make_config("paper", overrides={"metric_model": "depth-pro"})
+    assert trainer.pipeline_config(hub)["metric_path"] == "apple/DepthPro-hf"
+    assert trainer.pipeline_config(hub)["difference_fit_first"] is True
+
+
+def test_nano_preset_trains_on_an_image_folder_and_its_pipeline_loads(models, tmp_path, capsys):
+    """`--preset nano` with its models pointed at tiny ones (the embedded teacher is not shipped yet)."""
+    write_images(tmp_path / "imgs", 4)
+    f_d = tiny_small_conv(tmp_path / "f_D")
+    sets = {"teacher": models["teacher"], "metric_path": f_d, "resolution": "[32, 32]", "max_steps": 2, "num_workers": 0,
+            "batch_size": 2, "depth_cache": tmp_path / "cache", "validate_every": 0}
+    argv = ["--preset", "nano", "--data", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "run")]
+    rc = _distill_module().main(argv + [f"--set={k}={v}" for k, v in sets.items()])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"pipeline (--model, the node's model): {tmp_path / 'run' / 'pipeline'}" in out
+    saved = yaml.safe_load((tmp_path / "run" / "checkpoints" / "step-0000002" / "config.yaml").read_text())
+    assert (saved["metric_model"], saved["lr"], saved["ema_beta"]) == ("small-conv", 1e-4, 0.99)
+    pipe = SharpDepthPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.metric_model.name == "small-conv" and pipe.processing_res == 32
+    assert torch.isfinite(pipe(pattern(5, 32, 32), seed=0).depth).all()
+
+
+def test_resume_latest_alone_continues_with_the_runs_saved_config(models, tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)  # the default output_dir, runs/sharpdepth, is relative
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], PRESETS["reference"].output_dir, max_steps=2, grad_accum=1, seed=3)
+    train(cfg)
+    reset_accelerate()
+    distill = _distill_module()
+    assert distill.main(["--resume", "latest", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == config_dict(cfg)
+    with caplog.at_level(logging.WARNING, logger="sharpdepth_core.trainer"):
+        assert distill.main(["--resume", "latest", "--max-steps", "4"]) == 0
+    assert "differs in: max_steps" in caplog.text
+    saved = Path("runs/sharpdepth/checkpoints/step-0000004")
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 4
+    assert yaml.safe_load((saved / "config.yaml").read_text()) == {**config_dict(cfg), "max_steps": 4}
+
+
+# --- the reference script's EMA order and flip -----------------------------------------------------
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_ema_update_before_or_after_the_optimizer_step(models, tmp_path, before):
+    """While the EMA still copies the student (step <= ema_update_after_step), it holds the weights it saw:
+    updated before the optimizer step, those of the step before (the reference script's order)."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=2, grad_accum=1, checkpoint_every=1,
+                      keep_checkpoints=2, ema_update_after_step=10, ema_before_step=before)
+    result = train(cfg)
+    step1 = DiffusionDepthModel.from_pretrained(tmp_path / "run" / "checkpoints" / "step-0000001" / "student")
+    assert not state_dicts_equal(step1.state_dict(), result.student.state_dict())
+    assert state_dicts_equal(result.ema.state_dict(), (step1 if before else result.student).state_dict())
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_flip_before_or_after_f_d(models, tmp_path, before):
+    """Reference: f_D sees the flipped image (its cache entry keyed by the flip); otherwise f_D sees the
+    image as read and its depth is flipped with it."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=2, depth_cache=str(tmp_path / "cache"),
+                      flip_before_metric=before)  # 2 steps x 2 micro-batches: each image once
+    train(cfg)
+    cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}", (32, 32))
+    metric = load_metric_model(cfg.metric_model, cfg.metric_path)
+    ds = TrainingImages([open_source(tmp_path / "imgs")], (32, 32))
+    flipped_seen = 0
+    for i in range(len(ds)):
+        image = ds[i]["image"][None]
+        plain, flipped = cache.load([ds[i]["key"]]), cache.load([ds[i]["key"] + "|flipped"])
+        assert (plain is None) != (flipped is None)  # one entry per image seen
+        if flipped is not None:
+            flipped_seen += 1
+            torch.testing.assert_close(flipped, metric(image.flip(-1)).depth)  # f_D ran on the flipped image,
+            assert (flipped - metric(image).depth.flip(-1)).abs().max() > 1e-3  # which is not its depth flipped
+        else:
+            torch.testing.assert_close(plain, metric(image).depth)
+    assert (flipped_seen > 0) == before
+    assert len(list(Path(cfg.depth_cache).rglob("*.npy"))) == 4
+
+
+def test_a_bad_depth_cache_entry_is_recomputed_during_training(models, tmp_path, caplog):
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=2, depth_cache=str(tmp_path / "cache"),
+                      flip_before_metric=False)
+    cache = DepthCache(cfg.depth_cache, f"{cfg.metric_model}|{cfg.metric_path}", (32, 32))
+    ds = TrainingImages([open_source(tmp_path / "imgs")], (32, 32))
+    bad = {0: np.full((1, 32, 32), np.nan, np.float32), 1: np.ones((1, 16, 32), np.float32), 2: None}
+    for i, depth in bad.items():
+        path = cache.path(ds[i]["key"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if depth is None:
+            np.save(path, np.ones((1, 32, 32), np.float32))
+            path.write_bytes(path.read_bytes()[:200])  # truncated
+        else:
+            np.save(path, depth)
+    with caplog.at_level(logging.WARNING, logger="sharpdepth_core.data"):
+        result = train(cfg)
+    assert result.state.step == 2 and math.isfinite(scalars(tmp_path / "run" / "logs")["loss/total"][-1])
+    metric = load_metric_model(cfg.metric_model, cfg.metric_path)
+    for i in range(4):  # every entry now holds f_D's depth
+        torch.testing.assert_close(cache.load([ds[i]["key"]]), metric(ds[i]["image"][None]).depth)
+    warned = [r.message for r in caplog.records if "depth cache" in r.message]
+    assert len(warned) == 3  # once each, naming its file
+    assert all(sum(str(cache.path(ds[i]["key"])) in w for w in warned) == 1 for i in bad)
+
+
+def test_a_repeated_signal_stops_at_once_unless_it_is_the_launchers_echo(monkeypatch):
+    with trainer.StopOnSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # first: save a checkpoint after this step, then stop
+        signal.raise_signal(signal.SIGINT)  # at once again: the launcher forwarding the same Ctrl-C
+        monkeypatch.setattr(trainer.StopOnSignal, "ECHO_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):  # later again: the user insists, the run stops now
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -78,6 +78,61 @@ def write_bag(
     return path
 
 
+def write_messages(path: Path, messages: list[tuple[str, str, int, object]]) -> Path:
+    """A rosbag2 MCAP recording of (topic, msgtype, timestamp ns, message) written with rosbags."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    with Writer(path, version=9) as writer:
+        conns = {}
+        for topic, msgtype, t, msg in messages:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+            writer.write(conns[topic], t, ts.serialize_cdr(msg, msgtype))
+    return path
+
+
+def image_message(t: int, pixels: np.ndarray, encoding: str):
+    """sensor_msgs/Image (rosbags type) of an HxW or HxWxC array, unpadded."""
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    h, w = pixels.shape[:2]
+    data = np.ascontiguousarray(pixels).view(np.uint8).reshape(-1)
+    return ts.types["sensor_msgs/msg/Image"](
+        header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera"), height=h, width=w,
+        encoding=encoding, is_bigendian=0, step=data.size // h, data=data)
+
+
+def camera_info_message(t: int, h: int, w: int):
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    k = np.array([w, 0, w / 2, 0, w, h / 2, 0, 0, 1], np.float64)
+    return ts.types["sensor_msgs/msg/CameraInfo"](
+        header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera"), height=h, width=w,
+        distortion_model="plumb_bob", d=np.zeros(5), k=k, r=np.eye(3).reshape(-1), p=np.zeros(12), binning_x=0,
+        binning_y=0, roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def tiny_small_conv(folder: Path) -> str:
+    """A tiny random `small-conv` metric model folder (the embedded f_D's family)."""
+    from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
+
+    if not folder.is_dir():
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = ConvMetricNet(channels=(8, 8, 8, 8), groups=4, image_size=(32, 32), focal=32.0)
+        ConvMetricBackend(net.eval()).save_pretrained(folder)
+    return str(folder)
+
+
 def tiny_models(folder: Path) -> dict[str, str]:
     """Tiny random Lotus-G (teacher and student init) and Depth Anything V2 metric folders, saved once."""
     from sharpdepth_core.models.tiny import tiny_depth_anything, tiny_student
