@@ -341,7 +341,7 @@ class SharpDepthPipeline:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
-        with replacing_dir(path) as tmp:
+        with replacing_dir(path, also=(LIGHT_DECODER_DIR,)) as tmp:  # an earlier save may have had one
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
             if self.light_decoder is not None:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
+from .models.hub import honour_umask
 from .normalization import normalize_depth
 
 log = logging.getLogger(__name__)
@@ -561,26 +562,6 @@ def _total(acc, n: int) -> int:
     return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux), else by setting it back at once."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
-def _honour_umask(folder: Path) -> None:
-    """Give the files under folder the mode the umask asks for: safetensors writes weights 0600 (owner
-    only) whatever the umask, so a checkpoint or pipeline would be unreadable to the user's group."""
-    mode = 0o666 & ~_umask()
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
-
-
 def pipeline_config(cfg: TrainConfig) -> dict:
     """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
     from .models.metric import DEFAULT_METRIC_IDS
@@ -617,7 +598,7 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
         (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
         (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
-        _honour_umask(tmp)
+        honour_umask(tmp)
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
@@ -760,8 +741,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if interrupted is None:  # a finished run: a pipeline folder for --model / the node
         pipeline = Path(cfg.output_dir) / "pipeline"
         if acc.is_main_process:
-            _pipeline(run).save_pretrained(pipeline)
-            _honour_umask(pipeline)
+            _pipeline(run).save_pretrained(pipeline)  # replacing_dir gives it the umask's modes
     acc.wait_for_everyone()
     acc.end_training()
     if interrupted:

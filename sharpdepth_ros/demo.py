@@ -46,7 +46,8 @@ from sharpdepth_core.synthetic import STYLES, render_scene  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
 from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
-from sharpdepth_ros.replay import ReplayPublisher, pinhole_K  # noqa: E402
+from sharpdepth_ros.conversions import pinhole_K  # noqa: E402
+from sharpdepth_ros.replay import ReplayPublisher  # noqa: E402
 
 NS = "/camera"
 TOPICS = {

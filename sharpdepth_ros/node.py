@@ -34,7 +34,7 @@ from sharpdepth_core.engines import load_engine
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
 from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.metric import METRIC_BACKENDS
-from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.pipeline import DIFFERENCE_METHODS, SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -92,6 +92,7 @@ def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
         device=device,
         dtype=DTYPES[settings["dtype"]],
         processing_res=settings["processing_res"] or None,
+        difference=settings["difference_map"],
     )
 
 
@@ -138,7 +139,9 @@ PARAMETERS = {
     "model": ("", descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
     "student": ("", descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
     "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
-    "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id", STR, read_only=True)),
+    "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
+                                    "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
+                                    "depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf, 80 m)", STR, read_only=True)),
     "engine": ("pytorch", descriptor("inference engine: pytorch, onnx or tensorrt", STR, read_only=True)),
     "engine_dir": ("", descriptor("onnx/tensorrt: the folder written by `sharpdepth export`", STR, read_only=True)),
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
@@ -152,7 +155,12 @@ PARAMETERS = {
                                                               integer=(1, 2**31 - 1))),
     "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
     "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
-    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model (false: images need no camera_info)", BOOL)),
+    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
+                                               "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "
+                                               "camera); false: reference behaviour, and images need no camera_info", BOOL)),
+    "difference_map": ("exact", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
+                                           "pipeline folder's light_decoder/) or latent (no decode); see bench/RESULTS.md",
+                                           STR, read_only=True)),
     "fov_deg": (60.0, descriptor("horizontal field of view of the pinhole K assumed for depth/camera_info and the cloud when "
                                  "no camera_info arrives (use_camera_intrinsics false, or none within 2 s)", FLOAT,
                                  floating=(1.0, 179.0))),
@@ -168,6 +176,8 @@ PARAMETERS = {
 
 def validate(name: str, value) -> str | None:
     """Why `value` is not acceptable for parameter `name` (ranges are checked by the descriptors)."""
+    if name == "difference_map" and value not in DIFFERENCE_METHODS:
+        return f"difference_map '{value}' is not one of {', '.join(DIFFERENCE_METHODS)}"
     if name == "metric_backend" and value and value not in METRIC_BACKENDS:
         return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
     if name == "processing_res" and 0 < value < 64:

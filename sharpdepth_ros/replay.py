@@ -47,12 +47,14 @@ class Frame:
     assumed: bool = False
 
 
-def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str) -> Iterator[Frame]:
-    """Scenes seed, seed+1, ... with their ground-truth K (the scene's depth is the same seed's)."""
+def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str, fov_deg: float = 0.0) -> Iterator[Frame]:
+    """Scenes seed, seed+1, ... with their ground-truth K (the scene's depth is the same seed's), seen
+    through a pinhole of `fov_deg` (a robot's one camera) or, with 0, each scene's own drawn field of view."""
     from sharpdepth_core.synthetic import render_scene
 
+    K = pinhole_K(width, height, fov_deg) if fov_deg else None
     for i in range(scenes):
-        scene = render_scene(seed + i, width, height, style=style)
+        scene = render_scene(seed + i, width, height, K=K, style=style)
         yield Frame(scene.rgb, scene.K, seed + i)
 
 
@@ -136,10 +138,10 @@ def _ros_camera_info(info) -> CameraInfo:
 
 
 def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
-                height: int = 240, seed: int = 0, style: str = "indoor") -> Iterator[Frame]:
+                height: int = 240, seed: int = 0, style: str = "indoor", synthetic_fov_deg: float = 0.0) -> Iterator[Frame]:
     """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder)."""
     if source == "synthetic":
-        return synthetic_frames(scenes, width, height, seed, style)
+        return synthetic_frames(scenes, width, height, seed, style, synthetic_fov_deg)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"replay source {source} does not exist (expected 'synthetic', an image folder, a video or a bag)")
@@ -164,7 +166,9 @@ PARAMETERS = {
     "width": (320, descriptor("synthetic: image width", INT, read_only=True, integer=(8, 4096))),
     "height": (240, descriptor("synthetic: image height", INT, read_only=True, integer=(8, 4096))),
     "seed": (0, descriptor("synthetic: seed of the first scene", INT, read_only=True, integer=(0, 2**31 - 1))),
-    "style": ("indoor", descriptor("synthetic: 'indoor' or 'toy'", STR, read_only=True)),
+    "style": ("indoor", descriptor("synthetic: 'indoor', 'office' or 'toy'", STR, read_only=True)),
+    "synthetic_fov_deg": (0.0, descriptor("synthetic: one camera of this horizontal field of view; 0 = each scene's own (55-80°)",
+                                          FLOAT, read_only=True, floating=(0.0, 179.0))),
 }
 
 
@@ -200,7 +204,7 @@ class ReplayPublisher(Node):
         if p["source"] == "synthetic" and self._cache:
             return iter(self._cache)
         frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
-                             height=p["height"], seed=p["seed"], style=p["style"])
+                             height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"])
         if p["source"] == "synthetic":
             frames = self._cached(frames)
         first = next(frames, None)

@@ -155,6 +155,30 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
 _OWN_TEMP = ".sharpdepth-"  # prefix of the temporary entries replacing_dir itself makes
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def honour_umask(folder: Path) -> None:
+    """Give a written folder the modes the umask asks for: safetensors writes weights 0600 and
+    tempfile.mkdtemp makes folders 0700 whatever the umask, so a saved model would be unreadable to
+    the user's group (a robot's other accounts)."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = (0o777 if path.is_dir() else 0o666) & ~mask
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
 @contextmanager
 def replacing_dir(path: str | Path, also: Collection[str] = ()) -> Iterator[Path]:
     """Write a folder in a temporary place, then put it at `path`: a crash never leaves half a model.
@@ -179,6 +203,7 @@ def replacing_dir(path: str | Path, also: Collection[str] = ()) -> Iterator[Path
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OWN_TEMP}partial-", dir=path.parent))
     try:
         yield tmp
+        honour_umask(tmp)
         if existed:
             _swap_entries(path, tmp, also)
         else:

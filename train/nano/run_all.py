@@ -35,7 +35,7 @@ from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 
 PY = sys.executable
 EMBEDDED = REPO / "sharpdepth_core" / "weights" / "nano"
-STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 1500}  # distillation: configs/sharpdepth.yaml
+STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distillation: configs/sharpdepth.yaml
 STAGES = ("vae", "f_D", "f_G", "gates", "distill", "light_decoder", "ship", "report")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
