@@ -1,5 +1,5 @@
 """ONNX export of the three networks a SharpDepth frame runs: the student UNet, the VAE encoder and
-the VAE decoder (METHOD.md, "Cost per frame"), for onnxruntime and TensorRT.
+the VAE decoder (docs/METHOD.md, "Cost of a frame"), for onnxruntime and TensorRT.
 
 Graphs (inputs and outputs float32 whatever the precision inside, so every runtime feeds them alike):
 - `unet.onnx`: x [B, 8, h, w] = concat(z_img, z_depth) -> x0 latent [B, 4, h, w]; t = 999, the

@@ -14,7 +14,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from skimage.feature import canny
 
-# Pseudo-DBE constants, as METHOD.md (after iBims-1) defines them.
+# Pseudo-DBE constants, as docs/METHOD.md (after iBims-1) defines them.
 EDGE_SIGMA = math.sqrt(2.0)
 EDGE_LOW, EDGE_HIGH = 0.1, 0.2
 MAX_EDGE_DISTANCE = 10.0  # px: predicted edges farther than this from any GT edge count as misses

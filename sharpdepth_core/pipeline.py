@@ -1,4 +1,4 @@
-"""SharpDepthPipeline: the reference one-step inference of SharpDepth (METHOD.md, "Inference").
+"""SharpDepthPipeline: the reference one-step inference of SharpDepth (docs/METHOD.md, "Inference").
 
 metric depth d = f_D(I) -> latents z_i = enc(I), z_d = enc(norm(d)) -> affine pass on noise
 ẑ_a = G(z_i, ε1), d̃ = dec(ẑ_a) -> difference map e = |d̃ - norm(d)| / max -> gated sharpening pass

@@ -1,7 +1,7 @@
-"""GT-free distillation (METHOD.md, Training): f_D and a frozen f_G teach a one-step student G_θ.
+"""GT-free distillation (docs/METHOD.md, Training): f_D and a frozen f_G teach a one-step student G_θ.
 
 `TrainConfig` is one plain dataclass; `PRESETS` holds `paper` and `reference` (the table of
-METHOD.md) and `nano` (the embedded small models, a CPU recipe), and `make_config` layers a YAML file
+docs/METHOD.md) and `nano` (the embedded small models, a CPU recipe), and `make_config` layers a YAML file
 and `key=value` overrides on a preset (or on a checkpoint's saved config when resuming).
 `training_step` is the method, one batch, read top to bottom; `train` is the loop around it with
 accelerate (one or many GPUs/machines, CPU for tests, mixed precision, gradient accumulation),
@@ -318,7 +318,7 @@ def check_models(cfg: TrainConfig) -> None:
 
 def training_step(student: nn.Module, codec, teacher: nn.Module, diff_model: nn.Module, image: Tensor, depth: Tensor,
                   cfg: TrainConfig) -> dict[str, Tensor]:
-    """METHOD.md Training 1-7 for a batch (image in [0, 1], f_D's metric depth); returns the losses.
+    """docs/METHOD.md Training 1-7 for a batch (image in [0, 1], f_D's metric depth); returns the losses.
 
     `diff_model` makes the difference map: the student's EMA, or frozen f_G early in training.
     """

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--preset P] [--config FILE.yaml] [--set KEY=VALUE ...] [--resume latest|PATH] [--FIELD VALUE ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), help="base settings (METHOD.md table; nano: the embedded small "
+    p.add_argument("--preset", choices=sorted(PRESETS), help="base settings (docs/METHOD.md table; nano: the embedded small "
                    "models on a CPU) [reference]")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (YAML value)")
