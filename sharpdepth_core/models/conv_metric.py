@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-from .hub import CheckpointError, load_component, resolve_model_dir, weight_files
+from .hub import load_own_model
 from .metric import MetricBackend, MetricPrediction, focal_intrinsics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,19 +128,5 @@ class ConvMetricBackend(MetricBackend):
 
     @classmethod
     def from_pretrained(cls, path_or_id, device="cpu", dtype=torch.float32) -> "ConvMetricBackend":
-        what = f"metric backend {BACKEND_NAME}"
-        folder = resolve_model_dir(path_or_id, what)
-        config = folder / "config.json"
-        try:
-            found = ConvMetricNet.load_config(folder).get("_class_name")
-        except Exception as exc:
-            raise CheckpointError(f"{what}: cannot read {config} ({type(exc).__name__})") from exc
-        if found != ConvMetricNet.__name__:
-            raise CheckpointError(f"{what}: {config} describes {found!r}, expected {ConvMetricNet.__name__!r}")
-        model = load_component(
-            lambda: ConvMetricNet.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype, output_loading_info=True),
-            weight_files(folder),
-            what,
-        )
+        model = load_own_model(ConvMetricNet, path_or_id, f"metric backend {BACKEND_NAME}", torch_dtype=dtype)
         return cls(model.eval()).to(device)
-

@@ -155,6 +155,22 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
 _OWN_TEMP = ".sharpdepth-"  # prefix of the temporary entries replacing_dir itself makes
 
 
+def load_own_model(model_cls, path_or_id, what: str, **kwargs):
+    """A diffusers ModelMixin this project defines and saved (small-conv f_D, the light decoder): the
+    folder's config must name `model_cls`, weights are safetensors and every tensor is accounted for."""
+    folder = resolve_model_dir(path_or_id, what)
+    config = folder / model_cls.config_name
+    try:
+        found = model_cls.load_config(folder).get("_class_name")
+    except Exception as exc:
+        raise CheckpointError(f"{what}: cannot read {config} ({type(exc).__name__})") from exc
+    if found != model_cls.__name__:
+        raise CheckpointError(f"{what}: {config} describes {found!r}, expected {model_cls.__name__!r}")
+    return load_component(
+        lambda: model_cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kwargs), weight_files(folder), what
+    )
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (Linux), else by setting it back at once."""
     try:

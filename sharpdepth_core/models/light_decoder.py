@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-from .hub import CheckpointError, load_component, resolve_model_dir, weight_files
+from .hub import load_own_model
 
 LIGHT_DECODER_DIR = "light_decoder"
 
@@ -47,15 +47,4 @@ class LightDepthDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def load(cls, path_or_id, device="cpu") -> "LightDepthDecoder":
         """From a folder written by `save_pretrained` (safetensors only), with every tensor checked."""
-        what = "light depth decoder"
-        folder = resolve_model_dir(path_or_id, what)
-        try:
-            found = cls.load_config(folder).get("_class_name")
-        except Exception as exc:
-            raise CheckpointError(f"{what}: cannot read {folder / cls.config_name} ({type(exc).__name__})") from exc
-        if found != cls.__name__:
-            raise CheckpointError(f"{what}: {folder / cls.config_name} describes {found!r}, expected {cls.__name__!r}")
-        model = load_component(
-            lambda: cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True), weight_files(folder), what
-        )
-        return model.to(device).eval().requires_grad_(False)
+        return load_own_model(cls, path_or_id, "light depth decoder").to(device).eval().requires_grad_(False)
