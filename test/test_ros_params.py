@@ -154,6 +154,25 @@ def test_missing_model_is_one_line_and_exit_code_1(tmp_path, capfd):
     assert f"SharpDepth pipeline: no folder {tmp_path / 'nowhere'}" in err and "FATAL" in err
 
 
+def test_malformed_model_folders_are_one_fatal_line(tiny_pipeline_dir, tmp_path, capfd):
+    """A pipeline.json that is a JSON list, a scheduler too short for t = 999, a light difference
+    map the folder has no decoder for: one FATAL line each, exit 1, no traceback."""
+    import shutil
+
+    listed = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "listed"))
+    (listed / "pipeline.json").write_text("[1, 2]")
+    short = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "short"))
+    config = short / "student" / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"num_train_timesteps": 1000', '"num_train_timesteps": 500'))
+    cases = [(["-p", f"model:={listed}"], "expected a JSON object of settings, got a list"),
+             (["-p", f"model:={short}"], "num_train_timesteps 500, need more than 999"),
+             (["-p", f"model:={tiny_pipeline_dir}", "-p", "difference_map:=light"], "needs a light depth decoder")]
+    for args, message in cases:
+        assert node_module.main(["sharpdepth_node", "--ros-args", "-p", "device:=cpu", *args]) == 1
+        err = capfd.readouterr().err
+        assert message in err and "FATAL" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("module_name", ["sharpdepth_ros.node", "sharpdepth_ros.replay"])
 def test_entry_points_print_parameter_help_without_starting(module_name, capsys):
     """`--help` lists every declared parameter with its default and range, and starts nothing
