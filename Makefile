@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q test
 
-# Retrains the embedded small models from nothing (57 min measured on 2 idle CPU cores) and writes
+# Retrains the embedded small models from nothing (72 min measured on 2 idle CPU cores) and writes
 # bench/NANO_REPORT.md.
 nano: $(STAMP)
 	$(BIN)/python train/nano/run_all.py
@@ -30,6 +30,7 @@ nano: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/synthetic.py
 	$(BIN)/python bench/pointcloud.py
+	$(BIN)/python bench/cpu.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/pipeline.py
 

@@ -27,7 +27,7 @@ full-size one. The matmul rate is measured here, bf16 on CUDA and fp32 on CPU (C
 bf16 emulate it at a tiny fraction of fp32), and "of peak" is the counted FLOPs at the achieved
 frame rate over that rate. Prints a table and one JSON line.
 
-    .venv/bin/python bench/pipeline.py                       # CPU: small config, reference vs onnx, ~2 min
+    .venv/bin/python bench/pipeline.py                       # CPU: small config, reference, light, latent and onnx, ~6 min
     .venv/bin/python bench/pipeline.py --config full         # CUDA: the figures of bench/RESULTS.md
 """
 from __future__ import annotations

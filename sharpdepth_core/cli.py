@@ -226,14 +226,12 @@ def _write_record(out: Path, names: set[str]) -> None:
 
 def _load_pipeline(args, device):
     import torch
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
     from . import models
+    from .models.hub import quiet_loading
     from .pipeline import SharpDepthPipeline
 
-    diffusers_logging.disable_progress_bar()  # one progress bar: ours
-    transformers_logging.disable_progress_bar()
+    quiet_loading()  # one progress bar: ours
     dtype = getattr(torch, DTYPES[args.dtype])
     options = dict(device=device, dtype=dtype, processing_res=args.processing_res, difference=args.difference)
     if args.student:

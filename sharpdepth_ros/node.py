@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from sharpdepth_core.engines import load_engine
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
 from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS, SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
@@ -253,6 +254,7 @@ class SharpDepthNode(Node):
         if self._settings["num_threads"]:
             torch.set_num_threads(self._settings["num_threads"])  # before the models load and warm up
         supplied = pipeline is not None
+        quiet_loading()  # the start-up line below says what loaded
         self.pipeline = pipeline if supplied else ENGINES[self._settings["engine"]](self._settings)
         self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
         self.pipeline.processing_res = self._settings["processing_res"] or self._model_res  # no frame runs yet

@@ -6,10 +6,13 @@ scenes, the models' own camera); the node seeds its noise draws (seed 0), so the
 arithmetic differences between machines and thread counts.
 """
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -36,12 +39,14 @@ def card_figure(name: str) -> float:
 def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loaders():
     files = [p for p in EMBEDDED_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    assert max(p.stat().st_size for p in files) <= 5 * 2**20  # UNets as diffusers shards: small files in git
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     metric = load_metric_model("small-conv", EMBEDDED_DIR / "metric")
     student = DiffusionDepthModel.from_pretrained(EMBEDDED_DIR / "student")
     teacher = DiffusionDepthModel.from_pretrained(EMBEDDED_DIR / "teacher")  # f_G: offline distillation
     assert student.unet.config.in_channels == 8 and student.vae.config.latent_channels == 4
-    assert teacher.unet.config == student.unet.config
+    same = {k: v for k, v in teacher.unet.config.items() if k != "_name_or_path"}
+    assert same == {k: v for k, v in student.unet.config.items() if k != "_name_or_path"}
     assert not torch.equal(next(teacher.unet.parameters()), next(student.unet.parameters()))  # distilled: moved
     pipe = SharpDepthPipeline.from_pretrained()  # the embedded default
     assert not pipe.untrained and pipe.processing_res == 128 and pipe.light_decoder is not None
@@ -78,3 +83,28 @@ def test_demo_on_the_shipped_weights_matches_the_model_card(tmp_path):
     assert topics == sorted(list(TOPICS) * 3)  # every topic of every frame, playable in Foxglove / RViz
     for name in ("overview.png", "frame_02_depth.png", "frame_02_difference.png", "frame_02_cloud.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_preset_nano_distils_offline_with_what_ships_and_the_result_runs(tmp_path):
+    """The README's CPU recipe (`distill.py --preset nano`): the embedded f_G teacher and f_D, a folder
+    of images, no network; the run's pipeline folder then serves `sharpdepth predict --model`."""
+    from PIL import Image
+
+    from sharpdepth_core.cli import main as cli
+
+    camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(render_scene(90_000 + i, 160, 120, K=None).rgb).save(images / f"{i}.png")  # another size: resized
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train/distill.py", "--preset", "nano", "--data", str(images), "--output-dir", str(run),
+           "--max-steps", "3", "--batch-size", "2", "--num-workers", "0", "--depth-cache", str(tmp_path / "cache"),
+           "--validate-every", "0"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    pipe = SharpDepthPipeline.from_pretrained(run / "pipeline")
+    assert pipe.metric_model.name == "small-conv" and pipe.processing_res == max(camera["width"], camera["height"])
+    assert cli(["predict", str(images / "0.png"), "--out", str(tmp_path / "pred"), "--model", str(run / "pipeline")]) == 0
+    depth = np.load(tmp_path / "pred" / "0_depth.npy")
+    assert depth.shape == (120, 160) and np.isfinite(depth).all() and 0.3 < float(np.median(depth)) < 10

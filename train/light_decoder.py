@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from sharpdepth_core.data import MixingSampler, TrainingImages, open_source
+from sharpdepth_core.models.hub import replacing_dir
 from sharpdepth_core.models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from sharpdepth_core.normalization import normalize_depth
 from sharpdepth_core.pipeline import SharpDepthPipeline
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
     bar.close()
     out = args.out or args.model / LIGHT_DECODER_DIR
-    net.eval().save_pretrained(out)
+    with replacing_dir(out) as tmp:  # whole or not at all; never over files it did not write
+        net.eval().save_pretrained(tmp)
     LightDepthDecoder.load(out)  # the public loader reads it back
     params = sum(q.numel() for q in net.parameters())
     print(f"light depth decoder ({params / 1e3:.0f} k parameters, last L1 {loss.item():.4f}) -> {out}")

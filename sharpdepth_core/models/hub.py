@@ -23,6 +23,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # configs, tokenizer files, weights: never pickles
 
 
+def quiet_loading() -> None:
+    """No diffusers/transformers progress bars while weights load (sharded checkpoints draw one per
+    model): the CLI and the node report loading in their own single lines."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 class MissingWeightsError(FileNotFoundError):
     """A checkpoint that is neither a local folder nor in the Hugging Face cache."""
 

@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--decode-weight", type=float, default=0.5)
     p.add_argument("--vae", default=str(OUT / "vae"))
-    p.add_argument("--style", default=F_G_STYLE, help=f"the scenes' style (default {F_G_STYLE})")
+    p.add_argument("--style", default=F_G_STYLE, help=f"the scenes' style, or styles joined by + for a mix (default {F_G_STYLE})")
     p.add_argument("--out", default=str(OUT / "f_G"))
     args = p.parse_args()
     setup(0)
@@ -79,7 +79,9 @@ def main() -> None:
     model = DiffusionDepthModel(nano_unet(), vae, tiny_scheduler(), empty_prompt_embedding(text_encoder, tokenizer))
     print(f"f_G UNet: {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f} M parameters")
     codec = model.codec
-    z_i, z_d, d_n = latents(codec, *scenes(args.style, "f_G"), args.scenes, Path(args.vae), args.style)
+    styles = args.style.split("+")  # a mix: an equal share of each style's scenes
+    parts = [latents(codec, *scenes(style, "f_G"), args.scenes // len(styles), Path(args.vae), style) for style in styles]
+    z_i, z_d, d_n = (torch.cat(x) for x in zip(*parts))
     print(f"encoded {len(z_i)} {args.style} scenes", flush=True)
     model.unet.requires_grad_(True).train()
     opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=1e-2)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +40,7 @@ STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distil
 STAGES = ("vae", "f_D", "f_G", "gates", "distill", "light_decoder", "ship", "report")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
+SHARD_SIZE = "4MB"  # the shipped UNets are ~12 MB: stored as shards, every file in git stays small
 LANES = 2  # processes side by side: one per core
 OUTPUTS = {"vae": ["vae"], "f_D": ["f_D"], "f_G": ["f_G"], "distill": ["runs", "depth_cache"], "light_decoder": ["light_decoder"]}
 NEEDED_BY = {"vae": ["f_G"], "f_G": ["distill"], "f_D": ["distill"], "distill": ["light_decoder"], "light_decoder": []}
@@ -79,17 +81,26 @@ def wait(job, timings: dict) -> None:
         raise SystemExit(f"{name} failed (exit {rc}); see {log.name}; run again to continue from here")
 
 
-def run_lanes(jobs: list[tuple[str, list[str]]], timings: dict) -> None:
-    """Run (name, command) jobs in order, LANES at a time; a failure stops the others (a later
+def run_lanes(jobs: list[tuple], timings: dict) -> None:
+    """Run jobs (name, command[, ready]) in order, LANES at a time, starting the first ready one as
+    soon as any lane is free (`ready()`: its inputs exist); a failure stops the others (a later
     invocation starts them again)."""
-    running: list = []
+    queue, running = list(jobs), []
     try:
-        for name, cmd in jobs:
-            if len(running) == LANES:
-                wait(running.pop(0), timings)
-            running.append(start(name, cmd))
-        while running:
-            wait(running.pop(0), timings)
+        while queue or running:
+            ready = [job for job in queue if len(job) < 3 or job[2]()]
+            if ready and len(running) < LANES:
+                queue.remove(ready[0])
+                running.append(start(*ready[0][:2]))
+                continue
+            finished = next((job for job in running if job[1].poll() is not None), None)
+            if finished is None:
+                if not running:
+                    raise SystemExit(f"{', '.join(j[0] for j in queue)}: their inputs never appeared")
+                time.sleep(1)
+                continue
+            running.remove(finished)
+            wait(finished, timings)
     finally:
         for _, proc, _, _ in running:
             proc.terminate()
@@ -126,6 +137,13 @@ def ship() -> None:
     shutil.copytree(OUT / "light_decoder", tmp / "light_decoder")
     config = json.loads((tmp / "pipeline.json").read_text())
     (tmp / "pipeline.json").write_text(json.dumps({**config, "camera": camera()}, indent=2) + "\n")
+    for unet in (tmp / "student" / "unet", tmp / "teacher" / "unet"):  # files under 5 MiB in git: diffusers' shards
+        UNet2DConditionModel.from_pretrained(unet).save_pretrained(unet, max_shard_size=SHARD_SIZE)
+        (unet / "diffusion_pytorch_model.safetensors").unlink()
+    for path in tmp.rglob("config.json"):  # diffusers records where a model was loaded from: this machine's paths
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if (EMBEDDED / "MODEL_CARD.md").is_file():
         shutil.copy2(EMBEDDED / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
     shutil.rmtree(EMBEDDED, ignore_errors=True)
@@ -183,7 +201,7 @@ def main() -> int:
     if not done("light_decoder"):  # needs the full run's student: queued right after it
         light = [PY, "train/light_decoder.py", "--model", str(OUT / "runs" / "full" / "pipeline"), "--data", str(OUT / "data" / "distill"),
                  "--resolution", str(H), str(W), "--out", str(OUT / "light_decoder"), "--steps", str(steps["light_decoder"])]
-        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light))
+        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light, (OUT / "runs" / "full" / "pipeline" / "pipeline.json").is_file))
     run_lanes(jobs, timings)
     timings["training (this invocation)"] = round(time.perf_counter() - t_all, 1)
     timings_file.write_text(json.dumps(timings, indent=2))
