@@ -298,7 +298,7 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
 
     columns = list(rows[0]["pictures"])
     h, w = rows[0]["pictures"]["image"].shape[:2]
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, gridspec_kw={"wspace": 0.3},  # room for the bars' labels
                              figsize=(1.0 + 2.0 * len(columns) * max(1.0, w / h / 1.33), 0.6 + 1.6 * len(rows)))
     for r, row in enumerate(rows):
         pics = row["pictures"]
@@ -323,7 +323,7 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
     if untrained:
         fig.suptitle("UNTRAINED random-weight models: plumbing check only", color="red")
     tmp = out / "overview.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(out / "overview.png")
 
