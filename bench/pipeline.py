@@ -54,7 +54,7 @@ from sharpdepth_core.models import tiny
 from sharpdepth_core.models.light_decoder import LightDepthDecoder
 from sharpdepth_core.models.metric import DepthAnythingBackend
 from sharpdepth_core.models.student import DiffusionDepthModel
-from sharpdepth_core.pipeline import DIFFERENCE_METHODS, FAST_DIFFERENCE, SharpDepthPipeline
+from sharpdepth_core.pipeline import FAST_DIFFERENCE, SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 
 SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "onnx", "tensorrt")

@@ -35,9 +35,19 @@ log = logging.getLogger(__name__)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
+class DeviceUnavailable(ValueError):
+    """A well-formed device name this machine lacks. `reason` says why without a remedy, so that each
+    front end (CLI option, node parameter) can name its own."""
+
+    def __init__(self, name: str, reason: str, remedy: str | None = "use cpu"):
+        super().__init__(f"device {name!r}: {reason}" + (f"; {remedy}" if remedy else ""))
+        self.reason = reason
+
+
 def check_device(name: str) -> torch.device:
     """A device name (auto, cpu, cuda, cuda:N, mps) as a torch.device that exists on this machine,
-    checked before any model loads; ValueError (one line) otherwise. auto: cuda when available."""
+    checked before any model loads; ValueError (one line) otherwise, DeviceUnavailable for a
+    device this machine lacks. auto: cuda when available."""
     m = _DEVICE.match(str(name))
     if not m or (m[2] is not None and m[1] != "cuda"):
         raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
@@ -47,12 +57,12 @@ def check_device(name: str) -> torch.device:
     if kind == "cuda":
         if not torch.cuda.is_available():
             why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"device {name!r}: CUDA is not available here ({why}); use cpu")
+            raise DeviceUnavailable(name, f"CUDA is not available here ({why})")
         count = torch.cuda.device_count()
         if m[2] is not None and int(m[2]) >= count:
-            raise ValueError(f"device {name!r}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+            raise DeviceUnavailable(name, f"only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})", None)
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: Apple MPS is not available here; use cpu")
+        raise DeviceUnavailable(name, "Apple MPS is not available here")
     return torch.device(name)
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
+
 
 def resize_transform(sx: float, sy: float) -> np.ndarray:
     """Pixel map of a resize by (sx, sy) with half-pixel centres: u' = (u + 0.5) sx - 0.5."""

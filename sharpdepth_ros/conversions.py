@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from sharpdepth_core.geometry import crop_transform, resize_transform, transform_intrinsics
+from sharpdepth_core.geometry import MAX_FOCAL_PX, crop_transform, resize_transform, transform_intrinsics
 from sharpdepth_core.images import (  # noqa: F401 - re-exported: the node's conversions in one place
     COLOR_ENCODINGS,
     ENCODINGS,
@@ -55,9 +55,6 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     return msg
 
 
-# Focal lengths beyond this (pixels) are not a camera: a 1e6 px focal on a 4000 px sensor is a
-# 0.2 degree field of view. Above it the calibration is refused rather than published.
-MAX_FOCAL_PX = 1e6
 # distortion_model -> accepted numbers of coefficients (OpenCV's models; ROS names)
 DISTORTION_MODELS = {"plumb_bob": (4, 5, 8, 12, 14), "rational_polynomial": (8, 12, 14), "equidistant": (4,)}
 
@@ -81,8 +78,8 @@ def _check_focal(m: np.ndarray, name: str) -> None:
                          f"expected 0 < f <= {MAX_FOCAL_PX:g} px)")
 
 
-def _region(info, image_hw: tuple[int, int]) -> tuple[int, int, int, int, int, int, int, int]:
-    """(full_h, full_w, x0, y0, crop_h, crop_w, binning_x, binning_y), checked against the sensor.
+def _region(info, image_hw: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
+    """(x0, y0, crop_h, crop_w, binning_x, binning_y), checked against the sensor.
 
     REP 104: an all-zero ROI is the full sensor; binning 0 and 1 both mean none; a zero
     height/width (an uncalibrated camera) is the image's own size.
@@ -96,7 +93,7 @@ def _region(info, image_hw: tuple[int, int]) -> tuple[int, int, int, int, int, i
     bx, by = max(int(info.binning_x), 1), max(int(info.binning_y), 1)
     if bx > crop_w or by > crop_h:
         raise ValueError(f"camera_info binning {bx}x{by} is larger than the {crop_w}x{crop_h} region it bins")
-    return full_h, full_w, x0, y0, crop_h, crop_w, bx, by
+    return x0, y0, crop_h, crop_w, bx, by
 
 
 def _camera_to_image(info, image_hw: tuple[int, int]) -> np.ndarray:
@@ -105,7 +102,7 @@ def _camera_to_image(info, image_hw: tuple[int, int]) -> np.ndarray:
     CameraInfo K and P refer to the full sensor; ROI and binning say how the image was cut from it.
     A remaining size mismatch (a driver that resized without updating CameraInfo) is a resize.
     """
-    _, _, x0, y0, crop_h, crop_w, bx, by = _region(info, image_hw)
+    x0, y0, crop_h, crop_w, bx, by = _region(info, image_hw)
     m = crop_transform(float(x0), float(y0))
     m = resize_transform(1.0 / bx, 1.0 / by) @ m
     binned_h, binned_w = crop_h / by, crop_w / bx
@@ -171,6 +168,15 @@ def depth_camera_info(info, image_hw: tuple[int, int], depth_hw: tuple[int, int]
     return out
 
 
+def remember(cache: OrderedDict, key, value, capacity: int):
+    """Store `value` as the newest entry of the bounded LRU `cache` (the oldest beyond `capacity` go)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > capacity:
+        cache.popitem(last=False)
+    return value
+
+
 class Rectifier:
     """Undistorts (and, with R, rectifies) camera images the way image_proc does, with OpenCV maps
     cached per calibration: the depth then lives on an ideal pinhole camera (K = P, D = 0).
@@ -180,9 +186,10 @@ class Rectifier:
     is unchanged. Pixels whose source lies outside the raw image are marked invalid.
     """
 
-    def __init__(self, capacity: int = 2) -> None:  # 2 x 18 MB of maps for a 1080p camera
+    CAPACITY = 2  # calibrations whose maps stay cached: 2 x 18 MB for a 1080p camera
+
+    def __init__(self) -> None:
         self._maps: OrderedDict[tuple, tuple] = OrderedDict()
-        self._capacity = capacity
 
     def __call__(self, rgb: np.ndarray, info) -> tuple[np.ndarray, CameraInfo, np.ndarray]:
         """(rectified HxWx3 image, pinhole CameraInfo of it, HxW bool mask of pixels seen by the camera)."""
@@ -191,12 +198,7 @@ class Rectifier:
                int(info.height), int(info.width), int(info.binning_x), int(info.binning_y),
                int(info.roi.x_offset), int(info.roi.y_offset), int(info.roi.height), int(info.roi.width))
         entry = self._maps.get(key)
-        if entry is None:
-            entry = self._maps[key] = self._build(info, hw)
-            while len(self._maps) > self._capacity:
-                self._maps.popitem(last=False)
-        self._maps.move_to_end(key)
-        map_x, map_y, rectified, valid = entry
+        map_x, map_y, rectified, valid = remember(self._maps, key, entry if entry is not None else self._build(info, hw), self.CAPACITY)
         image = cv2.remap(rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         return image, rectified, valid
 
@@ -204,8 +206,9 @@ class Rectifier:
     def _build(info, hw: tuple[int, int]) -> tuple:
         check_calibration(info, hw)
         to_image = _camera_to_image(info, hw)
-        k = transform_intrinsics(np.asarray(info.k, dtype=np.float64).reshape(3, 3), to_image)
-        p = transform_intrinsics(_projection(info, np.asarray(info.k, dtype=np.float64).reshape(3, 3)), to_image)
+        sensor_k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+        k = transform_intrinsics(sensor_k, to_image)
+        p = transform_intrinsics(_projection(info, sensor_k), to_image)
         r = np.asarray(info.r, dtype=np.float64).reshape(3, 3)
         r = r if r.any() else np.eye(3)
         d = np.asarray(info.d, dtype=np.float64)
@@ -271,11 +274,8 @@ class PointCloudBuilder:
                 raise ValueError("camera intrinsics have a zero or non-finite focal length")
             u = np.arange(0, hw[1], decimation, dtype=np.float64)
             v = np.arange(0, hw[0], decimation, dtype=np.float64)
-            rays = self._rays[key] = (((u - cx) / fx).astype(np.float32)[None, :], ((v - cy) / fy).astype(np.float32)[:, None])
-            while len(self._rays) > self.CAPACITY:
-                self._rays.popitem(last=False)
-        self._rays.move_to_end(key)
-        return rays
+            rays = (((u - cx) / fx).astype(np.float32)[None, :], ((v - cy) / fy).astype(np.float32)[:, None])
+        return remember(self._rays, key, rays, self.CAPACITY)
 
     def __call__(
         self,

@@ -41,13 +41,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
 from sharpdepth_core.models import EMBEDDED_DIR  # noqa: E402
-from sharpdepth_core.pipeline import PIPELINE_CONFIG, read_pipeline_config  # noqa: E402
-from sharpdepth_core.synthetic import STYLES, render_scene  # noqa: E402
+from sharpdepth_core.synthetic import STYLES  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
 from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
-from sharpdepth_ros.conversions import pinhole_K  # noqa: E402
-from sharpdepth_ros.replay import ReplayPublisher  # noqa: E402
+from sharpdepth_ros.replay import ReplayPublisher, stamp_ns, synthetic_scene  # noqa: E402
 
 NS = "/camera"
 TOPICS = {
@@ -127,7 +125,7 @@ class BagRecorder:
                 self.counts[topic] += 1
             if topic in self.kept:
                 msg = deserialize_message(data, msg_type)
-                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                stamp = stamp_ns(msg.header)
                 self.arrival[(topic, stamp)] = time.perf_counter()
                 self.kept[topic][stamp] = msg
             self.busy_s += time.perf_counter() - t0
@@ -172,11 +170,6 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
         settings["device"] = args.device
     if why_untrained:
         print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
-    camera = model_camera(settings)
-    args.width, args.height = args.width or (camera or {}).get("width", 320), args.height or (camera or {}).get("height", 240)
-    args.fov_deg = scene_fov(camera)
-    if camera:
-        print(f"scenes: {args.width}x{args.height}, {args.fov_deg:g}° horizontal field of view (the models' camera, from their pipeline.json)")
 
     context = Context()
     rclpy.init(context=context, domain_id=1 + os.getpid() % 101)  # a private DDS domain
@@ -191,9 +184,14 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
         if untrained and not why_untrained:
             why_untrained = "The configured pipeline is marked untrained."
             print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
+        camera = node.pipeline.camera  # the camera the models were trained for (their pipeline.json), if any
+        args.width, args.height = args.width or (camera or {}).get("width", 320), args.height or (camera or {}).get("height", 240)
+        args.fov_deg = scene_fov(camera)
+        if camera:
+            print(f"scenes: {args.width}x{args.height}, {args.fov_deg:g}° horizontal field of view (the models' camera, from their pipeline.json)")
         replay = ReplayPublisher(
             context=context, namespace=NS.strip("/"), timer=False,
-            on_frame=lambda header, frame: sent.__setitem__(header.stamp.sec * 10**9 + header.stamp.nanosec, frame.index),
+            on_frame=lambda header, frame: sent.__setitem__(stamp_ns(header), frame.index),
             parameter_overrides=[Parameter("scenes", value=args.frames), Parameter("width", value=args.width),
                                  Parameter("height", value=args.height), Parameter("seed", value=args.seed),
                                  Parameter("style", value=args.style), Parameter("loop", value=False),
@@ -248,14 +246,6 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     return 0
 
 
-def model_camera(settings: dict) -> dict | None:
-    """The camera the configured pipeline folder was trained for (its pipeline.json), if it names one."""
-    if settings.get("student"):
-        return None
-    folder = Path(settings.get("model") or EMBEDDED_DIR)
-    return read_pipeline_config(folder / PIPELINE_CONFIG).get("camera") if (folder / PIPELINE_CONFIG).is_file() else None
-
-
 def scene_fov(camera: dict | None) -> float:
     """The horizontal field of view of the demo's scenes: the models' camera's, or 0 (each scene's own,
     drawn from its seed) when the models name no camera."""
@@ -265,8 +255,7 @@ def scene_fov(camera: dict | None) -> float:
 def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, node: SharpDepthNode, args, out: Path) -> dict:
     """AbsRel, δ1 and DBE of SharpDepth and of its metric teacher f_D against the scene's ground truth;
     pictures. f_D's depth comes from the node's own pipeline, computed as a frame computes it."""
-    K = pinhole_K(args.width, args.height, args.fov_deg) if args.fov_deg else None
-    scene = render_scene(scene_seed, args.width, args.height, K=K, style=args.style)
+    scene = synthetic_scene(scene_seed, args.width, args.height, args.style, args.fov_deg)  # the frame the replay sent
     depth = image_to_numpy(recorder.kept[f"{NS}/depth/image"][stamp])
     difference = image_to_numpy(recorder.kept[f"{NS}/depth/difference"][stamp])
     xyz, rgb = point_cloud_to_numpy(recorder.kept[f"{NS}/points"][stamp])

@@ -30,7 +30,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.engines import load_engine
+from sharpdepth_core.engines import DeviceUnavailable, check_device, load_engine
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
 from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.hub import quiet_loading
@@ -48,6 +48,7 @@ from sharpdepth_ros.conversions import (
     image_to_rgb8,
     numpy_to_image,
     pinhole_K,
+    remember,
 )
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
@@ -68,17 +69,10 @@ SHUTDOWN_GRACE_S = 2.0  # how long shutdown waits for a frame in progress to fin
 def resolve_device(name: str) -> str:
     """The torch device to load on; a device this machine lacks is a one-line ValueError (a FATAL
     line at start-up), not torch's assertion from deep inside the first `.to()`."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= count:
-            found = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
-            raise ValueError(f"device '{name}' is not available: this machine has {found}; use device:=cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device '{name}' is not available on this machine (no Apple Metal); use device:=cpu or auto")
-    return name
+    try:
+        return str(check_device(name))
+    except DeviceUnavailable as exc:
+        raise ValueError(f"device '{name}' is not available: {exc.reason}; use device:=cpu or auto") from None
 
 
 def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
@@ -105,7 +99,7 @@ def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
     from pathlib import Path
 
     from sharpdepth_core.export import ExportManifest, check_export_matches, student_weights_sha256
-    from sharpdepth_core.models import EMBEDDED_DIR, resolve_model_dir
+    from sharpdepth_core.models import resolve_model_dir
 
     pipe = load_pytorch_pipeline(settings)
     if settings["engine_dir"]:
@@ -316,10 +310,7 @@ class SharpDepthNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._lock:
-            self._infos[msg.header.frame_id] = msg
-            self._infos.move_to_end(msg.header.frame_id)
-            while len(self._infos) > MAX_CAMERAS:
-                self._infos.popitem(last=False)
+            remember(self._infos, msg.header.frame_id, msg, MAX_CAMERAS)
 
     def _on_image(self, msg: Image) -> None:
         if self._accepts_size(msg.height, msg.width):  # from the header: nothing copied yet
@@ -416,7 +407,7 @@ class SharpDepthNode(Node):
         seen = None
         if has_distortion(info):  # pinhole cameras (all-zero D) skip this entirely
             rgb, info, seen = self._rectifier(rgb, info)
-            K = image_intrinsics(info, rgb.shape[:2])
+            K = np.reshape(info.k, (3, 3))  # the rectified pinhole is on the image grid already
         t1 = time.perf_counter()
         seed = None if settings["seed"] < 0 else settings["seed"]
         out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None, seed=seed)
@@ -479,10 +470,7 @@ class SharpDepthNode(Node):
             self.last_rejection = message
             due = now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S
             if due:
-                self._last_log[key] = now
-                self._last_log.move_to_end(key)
-                while len(self._last_log) > MAX_PROBLEMS:
-                    self._last_log.popitem(last=False)
+                remember(self._last_log, key, now, MAX_PROBLEMS)
         if due:
             text = f"frame skipped: {message} ({count} '{kind}' skips since start)"
             if kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity

@@ -47,14 +47,18 @@ class Frame:
     assumed: bool = False
 
 
-def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str, fov_deg: float = 0.0) -> Iterator[Frame]:
-    """Scenes seed, seed+1, ... with their ground-truth K (the scene's depth is the same seed's), seen
-    through a pinhole of `fov_deg` (a robot's one camera) or, with 0, each scene's own drawn field of view."""
+def synthetic_scene(seed: int, width: int, height: int, style: str, fov_deg: float = 0.0):
+    """Scene `seed` seen through a pinhole of `fov_deg` (a robot's one camera) or, with 0, the scene's
+    own drawn field of view; with its ground-truth depth (what the demo scores against)."""
     from sharpdepth_core.synthetic import render_scene
 
-    K = pinhole_K(width, height, fov_deg) if fov_deg else None
+    return render_scene(seed, width, height, K=pinhole_K(width, height, fov_deg) if fov_deg else None, style=style)
+
+
+def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str, fov_deg: float = 0.0) -> Iterator[Frame]:
+    """Scenes seed, seed+1, ... (`synthetic_scene`) with their ground-truth K."""
     for i in range(scenes):
-        scene = render_scene(seed + i, width, height, K=K, style=style)
+        scene = synthetic_scene(seed + i, width, height, style, fov_deg)
         yield Frame(scene.rgb, scene.K, seed + i)
 
 
@@ -87,8 +91,9 @@ def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
         raise ValueError(f"video {path} has no readable frame")
 
 
-def _stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+def stamp_ns(header) -> int:
+    """A header's stamp in nanoseconds (the key that pairs the messages of one frame)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
@@ -113,12 +118,12 @@ def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
         by_stamp: dict[int, CameraInfo] = {}  # camera_info is small: all of it, once, keyed by stamp
         for connection, _, raw in reader.messages(connections=info_connections) if info_connections else ():
             msg = reader.deserialize(raw, connection.msgtype)
-            by_stamp[_stamp_ns(msg)] = _ros_camera_info(msg)
+            by_stamp[stamp_ns(msg.header)] = _ros_camera_info(msg)
         stamps = sorted(by_stamp)
         for i, (connection, _, raw) in enumerate(reader.messages(connections=[c for c in reader.connections if c.topic == image_topic])):
             msg = reader.deserialize(raw, connection.msgtype)
             rgb = compressed_to_rgb8(msg) if connection.msgtype.endswith("CompressedImage") else image_to_rgb8(msg)
-            at = bisect.bisect_right(stamps, _stamp_ns(msg))  # stamps[at - 1] <= the image's stamp
+            at = bisect.bisect_right(stamps, stamp_ns(msg.header))  # stamps[at - 1] <= the image's stamp
             if at:
                 info = by_stamp[stamps[at - 1]]
                 yield Frame(rgb, np.reshape(info.k, (3, 3)), i, info)

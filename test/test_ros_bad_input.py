@@ -19,6 +19,7 @@ from ros_helpers import (  # noqa: F401  (fixtures)
     node_parameters,
     pinhole_info,
     ros_context,
+    stamp_ns,
     tiny_pipeline_dir,
     wait_for,
 )
@@ -122,8 +123,7 @@ def _calibration(frame_id: str, change):
 def _set(**fields):
     def change(info):
         for name, value in fields.items():
-            target = info.roi if name in ("x_offset", "y_offset", "width_roi") else info
-            setattr(target, "width" if name == "width_roi" else name, value)
+            setattr(info.roi if name == "x_offset" else info, name, value)
 
     return change
 
@@ -171,7 +171,7 @@ def test_bad_frame_is_skipped_and_the_next_valid_frame_is_processed(system, case
     good_image, good_info = _frame()
     pubs["info"].publish(good_info)
     pubs["image"].publish(good_image)
-    stamp = good_image.header.stamp.sec * 10**9 + good_image.header.stamp.nanosec
+    stamp = stamp_ns(good_image.header)
     wait_for(lambda: probe.by_stamp(DEPTH, stamp) is not None, 60, "the next valid frame's depth")
     bad_stamp = bad_image.header.stamp.sec * 10**9 + bad_image.header.stamp.nanosec
     assert probe.by_stamp(DEPTH, bad_stamp) is None
@@ -264,7 +264,7 @@ def test_oversized_frames_are_refused_from_the_header_and_diagnostics_keep_flowi
     good_image, good_info = _frame()
     pubs["info"].publish(good_info)
     pubs["image"].publish(good_image)
-    stamp = good_image.header.stamp.sec * 10**9 + good_image.header.stamp.nanosec
+    stamp = stamp_ns(good_image.header)
     wait_for(lambda: probe.by_stamp(DEPTH, stamp) is not None, 60, "a 40x30 frame at the limit")
 
 

@@ -9,7 +9,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
 from ros_helpers import (  # noqa: F401  (fixtures)
     Probe,
     Spinner,

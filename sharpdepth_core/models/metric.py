@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..geometry import MAX_FOCAL_PX
 from .hub import CheckpointError, MissingWeightsError, load_component, replacing_dir, resolve_model_dir, weight_files
 
 METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
@@ -36,7 +37,6 @@ DEFAULT_METRIC_IDS = {
     "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
 }
 NOMINAL_HFOV_DEG = 60.0
-MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
