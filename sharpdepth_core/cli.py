@@ -120,7 +120,8 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
         if path.is_dir():
             candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             outputs = [p for p in candidates if p.name.lower().endswith(OUTPUT_SUFFIXES)]
-            found = [p for p in candidates if p not in outputs and p.is_file()]
+            skip = set(outputs)
+            found = [p for p in candidates if p not in skip and p.is_file()]
             images += found
             if outputs:
                 problems.append(f"{path}: skipped {len(outputs)} file(s) named like sharpdepth outputs (e.g. {outputs[0].name})")
@@ -317,8 +318,9 @@ def run_predict(args) -> int:
         depth = result.depth[0, 0].float().cpu().numpy()
         metric = result.metric_depth[0, 0].float().cpu().numpy()
         e = result.difference[0, 0].float().cpu().numpy()
-        ours.update(names)
-        _write_record(out, ours)  # before writing: a crash midway leaves files predict may overwrite
+        if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
+            ours.update(names)
+            _write_record(out, ours)
         depth_color, metric_color = depth_pictures(depth, metric)
         _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
         save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
@@ -415,11 +417,14 @@ def _model_processing_res(args) -> int:
     """The processing_res of the model being exported: its pipeline.json's (pipeline folder, or beside
     the student folder as the trainer writes it), else 768."""
     from .models import EMBEDDED_DIR
-    from .pipeline import PIPELINE_CONFIG, read_pipeline_config
+    from .pipeline import DEFAULT_PROCESSING_RES, PIPELINE_CONFIG, config_beside_student, read_pipeline_config
 
-    config = Path(args.student).expanduser().parent / PIPELINE_CONFIG if args.student else Path(args.model or EMBEDDED_DIR) / PIPELINE_CONFIG
-    res = read_pipeline_config(config).get("processing_res") if config.is_file() else None
-    return res or 768
+    if args.student:
+        config = config_beside_student(args.student)
+    else:
+        path = Path(args.model or EMBEDDED_DIR) / PIPELINE_CONFIG
+        config = read_pipeline_config(path) if path.is_file() else {}
+    return config.get("processing_res") or DEFAULT_PROCESSING_RES
 
 
 def run_export(args) -> int:

@@ -152,7 +152,6 @@ class TorchEngine:
             student.vae.to(fast.vae_dtype)
         student.unet.to(memory_format=fmt)
         student.vae.to(memory_format=fmt)
-        student._placement()  # the modules changed under the model: refresh its cached dtype
         net, codec = StudentUNet(student), student.codec
 
         def unet(z_img: Tensor, z_depth: Tensor) -> Tensor:

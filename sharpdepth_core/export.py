@@ -271,7 +271,6 @@ def _converted(student: DiffusionDepthModel, unet_dtype: torch.dtype, vae_dtype_
     other = copy.deepcopy(student)
     other.unet.to(unet_dtype)
     other.vae.to(vae_dtype_)
-    other._placement()  # refresh the model's cached dtype
     return other
 
 

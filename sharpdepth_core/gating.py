@@ -49,17 +49,18 @@ def difference_map(d_tilde: Tensor, d_n: Tensor, fit_first: bool = False, eps: f
     if fit_first:
         fit = fit_scale_shift(d_tilde, d_n)
         d_tilde = torch.where(fit.usable.view(-1, 1, 1, 1), apply_scale_shift(d_tilde, fit), d_tilde)
-    e = (d_tilde - d_n).abs()
-    e_max = e.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-    agree = e_max < eps
-    return torch.where(agree, torch.zeros_like(e), e / torch.where(agree, torch.ones_like(e_max), e_max)).clamp(0, 1)
+    return _by_image_max((d_tilde - d_n).abs(), eps)
 
 
 def latent_difference(z_a: Tensor, z_d: Tensor, eps: float = 1e-6) -> Tensor:
     """ê straight from the latents, no decode: channel-mean |ẑ_a - z_d| on the latent grid, divided
     by its per-image maximum (an image with no difference gets 0). A cheaper stand-in for the
     decoded difference map; bench/pipeline.py measures what it costs in accuracy."""
-    e = (z_a.float() - z_d.float()).abs().mean(dim=1, keepdim=True)
+    return _by_image_max((z_a.float() - z_d.float()).abs().mean(dim=1, keepdim=True), eps)
+
+
+def _by_image_max(e: Tensor, eps: float) -> Tensor:
+    """e divided by its per-image maximum, in [0, 1]; an image whose maximum is below `eps` gets 0."""
     e_max = e.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
     return torch.where(e_max < eps, torch.zeros_like(e), e / e_max.clamp_min(eps)).clamp(0, 1)
 

@@ -33,6 +33,7 @@ from .preprocessing import Resize, resize_and_pad, unpad_and_resize
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
+DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
 # The fast settings' difference map: a shortcut only where its accuracy change stayed within the exact
 # path's own run-to-run spread on held-out scenes (bench/pipeline.py, bench/RESULTS.md); else exact.
@@ -129,7 +130,7 @@ class SharpDepthPipeline:
         self,
         student: DiffusionDepthModel,
         metric_model: MetricBackend,
-        processing_res: int | None = 768,
+        processing_res: int | None = DEFAULT_PROCESSING_RES,
         difference_fit_first: bool = False,
         pass_k_to_metric: bool = True,
         untrained: bool = False,
@@ -307,8 +308,7 @@ class SharpDepthPipeline:
         elif path is not None:
             raise ValueError("pass either a pipeline folder or a student, not both")
         else:
-            beside = Path(student).expanduser().parent / PIPELINE_CONFIG
-            config = read_pipeline_config(beside) if Path(student).expanduser().is_dir() and beside.is_file() else {}
+            config = config_beside_student(student)
             local_metric = None
         metric = metric or config.get("metric_backend")
         if metric is None:
@@ -319,7 +319,7 @@ class SharpDepthPipeline:
         return cls(
             DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
-            processing_res=processing_res or config.get("processing_res", 768),
+            processing_res=processing_res or config.get("processing_res", DEFAULT_PROCESSING_RES),
             difference_fit_first=bool(config.get("difference_fit_first", False)),
             untrained=bool(config.get("untrained", False)),
             difference=difference,
@@ -353,6 +353,12 @@ class SharpDepthPipeline:
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
                  "untrained": bool, "camera": dict}
+
+
+def config_beside_student(student) -> dict:
+    """The pipeline.json the trainer writes beside a student folder; {} for a hub id or a bare student."""
+    beside = Path(student).expanduser().parent / PIPELINE_CONFIG
+    return read_pipeline_config(beside) if Path(student).expanduser().is_dir() and beside.is_file() else {}
 
 
 def read_pipeline_config(path: Path) -> dict:

@@ -27,7 +27,7 @@ from sharpdepth_core.data import MixingSampler, TrainingImages, open_source
 from sharpdepth_core.models.hub import replacing_dir
 from sharpdepth_core.models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from sharpdepth_core.normalization import normalize_depth
-from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.pipeline import DEFAULT_PROCESSING_RES, SharpDepthPipeline
 
 
 def latents(pipe: SharpDepthPipeline, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     try:
         pipe = SharpDepthPipeline.from_pretrained(args.model, device=args.device)
-        res = pipe.processing_res or 768
+        res = pipe.processing_res or DEFAULT_PROCESSING_RES
         camera = pipe.camera or {"height": res * 3 // 4 // 8 * 8, "width": res}
         hw = tuple(args.resolution) if args.resolution else (camera["height"], camera["width"])
         data = TrainingImages([open_source(d) for d in args.data], hw)

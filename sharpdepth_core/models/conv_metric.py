@@ -25,10 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from .hub import load_own_model
-from .metric import MetricBackend, MetricPrediction, focal_intrinsics
+from .metric import MetricBackend, MetricPrediction, focal_intrinsics, imagenet_normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKEND_NAME = "small-conv"
 
 
@@ -106,14 +104,12 @@ class ConvMetricBackend(MetricBackend):
         x = image01.float()
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = imagenet_normalize(x)
         m = 2 ** len(self.model.config.channels)
         pad_h, pad_w = -size[0] % m, -size[1] % m
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        log_depth = self.model(x.to(self.model.dtype)).float()
+        log_depth = self.model(x.to(self.dtype)).float()
         s = self.model.config.output_stride
         log_depth = log_depth[..., : math.ceil(size[0] / s), : math.ceil(size[1] / s)]
         log_depth = F.interpolate(log_depth, size=(h, w), mode="bilinear", align_corners=False)

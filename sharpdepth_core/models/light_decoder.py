@@ -34,12 +34,8 @@ class LightDepthDecoder(ModelMixin, ConfigMixin):
         )
         self.head = nn.Conv2d(channels[-1], 1, 3, padding=1)
 
-    @property
-    def upsample_factor(self) -> int:
-        return 2 ** len(self.up)
-
     def forward(self, z: Tensor) -> Tensor:
-        x = self.stem(z.to(self.dtype))
+        x = self.stem(z.to(self.stem[0].weight.dtype))  # not ModelMixin.dtype: it walks every module
         for stage in self.up:
             x = stage(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
         return self.head(x).float()

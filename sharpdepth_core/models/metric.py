@@ -196,6 +196,11 @@ def depth_anything_inputs(image01: Tensor, size: int, multiple: int = 14) -> Ten
         image01, size=depth_anything_input_size(tuple(image01.shape[-2:]), size, multiple), mode="bicubic",
         align_corners=False, antialias=True,
     ).clamp(0, 1)
+    return imagenet_normalize(x)
+
+
+def imagenet_normalize(x: Tensor) -> Tensor:
+    """[0, 1] RGB -> ImageNet mean/std normalised, as the ImageNet-pretrained encoders expect."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
