@@ -439,9 +439,12 @@ class DepthCache:
 
     def load(self, keys: Sequence[str]) -> Tensor | None:
         """[B, 1, H, W] for all keys, or None if any is missing or unusable (the batch is then recomputed)."""
+        paths = [self.path(k) for k in keys]
+        if not all(p.is_file() for p in paths):  # before reading any: a batch with a new entry is recomputed anyway
+            return None
         depths = []
-        for path in (self.path(k) for k in keys):
-            depth = self._read(path) if path.is_file() else None
+        for path in paths:
+            depth = self._read(path)
             if depth is None:
                 return None
             depths.append(depth)

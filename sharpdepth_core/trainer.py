@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
 import logging
 import math
@@ -44,7 +43,6 @@ from torch import Tensor, nn
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
-from .models.hub import honour_umask
 from .normalization import normalize_depth
 
 log = logging.getLogger(__name__)
@@ -280,7 +278,7 @@ def check_models(cfg: TrainConfig) -> None:
     """Find every model the config names before loading any, and name the setting(s) to change in one
     error (offline, each default hub id would otherwise fail alone, one run at a time)."""
     from .models.hub import CheckpointError, MissingWeightsError, resolve_model_dir
-    from .models.metric import DEFAULT_METRIC_IDS, METRIC_BACKENDS
+    from .models.metric import metric_weights
 
     problems = []
 
@@ -293,17 +291,14 @@ def check_models(cfg: TrainConfig) -> None:
     find("teacher", cfg.teacher, "f_G teacher")
     if cfg.student_init:
         find("student_init", cfg.student_init, "initial student")
-    name = cfg.metric_model
-    if name not in METRIC_BACKENDS:
-        problems.append(f"metric_model: unknown backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
-    elif name.startswith("unidepth") and importlib.util.find_spec("unidepth") is None:
-        problems.append(f"metric_model: {name} needs the UniDepth package, which is not installed "
-                        "(pip install git+https://github.com/lpiccinelli-eth/UniDepth), or choose depth-pro / depth-anything-v2")
-    elif cfg.metric_path is None and name not in DEFAULT_METRIC_IDS:
-        problems.append(f"metric_path: backend {name} has no published checkpoint; give its folder")
+    try:
+        weights = metric_weights(cfg.metric_model, cfg.metric_path)
+    except (ValueError, ImportError) as exc:
+        problems.append(f"metric_model: {exc}")
+    except MissingWeightsError as exc:
+        problems.append(f"metric_path: {exc}")
     else:
-        find("metric_path" if cfg.metric_path else "metric_path (default of metric_model)",
-             cfg.metric_path or DEFAULT_METRIC_IDS[name], f"f_D ({name})")
+        find("metric_path" if cfg.metric_path else "metric_path (default of metric_model)", weights, f"f_D ({cfg.metric_model})")
     if problems:
         embedded = str(EMBEDDED_DIR) in (cfg.teacher, cfg.metric_path)
         raise MissingWeightsError(
@@ -585,6 +580,8 @@ def _delete_checkpoint(folder: Path) -> None:
 def _save_checkpoint(run: _Run, state: TrainState) -> Path:
     """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N
     of this trainer's own checkpoints; anything else in the folder is left alone."""
+    from .models.hub import honour_umask
+
     acc, out = run.acc, Path(run.cfg.output_dir) / "checkpoints"
     final = out / f"step-{state.step:07d}"
     tmp = out / f".tmp-{final.name}"

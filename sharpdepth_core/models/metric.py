@@ -17,6 +17,7 @@ Pre-processing is done here in torch (the transformers image processors need tor
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -269,11 +270,7 @@ class UniDepthBackend(MetricBackend):
         try:
             from unidepth.models import UniDepthV1, UniDepthV2
         except ImportError as exc:
-            raise ImportError(
-                f"metric backend unidepth-v{version} needs the UniDepth package, which is not installed "
-                "(not on PyPI, CC BY-NC 4.0): pip install git+https://github.com/lpiccinelli-eth/UniDepth, "
-                "or choose depth-pro / depth-anything-v2"
-            ) from exc
+            raise ImportError(_NO_UNIDEPTH.format(version=version)) from exc
         what = f"metric backend unidepth-v{version}"
         folder = resolve_model_dir(path_or_id or DEFAULT_METRIC_IDS[f"unidepth-v{version}"], what)
         model_cls = UniDepthV2 if version == 2 else UniDepthV1
@@ -281,20 +278,41 @@ class UniDepthBackend(MetricBackend):
         return cls(model.eval(), version).to(device)
 
 
+_NO_UNIDEPTH = ("metric backend unidepth-v{version} needs the UniDepth package, which is not installed (not on PyPI, "
+                "CC BY-NC 4.0): pip install git+https://github.com/lpiccinelli-eth/UniDepth, or choose depth-pro / depth-anything-v2")
+
+
+def _unidepth_installed() -> bool:
+    """Without importing it (seconds of torch hub code)."""
+    try:
+        return importlib.util.find_spec("unidepth") is not None
+    except ValueError:  # already imported, without a module spec
+        return True
+
+
+def metric_weights(name: str, path_or_id: str | Path | None = None) -> str | Path:
+    """Where backend `name`'s weights come from: `path_or_id`, else its published hub id. Checked before
+    anything loads: an unknown name, UniDepth without its package and small-conv without a folder are
+    one-line errors (ValueError, ImportError, MissingWeightsError)."""
+    if name not in METRIC_BACKENDS:
+        raise ValueError(f"unknown metric backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
+    if name.startswith("unidepth") and not _unidepth_installed():
+        raise ImportError(_NO_UNIDEPTH.format(version=name[-1]))
+    if path_or_id is None and name not in DEFAULT_METRIC_IDS:
+        raise MissingWeightsError(f"metric backend {name}: no published checkpoint; pass its folder (e.g. the embedded metric/)")
+    return path_or_id or DEFAULT_METRIC_IDS[name]
+
+
 def load_metric_model(
     name: str, path_or_id: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> MetricBackend:
     """The metric backend `name` (one of METRIC_BACKENDS) from a folder or hub id (default: its
     usual hub checkpoint, see DEFAULT_METRIC_IDS)."""
-    if name not in METRIC_BACKENDS:
-        raise ValueError(f"unknown metric backend {name!r}; choose one of {', '.join(METRIC_BACKENDS)}")
+    path_or_id = metric_weights(name, path_or_id)
     if name == "small-conv":
         from .conv_metric import ConvMetricBackend
 
-        if path_or_id is None:
-            raise MissingWeightsError("metric backend small-conv: no published checkpoint; pass its folder (e.g. the embedded metric/)")
         return ConvMetricBackend.from_pretrained(path_or_id, device=device, dtype=dtype)
-    path_or_id = path_or_id or DEFAULT_METRIC_IDS[name]
     if name.startswith("unidepth"):
         return UniDepthBackend.from_pretrained(path_or_id, version=int(name[-1]), device=device, dtype=dtype)
     backend_cls = DepthProBackend if name == "depth-pro" else DepthAnythingBackend
