@@ -31,6 +31,7 @@ from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_core.visualize import _FAR, DEPTH_CMAP, colorize_depth
+from timing import time_alternately  # bench/timing.py
 
 
 class WalkingPlacement(DiffusionDepthModel):
@@ -41,16 +42,8 @@ class WalkingPlacement(DiffusionDepthModel):
 
 
 def alternate(methods: dict, rounds: int) -> dict[str, dict[str, float]]:
-    """Median and min ms of each zero-argument callable, timed in alternating order."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    order = list(methods)
-    for fn in methods.values():
-        fn()  # warm-up
-    for r in range(rounds):
-        for name in order[r % len(order):] + order[: r % len(order)]:
-            t = time.perf_counter()
-            methods[name]()
-            times[name].append(1e3 * (time.perf_counter() - t))
+    """Median and min ms of each zero-argument callable, timed alternately."""
+    times = time_alternately(methods, rounds)
     return {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v))} for k, v in times.items()}
 
 

@@ -5,9 +5,9 @@ On held-out scenes of the target camera (never seen by any model, never used for
 scores, in metres against the scenes' ground truth: f_D; f_G fitted to the ground truth and f_G
 aligned to f_D by a least-squares scale and shift (the paper's "Lotus aligned to UniDepth");
 SharpDepth with two training seeds (their difference is the run-to-run spread); and the ablations of
-docs/METHOD.md. Accuracy: AbsRel, δ1, RMSE (`depth_metrics`, no GT alignment); sharpness: the pseudo
-depth-boundary error (acc, compl) of `boundary_error`. Every prediction goes through the same clamp
-to >= 1 cm before scoring (a fitted affine output can dip below zero; the metrics need positive depth).
+docs/METHOD.md. Accuracy: AbsRel, δ1, RMSE (no GT alignment); sharpness: the pseudo depth-boundary
+error (acc, compl); both by `depth_scores`, which clamps every prediction to >= 1 cm before scoring
+(a fitted affine output can dip below zero; the metrics need positive depth).
 
 Writes NANO_REPORT.md (the regime's gates first, then the table, the targets with the spread, the
 inference-order comparison, diagnostics and retrain times), nano_report.json and nano_report.png. A
@@ -36,13 +36,13 @@ from common import CAMERA_K, F_G_STYLE, H, HFOV_DEG, OUT, SEEDS, TARGET, W, scen
 
 from sharpdepth_core.alignment import apply_scale_shift, fit_scale_shift  # noqa: E402
 from sharpdepth_core.gating import difference_map  # noqa: E402
-from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
+from sharpdepth_core.geometry import scale_intrinsics  # noqa: E402
+from sharpdepth_core.metrics import depth_scores  # noqa: E402
 from sharpdepth_core.models import DiffusionDepthModel, load_metric_model  # noqa: E402
 from sharpdepth_core.normalization import normalize_depth  # noqa: E402
 from sharpdepth_core.pipeline import SharpDepthPipeline, fit_to_metric  # noqa: E402
 from sharpdepth_core.preprocessing import resize_and_pad, unpad_and_resize  # noqa: E402
 
-MIN_DEPTH = 0.01  # metres
 FINDINGS = "## Findings"  # a hand-written section from here on is kept when the report is regenerated
 ABLATIONS = yaml.safe_load((REPO / "train" / "nano" / "configs" / "ablations.yaml").read_text())
 LABELS = {
@@ -96,13 +96,6 @@ def ungated(pipe: SharpDepthPipeline, image: torch.Tensor, seed: int, mode: str)
     return fit_to_metric(d_hat_n, metric, e)[0]
 
 
-def score(preds: list[np.ndarray], gts: np.ndarray) -> dict[str, float]:
-    p = np.clip(np.stack(preds), MIN_DEPTH, None)
-    m = depth_metrics(p, gts)
-    acc, compl = boundary_error(p, gts)
-    return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
-
-
 @torch.no_grad()
 def teachers(metric, f_g: DiffusionDepthModel, rgb: np.ndarray, gt: np.ndarray) -> tuple[dict, dict]:
     """Scores of f_D, f_G fitted to GT and f_G aligned to f_D, and the predictions (for the figure)."""
@@ -113,7 +106,7 @@ def teachers(metric, f_g: DiffusionDepthModel, rgb: np.ndarray, gt: np.ndarray) 
         preds["f_D"].append(d[0, 0].numpy())
         preds["f_G_gt"].append(fitted(d_tilde, torch.from_numpy(gt[i])[None, None]))
         preds["f_G_aligned"].append(fitted(d_tilde, d))
-    return {k: score(v, gt) for k, v in preds.items()}, preds
+    return {k: depth_scores(v, gt) for k, v in preds.items()}, preds
 
 
 def gates(r: dict[str, dict[str, float]]) -> list[tuple[str, bool, str]]:
@@ -190,7 +183,7 @@ def diagnostics(f_g: DiffusionDepthModel, metric, n: int) -> dict[str, dict[str,
             if style == TARGET:
                 found["f_D"].append(fitted(metric(image[None]).depth, g))
         for name, preds in found.items():
-            out[f"{name} fitted to GT, {style}"] = score(preds, gt[:n])
+            out[f"{name} fitted to GT, {style}"] = depth_scores(preds, gt[:n])
     return out
 
 
@@ -201,15 +194,14 @@ def inference_order(student: DiffusionDepthModel, metric, n: int, scale: int = 2
     the same), processing grid = the camera's size."""
     from sharpdepth_core.synthetic import render_scene
 
-    K = CAMERA_K * [[scale], [scale], [1]]
-    K[:2, 2] = (np.array([W, H]) * scale - 1) / 2
+    K = scale_intrinsics(CAMERA_K, (H, W), (H * scale, W * scale))
     first = SEEDS["eval"][0]
     scenes_ = [render_scene(first + i, W * scale, H * scale, K=K, style=TARGET) for i in range(n)]
     gt = np.stack([sc.depth for sc in scenes_])
     out = {}
     for name, at_input in (("f_D on the grid (reference, default)", False), ("f_D at the input size", True)):
         pipe = SharpDepthPipeline(student, metric, processing_res=max(H, W), metric_at_input_res=at_input)
-        out[name] = score([pipe(sc.rgb, seed=i).depth[0, 0].numpy() for i, sc in enumerate(scenes_)], gt)
+        out[name] = depth_scores([pipe(sc.rgb, seed=i).depth[0, 0].numpy() for i, sc in enumerate(scenes_)], gt)
     return out
 
 
@@ -313,8 +305,9 @@ def main() -> int:
     if args.gates_only:
         rgb, gt = scenes(TARGET, "val")
         results, _ = teachers(metric, f_g, rgb, gt)
-        print("\n".join(metrics_table(results, LABELS) + [""] + check_table(gates(results))))
-        return 0 if all(ok for _, ok, _ in gates(results)) else 1
+        checks = gates(results)
+        print("\n".join(metrics_table(results, LABELS) + [""] + check_table(checks)))
+        return 0 if all(ok for _, ok, _ in checks) else 1
 
     students = {name: models / "runs" / name / "pipeline" / "student" for name in ABLATIONS}
     missing = [n for n, s in students.items() if not s.is_dir()]
@@ -332,6 +325,8 @@ def main() -> int:
     images = images_of(rgb)
     for name in [n for n in ABLATIONS if n not in missing]:
         pipe = SharpDepthPipeline(DiffusionDepthModel.from_pretrained(students[name]), metric, processing_res=max(H, W))
+        if name == "full":
+            full = pipe.student  # also for the inference-order comparison
         preds[name] = []
         for i in range(len(images)):
             image = images[i : i + 1]
@@ -343,7 +338,7 @@ def main() -> int:
             else:
                 depth = ungated(pipe, image, i, ABLATIONS[name]["inference"])
             preds[name].append(depth[0, 0].numpy())
-        results[name] = score(preds[name], gt)
+        results[name] = depth_scores(preds[name], gt)
         print(f"{name}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     for i, row in enumerate(rows):
         row.update({k: preds[k][i] for k in ("f_D", "f_G_aligned", "full")})
@@ -352,7 +347,7 @@ def main() -> int:
             "f_G_style": F_G_STYLE, "timings": json.loads(timings_file.read_text()) if timings_file.is_file() else {},
             "gates": gates(results), "targets": targets(results), "spread": spread(results)}
     meta["order_scenes"] = min(30, args.scenes)
-    meta["inference_order"] = inference_order(DiffusionDepthModel.from_pretrained(students["full"]), metric, meta["order_scenes"])
+    meta["inference_order"] = inference_order(full, metric, meta["order_scenes"])
     meta["diagnostic_scenes"] = min(30, args.scenes)
     meta["diagnostics"] = diagnostics(f_g, metric, meta["diagnostic_scenes"])
     figure(out / "nano_report.png", rows)

@@ -49,7 +49,7 @@ import torch
 from sharpdepth_core.engines import FastPath, OnnxEngine, TensorRTEngine, TorchEngine
 from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.metrics import boundary_error, depth_metrics
+from sharpdepth_core.metrics import depth_scores
 from sharpdepth_core.models import tiny
 from sharpdepth_core.models.light_decoder import LightDepthDecoder
 from sharpdepth_core.models.metric import DepthAnythingBackend
@@ -177,17 +177,15 @@ def sync(device: torch.device) -> None:
 # --- settings -----------------------------------------------------------------------------------
 
 
-def fast_difference(student, device) -> dict:
-    """The fast settings' difference map: FAST_DIFFERENCE (exact unless a shortcut qualified, see the module doc)."""
-    if FAST_DIFFERENCE != "light":
-        return {"difference": FAST_DIFFERENCE}
+def difference_options(method: str, student, device) -> dict:
+    """Pipeline arguments for a difference map; "light" gets a (random-weight) light decoder of this VAE.
+    The fast settings pass FAST_DIFFERENCE (exact unless a shortcut qualified, see the module doc)."""
+    if method != "light":
+        return {"difference": method}
     return {"difference": "light", "light_decoder": LightDepthDecoder(student.vae.config.latent_channels).to(device).eval()}
 
 
-def frame_flops(setting: str) -> str:
-    """Which counted frame a setting runs: with the first decode, the light decoder, or neither."""
-    method = setting if setting in ("light", "latent") else FAST_DIFFERENCE if setting in ("torch-bf16", "torch-fast", "tensorrt") else "exact"
-    return {"exact": "frame", "light": "frame_light", "latent": "frame_latent"}[method]
+FRAME_FLOPS = {"exact": "frame", "light": "frame_light", "latent": "frame_latent"}  # the counted frame of each method
 
 
 def make_pipeline(setting: str, student, metric, device: torch.device, workdir: Path, trt_vae_precision: str):
@@ -196,8 +194,7 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
     if setting == "reference":
         return SharpDepthPipeline(student, metric, untrained=True), None
     if setting in ("light", "latent"):
-        light = LightDepthDecoder(student.vae.config.latent_channels).to(device).eval() if setting == "light" else None
-        return SharpDepthPipeline(student, metric, untrained=True, difference=setting, light_decoder=light), None
+        return SharpDepthPipeline(student, metric, untrained=True, **difference_options(setting, student, device)), None
     if setting in ("torch-bf16", "torch-fast"):
         if setting == "torch-fast" and not cuda:
             return None, "needs CUDA (CUDA graphs; inductor compiles for minutes on CPU)"
@@ -206,7 +203,7 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
         if fast.channels_last:
             metric_bf16.to(memory_format=torch.channels_last)
         s = copy.deepcopy(student)
-        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast), **fast_difference(s, device)), None
+        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast), **difference_options(FAST_DIFFERENCE, s, device)), None
     if setting == "onnx":
         import onnxruntime as ort
 
@@ -230,7 +227,7 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
             export_onnx(student, folder, precision="fp16", vae_precision=trt_vae_precision)
         metric_bf16 = copy.deepcopy(metric).to(torch.bfloat16)
         return SharpDepthPipeline(student, metric_bf16, untrained=True, engine=TensorRTEngine(folder, device=device),
-                                  **fast_difference(student, device)), None
+                                  **difference_options(FAST_DIFFERENCE, student, device)), None
     raise ValueError(setting)
 
 
@@ -258,7 +255,7 @@ def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
         runs = [run_frame(pipe, rgb, device) for _ in range(frames)]
     out = runs[0][0]
     mean = {k: sum(r[1][k] for r in runs) / frames for k in runs[0][1]}
-    row = {"setting": setting, "res": res, "frames": frames, "s": mean, "fps": 1 / mean["total"],
+    row = {"setting": setting, "res": res, "difference": pipe.difference, "frames": frames, "s": mean, "fps": 1 / mean["total"],
            "min_total_s": min(r[1]["total"] for r in runs), "fallback": out.fallback[0]}
     if reference_out is not None:
         ref = reference_out.depth.float().cpu()
@@ -291,12 +288,8 @@ def difference_accuracy(n: int, first_seed: int = 110_000) -> dict:
     gt = np.stack([sc.depth for sc in scenes])
     out = {}
     for name, d in depths.items():
-        p = np.clip(np.stack(d), 0.01, None)
-        m = depth_metrics(p, gt)
-        acc, compl = boundary_error(p, gt)
-        delta = np.abs(p - np.clip(np.stack(depths["exact"]), 0.01, None))
-        out[name] = {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "dbe_acc": acc, "dbe_compl": compl,
-                     "max_abs_diff_m": float(delta.max()), "mean_abs_diff_m": float(delta.mean()),
+        delta = np.abs(np.clip(np.stack(d), 0.01, None) - np.clip(np.stack(depths["exact"]), 0.01, None))
+        out[name] = {**depth_scores(d, gt), "max_abs_diff_m": float(delta.max()), "mean_abs_diff_m": float(delta.mean()),
                      "time_vs_exact": seconds[name] / seconds["exact"]}
     keys = ("abs_rel", "delta1", "dbe_acc", "dbe_compl")
     spread = {k: abs(out["exact"][k] - out["exact, seed 1"][k]) for k in keys}
@@ -336,7 +329,7 @@ def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
         same = ref.get(r["res"])
         x_same = f"{same['s']['total'] / s['total']:.2f}" if same else "-"
         x_top = f"{ref_top['s']['total'] / s['total']:.2f}" if ref_top else "-"
-        peak = flops[r["res"]][frame_flops(r["setting"])] * r["fps"] / rate
+        peak = flops[r["res"]][FRAME_FLOPS[r["difference"]]] * r["fps"] / rate
         diff = f"{r['depth_diff_vs_reference']['max_rel']:.1e}" if "depth_diff_vs_reference" in r else "-"
         lines.append(
             f"{r['setting']:<11} {r['res']:>4} " + " ".join(f"{1e3 * s[k]:>8.1f}" for k in STAGES)

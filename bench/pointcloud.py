@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -32,6 +31,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from sharpdepth_ros.conversions import PointCloudBuilder, point_cloud_to_numpy, point_fields
+from timing import time_alternately  # bench/timing.py
 
 TARGET_MS = 5.0
 
@@ -77,21 +77,6 @@ def create_cloud_pattern(depth: np.ndarray, K: np.ndarray, rgb: np.ndarray, head
     data.frombytes(memoryview(points).cast("B"))
     return PointCloud2(header=header, height=h, width=w, is_dense=False, is_bigendian=sys.byteorder == "big",
                        fields=fields, point_step=dtype.itemsize, row_step=dtype.itemsize * w, data=data)
-
-
-def time_alternately(builds: dict, repeats: int) -> dict[str, list[float]]:
-    """One call of each method per round, the order rotating, after one warm-up call each (the
-    builder's first call fills its ray cache, as the node's first frame does)."""
-    names = list(builds)
-    for build in builds.values():
-        build()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            builds[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def main() -> None:

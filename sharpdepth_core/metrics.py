@@ -157,3 +157,12 @@ def boundary_error(pred: Depth, gt: Depth) -> tuple[float, float]:
         accs.append(float(near.mean()) if near.size else MAX_EDGE_DISTANCE)
         compls.append(float(distance_transform_edt(~e_pred)[e_gt].mean()))
     return float(np.mean(accs)), float(np.mean(compls))
+
+
+def depth_scores(preds: list[np.ndarray], gt: Depth, min_depth: float = 0.01) -> dict[str, float]:
+    """AbsRel, δ1, RMSE and DBE (acc, compl) of HxW predictions, clipped below at `min_depth` metres
+    first (both metrics score a dense, positive map): one row of an evaluation table."""
+    p = np.clip(np.stack(preds), min_depth, None)
+    m = depth_metrics(p, gt)
+    acc, compl = boundary_error(p, gt)
+    return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}

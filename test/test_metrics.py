@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.ndimage import gaussian_filter
 from skimage.feature import canny
 
-from sharpdepth_core.metrics import MAX_EDGE_DISTANCE, boundary_error, depth_edges, depth_metrics
+from sharpdepth_core.metrics import MAX_EDGE_DISTANCE, boundary_error, depth_edges, depth_metrics, depth_scores
 from sharpdepth_core.synthetic import render_scene
 
 FAST = settings(max_examples=30, deadline=None)
@@ -227,3 +227,18 @@ def test_dbe_ignores_depth_units(x0, y0, w, h, near, far, k, shift):
     pred = np.roll(gt, shift, axis=1)
     # edges come from min-max-normalised (inverse) depth: a power-of-two scale changes no bit of it
     assert boundary_error(2.0**k * pred, gt) == boundary_error(pred, 2.0**-k * gt) == boundary_error(pred, gt)
+
+
+def test_depth_scores_clamp_to_a_centimetre_then_score_both_ways():
+    """An evaluation row: predictions below 1 cm (a fitted affine output can dip below zero) are scored
+    as 1 cm, by the same AbsRel/δ1/RMSE and DBE as the separate functions."""
+    gt = np.full((2, 32, 32), 2.0)
+    gt[:, :, 16:] = 4.0
+    preds = [gt[0] * 1.1, gt[1].copy()]
+    preds[1][0, 0] = -3.0
+    row = depth_scores(preds, gt)
+    clamped = np.stack([preds[0], np.where(preds[1] < 0.01, 0.01, preds[1])])
+    m = depth_metrics(clamped, gt)
+    acc, compl = boundary_error(clamped, gt)
+    assert row == {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
+    assert row["abs_rel"] == pytest.approx((0.1 + (2.0 - 0.01) / 2.0 / (32 * 32)) / 2)

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import yaml
-from diffusers import UNet2DConditionModel
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +36,6 @@ from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 PY = sys.executable
 EMBEDDED = REPO / "sharpdepth_core" / "weights" / "nano"
 STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distillation: configs/sharpdepth.yaml
-STAGES = ("vae", "f_D", "f_G", "gates", "distill", "light_decoder", "ship", "report")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
 SHARD_SIZE = "4MB"  # the shipped UNets are ~12 MB: stored as shards, every file in git stays small
@@ -130,6 +128,8 @@ def distill_cmd(name: str, overrides: dict, scale: float) -> list[str]:
 def ship() -> None:
     """The full run's pipeline, the f_G teacher (for offline distillation) and the light decoder ->
     the embedded default, written beside it and swapped in; the hand-written model card is kept."""
+    from diffusers import UNet2DConditionModel
+
     tmp = EMBEDDED.with_name(".nano.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(OUT / "runs" / "full" / "pipeline", tmp)
