@@ -188,10 +188,10 @@ def output_folder(out: Path) -> Path:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    from .files import atomic_write
+
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
@@ -220,9 +220,9 @@ def _read_record(out: Path) -> set[str]:
 
 
 def _write_record(out: Path, names: set[str]) -> None:
-    tmp = out / f"{PREDICT_RECORD}.tmp"
-    tmp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
-    os.replace(tmp, out / PREDICT_RECORD)
+    from .files import write_text
+
+    write_text(out / PREDICT_RECORD, json.dumps({"files": sorted(names)}, indent=1) + "\n")
 
 
 def _load_pipeline(args, device):
@@ -394,6 +394,7 @@ def export_folder(out: Path, overwrite: bool) -> Path:
     """The absolute export folder, checked before any model loads: new, empty, or (with `overwrite`)
     an earlier export (export.json) holding nothing sharpdepth export did not write."""
     from .export import EXPORT_EXTRAS, GRAPHS, MANIFEST
+    from .models.hub import foreign_entries, refusal
 
     out = Path(os.path.abspath(out.expanduser()))
     if out.exists() and not out.is_dir():
@@ -404,11 +405,9 @@ def export_folder(out: Path, overwrite: bool) -> Path:
             raise ValueError(f"--out {out}: not empty and not an earlier export (no {MANIFEST}); choose a new or empty folder")
         if not overwrite:
             raise ValueError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
-        ours = {MANIFEST, *EXPORT_EXTRAS, *(f"{g}.onnx" for g in GRAPHS)}
-        foreign = [name for name in entries if name not in ours and not name.startswith(".sharpdepth-")]
+        foreign = foreign_entries(out, {MANIFEST, *(f"{g}.onnx" for g in GRAPHS)}, EXPORT_EXTRAS)
         if foreign:
-            raise ValueError(f"--out {out}: holds {', '.join(foreign[:5])}, which sharpdepth export did not write; "
-                             "move it away or choose another folder")
+            raise refusal(out, foreign, "sharpdepth export did not write")
     check_writable(out)
     return out
 

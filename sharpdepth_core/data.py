@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import os
-import secrets
 import struct
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from .files import atomic_write
 from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, compressed_to_rgb8, image_to_rgb8, read_image_file
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,5 @@ class DepthCache:
         for key, d in zip(keys, depth.detach().float().cpu().numpy()):
             path = self.path(key)
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-            with open(tmp, "xb") as f:  # (tempfile.mkstemp would make it 0600 whatever the umask)
+            with atomic_write(path) as f:
                 np.save(f, d, allow_pickle=False)
-            os.replace(tmp, path)

@@ -16,9 +16,7 @@ TensorRT never wait for the host inside a call (onnxruntime's `run` is blocking 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .export import GRAPHS, ExportManifest, StudentUNet
+from .files import write_bytes
 from .models.student import DiffusionDepthModel
 
 ENGINES = ("pytorch", "onnx", "tensorrt")
@@ -374,14 +373,7 @@ def cached_engine(trt, key: EngineKey, onnx_path: Path, input_name: str, cache_d
     log.warning("building TensorRT engine %s (once; minutes for the full-size UNet)", path.name)
     plan = build_engine(trt, onnx_path, input_name, key.input_shape, fp16=key.precision == "fp16")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(plan)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, plan)
     return plan
 
 

@@ -32,16 +32,21 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .files import TEMP_PREFIX
 from .gating import TIMESTEP
-from .models.hub import replacing_dir
+from .models.hub import Extra, replacing_dir
 from .models.student import DiffusionDepthModel, vae_dtype
 
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MANIFEST = "export.json"
 # What an earlier export folder may hold besides the graphs and the manifest: the TensorRT engine
-# cache (`TensorRTEngine`'s default place) and external weights of graphs over 2 GB.
-EXPORT_EXTRAS = ("tensorrt", *(f"{g}.onnx.data" for g in GRAPHS))
+# cache (`TensorRTEngine`'s default place: engine plans named by `EngineKey.filename` and their
+# interrupted writes, nothing else) and the external weights file of a graph over 2 GB.
+EXPORT_EXTRAS = (
+    Extra("tensorrt", files=tuple(p for g in GRAPHS for p in (f"{g}-*.plan", f"{TEMP_PREFIX}{g}-*.plan.*.tmp"))),
+    *(Extra(f"{g}.onnx.data") for g in GRAPHS),
+)
 OPSET = 17
 FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data

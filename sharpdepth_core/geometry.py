@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import atomic_write
+
 MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
 
 
@@ -105,9 +107,7 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) 
     header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(out)}\n{props}end_header\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(header.encode("ascii"))
-        out.tofile(f)
-    tmp.replace(path)
+        f.write(out.tobytes())
     return len(out)

@@ -25,7 +25,7 @@ from .engines import DepthEngine, TorchEngine
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, replacing_dir
+from .models.hub import CheckpointError, Extra, replacing_dir
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.metric import check_intrinsics
 from .normalization import normalize_depth
@@ -341,7 +341,9 @@ class SharpDepthPipeline:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
-        with replacing_dir(path, also=(LIGHT_DECODER_DIR,)) as tmp:  # an earlier save may have had one
+        # an earlier save may have had a light decoder (the files its save_pretrained writes)
+        earlier = Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors"))
+        with replacing_dir(path, also=(earlier,)) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
             if self.light_decoder is not None:

@@ -11,10 +11,11 @@ points, `(colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 DEPTH_CMAP, DIFFERENCE_CMAP = "inferno", "viridis"
 _FAR = 0.15  # colormap position of the far end
@@ -219,10 +220,6 @@ def save_png(path: str | Path, image) -> Path:
         raise ValueError(f"save_png takes uint8 HxW/HxWx3/HxWx4 or uint16 HxW, got {a.dtype} of shape {a.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        Image.fromarray(np.ascontiguousarray(a)).save(f, format="PNG")
     return path

@@ -39,6 +39,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
+from sharpdepth_core.files import atomic_write, write_text  # noqa: E402
 from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
 from sharpdepth_core.models import EMBEDDED_DIR  # noqa: E402
 from sharpdepth_core.synthetic import STYLES  # noqa: E402
@@ -311,10 +312,9 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
         fig.colorbar(shown, ax=axes[r, 1:4].tolist(), fraction=0.02, pad=0.01).set_label("depth [m]", fontsize=7)
     if untrained:
         fig.suptitle("UNTRAINED random-weight models: plumbing check only", color="red")
-    tmp = out / "overview.tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_write(out / "overview.png") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(out / "overview.png")
 
 
 def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag: Path, out: Path, untrained: bool) -> None:
@@ -333,9 +333,7 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
         "messages_recorded": recorder.counts,
         "bag": str(bag),
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     note = " (UNTRAINED models: plumbing check only)" if untrained else ""
     print(f"\n{'':12}{'AbsRel':>8}{'δ1':>7}{'DBE acc':>9}{'DBE compl':>11}")
     for label, key in (("f_D", "f_D_"), ("SharpDepth", "")):

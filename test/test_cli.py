@@ -295,6 +295,25 @@ def test_predict_never_overwrites_files_it_did_not_write(tiny_dirs, images, tmp_
     assert (images / "scene_depth.npy").stat().st_mtime_ns != stamp and user_depth.read_bytes() == before
 
 
+def test_predict_never_writes_through_links_or_users_files_at_temporary_names(tiny_dirs, images, tmp_path):
+    """Links planted in --out at every temporary name predict used to use, pointing outside, and a user's
+    plain file with such a name: nothing outside --out is written and the user's file stays."""
+    out, outside = tmp_path / "out", tmp_path / "outside.txt"
+    out.mkdir()
+    outside.write_text("precious")
+    planted = [f".{PREDICT_RECORD}.tmp", f"{PREDICT_RECORD}.tmp", "scene.ply.tmp"]
+    planted += [f".scene{suffix}.tmp" for suffix in ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy",
+                                                     "_metric_depth_color.png", "_difference.png")]
+    for name in planted:
+        (out / name).symlink_to(outside)
+    (out / ".gray_depth.npy.tmp").write_text("a user's file")
+    assert main(["predict", str(images), "--out", str(out), "--ply", "--model", str(tiny_dirs["pipeline"])]) == 0
+    assert outside.read_text() == "precious" and (out / ".gray_depth.npy.tmp").read_text() == "a user's file"
+    assert all((out / name).is_symlink() and os.readlink(out / name) == str(outside) for name in planted)
+    assert np.load(out / "scene_depth.npy").shape == (48, 64) and (out / "scene.ply").stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") and p.name not in planted and p.name != ".gray_depth.npy.tmp"]
+
+
 def test_degenerate_fit_warning_is_one_plain_line(tiny_dirs, images, tmp_path, capsys, monkeypatch):
     import sharpdepth_core.pipeline as pipeline_module
 

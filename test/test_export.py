@@ -91,7 +91,7 @@ def test_fixed_shape_export_has_static_inputs_and_replaces_an_earlier_export(stu
     folder = tmp_path / "fixed"
     shutil.copytree(dynamic_fp32[0], folder)
     (folder / "tensorrt").mkdir()  # an engine cache, which the export also counts as its own
-    (folder / "tensorrt" / "unet.plan").write_bytes(b"stale engine")
+    (folder / "tensorrt" / "unet-fp32-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan").write_bytes(b"stale engine")
     manifest = export_onnx(student, folder, image_hw=(48, 64), batch=1)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx"])
     shapes = {g: [d.dim_value for d in onnx.load(str(folder / f"{g}.onnx")).graph.input[0].type.tensor_type.shape.dim] for g in GRAPHS}
@@ -241,6 +241,44 @@ def test_cli_export_refuses_a_folder_it_did_not_write_before_loading(dynamic_fp3
     assert "holds notes.txt, which sharpdepth export did not write" in capsys.readouterr().err
     assert (user / "photo.jpg").read_bytes() == b"precious" and (earlier / "notes.txt").read_text() == "mine"
     assert ExportManifest.load(earlier) == dynamic_fp32[1]
+
+
+@pytest.mark.parametrize("user_entry,named", [
+    ("tensorrt/mine/notes.txt", "tensorrt/mine/"),
+    ("tensorrt/int8_calibration.cache", "tensorrt/int8_calibration.cache"),
+    ("unet.onnx.data/notes.txt", "unet.onnx.data/"),  # a folder where the export writes a file
+])
+def test_overwrite_refuses_user_entries_in_the_engine_cache_and_extras(student, dynamic_fp32, tmp_path, capsys, user_entry, named):
+    """An overwrite replaces only what an earlier export records (names and kinds, engine plans in its
+    cache): anything else is named in one line and nothing is deleted, from the CLI and the library."""
+    from sharpdepth_core.cli import main
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dynamic_fp32[0], earlier)
+    plan = earlier / "tensorrt" / "unet-fp16-1x8x6x8-nvidia-h200-sm90-trt10.9-0123456789ab.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"an engine")
+    user = earlier / user_entry
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text("a user's file")
+    assert main(["export", "--out", str(earlier), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "refusing to replace" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match=f"it holds {named}"):
+        export_onnx(student, earlier)
+    assert user.read_text() == "a user's file" and plan.read_bytes() == b"an engine"
+    assert ExportManifest.load(earlier) == dynamic_fp32[1]
+
+
+def test_overwrite_replaces_an_engine_cache_of_plans_only(student, dynamic_fp32, tmp_path):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dynamic_fp32[0], earlier)
+    cache = earlier / "tensorrt"
+    cache.mkdir()
+    (cache / "vae_decoder-fp32-1x4x6x8-cpu-sm0-trt10-0123456789ab.plan").write_bytes(b"stale engine")
+    (cache / f".sharpdepth-unet-fp16-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan.{os.getpid()}-00ff00ff00ff.tmp").write_bytes(b"half")
+    export_onnx(student, earlier)
+    assert not cache.exists() and ExportManifest.load(earlier).graphs.keys() == set(GRAPHS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: a missing CUDA cannot be shown")

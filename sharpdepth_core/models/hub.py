@@ -14,8 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
+
+from ..files import TEMP_PREFIX as _OWN_TEMP  # every temporary entry the project makes starts with it
 
 T = TypeVar("T")
 
@@ -162,8 +166,6 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
     return result
 
 
-_OWN_TEMP = ".sharpdepth-"  # prefix of the temporary entries replacing_dir itself makes
-
 
 def load_own_model(model_cls, path_or_id, what: str, **kwargs):
     """A diffusers ModelMixin this project defines and saved (small-conv f_D, the light decoder): the
@@ -205,18 +207,64 @@ def honour_umask(folder: Path) -> None:
             path.chmod(mode)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """A top-level entry that an earlier save of some kind may hold besides what a new save writes
+    (an engine cache, external weights): a plain file (`files` None), or a folder of plain files
+    whose names match one of the glob patterns in `files`, nothing deeper. Anything of that name
+    that does not fit, in kind or content, is the user's."""
+
+    name: str
+    files: tuple[str, ...] | None = None
+
+    def foreign(self, root: Path) -> list[str]:
+        """What in `root / name` does not fit (paths relative to `root`, folders marked '/')."""
+        entry = root / self.name
+        if self.files is None:
+            return [] if entry.is_file() and not entry.is_symlink() else sorted(_tree(root, entry))
+        if entry.is_symlink() or not entry.is_dir():
+            return sorted(_tree(root, entry))
+        return sorted(
+            name for p in entry.iterdir()
+            if p.is_symlink() or not p.is_file() or not any(fnmatchcase(p.name, pattern) for pattern in self.files)
+            for name in _tree(root, p)
+        )
+
+
+def foreign_entries(path: Path, produced: Collection[str], also: Collection[Extra] = ()) -> list[str]:
+    """Everything in the folder `path`, at any depth, that is neither in `produced` (relative paths,
+    folders marked '/') nor fits one of the `also` descriptions: what a replacing save must not delete."""
+    extras = {e.name: e for e in also}
+    foreign = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(_OWN_TEMP):  # a crashed earlier save's leftovers
+            continue
+        if p.name in extras:
+            foreign += extras[p.name].foreign(path)
+        else:
+            foreign += sorted(name for name in _tree(path, p) if name not in produced)
+    return foreign
+
+
+def refusal(path: Path, foreign: list[str], what: str = "this save does not write") -> ValueError:
+    """The one-line refusal to replace a folder holding the user's entries, naming them."""
+    shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+    return ValueError(f"{path}: refusing to replace a non-empty folder that the project did not write (it holds {shown}, "
+                      f"which {what}); choose a new or empty folder, or move those files away")
+
+
 @contextmanager
-def replacing_dir(path: str | Path, also: Collection[str] = ()) -> Iterator[Path]:
+def replacing_dir(path: str | Path, also: Collection[Extra] = ()) -> Iterator[Path]:
     """Write a folder in a temporary place, then put it at `path`: a crash never leaves half a model.
 
     An existing `path` is replaced only when it is empty or an earlier save of the same kind: it holds
     every top-level file this write produced (the writer's own files: pipeline.json, export.json,
     config.json and weights, ...), and every file and folder in it, at any depth, is one this write
-    also produced, except top-level names in `also` (what an earlier save of this kind may hold
-    besides, e.g. an engine cache). Anything else is refused with a ValueError naming the folder and
-    what is in the way, and nothing in it is touched: the project never deletes what it did not
-    write. An existing folder keeps its place (and inode: the current directory or a symlinked
-    folder stays valid); its entries are swapped.
+    also produced or fits one of the `also` descriptions (what an earlier save of this kind may hold
+    besides, e.g. an engine cache: names *and* kinds and contents). Anything else is refused with a
+    ValueError naming the folder and what is in the way, and nothing in it is touched: the project
+    never deletes what it did not write. An existing folder keeps its place (and inode: the current
+    directory or a symlinked folder stays valid); its entries are swapped.
     """
     path = Path(os.path.abspath(Path(path).expanduser()))  # "." and "x/.." have no usable name
     if path.exists() and not path.is_dir():
@@ -244,15 +292,15 @@ def _swap_entries(path: Path, new: Path, also: Collection[str]) -> None:
     leftovers = [p for p in old if p.name.startswith(_OWN_TEMP)]  # from a crashed earlier save
     old = [p for p in old if p not in leftovers]
     if old:
-        produced = _tree(new)
-        foreign = sorted(name for p in old if p.name not in also for name in _tree(path, p) if name not in produced)
+        foreign = foreign_entries(path, _tree(new), also)
+        if foreign:
+            raise refusal(path, foreign)
         missing = sorted(p.name for p in new.iterdir() if p.is_file() and not (path / p.name).is_file())
-        if foreign or missing:
-            reason = (f"it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which this save does not write"
-                      if foreign else f"it lacks {', '.join(missing[:5])}, so it is no earlier save of this kind")
+        if missing:
             raise ValueError(
-                f"{path}: refusing to replace a non-empty folder that the project did not write ({reason}); "
-                "choose a new or empty folder, or move those files away"
+                f"{path}: refusing to replace a non-empty folder that the project did not write (it lacks "
+                f"{', '.join(missing[:5])}, so it is no earlier save of this kind); choose a new or empty folder, "
+                "or move those files away"
             )
     for entry in leftovers:
         _remove(entry)

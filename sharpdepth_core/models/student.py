@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
+from ..files import write_bytes
 from ..gating import TIMESTEP
 from .codec import DepthCodec
 from .hub import CheckpointError, load_component, replacing_dir, require_subfolders, resolve_model_dir, weight_files
@@ -185,9 +186,7 @@ class DiffusionDepthModel(nn.Module):
         emb = empty_prompt_embedding(text_encoder, tokenizer)
         cls._check_prompt_embeds(emb, unet, str(folder / "text_encoder"))
         try:
-            tmp = cached.with_name(cached.name + ".tmp")
-            save_file({"prompt_embeds": emb.contiguous()}, tmp)
-            tmp.replace(cached)
+            write_bytes(cached, save({"prompt_embeds": emb.contiguous()}))
         except OSError as exc:
             warnings.warn(f"could not cache the empty-prompt embedding at {cached} ({exc}); the text encoder will be loaded again next time")
         return emb
