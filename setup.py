@@ -3,17 +3,21 @@
 Works with `colcon build` (ROS 2) and with `pip install -e .` into a virtualenv.
 """
 from glob import glob
+from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = "sharpdepth_ros"
+# The embedded weights' folders, as package names: data-only namespace packages whose files are package data
+# (setuptools warns about every data folder that is not in `packages` otherwise).
+WEIGHT_PACKAGES = [".".join(p.parts) for p in [Path("sharpdepth_core/weights"), *Path("sharpdepth_core/weights").rglob("*")] if p.is_dir()]
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["sharpdepth_core", "sharpdepth_core.*", "sharpdepth_ros", "sharpdepth_ros.*"]),
-    package_data={"sharpdepth_core": ["weights/**/*"]},
-    include_package_data=True,
+    packages=find_namespace_packages(include=["sharpdepth_core", "sharpdepth_core.*", "sharpdepth_ros", "sharpdepth_ros.*"],
+                                     exclude=["*.__pycache__"]),
+    package_data={package: ["*.json", "*.safetensors", "*.md"] for package in WEIGHT_PACKAGES},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

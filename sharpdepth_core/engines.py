@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .export import GRAPHS, ExportManifest, StudentUNet
 from .files import write_bytes
+from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel
 
 ENGINES = ("pytorch", "onnx", "tensorrt")
@@ -146,9 +147,9 @@ class TorchEngine:
             raise ValueError(f"FastPath.cuda_graphs needs the model on a CUDA device; it is on {device}")
         fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
         if fast.dtype is not None:
-            student.unet.to(fast.dtype)
+            to_dtype(student.unet, fast.dtype)
         if fast.vae_dtype is not None:
-            student.vae.to(fast.vae_dtype)
+            to_dtype(student.vae, fast.vae_dtype)
         student.unet.to(memory_format=fmt)
         student.vae.to(memory_format=fmt)
         net, codec = StudentUNet(student), student.codec

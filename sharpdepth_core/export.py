@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .files import TEMP_PREFIX
 from .gating import TIMESTEP
-from .models.hub import Extra, replacing_dir
+from .models.hub import Extra, replacing_dir, to_dtype
 from .models.student import DiffusionDepthModel, vae_dtype
 
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
@@ -146,18 +146,75 @@ class ExportManifest:
             raise FileNotFoundError(f"{path}: no ONNX export manifest; run `sharpdepth export` to create the folder")
         try:
             raw = json.loads(path.read_text())
-            if raw.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format_version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+            if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format_version {raw.get('format_version') if isinstance(raw, dict) else None!r}, expected {FORMAT_VERSION}")
+            _check_fields(raw, _MANIFEST_FIELDS, required=("graphs", "image_hw", "batch", "downsample_factor", "latent_channels", "scaling_factor"))
+            for name, g in raw["graphs"].items():
+                _check_fields(g, _GRAPH_FIELDS, required=("file", "precision", "input", "output", "input_channels", "latent_input"), where=f"graphs.{name}.")
             raw["graphs"] = {name: GraphInfo(**g) for name, g in raw["graphs"].items()}
             raw["image_hw"] = tuple(raw["image_hw"]) if raw["image_hw"] else None
             raw["input_hw"] = tuple(raw["input_hw"]) if raw.get("input_hw") else None
             manifest = cls(**raw)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise ValueError(f"{path}: not a usable export manifest ({exc}); export again") from exc
         missing = [g for g in GRAPHS if g not in manifest.graphs or not (Path(folder) / manifest.graphs[g].file).is_file()]
         if missing:
             raise FileNotFoundError(f"{Path(folder)}: export incomplete, missing {', '.join(missing)}; export again")
         return manifest
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _hw(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_positive_int(x) for x in v)
+
+
+def _file_name(v) -> bool:
+    """A plain file name: the manifest never points outside its folder."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+
+# export.json's fields: (check, what it must be); unknown fields are refused by the dataclasses
+_MANIFEST_FIELDS = {
+    "graphs": (lambda v: isinstance(v, dict) and set(v) <= set(GRAPHS) and all(isinstance(g, dict) for g in v.values()),
+               f"an object of graphs ({', '.join(GRAPHS)})"),
+    "image_hw": (lambda v: v is None or _hw(v), "null or [H, W]"),
+    "batch": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
+    "downsample_factor": (_positive_int, "a positive integer"),
+    "latent_channels": (_positive_int, "a positive integer"),
+    "scaling_factor": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"), "a positive number"),
+    "opset": (_positive_int, "a positive integer"),
+    "exporter": (lambda v: isinstance(v, str), "a string"),
+    "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),
+    "format_version": (_positive_int, "a positive integer"),
+    "input_hw": (lambda v: v is None or _hw(v), "null or [H, W]"),
+    "processing_res": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
+    "student_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
+}
+_GRAPH_FIELDS = {
+    "file": (_file_name, "a file name in the export folder"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "input": (lambda v: isinstance(v, str), "a string"),
+    "output": (lambda v: isinstance(v, str), "a string"),
+    "input_channels": (_positive_int, "a positive integer"),
+    "latent_input": (lambda v: isinstance(v, bool), "true or false"),
+    "sha256": (lambda v: isinstance(v, str), "a string"),
+    "external_data": (lambda v: v is None or _file_name(v), "null or a file name in the export folder"),
+}
+
+
+def _check_fields(raw, fields: dict, required: tuple[str, ...], where: str = "") -> None:
+    """ValueError naming the first field of `raw` that is missing or not what `fields` says."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where.rstrip('.') or 'the file'}: expected an object")
+    for name in required:
+        if name not in raw:
+            raise ValueError(f"{where}{name}: missing")
+    for name, value in raw.items():
+        if name in fields and not fields[name][0](value):
+            raise ValueError(f"{where}{name}: expected {fields[name][1]}, got {json.dumps(value)[:40]}")
 
 
 def check_image_hw(hw, multiple: int) -> tuple[int, int]:
@@ -274,8 +331,8 @@ def _converted(student: DiffusionDepthModel, unet_dtype: torch.dtype, vae_dtype_
     if student.unet.dtype == unet_dtype and student.vae.dtype == vae_dtype_:
         return student
     other = copy.deepcopy(student)
-    other.unet.to(unet_dtype)
-    other.vae.to(vae_dtype_)
+    to_dtype(other.unet, unet_dtype)
+    to_dtype(other.vae, vae_dtype_)
     return other
 
 

@@ -134,8 +134,19 @@ def test_fp16_export_keeps_the_vae_in_fp32_and_leaves_the_student_alone(student,
     assert 1e-6 < err < 2e-2  # fp16 arithmetic: not bit-identical, but close
     assert student.unet.dtype == torch.float32 and torch.equal(student(z_img, noise), before)
 
-    manifest = export_onnx(student, tmp_path / "fp16vae", precision="fp16", vae_precision="fp16")
+    import logging
+
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    try:
+        manifest = export_onnx(student, tmp_path / "fp16vae", precision="fp16", vae_precision="fp16")
+    finally:
+        diffusers_logger.removeHandler(handler)
     assert manifest.graphs["vae_decoder"].precision == "fp16"
+    assert not [r for r in records if "kept in float32" in r.getMessage()]  # diffusers' warning about an empty list
     assert rel(run(sessions(tmp_path / "fp16vae")["vae_encoder"], rgb * 2 - 1), z_img) < 2e-2
 
 
@@ -359,3 +370,36 @@ def test_cli_export_tensorrt_without_tensorrt_fails_before_exporting(tmp_path, c
 
     assert main(["export", "--out", str(tmp_path / "x"), "--input-size", "64x48", "--tensorrt"]) == 2
     assert "pip install tensorrt" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"graphs": "nope"}, "graphs: expected an object of graphs"),
+    ({"graphs": {"unet": 3}}, "graphs: expected an object of graphs"),
+    ({"image_hw": [48, "x"]}, "image_hw: expected null or [H, W]"),
+    ({"scaling_factor": float("inf")}, "scaling_factor: expected a positive number"),
+    ({"batch": True}, "batch: expected null or a positive integer"),
+    ({"graphs.unet.file": "../../elsewhere.onnx"}, "graphs.unet.file: expected a file name in the export folder"),
+    ({"graphs.vae_decoder.precision": "int4"}, "graphs.vae_decoder.precision: expected one of fp32, fp16"),
+    ({"graphs.unet.input_channels": -8}, "graphs.unet.input_channels: expected a positive integer"),
+    ({"latent_channels": None}, "latent_channels: expected a positive integer"),
+    ({"downsample_factor": "del"}, "downsample_factor: missing"),
+])
+def test_a_damaged_manifest_is_one_line_naming_the_field(dynamic_fp32, tmp_path, change, message):
+    """export.json is read field by field (types and ranges) before anything uses it: a damaged one is a
+    ValueError naming the file and the field, never an AttributeError or a path outside the folder."""
+    folder = Path(shutil.copytree(dynamic_fp32[0], tmp_path / "export"))
+    raw = json.loads((folder / MANIFEST).read_text())
+    for key, value in change.items():
+        *parents, leaf = key.split(".")
+        target = raw
+        for parent in parents:
+            target = target[parent]
+        if value == "del":
+            del target[leaf]
+        else:
+            target[leaf] = value
+    (folder / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ValueError) as info:
+        ExportManifest.load(folder)
+    assert str(info.value).startswith(f"{folder / MANIFEST}: not a usable export manifest") and message in str(info.value)
+    assert "\n" not in str(info.value)

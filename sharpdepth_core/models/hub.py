@@ -194,6 +194,17 @@ def _umask() -> int:
         return mask
 
 
+def to_dtype(model, dtype):
+    """`model.to(dtype)` in place, without the warning diffusers' ModelMixin.to prints on every dtype
+    cast ("modules ... should be kept in float32: []") even when the model keeps none in float32;
+    a model that does name such modules still goes through diffusers (and its warning)."""
+    import torch
+
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(dtype)
+    return torch.nn.Module.to(model, dtype)
+
+
 def honour_umask(folder: Path) -> None:
     """Give a written folder the modes the umask asks for: safetensors writes weights 0600 and
     tempfile.mkdtemp makes folders 0700 whatever the umask, so a saved model would be unreadable to
