@@ -84,6 +84,23 @@ def project(xyz, K):
     return uv.numpy() if as_numpy else uv
 
 
+def relative_pose(pose_src: np.ndarray, pose_dst: np.ndarray) -> np.ndarray:
+    """T_dst_src (4x4): maps points from the source camera's optical frame to the destination's, for
+    camera-to-world poses T_w_src and T_w_dst."""
+    return np.linalg.inv(np.asarray(pose_dst, dtype=np.float64)) @ np.asarray(pose_src, dtype=np.float64)
+
+
+def reproject(depth: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray, dst_from_src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of a depth image lands in another camera: (uv [H, W, 2] in the destination's
+    pixel coordinates, z [H, W] the point's depth along the destination's optical axis). NaN where
+    the source depth is invalid."""
+    xyz = unproject(np.asarray(depth, dtype=np.float64), K_src)
+    T = np.asarray(dst_from_src, dtype=np.float64)
+    moved = xyz @ T[:3, :3].T + T[:3, 3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return project(moved, np.asarray(K_dst, dtype=np.float64)), moved[..., 2]
+
+
 def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> int:
     """Write a binary little-endian PLY of the finite points; returns how many were written.
 

@@ -166,3 +166,52 @@ def depth_scores(preds: list[np.ndarray], gt: Depth, min_depth: float = 0.01) ->
     m = depth_metrics(p, gt)
     acc, compl = boundary_error(p, gt)
     return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
+
+
+def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray,
+                       K: np.ndarray, dst_from_src: np.ndarray, covisible_tol: float = 0.02) -> np.ndarray:
+    """Per source pixel, |z - d_dst(q)| / d_dst(q): a prediction of frame t reprojected into frame t+1
+    (depth z at pixel q) against frame t+1's prediction sampled there (bilinear). NaN where a pixel is
+    not scored: invalid in either prediction, outside the destination image, or not co-visible — the
+    ground truth decides that, so occlusions are left out the same way for every model (its own
+    reprojection must agree with the destination's ground truth within `covisible_tol`)."""
+    from scipy.ndimage import map_coordinates
+
+    from .geometry import reproject
+
+    def sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        coords = [uv[..., 1].ravel(), uv[..., 0].ravel()]
+        inside = np.isfinite(coords[0]) & np.isfinite(coords[1])
+        out = np.full(coords[0].shape, np.nan)
+        out[inside] = map_coordinates(np.asarray(image, dtype=np.float64), [c[inside] for c in coords],
+                                      order=1, mode="constant", cval=np.nan, prefilter=False)
+        return out.reshape(uv.shape[:-1])
+
+    uv_gt, z_gt = reproject(gt_src, K, K, dst_from_src)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gt_there = sample(gt_dst, uv_gt)
+        covisible = (z_gt > 0) & (np.abs(z_gt - gt_there) <= covisible_tol * gt_there)
+        uv, z = reproject(depth_src, K, K, dst_from_src)
+        there = sample(depth_dst, uv)
+        error = np.abs(z - there) / there
+        return np.where(covisible & (z > 0) & (there > 0) & np.isfinite(error), error, np.nan)
+
+
+def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray], K: np.ndarray, poses: list[np.ndarray]) -> float:
+    """TAE (Video Depth Anything's flicker measure): the AbsRel between frame t's depth reprojected into
+    frame t+1 with the ground-truth poses (camera-to-world, optical frame) and frame t+1's depth, on
+    valid co-visible pixels, averaged over both directions and every consecutive pair. Lower is
+    steadier; ground truth gives the warp's own error (about 0)."""
+    from .geometry import relative_pose
+
+    if len(depths) < 2 or not len(depths) == len(gts) == len(poses):
+        raise ValueError(f"TAE needs two or more frames with as many ground truths and poses, got {len(depths)}, {len(gts)}, {len(poses)}")
+    pairs = []
+    for t in range(len(depths) - 1):
+        for a, b in ((t, t + 1), (t + 1, t)):
+            e = reprojection_error(depths[a], depths[b], gts[a], gts[b], K, relative_pose(poses[a], poses[b]))
+            if np.isfinite(e).any():
+                pairs.append(float(np.nanmean(e)))
+    if not pairs:
+        raise ValueError("TAE: no co-visible valid pixels in any pair of frames")
+    return float(np.mean(pairs))

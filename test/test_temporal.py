@@ -1,0 +1,78 @@
+"""Temporal alignment error (TAE) and the reprojection it rests on, on an analytic scene: a tilted
+plane seen by a camera that moves and turns, whose depth is exact for every pose."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sharpdepth_core.geometry import relative_pose, reproject
+from sharpdepth_core.metrics import reprojection_error, temporal_alignment_error
+
+H, W = 48, 64
+K = np.array([[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]])
+
+
+def pose(yaw: float, x: float) -> np.ndarray:
+    """Camera-to-world: optical frame turned by `yaw` about its y axis, moved by x along world x."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    T = np.eye(4)
+    T[:3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+    T[0, 3] = x
+    return T
+
+
+def plane_depth(T: np.ndarray, n=(0.3, -0.2, 1.0), d=3.0) -> np.ndarray:
+    """Exact depth of the plane n·X = d (world) for every pixel of the camera at pose T."""
+    n = np.asarray(n) / np.linalg.norm(n)
+    v, u = np.mgrid[0:H, 0:W]
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((H, W))], -1)  # z = 1
+    return (d - n @ T[:3, 3]) / (rays @ T[:3, :3].T @ n)
+
+
+def sequence(frames: int = 4):
+    poses = [pose(0.03 * t, 0.05 * t) for t in range(frames)]
+    return poses, [plane_depth(T) for T in poses]
+
+
+def test_reprojected_ground_truth_lands_on_the_next_frames_ground_truth():
+    (p0, p1), (d0, _) = sequence(2)
+    uv, z = reproject(d0, K, K, relative_pose(p0, p1))
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] <= W - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= H - 1)
+    assert inside.mean() > 0.7
+    u, v = uv[inside].T  # the plane's exact depth at each landing pixel
+    n = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    exact = (3.0 - n @ p1[:3, 3]) / (rays @ p1[:3, :3].T @ n)
+    np.testing.assert_allclose(z[inside], exact, rtol=1e-9)
+
+
+def test_tae_is_about_zero_on_ground_truth_and_grows_with_flicker():
+    poses, gts = sequence()
+    assert temporal_alignment_error(gts, gts, K, poses) < 1e-3  # the bilinear warp's own error
+    rng = np.random.default_rng(0)
+    small = [g * (1 + 0.01 * rng.standard_normal(g.shape)) for g in gts]
+    large = [g * (1 + 0.05 * rng.standard_normal(g.shape)) for g in gts]
+    tae_small, tae_large = (temporal_alignment_error(d, gts, K, poses) for d in (small, large))
+    assert 0.005 < tae_small < tae_large and tae_large > 3 * tae_small
+    # a per-frame scale flicker is what TAE exists for: each frame alone is only 3 % off
+    flicker = [g * (1.03 if t % 2 else 0.97) for t, g in enumerate(gts)]
+    assert temporal_alignment_error(flicker, gts, K, poses) == pytest.approx(0.06 / 0.97 / 2 + 0.06 / 1.03 / 2, rel=0.02)
+
+
+def test_occluded_and_invalid_pixels_are_not_scored():
+    (p0, p1), (d0, d1) = sequence(2)
+    gt1 = d1.copy()
+    gt1[:, :20] = 1.0  # an object in front in frame 1 only: those pixels are not co-visible
+    pred0 = d0.copy()
+    pred0[0, 0] = np.nan
+    e = reprojection_error(pred0, d1, d0, gt1, K, relative_pose(p0, p1))
+    assert np.isnan(e[0, 0]) and np.isfinite(e).sum() > 0.3 * e.size
+    uv, _ = reproject(d0, K, K, relative_pose(p0, p1))
+    assert np.isnan(e[np.nan_to_num(uv[..., 0], nan=-1) < 19]).all()
+    assert np.nanmax(e) < 1e-3  # frame 1's prediction is the plane there: what is scored is right
+
+
+def test_too_few_frames_is_a_clear_error():
+    poses, gts = sequence(2)
+    with pytest.raises(ValueError, match="two or more frames"):
+        temporal_alignment_error(gts[:1], gts[:1], K, poses[:1])
