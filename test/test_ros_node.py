@@ -179,14 +179,14 @@ def test_publish_is_reported_as_the_nodes_own_time_and_wall_time(system):
 
 
 class Paused(SharpDepthPipeline):
-    """The real pipeline; each call notes the processing_res it starts with, then waits for the test."""
+    """The real pipeline; each call notes the processing_res it is given, then waits for the test."""
 
-    def __call__(self, image, K=None, seed=None):
-        self.started_with.append(self.processing_res)
+    def __call__(self, image, K=None, seed=None, processing_res=None, difference=None):
+        self.started_with.append(processing_res or self.processing_res)
         self.entered.set()
         assert self.release.wait(30)
         self.release.clear()
-        return super().__call__(image, K=K, seed=seed)
+        return super().__call__(image, K=K, seed=seed, processing_res=processing_res, difference=difference)
 
 
 def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context, tiny_pipeline_dir):
@@ -204,8 +204,7 @@ def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context,
     reference = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
     expected = {}
     for res in (64, 96):
-        reference.processing_res = res
-        expected[res] = reference(scene.rgb, K=scene.K, seed=0).depth[0, 0].numpy()
+        expected[res] = reference(scene.rgb, K=scene.K, seed=0, processing_res=res).depth[0, 0].numpy()
     assert not np.allclose(expected[64], expected[96], rtol=1e-3)
     try:
         with Spinner(ros_context, node, probe.node):
