@@ -28,6 +28,7 @@ from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros import loaders
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
@@ -248,7 +249,7 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
 
     # model '' is the embedded synthetic-scene models: said at WARN level (a folder stands in for them here)
-    monkeypatch.setattr(node_module, "EMBEDDED_DIR", tiny_pipeline_dir)
+    monkeypatch.setattr(loaders, "EMBEDDED_DIR", tiny_pipeline_dir)
     node = SharpDepthNode(context=ros_context, namespace="start2", parameter_overrides=node_parameters("", publish_colored=False))
     node.destroy_node()
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
