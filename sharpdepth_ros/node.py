@@ -1,7 +1,7 @@
 """The SharpDepth ROS 2 node: camera image + CameraInfo in, metric depth, CameraInfo and point cloud out.
 
-A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline`: messages are converted in
-`conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
+A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline` (loaded by `loaders`): messages
+are converted in `conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
 owns (never in executor callbacks, where `torch.compile` and long calls misbehave): the image
 callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
 them. Bad input of any kind costs one throttled log line and that frame, never the node.
