@@ -96,9 +96,8 @@ def add_predict(sub) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help=_device_help())
     p.add_argument("--threads", type=positive_int, default=default_threads(), metavar="N",
-                   help=f"CPU threads for PyTorch (default: half the cores available, here {default_threads()}). "
-                   "Measured on a 2-core machine: with another process running, 2 threads made a frame 15-21x slower "
-                   "than 1 thread; idle, 2 threads were only 1.16x faster. Use all cores only on an idle machine")
+                   help=f"CPU threads for PyTorch (default: half the cores available, here {default_threads()}); "
+                   "use all cores only on an otherwise idle machine (README: Images)")
     p.add_argument("--max-input-pixels", type=non_negative_int, default=DEFAULT_MAX_INPUT_PIXELS, metavar="N",
                    help=f"refuse images above N pixels, from the file header before decoding (default {DEFAULT_MAX_INPUT_PIXELS:,}"
                    "; 0: no limit of ours, Pillow's decompression-bomb limit still applies)")
@@ -234,13 +233,11 @@ def _load_pipeline(args, device):
 
     quiet_loading()  # one progress bar: ours
     dtype = getattr(torch, DTYPES[args.dtype])
-    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, difference=args.difference)
+    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, difference=args.difference,
+                   metric_at_input_res=args.metric_at_input_resolution)
     if args.student:
-        pipe = SharpDepthPipeline.from_pretrained(student=args.student, metric=args.metric, metric_path=args.metric_path, **options)
-    else:
-        pipe = SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)
-    pipe.metric_at_input_res = args.metric_at_input_resolution
-    return pipe
+        return SharpDepthPipeline.from_pretrained(student=args.student, metric=args.metric, metric_path=args.metric_path, **options)
+    return SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)
 
 
 def _uses_embedded_models(args) -> bool:
@@ -258,14 +255,10 @@ def _check_model_arguments(args) -> None:
         raise ValueError(f"--model {args.model}: no such folder")
 
 
-def run_predict(args) -> int:
-    import torch
-    from tqdm import tqdm
-
+def read_predict_arguments(args) -> tuple[list[Path], tuple | None, torch.device, Path] | None:
+    """(images, camera, device, output folder): everything checked that can be without the models;
+    None (said on stderr) when there is nothing to process."""
     from .engines import check_device
-    from .geometry import scale_intrinsics, unproject, write_ply
-    from .images import read_image_file
-    from .visualize import colorize_difference, difference_colour_bar, save_png
 
     _check_model_arguments(args)
     images, problems = find_images(args.inputs)
@@ -273,10 +266,16 @@ def run_predict(args) -> int:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
     if not images:
         print("sharpdepth predict: error: no images to process", file=sys.stderr)
-        return 1
+        return None
     camera = parse_intrinsics(args.intrinsics)
     device = check_device(args.device)
-    out = output_folder(args.out)
+    return images, camera, device, output_folder(args.out)
+
+
+def load_predict_pipeline(args, device):
+    """The pipeline predict runs (on `args.threads` CPU threads), with a note when its depth means little."""
+    import torch
+
     torch.set_num_threads(args.threads)
     pipe = _load_pipeline(args, device)
     if pipe.untrained:
@@ -284,6 +283,78 @@ def run_predict(args) -> int:
     if _uses_embedded_models(args):
         print("sharpdepth predict: note: the embedded models are small models trained on synthetic rooms only, not for "
               "real cameras; for photographs pass full-size models with --model or --student", file=sys.stderr)
+    return pipe
+
+
+def predict_image(pipe, path: Path, camera, args):
+    """(rgb, the pipeline's output) for one image file, or None when it cannot be used (said in one line).
+    Warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps."""
+    from tqdm import tqdm
+
+    from .geometry import scale_intrinsics
+    from .images import read_image_file
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rgb = read_image_file(path, args.max_input_pixels or None)
+            K = None
+            if camera is not None:
+                K, calib_hw = camera
+                if calib_hw is not None and calib_hw != rgb.shape[:2]:
+                    K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
+            result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
+        except ValueError as exc:
+            message = str(exc)
+            tqdm.write(message if message.startswith(str(path)) else f"{path}: error: {message}", file=sys.stderr)
+            return None
+    for w in dict.fromkeys(str(w.message) for w in caught):
+        tqdm.write(f"sharpdepth predict: warning: {path}: {w}", file=sys.stderr)
+    return rgb, result
+
+
+def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One image's files (OUTPUT_SUFFIXES) in `out`; returns its (depth, difference map)."""
+    from .geometry import unproject, write_ply
+    from .visualize import colorize_difference, difference_colour_bar, save_png
+
+    depth = result.depth[0, 0].float().cpu().numpy()
+    metric = result.metric_depth[0, 0].float().cpu().numpy()
+    e = result.difference[0, 0].float().cpu().numpy()
+    depth_color, metric_color = depth_pictures(depth, metric)
+    _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
+    save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
+    save_png(out / f"{stem}_depth_color.png", depth_color)
+    _save_npy(out / f"{stem}_metric_depth.npy", metric.astype(np.float32))
+    save_png(out / f"{stem}_metric_depth_color.png", metric_color)
+    save_png(out / f"{stem}_difference.png", np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])]))
+    if ply:
+        write_ply(out / f"{stem}.ply", unproject(depth, result.K[0].cpu().numpy()), rgb)
+    return depth, e
+
+
+def summary_line(path: Path, rgb: np.ndarray, depth: np.ndarray, e: np.ndarray, result) -> str:
+    """What predict says about one image on stdout: size, depth range, trusted share, time, fallback."""
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    line = (
+        f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, depth {valid.min():.2f}-{valid.max():.2f} m (median {np.median(valid):.2f})"
+        if valid.size else f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, no valid depth"
+    )
+    line += f", e<0.5 on {100 * float((e < 0.5).mean()):.0f}%, {result.timings['total']:.2f} s"
+    if result.fallback[0]:
+        line += ", FALLBACK: degenerate fit, metric backend depth written"
+    return line
+
+
+def run_predict(args) -> int:
+    """Read the arguments, load the models, then per image: predict it and write its outputs."""
+    from tqdm import tqdm
+
+    checked = read_predict_arguments(args)
+    if checked is None:
+        return 1
+    images, camera, device, out = checked
+    pipe = load_predict_pipeline(args, device)
     out.mkdir(parents=True, exist_ok=True)
     ours = _read_record(out)
     done, stems = 0, set()
@@ -298,47 +369,15 @@ def run_predict(args) -> int:
             tqdm.write(f"{path}: error: {out / theirs[0]} exists and was not written by sharpdepth predict; not overwritten "
                        "(choose another --out, or move it away)", file=sys.stderr)
             continue
-        # warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                rgb = read_image_file(path, args.max_input_pixels or None)
-                K = None
-                if camera is not None:
-                    K, calib_hw = camera
-                    if calib_hw is not None and calib_hw != rgb.shape[:2]:
-                        K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
-                result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
-            except ValueError as exc:
-                message = str(exc)
-                tqdm.write(message if message.startswith(str(path)) else f"{path}: error: {message}", file=sys.stderr)
-                continue
-        for w in dict.fromkeys(str(w.message) for w in caught):
-            tqdm.write(f"sharpdepth predict: warning: {path}: {w}", file=sys.stderr)
-        depth = result.depth[0, 0].float().cpu().numpy()
-        metric = result.metric_depth[0, 0].float().cpu().numpy()
-        e = result.difference[0, 0].float().cpu().numpy()
+        predicted = predict_image(pipe, path, camera, args)
+        if predicted is None:
+            continue
+        rgb, result = predicted
         if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
             ours.update(names)
             _write_record(out, ours)
-        depth_color, metric_color = depth_pictures(depth, metric)
-        _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
-        save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
-        save_png(out / f"{stem}_depth_color.png", depth_color)
-        _save_npy(out / f"{stem}_metric_depth.npy", metric.astype(np.float32))
-        save_png(out / f"{stem}_metric_depth_color.png", metric_color)
-        save_png(out / f"{stem}_difference.png", np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])]))
-        if args.ply:
-            write_ply(out / f"{stem}.ply", unproject(depth, result.K[0].cpu().numpy()), rgb)
-        valid = depth[np.isfinite(depth) & (depth > 0)]
-        summary = (
-            f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, depth {valid.min():.2f}-{valid.max():.2f} m (median {np.median(valid):.2f})"
-            if valid.size else f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, no valid depth"
-        )
-        summary += f", e<0.5 on {100 * float((e < 0.5).mean()):.0f}%, {result.timings['total']:.2f} s"
-        if result.fallback[0]:
-            summary += ", FALLBACK: degenerate fit, metric backend depth written"
-        tqdm.write(summary, file=sys.stdout)
+        depth, e = write_outputs(out, stem, rgb, result, args.ply)
+        tqdm.write(summary_line(path, rgb, depth, e, result), file=sys.stdout)
         done += 1
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)

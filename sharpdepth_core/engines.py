@@ -32,7 +32,7 @@ from .models.student import DiffusionDepthModel
 
 ENGINES = ("pytorch", "onnx", "tensorrt")
 log = logging.getLogger(__name__)
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
 
 
 class DeviceUnavailable(ValueError):
@@ -48,10 +48,10 @@ def check_device(name: str) -> torch.device:
     """A device name (auto, cpu, cuda, cuda:N, mps) as a torch.device that exists on this machine,
     checked before any model loads; ValueError (one line) otherwise, DeviceUnavailable for a
     device this machine lacks. auto: cuda when available."""
-    m = _DEVICE.match(str(name))
-    if not m or (m[2] is not None and m[1] != "cuda"):
+    m = DEVICE_NAME.match(str(name))
+    if not m:
         raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-    kind = m[1]
+    kind = m[1] or "cuda"
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":

@@ -35,9 +35,6 @@ FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by
 PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
-# The fast settings' difference map: a shortcut only where its accuracy change stayed within the exact
-# path's own run-to-run spread on held-out scenes (bench/pipeline.py, bench/RESULTS.md); else exact.
-FAST_DIFFERENCE = "exact"
 
 
 @dataclass
@@ -108,11 +105,12 @@ class _Clock:
 
 
 class SharpDepthPipeline:
-    """Sharp metric depth from one image: `pipeline(image, K=None, seed=None) -> SharpDepthOutput`.
+    """Sharp metric depth from one image: `pipeline(image, K=None, seed=None, processing_res=None,
+    difference=None) -> SharpDepthOutput`; the per-frame settings left None are the pipeline's own.
 
     By default every step is the reference code's (docs/METHOD.md, "Inference"), so released weights
     give the reference's numbers. Options, each a named departure:
-    - processing_res: longer edge of the diffusion grid (None: the input size).
+    - processing_res: longer edge of the diffusion grid (None: the input size); a call may override it.
     - metric_at_input_res: run f_D on the full-size input and resize its depth onto the grid
       (antialiased) instead of running it on the grid image.
     - pass_k_to_metric: give a known camera K (scaled to where f_D runs) to the metric backend; the
@@ -120,7 +118,7 @@ class SharpDepthPipeline:
     - difference_fit_first: the paper's difference map (d̃ least-squares fitted to d first).
     - difference: how e is made: "exact" (VAE decode of the affine pass, the reference), "light"
       (a small decoder trained to reproduce the VAE's depth output, `light_decoder`), or "latent"
-      (|ẑ_a - z_d| on the latent grid, no decode at all).
+      (|ẑ_a - z_d| on the latent grid, no decode at all); a call may override it.
     untrained: the weights are random (tiny models), so anything showing the output must say so.
     engine: runs the UNet and VAE calls (`engines`; default the student's own modules). camera: the
     camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
@@ -140,31 +138,24 @@ class SharpDepthPipeline:
         light_decoder: LightDepthDecoder | None = None,
         camera: dict | None = None,
     ):
-        if processing_res is not None and (not isinstance(processing_res, int) or processing_res < 8):
-            raise ValueError(f"processing_res must be an integer >= 8 or None, got {processing_res!r}")
         self.student, self.metric_model = student, metric_model
-        self.processing_res = processing_res
+        self.processing_res = _checked_processing_res(processing_res)
         self.difference_fit_first = difference_fit_first
         self.pass_k_to_metric = pass_k_to_metric
         self.metric_at_input_res = metric_at_input_res
         self.untrained = untrained
         self.engine = engine if engine is not None else TorchEngine(student)
         self.light_decoder = light_decoder
-        self.difference = difference  # validated by the setter below
+        self.difference = self._checked_difference(difference)
         self.camera = camera
 
-    @property
-    def difference(self) -> str:
-        return self._difference
-
-    @difference.setter
-    def difference(self, method: str) -> None:
+    def _checked_difference(self, method: str) -> str:
         if method not in DIFFERENCE_METHODS:
             raise ValueError(f"difference must be one of {', '.join(DIFFERENCE_METHODS)}, got {method!r}")
         if method == "light" and self.light_decoder is None:
             raise ValueError("difference 'light' needs a light depth decoder (light_decoder/ in the pipeline folder; "
                              "train one with train/light_decoder.py)")
-        self._difference = method
+        return method
 
     @property
     def device(self) -> torch.device:
@@ -178,10 +169,13 @@ class SharpDepthPipeline:
         return self
 
     @torch.no_grad()
-    def __call__(self, image, K=None, seed: int | None = None) -> SharpDepthOutput:
+    def __call__(self, image, K=None, seed: int | None = None, processing_res: int | None = None,
+                 difference: str | None = None) -> SharpDepthOutput:
         """image: uint8 HxWx3 numpy or float [B, 3, H, W] in [0, 1]; K: [3, 3] or [B, 3, 3]; seed: makes
-        both noise draws reproducible. All outputs are at the input size."""
-        res = self.processing_res  # read once: the node may change it from another thread mid-frame
+        both noise draws reproducible; processing_res, difference: this call's (None: the pipeline's).
+        All outputs are at the input size."""
+        res = self.processing_res if processing_res is None else _checked_processing_res(processing_res)
+        method = self.difference if difference is None else self._checked_difference(difference)
         clock = _Clock(self.device)
         image = as_image_batch(image).to(self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
@@ -203,7 +197,7 @@ class SharpDepthPipeline:
             z_a = engine.unet(z_i, eps1)
 
         # 4. difference map e = |dec(ẑ_a) - d_n| / max, and its latent-grid version ê (nearest)
-        e, e_hat = self._difference_map(z_a, z_d, d_n, clock)
+        e, e_hat = self._difference_map(method, z_a, z_d, d_n, clock)
 
         # 5-6. noise-aware gating, sharpening pass: ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2) + (1 - ê) ⊙ z_d)
         with clock("sharpen_pass"):
@@ -234,13 +228,14 @@ class SharpDepthPipeline:
         )
 
     @torch.no_grad()
-    def metric_depth(self, image, K=None) -> Tensor:
-        """f_D's depth at the input size, exactly as a full call computes it (same grid, same K use):
-        the teacher's output beside SharpDepth's, for comparisons."""
+    def metric_depth(self, image, K=None, processing_res: int | None = None) -> Tensor:
+        """f_D's depth at the input size, exactly as a full call with the same arguments computes it
+        (same grid, same K use): the teacher's output beside SharpDepth's, for comparisons."""
+        res = self.processing_res if processing_res is None else _checked_processing_res(processing_res)
         image = as_image_batch(image).to(self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
-        x, plan = resize_and_pad(image, self.processing_res, self.engine.downsample_factor)
-        return self._metric_depth(image, x, plan, K, self.processing_res)[1]
+        x, plan = resize_and_pad(image, res, self.engine.downsample_factor)
+        return self._metric_depth(image, x, plan, K, res)[1]
 
     def _metric_depth(self, image: Tensor, x: Tensor, plan: Resize, K: Tensor | None, res: int | None) -> tuple[Tensor, Tensor, Tensor]:
         """(d on the processing grid, f_D's depth at the input size, the K f_D stands for at the input size).
@@ -256,16 +251,16 @@ class SharpDepthPipeline:
         metric = self.metric_model(x, K_grid)
         return metric.depth, unpad_and_resize(metric.depth, plan), scale_intrinsics(metric.K, plan.resized_hw, plan.input_hw)
 
-    def _difference_map(self, z_a: Tensor, z_d: Tensor, d_n: Tensor, clock: _Clock) -> tuple[Tensor, Tensor]:
-        """e on the processing grid and ê on the latent grid, by `self.difference` (see the class)."""
+    def _difference_map(self, method: str, z_a: Tensor, z_d: Tensor, d_n: Tensor, clock: _Clock) -> tuple[Tensor, Tensor]:
+        """e on the processing grid and ê on the latent grid, made by `method` (see the class)."""
         latent_hw = tuple(z_a.shape[-2:])
-        if self.difference == "latent":
+        if method == "latent":
             with clock("difference"):
                 e_hat = latent_difference(z_a, z_d)
                 e = F.interpolate(e_hat, size=tuple(d_n.shape[-2:]), mode="bilinear", align_corners=False)
             return e, e_hat
         with clock("decode"):
-            d_tilde = self.engine.decode_depth(z_a) if self.difference == "exact" else self.light_decoder(z_a)
+            d_tilde = self.engine.decode_depth(z_a) if method == "exact" else self.light_decoder(z_a)
         with clock("difference"):
             e = difference_map(d_tilde, d_n, fit_first=self.difference_fit_first)
             return e, downsample_to_latent(e, latent_hw)
@@ -292,12 +287,14 @@ class SharpDepthPipeline:
         dtype: torch.dtype = torch.float32,
         processing_res: int | None = None,
         difference: str = "exact",
+        metric_at_input_res: bool = False,
     ) -> "SharpDepthPipeline":
         """Either a pipeline folder (`student/`, `pipeline.json`, and `metric/` unless pipeline.json
         names the metric weights; default: the embedded models), or components: `student` (folder or
         hub id, e.g. jingheya/lotus-depth-g-v1-0) and `metric` (a backend name) with `metric_path`
         (default: that backend's usual hub id). A student saved by the trainer has a pipeline.json
-        beside it that supplies the metric backend and the processing resolution it was trained at."""
+        beside it that supplies the metric backend and the processing resolution it was trained at.
+        processing_res, difference, metric_at_input_res: the pipeline's defaults (see the class)."""
         if student is None:
             folder = Path(path) if path is not None else EMBEDDED_DIR
             if not folder.is_dir():
@@ -323,6 +320,7 @@ class SharpDepthPipeline:
             difference_fit_first=bool(config.get("difference_fit_first", False)),
             untrained=bool(config.get("untrained", False)),
             difference=difference,
+            metric_at_input_res=metric_at_input_res,
             light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
             camera=config.get("camera"),
         )
@@ -350,6 +348,12 @@ class SharpDepthPipeline:
                 self.light_decoder.save_pretrained(tmp / LIGHT_DECODER_DIR)
             (tmp / PIPELINE_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
         return Path(path)
+
+
+def _checked_processing_res(value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or value < 8):
+        raise ValueError(f"processing_res must be an integer >= 8 or None, got {value!r}")
+    return value
 
 
 # pipeline.json fields and their types; anything else in the file is ignored

@@ -1,7 +1,7 @@
 """The SharpDepth ROS 2 node: camera image + CameraInfo in, metric depth, CameraInfo and point cloud out.
 
-A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline`: messages are converted in
-`conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
+A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline` (loaded by `loaders`): messages
+are converted in `conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
 owns (never in executor callbacks, where `torch.compile` and long calls misbehave): the image
 callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
 them. Bad input of any kind costs one throttled log line and that frame, never the node.
@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -30,12 +29,11 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.engines import DeviceUnavailable, check_device, load_engine
+from sharpdepth_core.engines import DEVICE_NAME
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
-from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.models.metric import METRIC_BACKENDS
-from sharpdepth_core.pipeline import DIFFERENCE_METHODS, SharpDepthPipeline
+from sharpdepth_core.pipeline import DIFFERENCE_METHODS
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -50,6 +48,7 @@ from sharpdepth_ros.conversions import (
     pinhole_K,
     remember,
 )
+from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
@@ -57,72 +56,11 @@ try:  # diagnostic_msgs is optional: the periodic log line carries the same numb
 except ImportError:  # pragma: no cover - depends on the installation
     DiagnosticArray = None
 
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 THROTTLE_S = 5.0
 MAX_CAMERAS = 8  # camera_info kept for this many frame_ids (the latest ones): memory stays bounded
 MAX_PROBLEMS = 64  # kinds of problem whose last log time is remembered
 CAMERA_INFO_GRACE_S = 2.0  # images wait this long for a first camera_info before the fov_deg fallback
 SHUTDOWN_GRACE_S = 2.0  # how long shutdown waits for a frame in progress to finish
-
-
-def resolve_device(name: str) -> str:
-    """The torch device to load on; a device this machine lacks is a one-line ValueError (a FATAL
-    line at start-up), not torch's assertion from deep inside the first `.to()`."""
-    try:
-        return str(check_device(name))
-    except DeviceUnavailable as exc:
-        raise ValueError(f"device '{name}' is not available: {exc.reason}; use device:=cpu or auto") from None
-
-
-def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
-    """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
-    embedded models) or on a student + metric backend."""
-    device = resolve_device(settings["device"])
-    return SharpDepthPipeline.from_pretrained(
-        None if settings["student"] else (settings["model"] or EMBEDDED_DIR),
-        student=settings["student"] or None,
-        metric=settings["metric_backend"] or None,
-        metric_path=settings["metric_model"] or None,
-        device=device,
-        dtype=DTYPES[settings["dtype"]],
-        processing_res=settings["processing_res"] or None,
-        difference=settings["difference_map"],
-    )
-
-
-def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
-    """onnx / tensorrt: the same pipeline, its networks run from a `sharpdepth export` folder (the
-    metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
-    (`sharpdepth export --tensorrt`), so the first frame may take minutes. An export made for another
-    processing grid or of another student is refused here, in one line, instead of every frame."""
-    from pathlib import Path
-
-    from sharpdepth_core.export import ExportManifest, check_export_matches, student_weights_sha256
-    from sharpdepth_core.models import resolve_model_dir
-
-    pipe = load_pytorch_pipeline(settings)
-    if settings["engine_dir"]:
-        student = settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student"
-        check_export_matches(
-            ExportManifest.load(settings["engine_dir"]), settings["engine_dir"], pipe.processing_res,
-            lambda: student_weights_sha256(resolve_model_dir(student, "student model")),
-        )
-    pipe.engine = load_engine(
-        settings["engine"],
-        export_dir=settings["engine_dir"] or None,
-        device=pipe.device,
-        cache_dir=settings["engine_cache"] or None,
-    )
-    return pipe
-
-
-# Engine name -> loader(settings) -> callable(rgb uint8 HxWx3, K=..., seed=...) -> SharpDepthOutput.
-ENGINES: dict[str, Callable[[dict], object]] = {
-    "pytorch": load_pytorch_pipeline,
-    "onnx": load_exported_pipeline,
-    "tensorrt": load_exported_pipeline,
-}
 
 
 class BadModelOutput(ValueError):
@@ -142,8 +80,8 @@ PARAMETERS = {
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
     "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
     "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
-    "num_threads": (1, descriptor("PyTorch CPU threads of this process; 0 = PyTorch's default (one per core), which ran 15-21x "
-                                  "slower than 1 on a 2-core machine shared with other work", INT, read_only=True, integer=(0, 1024))),
+    "num_threads": (1, descriptor("PyTorch CPU threads of this process: 1 unless the machine does nothing else (README: "
+                                  "ROS 2); 0 = PyTorch's default, one per core", INT, read_only=True, integer=(0, 1024))),
     "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
@@ -177,39 +115,15 @@ def validate(name: str, value) -> str | None:
         return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
     if name == "processing_res" and 0 < value < 64:
         return f"processing_res {value} is below 64 (0 = the model's default)"
-    if name == "engine" and value not in ENGINES:
-        return f"engine '{value}' is not available (available: {', '.join(ENGINES)})"
-    if name == "device" and not DEVICE.match(value):
+    if name == "engine" and value not in PIPELINE_LOADERS:
+        return f"engine '{value}' is not available (available: {', '.join(PIPELINE_LOADERS)})"
+    if name == "device" and not DEVICE_NAME.match(value):
         return f"device '{value}' is not auto, cpu, cuda, cuda:N or mps"
     if name == "dtype" and value not in DTYPES:
         return f"dtype '{value}' is not one of {', '.join(DTYPES)}"
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
-
-
-def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
-    """The start-up line (what runs, where, at which grid: a mistyped parameter shows here) and
-    whether it is the embedded synthetic-scene models."""
-    embedded = not supplied and not settings["student"] and not settings["model"]
-    if supplied:
-        model = "a pipeline supplied in-process"
-    elif settings["student"]:
-        model = f"student {settings['student']}"
-    elif settings["model"]:
-        model = f"model {settings['model']}"
-    else:
-        model = f"the EMBEDDED synthetic-scene models ({EMBEDDED_DIR}): not for real cameras (set model or student)"
-    student = getattr(pipeline, "student", None)
-    parts = [
-        f"metric backend {getattr(getattr(pipeline, 'metric_model', None), 'name', 'unknown')}",
-        f"device {getattr(pipeline, 'device', 'unknown')}",
-        f"dtype {str(getattr(student, 'dtype', 'unknown')).removeprefix('torch.')}",
-        f"processing grid {getattr(pipeline, 'processing_res', 'unknown')} px (longer edge)",
-        f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),
-        f"{torch.get_num_threads()} CPU thread(s)",
-    ]
-    return f"SharpDepth: {model}; " + ", ".join(parts), embedded
 
 
 @dataclass
@@ -238,24 +152,48 @@ class SharpDepthNode(Node):
     def __init__(self, pipeline=None, **node_kwargs) -> None:
         node_kwargs.setdefault("namespace", "camera")
         super().__init__("sharpdepth", **node_kwargs)
-        self._settings: dict = {}
+        # first: destroy_node needs them, also for a node whose start failed (rclpy destroys it at shutdown)
         self._lock = threading.Condition()
         self._publishing = threading.Lock()  # held while outputs go out; shutdown waits for it
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._declare_parameters()
+        self.pipeline = self._load_pipeline(pipeline)
+        self._init_state()
+        image_topic = self._connect()
+        self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"SharpDepth ready: {image_topic} -> {self.resolve_topic_name('depth/image')}, "
+                               f"{self.resolve_topic_name('points')}")
+
+    def _declare_parameters(self) -> None:
+        """Declare every parameter (each value checked as it is declared: a bad one stops the start)
+        and keep the values as declared; later sets are checked the same way and applied once set."""
+        self.add_on_set_parameters_callback(self._check_parameters)
         for name, (default, desc) in PARAMETERS.items():
             self.declare_parameter(name, default, desc)
+        self._settings = {name: self.get_parameter(name).value for name in PARAMETERS}
+        if hasattr(self, "add_post_set_parameters_callback"):
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble's rclpy (the floor) has no post-set callback: apply where a set is accepted
+            self.remove_on_set_parameters_callback(self._check_parameters)
+            self.add_on_set_parameters_callback(self._check_and_apply_parameters)
 
+    def _load_pipeline(self, pipeline):
+        """The supplied pipeline, else the one the parameters name, loaded on num_threads CPU threads;
+        the start-up lines say what runs."""
         if self._settings["num_threads"]:
             torch.set_num_threads(self._settings["num_threads"])  # before the models load and warm up
         supplied = pipeline is not None
         quiet_loading()  # the start-up line below says what loaded
-        self.pipeline = pipeline if supplied else ENGINES[self._settings["engine"]](self._settings)
-        self._model_res = self.pipeline.processing_res  # what processing_res 0 restores
-        self.pipeline.processing_res = self._settings["processing_res"] or self._model_res  # no frame runs yet
-        line, embedded = describe(self._settings, self.pipeline, supplied)
+        if not supplied:
+            pipeline = PIPELINE_LOADERS[self._settings["engine"]](self._settings)
+        line, embedded = describe(self._settings, pipeline, supplied)
         (self.get_logger().warning if embedded else self.get_logger().info)(line)
-        if getattr(self.pipeline, "untrained", False):
+        if getattr(pipeline, "untrained", False):
             self.get_logger().warning("UNTRAINED random-weight models: the depth means nothing, only the plumbing is real")
+        return pipeline
+
+    def _init_state(self) -> None:
+        """What the callbacks and the worker share (under `_lock`), and the worker's own helpers."""
         self.stats = Stats()
         self._cloud = PointCloudBuilder()
         self._rectifier = Rectifier()
@@ -268,11 +206,14 @@ class SharpDepthNode(Node):
         self.last_rejection = ""
         self._reported = (time.monotonic(), Stats())
 
+    def _connect(self) -> str:
+        """Subscriptions, publishers and the statistics timer; returns the image topic subscribed."""
         sensor = qos_profile_sensor_data
         override = QoSOverridingOptions.with_default_policies()
         image_topic = self.resolve_topic_name("image_raw")  # remapped; '/compressed' follows the remap
         if self._settings["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, image_topic + "/compressed", self._on_compressed, sensor, qos_overriding_options=override)
+            image_topic += "/compressed"
+            self.create_subscription(CompressedImage, image_topic, self._on_compressed, sensor, qos_overriding_options=override)
         else:
             self.create_subscription(Image, "image_raw", self._on_image, sensor, qos_overriding_options=override)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, qos_overriding_options=override)
@@ -284,27 +225,31 @@ class SharpDepthNode(Node):
         self._pub_difference = self.create_publisher(Image, "depth/difference", out, qos_overriding_options=override)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
         self.create_timer(self._settings["stats_period"], self._report)
-
-        self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"SharpDepth ready: {image_topic}{'/compressed' if self._settings['image_transport'] == 'compressed' else ''} "
-            f"-> {self.resolve_topic_name('depth/image')}, {self.resolve_topic_name('points')}"
-        )
+        return image_topic
 
     # --- parameters -------------------------------------------------------------------------
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        """Reject a bad value with its reason; otherwise take all new values at once. Nothing else
-        changes here: the worker reads the settings once per frame and applies them itself."""
+    def _check_parameters(self, params) -> SetParametersResult:
+        """Reject a bad value with its reason (ranges and read-only are the descriptors' part)."""
         for p in params:
             reason = validate(p.name, p.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        settings = dict(self._settings)
-        settings.update({p.name: p.value for p in params})
-        self._settings = settings  # one assignment: the worker sees old or new settings, never a mix
         return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        """Take all new values of the node's parameters at once (rclpy's own, such as qos_overrides.*,
+        are not settings). Nothing else changes here: the worker reads the settings once per frame and
+        applies them itself."""
+        settings = dict(self._settings)
+        settings.update({p.name: p.value for p in params if p.name in PARAMETERS})
+        self._settings = settings  # one assignment: the worker sees old or new settings, never a mix
+
+    def _check_and_apply_parameters(self, params) -> SetParametersResult:
+        result = self._check_parameters(params)
+        if result.successful:
+            self._apply_parameters(params)
+        return result
 
     # --- input ------------------------------------------------------------------------------
 
@@ -399,7 +344,6 @@ class SharpDepthNode(Node):
 
     def _infer_and_publish(self, msg, decode, arrived: float) -> None:
         settings = self._settings  # one snapshot per frame: a parameter set meanwhile applies to the next
-        self.pipeline.processing_res = settings["processing_res"] or self._model_res
         t0 = time.perf_counter()
         rgb = decode(msg)
         info, calibrated = self._calibration(msg.header.frame_id, rgb.shape[:2], msg.header, settings)
@@ -409,8 +353,9 @@ class SharpDepthNode(Node):
             rgb, info, seen = self._rectifier(rgb, info)
             K = np.reshape(info.k, (3, 3))  # the rectified pinhole is on the image grid already
         t1 = time.perf_counter()
-        seed = None if settings["seed"] < 0 else settings["seed"]
-        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None, seed=seed)
+        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None,
+                            seed=None if settings["seed"] < 0 else settings["seed"],
+                            processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
         t2 = time.perf_counter()
         depth = _image_of(out.depth)
         bad = int((~np.isfinite(depth)).sum())

@@ -85,15 +85,32 @@ def test_image_latent_encoded_once_and_processing_resolution_used(pipe, monkeypa
     vae_encode, student_forward = pipe.student.vae.encode, pipe.student.forward
     monkeypatch.setattr(pipe.student.vae, "encode", lambda x: encoded.append(x.shape) or vae_encode(x))
     monkeypatch.setattr(pipe.student, "forward", lambda zi, zd: unet_inputs.append((zi, zd)) or student_forward(zi, zd))
-    pipe.processing_res = 32
-    try:
-        out = pipe(rgb, seed=0)
-    finally:
-        pipe.processing_res = 64
+    out = pipe(rgb, seed=0, processing_res=32)
     assert encoded == [(1, 3, 24, 32), (1, 3, 24, 32)]  # one image encode, one depth encode
     assert len(unet_inputs) == 2 and unet_inputs[0][0] is unet_inputs[1][0]  # z_i reused by both passes
     assert unet_inputs[0][0].shape == (1, 4, 3, 4)  # longer edge 32 -> latent 3 x 4
     assert out.depth.shape == (1, 1, 48, 64)
+
+
+def test_per_call_settings_apply_to_that_call_only(pipe):
+    """processing_res and difference given to a call are that call's; the pipeline's defaults stay."""
+    rgb, K = scene_image(6)
+    default = pipe(rgb, K=K, seed=0)
+    at_32 = SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=32)(rgb, K=K, seed=0)
+    latent = SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=64, difference="latent")(rgb, K=K, seed=0)
+    assert not torch.allclose(at_32.depth, default.depth) and not torch.allclose(latent.difference, default.difference)
+    assert torch.equal(pipe(rgb, K=K, seed=0, processing_res=32).depth, at_32.depth)
+    assert torch.equal(pipe.metric_depth(rgb, K=K, processing_res=32), at_32.metric_depth)
+    out = pipe(rgb, K=K, seed=0, difference="latent")
+    assert torch.equal(out.depth, latent.depth) and torch.equal(out.difference, latent.difference)
+    assert (pipe.processing_res, pipe.difference) == (64, "exact")
+    assert torch.equal(pipe(rgb, K=K, seed=0).depth, default.depth)
+    with pytest.raises(ValueError, match="processing_res must be an integer >= 8 or None, got 4"):
+        pipe(rgb, processing_res=4)
+    with pytest.raises(ValueError, match="difference 'light' needs a light depth decoder"):
+        pipe(rgb, difference="light")
+    with pytest.raises(ValueError, match="difference must be one of exact, light, latent, got 'fast'"):
+        pipe(rgb, difference="fast")
 
 
 def test_final_fit_uses_only_pixels_with_low_difference():

@@ -40,11 +40,11 @@ class FaultInjection(SharpDepthPipeline):
 
     fault: str | None = None
 
-    def __call__(self, image, K=None, seed=None):
+    def __call__(self, image, K=None, seed=None, **settings):
         fault, self.fault = self.fault, None
         if fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        out = super().__call__(image, K=K, seed=seed)
+        out = super().__call__(image, K=K, seed=seed, **settings)
         if fault == "nan":
             out.depth[..., ::2, :] = float("nan")
         return out

@@ -41,9 +41,9 @@ class Recording(SharpDepthPipeline):
 
     calls: list
 
-    def __call__(self, image, K=None, seed=None):
+    def __call__(self, image, K=None, seed=None, **settings):
         self.calls.append((np.array(image), None if K is None else np.array(K)))
-        return super().__call__(image, K=K, seed=seed)
+        return super().__call__(image, K=K, seed=seed, **settings)
 
 
 def _node(ros_context, model_dir, namespace: str, **params):

@@ -28,6 +28,7 @@ from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros import loaders
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
@@ -179,14 +180,14 @@ def test_publish_is_reported_as_the_nodes_own_time_and_wall_time(system):
 
 
 class Paused(SharpDepthPipeline):
-    """The real pipeline; each call notes the processing_res it starts with, then waits for the test."""
+    """The real pipeline; each call notes the processing_res it is given, then waits for the test."""
 
-    def __call__(self, image, K=None, seed=None):
-        self.started_with.append(self.processing_res)
+    def __call__(self, image, K=None, seed=None, processing_res=None, difference=None):
+        self.started_with.append(processing_res or self.processing_res)
         self.entered.set()
         assert self.release.wait(30)
         self.release.clear()
-        return super().__call__(image, K=K, seed=seed)
+        return super().__call__(image, K=K, seed=seed, processing_res=processing_res, difference=difference)
 
 
 def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context, tiny_pipeline_dir):
@@ -204,8 +205,7 @@ def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context,
     reference = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
     expected = {}
     for res in (64, 96):
-        reference.processing_res = res
-        expected[res] = reference(scene.rgb, K=scene.K, seed=0).depth[0, 0].numpy()
+        expected[res] = reference(scene.rgb, K=scene.K, seed=0, processing_res=res).depth[0, 0].numpy()
     assert not np.allclose(expected[64], expected[96], rtol=1e-3)
     try:
         with Spinner(ros_context, node, probe.node):
@@ -249,7 +249,7 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
 
     # model '' is the embedded synthetic-scene models: said at WARN level (a folder stands in for them here)
-    monkeypatch.setattr(node_module, "EMBEDDED_DIR", tiny_pipeline_dir)
+    monkeypatch.setattr(loaders, "EMBEDDED_DIR", tiny_pipeline_dir)
     node = SharpDepthNode(context=ros_context, namespace="start2", parameter_overrides=node_parameters("", publish_colored=False))
     node.destroy_node()
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]

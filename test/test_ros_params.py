@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import rclpy
+import rclpy.node
 import torch
 import yaml
 from rcl_interfaces.srv import SetParameters
@@ -16,6 +17,7 @@ from ros_helpers import Spinner, node_parameters, ros_context, tiny_pipeline_dir
 
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros import replay as replay_module
+from sharpdepth_ros.loaders import PIPELINE_LOADERS
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
@@ -80,7 +82,24 @@ def test_valid_values_apply_at_run_time(node):
     assert node.pipeline.processing_res == 64  # 0 in the YAML = the model's own (its pipeline.json)
     assert all(r.successful for r in node.set_parameters([Parameter("processing_res", value=96), Parameter("cloud_decimation", value=4)]))
     assert node._settings["processing_res"] == 96 and node._settings["cloud_decimation"] == 4
+    assert node._settings == {name: node.get_parameter(name).value for name in node_module.PARAMETERS}  # only ours
     assert node.pipeline.processing_res == 64  # the worker applies it at its next frame, never under a running one
+
+
+def test_settings_are_the_declared_values_and_humbles_rclpy_still_applies_sets(ros_context, tiny_pipeline_dir, monkeypatch):
+    """The settings are read from the declared parameters; on an rclpy without post-set callbacks
+    (Humble's, the floor) a set is still checked, and applied only when accepted."""
+    monkeypatch.delattr(rclpy.node.Node, "add_post_set_parameters_callback")
+    humble = SharpDepthNode(context=ros_context, namespace="humble", parameter_overrides=node_parameters(tiny_pipeline_dir, seed=5))
+    try:
+        assert humble._settings == {name: humble.get_parameter(name).value for name in node_module.PARAMETERS}
+        assert humble._settings["seed"] == 5
+        refused = humble.set_parameters([Parameter("processing_res", value=32)])[0]
+        assert not refused.successful and "below 64" in refused.reason and humble._settings["processing_res"] == 0
+        assert humble.set_parameters([Parameter("processing_res", value=96)])[0].successful
+        assert humble._settings["processing_res"] == 96
+    finally:
+        humble.destroy_node()
 
 
 def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
@@ -105,6 +124,7 @@ def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
     "name, value, reason",
     [
         ("device", "gpu0", "device 'gpu0' is not auto, cpu, cuda, cuda:N or mps"),
+        ("device", "cpu:0", "device 'cpu:0' is not auto, cpu, cuda, cuda:N or mps"),
         ("engine", "openvino", "engine 'openvino' is not available (available: pytorch, onnx, tensorrt)"),
         ("metric_backend", "midas", "metric_backend 'midas' is not one of"),
         ("dtype", "float64", "dtype 'float64' is not one of"),
@@ -205,8 +225,8 @@ def test_onnx_engine_parameter_runs_the_exported_networks_and_matches_pytorch(ti
     from sharpdepth_core.synthetic import render_scene
 
     export_onnx(DiffusionDepthModel.from_pretrained(Path(tiny_pipeline_dir) / "student"), tmp_path / "onnx")
-    reference = node_module.ENGINES["pytorch"](_settings(model=str(tiny_pipeline_dir)))
-    exported = node_module.ENGINES["onnx"](_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")))
+    reference = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir)))
+    exported = PIPELINE_LOADERS["onnx"](_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")))
     assert isinstance(exported.engine, OnnxEngine)
     rgb = render_scene(3, 64, 48).rgb
     a, b = reference(rgb, seed=0), exported(rgb, seed=0)

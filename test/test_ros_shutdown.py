@@ -36,7 +36,7 @@ import rclpy
 import torch
 from torch.distributed import HashStore
 
-from sharpdepth_ros import node as node_module
+from sharpdepth_ros import loaders, node as node_module
 
 MODE, STARTED = sys.argv[1], sys.argv[2]
 
@@ -48,7 +48,7 @@ class StandIn:
 
     processing_res = 64
 
-    def __call__(self, image, K=None, seed=None):
+    def __call__(self, image, K=None, seed=None, processing_res=None):
         open(STARTED, "w").close()
         deadline = time.monotonic() + 120
         store = HashStore()
@@ -61,7 +61,7 @@ class StandIn:
         return SimpleNamespace(depth=np.full((h, w), 2.0, np.float32), difference=None, timings={}, fallback=[False])
 
 
-node_module.ENGINES["pytorch"] = lambda settings: StandIn()
+loaders.PIPELINE_LOADERS["pytorch"] = lambda settings: StandIn()
 sys.exit(node_module.main(["sharpdepth_node", "--ros-args", "-r", "__ns:=/shutdown", "-p", "device:=cpu",
                            "-p", "publish_colored:=false"]))
 '''

@@ -1,0 +1,98 @@
+"""The pipeline the depth node's parameters name: one loader per inference engine, and the start-up
+line that says what loaded (a mistyped parameter shows there). No ROS here: settings are a dict of
+the node's parameter values."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sharpdepth_core.engines import DeviceUnavailable, check_device, load_engine
+from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_core.pipeline import SharpDepthPipeline
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> str:
+    """The torch device to load on; a device this machine lacks is a one-line ValueError (a FATAL
+    line at start-up), not torch's assertion from deep inside the first `.to()`."""
+    try:
+        return str(check_device(name))
+    except DeviceUnavailable as exc:
+        raise ValueError(f"device '{name}' is not available: {exc.reason}; use device:=cpu or auto") from None
+
+
+def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
+    """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
+    embedded models) or on a student + metric backend."""
+    device = resolve_device(settings["device"])
+    return SharpDepthPipeline.from_pretrained(
+        None if settings["student"] else (settings["model"] or EMBEDDED_DIR),
+        student=settings["student"] or None,
+        metric=settings["metric_backend"] or None,
+        metric_path=settings["metric_model"] or None,
+        device=device,
+        dtype=DTYPES[settings["dtype"]],
+        processing_res=settings["processing_res"] or None,
+        difference=settings["difference_map"],
+    )
+
+
+def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
+    """onnx / tensorrt: the same pipeline, its networks run from a `sharpdepth export` folder (the
+    metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
+    (`sharpdepth export --tensorrt`), so the first frame may take minutes. An export made for another
+    processing grid or of another student is refused here, in one line, instead of every frame."""
+    from sharpdepth_core.export import ExportManifest, check_export_matches, student_weights_sha256
+    from sharpdepth_core.models import resolve_model_dir
+
+    pipe = load_pytorch_pipeline(settings)
+    if settings["engine_dir"]:
+        student = settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student"
+        check_export_matches(
+            ExportManifest.load(settings["engine_dir"]), settings["engine_dir"], pipe.processing_res,
+            lambda: student_weights_sha256(resolve_model_dir(student, "student model")),
+        )
+    pipe.engine = load_engine(
+        settings["engine"],
+        export_dir=settings["engine_dir"] or None,
+        device=pipe.device,
+        cache_dir=settings["engine_cache"] or None,
+    )
+    return pipe
+
+
+# The node's `engine` parameter -> loader(settings) -> callable(rgb uint8 HxWx3, K=..., seed=...,
+# processing_res=...) -> SharpDepthOutput.
+PIPELINE_LOADERS: dict[str, Callable[[dict], object]] = {
+    "pytorch": load_pytorch_pipeline,
+    "onnx": load_exported_pipeline,
+    "tensorrt": load_exported_pipeline,
+}
+
+
+def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
+    """The start-up line (what runs, where, at which grid) and whether it is the embedded
+    synthetic-scene models."""
+    embedded = not supplied and not settings["student"] and not settings["model"]
+    if supplied:
+        model = "a pipeline supplied in-process"
+    elif settings["student"]:
+        model = f"student {settings['student']}"
+    elif settings["model"]:
+        model = f"model {settings['model']}"
+    else:
+        model = f"the EMBEDDED synthetic-scene models ({EMBEDDED_DIR}): not for real cameras (set model or student)"
+    student = getattr(pipeline, "student", None)
+    grid = settings["processing_res"] or getattr(pipeline, "processing_res", "unknown")  # the grid frames will use
+    parts = [
+        f"metric backend {getattr(getattr(pipeline, 'metric_model', None), 'name', 'unknown')}",
+        f"device {getattr(pipeline, 'device', 'unknown')}",
+        f"dtype {str(getattr(student, 'dtype', 'unknown')).removeprefix('torch.')}",
+        f"processing grid {grid} px (longer edge)",
+        f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),
+        f"{torch.get_num_threads()} CPU thread(s)",
+    ]
+    return f"SharpDepth: {model}; " + ", ".join(parts), embedded
