@@ -165,8 +165,8 @@ def message_size(msg) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(bytes(msg.data))) as im:
             return im.height, im.width
-    except Image.DecompressionBombError:
-        return (1 << 16, 1 << 16)  # beyond Pillow's own limit: larger than any max_input_pixels
+    except Image.DecompressionBombError as exc:  # beyond Pillow's own limit (178 MP), as for files
+        raise ValueError(f"compressed image too large to decode safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"could not decode compressed image ({len(msg.data)} bytes, format '{msg.format}'): not a format "
                          "whose size can be read before decoding (JPEG, PNG, BMP, TIFF, WebP, PPM/PGM); refused") from exc

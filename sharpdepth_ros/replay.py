@@ -229,11 +229,11 @@ class ReplayPublisher(Node):
         self._params = p
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
+        self._said: set[str] = set()  # skipped frames already logged: a looping source says each once
         self._frames = self._open()
         self.published = 0
         self.done = False
         self._said_assumed = False
-        self._said: set[str] = set()  # skipped frames already logged: a looping source says each once
         qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
         self._image_pub = self.create_publisher(Image, "image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
