@@ -12,7 +12,6 @@ over rclpy refusing bombs is test_ros_bad_input.py's test of oversized frames.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import struct
@@ -120,7 +119,7 @@ def check_folder_reader(expect: dict, delivered: dict, lines: str, fifo_line: bo
     assert ("c_fifo.png: not a regular file" in lines) == fifo_line
 
 
-def test_folders_through_predict_trainer_and_replay(tmp_path, tiny_pipeline_dir, capsys, caplog):
+def test_folders_through_predict_trainer_and_replay(tmp_path, tiny_pipeline_dir, capsys):
     expect = corpus_folder(tmp_path / "corpus")
     # predict: outputs for the readable images only (decoded pixels are not an output: presence is checked)
     assert main(["predict", str(tmp_path / "corpus"), "--out", str(tmp_path / "out"), "--model", str(tiny_pipeline_dir)]) == 0
@@ -212,7 +211,7 @@ def check_message_reader(readable: dict, refused: dict, delivered: dict, lines: 
         assert refused[key] in line and "\n" not in line, (key, line)
 
 
-def test_frames_through_the_node_trainer_and_replay(tmp_path, caplog):
+def test_frames_through_the_node_trainer_and_replay(tmp_path):
     messages, readable, refused = corpus_messages()
     # the node's guard and conversions, message by message
     delivered, lines = {}, {}
@@ -244,7 +243,7 @@ def test_frames_through_the_node_trainer_and_replay(tmp_path, caplog):
     check_message_reader(readable, refused, delivered, lines)
 
 
-def test_truncated_recordings_are_recovered_by_the_trainer_and_the_replay(tmp_path, caplog):
+def test_truncated_recordings_are_recovered_by_the_trainer_and_the_replay(tmp_path):
     frames, bag, mcap = truncated_recording(tmp_path / "crashed")
     for path in (bag, mcap):
         said = []
