@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import DEFAULT_MAX_INPUT_PIXELS
+from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # What predict writes per image (<name> + suffix); an input folder's files named like these are skipped.
 OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy", "_metric_depth_color.png",

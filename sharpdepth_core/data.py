@@ -12,10 +12,8 @@ resumed run replays it. A corrupt image is skipped with a warning and counted in
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
-import struct
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +25,19 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from .files import atomic_write
-from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, compressed_to_rgb8, image_to_rgb8, read_image_file
+from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, message_to_rgb8, read_image_file
+from .recordings import (
+    IMAGE_MSGTYPES,
+    RecordingError,
+    is_recording,
+    no_image_reason,
+    open_recording,
+    reader_errors,
+    recording_parts,
+    truncation,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-BAG_SUFFIXES = (".mcap", ".db3", ".bag")
-IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 class DataError(ValueError):
@@ -52,9 +55,9 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -73,105 +76,12 @@ class ImageFolder:
 
 
 def decode_image_message(msg: object) -> np.ndarray:
-    """sensor_msgs Image (any encoding the node accepts, padded `step`) or CompressedImage -> uint8 RGB."""
+    """sensor_msgs Image (any encoding the node accepts, padded `step`) or CompressedImage -> uint8 RGB,
+    its size checked from the message header before anything is copied or decoded, as in the node."""
     try:
-        return image_to_rgb8(msg) if hasattr(msg, "encoding") else compressed_to_rgb8(msg)
+        return message_to_rgb8(msg, DEFAULT_MAX_INPUT_PIXELS)
     except ValueError as err:
         raise UnreadableImage(str(err)) from err
-
-
-def _complete_mcap_end(path: Path) -> int | None:
-    """None for a complete MCAP file (it ends with the magic bytes); for one cut short (a recorder
-    killed before writing its footer) the end of its last complete record in the data section."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size >= 2 * len(MCAP_MAGIC):
-            f.seek(size - len(MCAP_MAGIC))
-            if f.read() == MCAP_MAGIC:
-                return None
-        f.seek(0)
-        if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
-            return None  # not an MCAP file: rosbags says so
-        end = len(MCAP_MAGIC)
-        while end + 9 <= size:  # a record: opcode (1 byte), length (uint64), content
-            f.seek(end)
-            opcode, length = struct.unpack("<BQ", f.read(9))
-            if opcode in (0x02, 0x0F) or end + 9 + length > size:  # footer, data end, or the cut record
-                break
-            end += 9 + length
-    return end
-
-
-class _McapPrefix(io.RawIOBase):
-    """A read-only file: the first `end` bytes of an MCAP file, then an empty footer (no summary)."""
-
-    # Footer record (opcode 0x02, 20 bytes: summary start, summary offset start, CRC, all 0), magic.
-    TAIL = struct.pack("<BQQQI", 0x02, 20, 0, 0, 0) + MCAP_MAGIC
-
-    def __init__(self, path: Path, end: int):
-        super().__init__()
-        self._file, self._end, self._pos = open(path, "rb"), end, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end + len(self.TAIL)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._pos < self._end:
-            self._file.seek(self._pos)
-            n = self._file.readinto(view[: min(len(view), self._end - self._pos)])
-        else:
-            tail = self.TAIL[self._pos - self._end :][: len(view)]
-            view[: len(tail)] = tail
-            n = len(tail)
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-class _CompletePart:
-    """A truncated MCAP file as rosbags is given it (the few path methods its reader uses): the
-    complete records and an empty footer, which rosbags reads by scanning, as any unindexed MCAP."""
-
-    suffix = ".mcap"
-
-    def __init__(self, path: Path, end: int):
-        self.path, self.end = path, end
-
-    def exists(self) -> bool:
-        return True
-
-    def is_dir(self) -> bool:
-        return False
-
-    def open(self, mode: str = "rb") -> io.BufferedReader:
-        return io.BufferedReader(_McapPrefix(self.path, self.end))
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-def _reader_errors() -> tuple[type[Exception], ...]:
-    """What rosbags raises for a recording it cannot read (its high-level reader does not wrap all)."""
-    from rosbags.highlevel import AnyReaderError
-    from rosbags.rosbag1 import ReaderError as Rosbag1Error
-    from rosbags.rosbag2 import ReaderError as Rosbag2Error
-
-    return AnyReaderError, Rosbag1Error, Rosbag2Error
 
 
 def _camera_image_problem(topic: str, msg: object) -> str | None:
@@ -204,25 +114,14 @@ class RosbagImages:
         if not self.path.exists():
             raise FileNotFoundError(f"recording {self.path} does not exist")
         self._reader = None
-        self._parts = self._recording_parts()
         try:
-            with self._open() as reader:
+            self._parts = recording_parts(self.path)
+            with open_recording(self._parts) as reader:
                 self._build_index(reader, topics)
-        except _reader_errors() as err:
+        except RecordingError as err:
+            raise DataError(str(err)) from err
+        except reader_errors() as err:
             raise DataError(f"recording {self.path} cannot be read: {err}") from err
-
-    def _recording_parts(self) -> list[Path | _CompletePart]:
-        """What rosbags opens: the recording itself, or its MCAP files with any truncated one cut
-        to its complete records."""
-        files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
-        ends = {f: _complete_mcap_end(f) for f in files if f.suffix.lower() == ".mcap"}
-        complete = all(e is None for e in ends.values())
-        if complete and (self.path.is_file() or (self.path / "metadata.yaml").is_file()):
-            return [self.path]
-        parts = [_CompletePart(f, ends[f]) if ends.get(f) is not None else f for f in files]
-        if not parts:
-            raise DataError(f"recording {self.path}: no metadata.yaml and no .mcap file")
-        return parts
 
     def _build_index(self, reader, topics: Sequence[str] | None) -> None:
         image_conns = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
@@ -233,7 +132,7 @@ class RosbagImages:
                 raise DataError(f"{self.path}: no image topic {missing}; image topics are {available}")
             image_conns = [c for c in image_conns if c.topic in set(topics)]
         if not image_conns:  # (an empty connection list would mean "all topics" to rosbags)
-            raise DataError(f"no image messages in {self.path} (no Image/CompressedImage topic)")
+            raise DataError(f"no image messages in {self.path} (no Image/CompressedImage topic){no_image_reason(self.path, self._parts)}")
         problems: dict[str, str | None] = {t: None for t in topics or ()}  # chosen topics are used as they are
         seen: dict[tuple[str, int], int] = {}
         self.index: list[tuple[str, int, int]] = []  # (topic, timestamp ns, ordinal at that timestamp)
@@ -241,7 +140,7 @@ class RosbagImages:
             if conn.topic not in problems:  # decided on the topic's first readable message
                 try:
                     problems[conn.topic] = _camera_image_problem(conn.topic, reader.deserialize(raw, conn.msgtype))
-                except _reader_errors():
+                except reader_errors():
                     continue
             if problems[conn.topic] is not None:
                 continue
@@ -252,24 +151,17 @@ class RosbagImages:
         if not self.index:
             reason = (f"no camera image topic (left out: {left_out}); choose with --topics" if left_out
                       else f"image topics: {available}")
-            raise DataError(f"no image messages in {self.path} ({reason})")
+            raise DataError(f"no image messages in {self.path} ({reason}){no_image_reason(self.path, self._parts)}")
         counts = Counter(topic for topic, _, _ in self.index)
         self.topics = sorted(counts)
         used = ", ".join(f"{t} ({counts[t]} images)" for t in self.topics)
         log.info("recording %s: training on %s%s", self.path, used,
                  f"; not camera images, left out: {left_out} (choose with --topics)" if left_out else "")
-        cut = [p for p in self._parts if isinstance(p, _CompletePart)]
-        if cut:
-            kept = ", ".join(f"{p.path.name}: {p.end / 1e6:.2f} of {p.path.stat().st_size / 1e6:.2f} MB" for p in cut)
+        kept = truncation(self._parts)
+        if kept:
             log.warning("recording %s is truncated (no MCAP footer: the recorder did not finish it); recovered %d messages "
                         "from its complete records (%s), %d of them camera images used for training; the rest is lost",
                         self.path, reader.message_count, kept, len(self.index))
-
-    def _open(self):
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
-        return AnyReader(self._parts, default_typestore=get_typestore(Stores.LATEST))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_reader": None}
@@ -285,13 +177,13 @@ class RosbagImages:
         topic, t, k = self.index[i]
         try:
             if self._reader is None:
-                self._reader = self._open()
+                self._reader = open_recording(self._parts)
                 self._reader.open()
             conns = [c for c in self._reader.connections if c.topic == topic and c.msgtype in IMAGE_MSGTYPES]
             for j, (conn, _, raw) in enumerate(self._reader.messages(connections=conns, start=t, stop=t + 1)):
                 if j == k:
                     return decode_image_message(self._reader.deserialize(raw, conn.msgtype))
-        except (UnreadableImage, *_reader_errors()) as err:
+        except (UnreadableImage, *reader_errors()) as err:
             raise UnreadableImage(f"{self.path} {topic} @ {t}: {err}") from err
         raise UnreadableImage(f"{self.path} {topic} @ {t}: message vanished from the recording")
 
@@ -300,7 +192,7 @@ def open_source(path: str | os.PathLike, topics: Sequence[str] | None = None) ->
     """A folder of images, or a recording: a rosbag2 folder (metadata.yaml, or .mcap files whose
     recorder stopped before writing it), .mcap, .db3 or .bag."""
     p = Path(path)
-    if p.suffix.lower() in BAG_SUFFIXES or (p / "metadata.yaml").is_file() or (p.is_dir() and any(p.glob("*.mcap"))):
+    if is_recording(p):
         return RosbagImages(p, topics)
     return ImageFolder(p)
 

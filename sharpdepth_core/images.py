@@ -1,10 +1,16 @@
-"""Camera image messages -> numpy, without ROS: shared by the node and the trainer's rosbag reader.
+"""Images -> numpy RGB, without ROS: the one reading path of the node, predict, the trainer and the replay.
 
-Reads messages by attribute only, so rclpy messages and rosbags' deserialised messages both work.
+Messages are read by attribute only, so rclpy messages and rosbags' deserialised messages both work.
 Encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (and 32FC1 depth), padded `step`, big-endian
-16-bit; CompressedImage through OpenCV. Anything else is a ValueError that says what is wrong.
+16-bit; CompressedImage through OpenCV. Files through Pillow, regular files only. Every image's size
+is checked from its header (message fields, file or frame header) before anything is decoded; a
+format whose size cannot be read so is refused. Anything else is a ValueError that says what is wrong.
 """
 from __future__ import annotations
+
+import io
+import os
+import stat
 
 import cv2
 import numpy as np
@@ -79,6 +85,10 @@ def compressed_to_rgb8(msg) -> np.ndarray:
 
 # --- image files and compressed frames: size first, then decode ----------------------------------
 
+# The image files read from folders (predict, the trainer, the replay): one list, so no reader
+# refuses a folder another reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
 # The largest image decoded, checked from the header before any pixel is read. 25 MP passes a 24 MP
 # photo (6000 x 4000) and every robot camera; its float RGB copy is 300 MB, within a robot computer's
 # memory. A larger "image" is more likely a decompression bomb (a 61 KiB PNG of 8000 x 8000 cost
@@ -96,9 +106,8 @@ def check_size(height: int, width: int, max_pixels: int | None, what: str = "ima
 
 
 def _pillow_rgb8(im, what: str) -> np.ndarray:
-    """An opened (not yet decoded) Pillow image -> HxWx3 uint8 RGB: grey replicated, alpha dropped,
-    16-bit scaled to 8 (x 255 / 65535), 32-bit integer or float refused (depth maps, not photos)."""
-    im.load()
+    """A decoded Pillow image -> HxWx3 uint8 RGB: grey replicated, alpha dropped, 16-bit scaled to 8
+    (x 255 / 65535), 32-bit integer or float refused (depth maps, not photos)."""
     if im.mode.startswith("I;16"):
         gray = (np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
@@ -107,14 +116,32 @@ def _pillow_rgb8(im, what: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _open_regular_file(path) -> io.BufferedReader:
+    """`path` opened for reading, or ValueError unless it is a regular file: a FIFO named `1.png`
+    would block the reader forever waiting for a writer, a device never ends. O_NONBLOCK makes the
+    open itself return at once for a FIFO; fstat then judges what was opened, not what was listed."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
-    """An image file -> HxWx3 uint8 RGB, the same for the CLI and the trainer; ValueError (one line,
-    naming the file once) for anything unreadable, too large, or not a photo."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file -> HxWx3 uint8 RGB, upright as its EXIF orientation says (as photo tools show it),
+    the one reader of predict, the trainer's folders and the replay's folders; ValueError (one line,
+    naming the file once) for anything not a regular file, unreadable, too large, or not a photo."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            check_size(im.height, im.width, max_pixels, str(path))
+        with _open_regular_file(path) as f, Image.open(f) as im:
+            check_size(im.height, im.width, max_pixels, str(path))  # a rotation keeps width x height
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # after load: a PNG's EXIF may follow its pixels
             return _pillow_rgb8(im, str(path))
     except Image.DecompressionBombError as exc:  # Pillow's own limit (178 MP), hit while opening
         raise ValueError(f"{path}: image too large to decode safely ({exc})") from exc
@@ -123,17 +150,38 @@ def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> 
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {reason})") from exc
 
 
-def compressed_size(data) -> tuple[int, int] | None:
-    """(height, width) of a compressed frame from its header alone (Pillow reads no pixels to answer),
-    None if Pillow does not know the format (OpenCV then decides)."""
-    import io
-
+# OpenCV decodes compressed formats whose header Pillow cannot read (Radiance .hdr, PFM, PAM) and has
+# no header-only call, so their size would be known only after decoding them whole (a 4 MB .hdr of
+# 8000 x 8000: 1.5 GB and 4.4 s, then refused as float). They are refused instead of parsed here:
+# image_transport sends JPEG or PNG, .hdr and PFM are float images that to_rgb8 refuses after decoding
+# anyway, and every header parser of our own would be one more surface for hostile input.
+def message_size(msg) -> tuple[int, int]:
+    """(height, width) of an Image (its fields) or a CompressedImage (its header, read by Pillow: no
+    pixel decoded); ValueError for a compressed format whose size cannot be known before decoding."""
+    if hasattr(msg, "encoding"):
+        return int(msg.height), int(msg.width)
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(bytes(data))) as im:
+        with Image.open(io.BytesIO(bytes(msg.data))) as im:
             return im.height, im.width
-    except Image.DecompressionBombError:
-        return (1 << 16, 1 << 16)  # beyond Pillow's own limit: larger than any max_input_pixels
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None
+    except Image.DecompressionBombError as exc:  # beyond Pillow's own limit (178 MP), as for files
+        raise ValueError(f"compressed image too large to decode safely ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"could not decode compressed image ({len(msg.data)} bytes, format '{msg.format}'): not a format "
+                         "whose size can be read before decoding (JPEG, PNG, BMP, TIFF, WebP, PPM/PGM); refused") from exc
+
+
+def check_message_size(msg, max_pixels: int | None) -> None:
+    """ValueError when an Image or CompressedImage is above max_pixels (None or 0: no limit, and any
+    format OpenCV decodes), judged from its header before anything is copied or decoded."""
+    if max_pixels:
+        check_size(*message_size(msg), max_pixels, "image")
+
+
+def message_to_rgb8(msg, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """Image or CompressedImage -> HxWx3 uint8 RGB, size checked first: the recordings' reader for the
+    trainer and the replay (the node checks in its callback and decodes on its worker). A camera
+    frame's EXIF orientation is not applied: drivers and image_transport ignore it too."""
+    check_message_size(msg, max_pixels)
+    return image_to_rgb8(msg) if hasattr(msg, "encoding") else compressed_to_rgb8(msg)

@@ -30,7 +30,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from sharpdepth_core.engines import DEVICE_NAME
-from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, compressed_size
+from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
@@ -258,18 +258,17 @@ class SharpDepthNode(Node):
             remember(self._infos, msg.header.frame_id, msg, MAX_CAMERAS)
 
     def _on_image(self, msg: Image) -> None:
-        if self._accepts_size(msg.height, msg.width):  # from the header: nothing copied yet
+        if self._accepts_size(msg):  # from the header: nothing copied yet
             self._offer(msg, image_to_rgb8)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        hw = compressed_size(msg.data)  # the header only; None: a format Pillow does not know (OpenCV decides)
-        if hw is None or self._accepts_size(*hw):
+        if self._accepts_size(msg):  # the header only (a format whose size it does not give is refused)
             self._offer(msg, compressed_to_rgb8)
 
-    def _accepts_size(self, height: int, width: int) -> bool:
+    def _accepts_size(self, msg) -> bool:
         """False (the frame counted and skipped) when it is above max_input_pixels."""
         try:
-            check_size(height, width, self._settings["max_input_pixels"], "image")
+            check_message_size(msg, self._settings["max_input_pixels"])
         except ValueError as error:
             with self._lock:
                 self.stats.received += 1

@@ -7,6 +7,11 @@ sibling `camera_info` topic when the bag has one, paired by header stamp). Sourc
 calibration get a pinhole K from `fov_deg` (said once). Every frame is re-stamped with the current
 time and `frame_id`. Like the node, it lives in the `/camera` namespace by default.
 
+Images are read as the node, `predict` and the trainer read them (`sharpdepth_core.images`: size
+from the header first, `max_input_pixels`, regular files only) and recordings through the trainer's
+recovering reader (`sharpdepth_core.recordings`: a truncated MCAP plays as far as it is complete).
+An unreadable frame is skipped with one log line (once per frame), never the end of the source.
+
     ros2 run sharpdepth_ros sharpdepth_replay --ros-args -p source:=synthetic -p rate:=5.0
     ros2 run sharpdepth_ros sharpdepth_replay --ros-args -p source:=/data/run1.mcap -p topic:=/camera/image_raw
     .venv/bin/sharpdepth_replay --ros-args -p source:=photos/      # in the virtualenv, without ros2
@@ -28,11 +33,21 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from sharpdepth_ros.conversions import camera_info, compressed_to_rgb8, image_to_rgb8, numpy_to_image, pinhole_K
+from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, check_size, message_to_rgb8, read_image_file
+from sharpdepth_core.recordings import (
+    IMAGE_MSGTYPES,
+    RecordingError,
+    is_recording,
+    no_image_reason,
+    open_recording,
+    reader_errors,
+    recording_parts,
+    truncation,
+)
+from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-BAG_SUFFIXES = {".mcap", ".db3", ".bag"}
+Warn = Callable[[str], None]  # where a source says what it skipped or recovered
 
 
 @dataclass(frozen=True)
@@ -62,22 +77,25 @@ def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str
         yield Frame(scene.rgb, scene.K, seed + i)
 
 
-def folder_frames(folder: Path, fov_deg: float) -> Iterator[Frame]:
+def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     for i, path in enumerate(files):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot read image {path}")
-        yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i, assumed=True)
+        try:
+            rgb = read_image_file(path, max_pixels)
+        except ValueError as error:  # the message names the file
+            warn(str(error))
+            continue
+        yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
 
 
-def video_frames(path: Path, fov_deg: float) -> Iterator[Frame]:
+def video_frames(path: Path, fov_deg: float, max_pixels: int) -> Iterator[Frame]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"OpenCV cannot open video {path}")
     try:
+        check_size(capture.get(cv2.CAP_PROP_FRAME_HEIGHT), capture.get(cv2.CAP_PROP_FRAME_WIDTH), max_pixels, f"video {path}")
         i = 0
         while True:
             ok, bgr = capture.read()
@@ -96,22 +114,29 @@ def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
+def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
     """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag.
 
     Each image gets the camera_info of the same header stamp, else the latest one stamped before it
     (log order says nothing: a recorder may write a frame's camera_info after its image); an image
     older than every camera_info gets the fov_deg pinhole (`assumed`).
     """
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+    try:
+        yield from _recorded_frames(path, recording_parts(path), topic, fov_deg, max_pixels, warn)
+    except reader_errors() as error:
+        raise RecordingError(f"recording {path} cannot be read: {error}") from error
 
-    image_types = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"}
-    with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
-        images = [c for c in reader.connections if c.msgtype in image_types and (not topic or c.topic == topic)]
+
+def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
+    with open_recording(parts) as reader:
+        images = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES and (not topic or c.topic == topic)]
         if not images:
             found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
-            raise ValueError(f"bag {path} has no image topic {topic or ''}; topics: {', '.join(found)}")
+            raise ValueError(f"bag {path} has no image topic {topic or ''}; topics: {', '.join(found)}{no_image_reason(path, parts)}")
+        kept = truncation(parts)
+        if kept:
+            warn(f"recording {path} is truncated (no MCAP footer: the recorder did not finish it); replaying its complete "
+                 f"records ({kept})")
         image_topic = images[0].topic
         base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
         info_connections = [c for c in reader.connections if c.topic == f"{base}/camera_info"]
@@ -120,9 +145,13 @@ def bag_frames(path: Path, topic: str, fov_deg: float) -> Iterator[Frame]:
             msg = reader.deserialize(raw, connection.msgtype)
             by_stamp[stamp_ns(msg.header)] = _ros_camera_info(msg)
         stamps = sorted(by_stamp)
-        for i, (connection, _, raw) in enumerate(reader.messages(connections=[c for c in reader.connections if c.topic == image_topic])):
-            msg = reader.deserialize(raw, connection.msgtype)
-            rgb = compressed_to_rgb8(msg) if connection.msgtype.endswith("CompressedImage") else image_to_rgb8(msg)
+        for i, (connection, t, raw) in enumerate(reader.messages(connections=[c for c in reader.connections if c.topic == image_topic])):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+                rgb = message_to_rgb8(msg, max_pixels)
+            except (ValueError, *reader_errors()) as error:
+                warn(f"{path} {image_topic} @ {t}: {error}")
+                continue
             at = bisect.bisect_right(stamps, stamp_ns(msg.header))  # stamps[at - 1] <= the image's stamp
             if at:
                 info = by_stamp[stamps[at - 1]]
@@ -142,21 +171,25 @@ def _ros_camera_info(info) -> CameraInfo:
     return out
 
 
+def _print(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
-                height: int = 240, seed: int = 0, style: str = "indoor", synthetic_fov_deg: float = 0.0) -> Iterator[Frame]:
-    """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder)."""
+                height: int = 240, seed: int = 0, style: str = "indoor", synthetic_fov_deg: float = 0.0,
+                max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, warn: Warn = _print) -> Iterator[Frame]:
+    """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder);
+    unreadable frames are skipped, each said once through `warn`."""
     if source == "synthetic":
         return synthetic_frames(scenes, width, height, seed, style, synthetic_fov_deg)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"replay source {source} does not exist (expected 'synthetic', an image folder, a video or a bag)")
-    if path.suffix.lower() in BAG_SUFFIXES or (path / "metadata.yaml").exists():
-        return bag_frames(path, topic, fov_deg)
+    if is_recording(path):
+        return bag_frames(path, topic, fov_deg, max_pixels, warn)
     if path.is_dir():
-        return folder_frames(path, fov_deg)
-    return video_frames(path, fov_deg)
-
-
+        return folder_frames(path, fov_deg, max_pixels, warn)
+    return video_frames(path, fov_deg, max_pixels)
 
 
 PARAMETERS = {
@@ -166,6 +199,9 @@ PARAMETERS = {
     "frame_id": ("camera_optical_frame", descriptor("header.frame_id of the published frames", STR, read_only=True)),
     "loop": (True, descriptor("start again at the end of the source", BOOL, read_only=True)),
     "count": (0, descriptor("stop after this many frames (0 = never)", INT, read_only=True, integer=(0, 10**9))),
+    "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image read, width x height, checked from the header "
+                                                              "before decoding; larger frames are skipped (0 = no limit)", INT,
+                                                              read_only=True, integer=(0, 2**62))),
     "fov_deg": (60.0, descriptor("horizontal field of view for sources without calibration", FLOAT, read_only=True, floating=(1.0, 179.0))),
     "scenes": (8, descriptor("synthetic: number of distinct scenes (rendered once, then replayed)", INT, read_only=True, integer=(1, 10000))),
     "width": (320, descriptor("synthetic: image width", INT, read_only=True, integer=(8, 4096))),
@@ -193,6 +229,7 @@ class ReplayPublisher(Node):
         self._params = p
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
+        self._said: set[str] = set()  # skipped frames already logged: a looping source says each once
         self._frames = self._open()
         self.published = 0
         self.done = False
@@ -209,13 +246,20 @@ class ReplayPublisher(Node):
         if p["source"] == "synthetic" and self._cache:
             return iter(self._cache)
         frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
-                             height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"])
+                             height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"],
+                             max_pixels=p["max_input_pixels"], warn=self._skip)
         if p["source"] == "synthetic":
             frames = self._cached(frames)
         first = next(frames, None)
         if first is None:
             raise ValueError(f"replay source {p['source']} has no frames")
         return itertools.chain([first], frames)
+
+    def _skip(self, line: str) -> None:
+        """One log line per skipped frame (or recovered recording), not repeated when the source loops."""
+        if line not in self._said:
+            self._said.add(line)
+            self.get_logger().warning(f"replay: {line}")
 
     def _cached(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         for frame in frames:
@@ -231,8 +275,8 @@ class ReplayPublisher(Node):
             if frame is None and self._params["loop"]:
                 self._frames = self._open()
                 frame = next(self._frames, None)
-        except ValueError as error:  # one unreadable frame (corrupt file, odd encoding in a bag): skip it
-            self.get_logger().error(f"replay skips a frame: {error}", throttle_duration_sec=5.0)
+        except ValueError as error:  # a recording unreadable past some point: what it gave was played
+            self._skip(str(error))
             return True
         if frame is None or (self._params["count"] and self.published >= self._params["count"]):
             self.done = True

@@ -2,7 +2,6 @@
 import logging
 import os
 import re
-import struct
 
 import numpy as np
 import pytest
@@ -22,7 +21,15 @@ from sharpdepth_core.data import (
     flip_where,
     open_source,
 )
-from training_fixtures import camera_info_message, image_message, pattern, write_bag, write_images, write_messages
+from training_fixtures import (
+    camera_info_message,
+    image_message,
+    pattern,
+    truncated_recording,
+    write_bag,
+    write_images,
+    write_messages,
+)
 
 
 def test_image_folder_is_recursive_sorted_and_reads_exact_pixels(tmp_path):
@@ -162,26 +169,8 @@ def test_default_topics_are_the_camera_images_and_the_log_says_which(tmp_path, c
         open_source(only_depth)
 
 
-def _truncated_recording(tmp_path):
-    """A rosbag2 MCAP recording of 5 frames in two 1 MiB chunks, cut in the middle of its second chunk as
-    a recorder killed mid-write leaves it (no footer, no summary, no metadata.yaml)."""
-    frames = [pattern(i, 256, 512) for i in range(5)]  # 393 KB each: rosbags closes a chunk after 3
-    bag = write_bag(tmp_path / "crashed", frames, extra_string_topic=False)
-    (mcap,) = bag.glob("*.mcap")
-    data = mcap.read_bytes()
-    chunks, pos = [], 8
-    while pos < len(data) - 8:  # MCAP records: opcode (1 byte), length (uint64), content
-        opcode, length = struct.unpack_from("<BQ", data, pos)
-        chunks += [pos] if opcode == 0x06 else []
-        pos += 9 + length
-    assert len(chunks) == 2
-    mcap.write_bytes(data[: chunks[1] + (len(data) - chunks[1]) // 3])
-    (bag / "metadata.yaml").unlink()
-    return frames, bag, mcap
-
-
 def test_a_truncated_mcap_recording_is_read_as_far_as_it_is_complete(tmp_path, caplog):
-    frames, bag, mcap = _truncated_recording(tmp_path)
+    frames, bag, mcap = truncated_recording(tmp_path / "crashed")
     for path in (mcap, bag):  # the file, and the folder the recorder left
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="sharpdepth_core.data"):

@@ -248,6 +248,11 @@ def test_oversized_frames_are_refused_from_the_header_and_diagnostics_keep_flowi
                                    "refused before decoding")
     wait_for(lambda: _skips(compressed_node) == before_c + 1, 30, "the PNG bomb to be skipped")
     assert compressed_node.last_rejection.startswith("image of 8000x8000 = 64.0 MP is above the limit of 25.0 MP")
+    # a format Pillow cannot size (Radiance .hdr, 8000 x 8000 in its header: 1.5 GB through OpenCV) is refused unread
+    radiance = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 8000 +X 8000\n" + bytes(64)
+    pubs["compressed"].publish(CompressedImage(header=header(next(STAMP), "cam"), format="hdr", data=radiance))
+    wait_for(lambda: _skips(compressed_node) == before_c + 2, 30, "the Radiance frame to be skipped")
+    assert "not a format whose size can be read before decoding" in compressed_node.last_rejection
     for n, ns in [(node, "camera"), (compressed_node, "ccam")]:  # the stats period (1 s) goes on, and says it
         wait_for(lambda: any(int(dict((v.key, v.value) for v in m.status[0].values)["skipped"]) >= 1
                              for m in _diagnostics_since(probe, t0, ns)), 10, f"/diagnostics of /{ns} reporting the skip")

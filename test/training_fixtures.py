@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -91,6 +92,25 @@ def write_messages(path: Path, messages: list[tuple[str, str, int, object]]) -> 
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
             writer.write(conns[topic], t, ts.serialize_cdr(msg, msgtype))
     return path
+
+
+def truncated_recording(folder: Path) -> tuple[list[np.ndarray], Path, Path]:
+    """(frames, folder, .mcap file): a rosbag2 MCAP recording of 5 frames in two 1 MiB chunks, cut in the
+    middle of its second chunk as a recorder killed mid-write leaves it (no footer, no summary, no
+    metadata.yaml): 3 frames are complete."""
+    frames = [pattern(i, 256, 512) for i in range(5)]  # 393 KB each: rosbags closes a chunk after 3
+    bag = write_bag(folder, frames, extra_string_topic=False)
+    (mcap,) = bag.glob("*.mcap")
+    data = mcap.read_bytes()
+    chunks, pos = [], 8
+    while pos < len(data) - 8:  # MCAP records: opcode (1 byte), length (uint64), content
+        opcode, length = struct.unpack_from("<BQ", data, pos)
+        chunks += [pos] if opcode == 0x06 else []
+        pos += 9 + length
+    assert len(chunks) == 2
+    mcap.write_bytes(data[: chunks[1] + (len(data) - chunks[1]) // 3])
+    (bag / "metadata.yaml").unlink()
+    return frames, bag, mcap
 
 
 def image_message(t: int, pixels: np.ndarray, encoding: str):
