@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.synthetic import ROOMS, STYLES, Box, Cylinder, Plane, Sphere, render_scene
+from sharpdepth_core.synthetic import ROOM_STYLES, STYLES, Box, Cylinder, Plane, Sphere, render_scene
 
 W, H = 64, 48
 SEEDS = range(8)
@@ -95,8 +95,8 @@ def test_metric_scale_comes_from_physical_distributions():
             s = render_scene(seed, 8, 6, style=style)
             assert 1.0 <= s.camera_to_world[2, 3] <= 1.8  # camera height above the floor
             ceiling = next(p for p in s.primitives if isinstance(p, Plane) and p.name == "ceiling")
-            assert ROOMS[style][2][0] <= -ceiling.offset <= ROOMS[style][2][1]
-    assert ROOMS["indoor"][2] == (2.4, 3.2)  # the target's rooms: ordinary ceiling heights
+            assert ROOM_STYLES[style].room[2][0] <= -ceiling.offset <= ROOM_STYLES[style].room[2][1]
+    assert ROOM_STYLES["indoor"].room[2] == (2.4, 3.2)  # the target's rooms: ordinary ceiling heights
 
 
 # --- depth is the geometry ---------------------------------------------------------------------
