@@ -34,8 +34,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 
+from sharpdepth_core.embedded import EMBEDDED_DIR as EMBEDDED  # noqa: E402
+
 PY = sys.executable
-EMBEDDED = REPO / "sharpdepth_core" / "weights" / "nano"
 STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distillation: configs/sharpdepth.yaml
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
