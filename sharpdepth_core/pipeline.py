@@ -35,7 +35,7 @@ PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
 # The fast settings' difference map: a shortcut only where its accuracy change stayed within the exact
-# path's own run-to-run spread on held-out scenes (bench/pipeline.py, bench/RESULTS.md); else exact.
+# path's own run-to-run spread on held-out scenes (bench/difference_accuracy.py, bench/RESULTS.md); else exact.
 FAST_DIFFERENCE = "exact"
 
 
