@@ -71,19 +71,6 @@ def accuracy_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def accuracy_table(acc: dict) -> str:
-    lines = [f"difference-map methods on the embedded models, {acc['scenes']} held-out val scenes (seeds {acc['first_seed']}..):",
-             f"{'method':<14} {'AbsRel':>7} {'δ1':>6} {'DBE acc':>8} {'compl':>6} {'max|Δd| m':>10} {'mean|Δd| m':>11} {'time/exact':>10} {'in spread':>9}"]
-    for name, m in acc["methods"].items():
-        within = {True: "yes", False: "no"}.get(m.get("within_spread"), "-")
-        lines.append(f"{name:<14} {m['abs_rel']:>7.4f} {m['delta1']:>6.3f} {m['dbe_acc']:>8.2f} {m['dbe_compl']:>6.2f} "
-                     f"{m['max_abs_diff_m']:>10.3f} {m['mean_abs_diff_m']:>11.4f} {m['time_vs_exact']:>10.2f} {within:>9}")
-    sp = acc["spread"]
-    lines.append(f"spread (|exact seed 0 - seed 1|): AbsRel {sp['abs_rel']:.4f}, δ1 {sp['delta1']:.3f}, "
-                 f"DBE acc {sp['dbe_acc']:.2f}, compl {sp['dbe_compl']:.2f}; fast settings use: {FAST_DIFFERENCE}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=30, help="held-out val scenes")
