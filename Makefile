@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cpu.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/difference_accuracy.py
 
 clean:
 	rm -rf $(VENV) build install log out .pytest_cache

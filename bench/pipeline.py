@@ -16,10 +16,8 @@ Configs: `small` (the tiny test models, default without a GPU) or `full` (defaul
 SD-2 UNet (8 input channels) and VAE and a ViT-L Depth Anything V2 metric model, built from their
 configs with random weights (speed does not depend on weight values; output differences on random
 weights only show that the numbers stay close, not how a trained model degrades). What the cheaper
-difference maps cost in accuracy is measured on trained models instead: the embedded small-scale
-models on held-out (val) scenes of their camera, against the exact path and against the exact
-path's own run-to-run spread (two noise seeds); a shortcut qualifies for the fast settings only when
-every metric moves by less than that spread (`--accuracy-scenes 0` skips this part).
+difference maps cost in accuracy, and so which one the fast settings use, is measured on trained
+models by `bench/difference_accuracy.py`.
 
 FLOPs per frame are counted on the meta device with torch's FlopCounterMode (matmuls, convolutions
 and attention; norms and elementwise work are not counted) for the config being timed and for the
@@ -43,27 +41,25 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sharpdepth_core.engines import FastPath, OnnxEngine, TensorRTEngine, TorchEngine
 from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.metrics import depth_scores
 from sharpdepth_core.models import tiny
 from sharpdepth_core.models.light_decoder import LightDepthDecoder
 from sharpdepth_core.models.metric import DepthAnythingBackend
 from sharpdepth_core.models.student import DiffusionDepthModel
-from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.pipeline import SharpDepthOutput, SharpDepthPipeline
+from sharpdepth_core.preprocessing import plan_resize
 from sharpdepth_core.synthetic import render_scene
+
+from difference_accuracy import FAST_DIFFERENCE  # bench/difference_accuracy.py decides it
 
 SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "onnx", "tensorrt")
 RESOLUTIONS = (512, 768, 1024)
 STAGES = ("metric", "encode", "unet", "decode", "difference", "fit", "point_cloud")
 TARGET_FPS, TARGET_SPEEDUP, TARGET_RES = 20.0, 4.0, 768
-# The fast settings' difference map: a shortcut only where its accuracy change stayed within the exact
-# path's own run-to-run spread on held-out scenes (difference_accuracy, bench/RESULTS.md); else exact.
-FAST_DIFFERENCE = "exact"
 
 # SD-2 (Lotus-G) UNet and VAE configs, MODELS.md
 SD2_UNET = dict(
@@ -182,7 +178,7 @@ def sync(device: torch.device) -> None:
 
 def difference_options(method: str, student, device) -> dict:
     """Pipeline arguments for a difference map; "light" gets a (random-weight) light decoder of this VAE.
-    The fast settings pass FAST_DIFFERENCE (exact unless a shortcut qualified, see the module doc)."""
+    The fast settings pass FAST_DIFFERENCE (exact unless a shortcut qualified: bench/difference_accuracy.py)."""
     if method != "light":
         return {"difference": method}
     return {"difference": "light", "light_decoder": LightDepthDecoder(student.vae.config.latent_channels).to(device).eval()}
@@ -249,7 +245,9 @@ def run_frame(pipe: SharpDepthPipeline, rgb, device: torch.device, res: int):
     return out, stages, xyz
 
 
-def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int, reference_out) -> dict:
+def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
+            reference_out: SharpDepthOutput | None) -> tuple[dict, SharpDepthOutput]:
+    """(table row, first frame's output) of `frames` timed frames at processing resolution `res`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # random weights: degenerate fits happen
         for _ in range(warmup):
@@ -265,52 +263,6 @@ def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
         diff = (out.depth.float().cpu() - ref).abs()
         row["depth_diff_vs_reference"] = {"max_rel": float(diff.max()) / span, "mean_rel": float(diff.mean()) / span}
     return row, out
-
-
-def difference_accuracy(n: int, first_seed: int = 110_000) -> dict:
-    """The difference-map methods on trained models: the embedded pipeline on n held-out val scenes of
-    its own camera (the nano report scores other seeds). Per method: AbsRel, δ1, DBE of the final
-    depth, |Δdepth| against exact (seed 0) and the CPU time ratio; the exact path's spread over two
-    noise seeds is the yardstick a shortcut must stay within."""
-    pipe = SharpDepthPipeline.from_pretrained()
-    camera = pipe.camera or {"width": 128, "height": 96, "K": None, "style": "indoor"}
-    K = None if camera["K"] is None else np.array(camera["K"])
-    scenes = [render_scene(first_seed + i, camera["width"], camera["height"], K=K, style=camera["style"]) for i in range(n)]
-    runs = {"exact": ("exact", 0), "exact, seed 1": ("exact", 1), "latent": ("latent", 0)}
-    if pipe.light_decoder is not None:
-        runs["light"] = ("light", 0)
-    depths, seconds = {}, {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for name, (method, seed) in runs.items():
-            t = time.perf_counter()
-            depths[name] = [pipe(sc.rgb, seed=seed, difference=method).depth[0, 0].numpy() for sc in scenes]
-            seconds[name] = time.perf_counter() - t
-    gt = np.stack([sc.depth for sc in scenes])
-    out = {}
-    for name, d in depths.items():
-        delta = np.abs(np.clip(np.stack(d), 0.01, None) - np.clip(np.stack(depths["exact"]), 0.01, None))
-        out[name] = {**depth_scores(d, gt), "max_abs_diff_m": float(delta.max()), "mean_abs_diff_m": float(delta.mean()),
-                     "time_vs_exact": seconds[name] / seconds["exact"]}
-    keys = ("abs_rel", "delta1", "dbe_acc", "dbe_compl")
-    spread = {k: abs(out["exact"][k] - out["exact, seed 1"][k]) for k in keys}
-    for name in ("light", "latent"):
-        if name in out:
-            out[name]["within_spread"] = all(abs(out[name][k] - out["exact"][k]) < spread[k] for k in keys)
-    return {"scenes": n, "first_seed": first_seed, "methods": out, "spread": spread}
-
-
-def accuracy_table(acc: dict) -> str:
-    lines = [f"difference-map methods on the embedded models, {acc['scenes']} held-out val scenes (seeds {acc['first_seed']}..):",
-             f"{'method':<14} {'AbsRel':>7} {'δ1':>6} {'DBE acc':>8} {'compl':>6} {'max|Δd| m':>10} {'mean|Δd| m':>11} {'time/exact':>10} {'in spread':>9}"]
-    for name, m in acc["methods"].items():
-        within = {True: "yes", False: "no"}.get(m.get("within_spread"), "-")
-        lines.append(f"{name:<14} {m['abs_rel']:>7.4f} {m['delta1']:>6.3f} {m['dbe_acc']:>8.2f} {m['dbe_compl']:>6.2f} "
-                     f"{m['max_abs_diff_m']:>10.3f} {m['mean_abs_diff_m']:>11.4f} {m['time_vs_exact']:>10.2f} {within:>9}")
-    sp = acc["spread"]
-    lines.append(f"spread (|exact seed 0 - seed 1|): AbsRel {sp['abs_rel']:.4f}, δ1 {sp['delta1']:.3f}, "
-                 f"DBE acc {sp['dbe_acc']:.2f}, compl {sp['dbe_compl']:.2f}; fast settings use: {FAST_DIFFERENCE}")
-    return "\n".join(lines)
 
 
 def log(msg: str) -> None:
@@ -342,9 +294,8 @@ def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def parse_args(argv, cuda: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cuda = torch.cuda.is_available()
     parser.add_argument("--config", choices=("small", "full"), default="full" if cuda else "small",
                         help="small: tiny test models; full: SD-2 UNet/VAE + ViT-L metric model (default on CUDA)")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS) if cuda else ["reference", "light", "latent", "onnx"],
@@ -359,38 +310,26 @@ def main(argv=None) -> None:
                         help="TensorRT VAE precision (SD-2's VAE is documented to overflow in fp16: measure before trusting)")
     parser.add_argument("--workdir", type=Path, help="keep ONNX exports and TensorRT engines here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
-    parser.add_argument("--accuracy-scenes", type=int, default=30,
-                        help="held-out scenes for the difference-map accuracy on the embedded models (0: skip)")
     args = parser.parse_args(argv)
     if min(args.frames, args.threads) < 1 or args.warmup < 0 or min(args.resolutions) < 8:
         parser.error("--frames and --threads must be >= 1, --warmup >= 0, resolutions >= 8")
+    return args
 
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if cuda else "cpu")
-    name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {args.threads} thread(s)"
-    log(f"device: {name}; config {args.config}")
-    rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
-    peak = "bf16" if cuda else "fp32"
-    log("matmul rates: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
 
+def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict]]:
+    """(rows, skipped): every setting at every resolution on one synthetic frame, `reference` first
+    (the Δdepth baseline); a setting that fails to build or run is reported, not fatal."""
     scene = render_scene(0, width=args.width, height=args.height)
-    from sharpdepth_core.preprocessing import plan_resize
-
-    grids = {r: plan_resize((args.height, args.width), r).padded_hw for r in args.resolutions}
-    flops = {r: count_flops(args.config, (args.height, args.width), g) for r, g in grids.items()}
-    flops_full = flops if args.config == "full" else {r: count_flops("full", (args.height, args.width), g) for r, g in grids.items()}
-
     student, metric = build_models(args.config, device)
     rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        reference_out: dict[int, object] = {}
-        settings = ["reference"] + [s for s in args.settings if s != "reference"]  # reference first: the Δdepth baseline
-        for setting in settings:
+        reference_out: dict[int, SharpDepthOutput] = {}
+        for setting in ["reference"] + [s for s in args.settings if s != "reference"]:
             try:
                 pipe, why = make_pipeline(setting, student, metric, device, workdir, args.trt_vae_precision)
-            except Exception as exc:  # a setting that fails to build is reported, not fatal
+            except Exception as exc:
                 pipe, why = None, f"{type(exc).__name__}: {exc}"[:300]
             if pipe is None:
                 skipped.append({"setting": setting, "reason": why})
@@ -408,41 +347,57 @@ def main(argv=None) -> None:
                 rows.append(row)
                 log(f"{setting} @ {res}: {1e3 * row['s']['total']:.1f} ms/frame")
             del pipe
-            if cuda:
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
+    return rows, skipped
+
+
+def targets(rows: list[dict], args: argparse.Namespace, cuda: bool) -> dict | None:
+    """The speed targets at TARGET_RES (full config on CUDA only): best setting, frames/s, speed-up."""
+    at = [r for r in rows if r["res"] == TARGET_RES and r["setting"] != "reference"]
+    ref_top = [r for r in rows if r["setting"] == "reference" and r["res"] == max(args.resolutions)]
+    if not (cuda and args.config == "full" and at and ref_top):
+        print(f"targets ({TARGET_FPS} frames/s and {TARGET_SPEEDUP}x reference at {TARGET_RES}) apply to the full config on one H100")
+        return None
+    best = max(at, key=lambda r: r["fps"])
+    speedup = best["fps"] / ref_top[0]["fps"]
+    print(f"targets at {TARGET_RES}: {best['setting']} {best['fps']:.1f} frames/s (target {TARGET_FPS}), "
+          f"{speedup:.2f}x reference@{max(args.resolutions)} (target {TARGET_SPEEDUP}x)")
+    return {"best_setting": best["setting"], "fps": best["fps"], "speedup_vs_reference": speedup,
+            "fps_target_met": best["fps"] >= TARGET_FPS, "speedup_target_met": speedup >= TARGET_SPEEDUP}
+
+
+def main(argv=None) -> None:
+    cuda = torch.cuda.is_available()
+    args = parse_args(argv, cuda)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {args.threads} thread(s)"
+    log(f"device: {name}; config {args.config}")
+    rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
+    peak = "bf16" if cuda else "fp32"
+    log("matmul rates: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
+    grids = {r: plan_resize((args.height, args.width), r).padded_hw for r in args.resolutions}
+    flops = {r: count_flops(args.config, (args.height, args.width), g) for r, g in grids.items()}
+    flops_full = flops if args.config == "full" else {r: count_flops("full", (args.height, args.width), g) for r, g in grids.items()}
+    rows, skipped = run_settings(args, device)
 
     print(f"SharpDepth inference, {args.width}x{args.height} input, config {args.config}, on {name}")
     print("measured matmul rate: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
     print(table(rows, flops, rates[peak], peak))
     for s in skipped:
         print(f"skipped {s['setting']}{' @ ' + str(s['res']) if 'res' in s else ''}: {s['reason']}")
-    accuracy = None
-    if args.accuracy_scenes:
-        log(f"difference-map accuracy on {args.accuracy_scenes} held-out scenes")
-        accuracy = difference_accuracy(args.accuracy_scenes)
-        print(accuracy_table(accuracy))
     print("GFLOPs per call / frame (counted; 1 metric + 2 encodes + 2 UNet passes + 2 decodes; frame_light / frame_latent:"
           " the first decode replaced by the light decoder / by nothing):")
     for label, table_flops in (("this config", flops), ("full size", flops_full)):
         for r, f in table_flops.items():
             print(f"  {label:<11} {r:>4} ({grids[r][1]}x{grids[r][0]}): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in f.items()))
-    targets = None
-    at = [r for r in rows if r["res"] == TARGET_RES and r["setting"] != "reference"]
-    ref_top = [r for r in rows if r["setting"] == "reference" and r["res"] == max(args.resolutions)]
-    if cuda and args.config == "full" and at and ref_top:
-        best = max(at, key=lambda r: r["fps"])
-        speedup = best["fps"] / ref_top[0]["fps"]
-        targets = {"best_setting": best["setting"], "fps": best["fps"], "speedup_vs_reference": speedup,
-                   "fps_target_met": best["fps"] >= TARGET_FPS, "speedup_target_met": speedup >= TARGET_SPEEDUP}
-        print(f"targets at {TARGET_RES}: {best['setting']} {best['fps']:.1f} frames/s (target {TARGET_FPS}), "
-              f"{speedup:.2f}x reference@{max(args.resolutions)} (target {TARGET_SPEEDUP}x)")
-    else:
-        print(f"targets ({TARGET_FPS} frames/s and {TARGET_SPEEDUP}x reference at {TARGET_RES}) apply to the full config on one H100")
+    reached = targets(rows, args, cuda)
     result = {
         "bench": "pipeline", "device": name, "config": args.config, "input": [args.width, args.height],
         "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "matmul_flops_per_s": rates, "peak_rate": peak,
         "flops": {str(r): f for r, f in flops.items()}, "flops_full_size": {str(r): f for r, f in flops_full.items()},
-        "results": rows, "skipped": skipped, "targets": targets, "difference_accuracy": accuracy,
+        "results": rows, "skipped": skipped, "targets": reached,
     }
     line = json.dumps(result)
     if args.json:

@@ -57,7 +57,8 @@ def measure(config: str, precision: str, grad_accum: int, steps: int, warmup: in
     from accelerate import Accelerator
 
     from sharpdepth_core.models.tiny import tiny_student
-    from sharpdepth_core.trainer import _make_ema, make_config, training_step
+    from sharpdepth_core.trainer import _make_ema, training_step
+    from sharpdepth_core.training_config import make_config
 
     cuda = torch.cuda.is_available()
     torch.set_num_threads(threads)

@@ -55,7 +55,7 @@ def difference_map(d_tilde: Tensor, d_n: Tensor, fit_first: bool = False, eps: f
 def latent_difference(z_a: Tensor, z_d: Tensor, eps: float = 1e-6) -> Tensor:
     """ê straight from the latents, no decode: channel-mean |ẑ_a - z_d| on the latent grid, divided
     by its per-image maximum (an image with no difference gets 0). A cheaper stand-in for the
-    decoded difference map; bench/pipeline.py measures what it costs in accuracy."""
+    decoded difference map; bench/difference_accuracy.py measures what it costs in accuracy."""
     return _by_image_max((z_a.float() - z_d.float()).abs().mean(dim=1, keepdim=True), eps)
 
 

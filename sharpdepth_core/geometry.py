@@ -6,6 +6,7 @@ operation is an affine map of pixel coordinates `A`, and intrinsics (K 3x3 or P 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import Tensor
 from .files import atomic_write
 
 MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
+NOMINAL_HFOV_DEG = 60.0  # the camera assumed when none is given or predicted
 
 
 def resize_transform(sx: float, sy: float) -> np.ndarray:
@@ -38,6 +40,38 @@ def scale_intrinsics(m, input_hw: tuple[int, int], output_hw: tuple[int, int]):
     """K or P of an image resized from input_hw to output_hw (bottom/right padding changes nothing)."""
     sx, sy = output_hw[1] / input_hw[1], output_hw[0] / input_hw[0]
     return transform_intrinsics(m, resize_transform(sx, sy))
+
+
+def focal_intrinsics(f: Tensor, hw: tuple[int, int]) -> Tensor:
+    """K [B, 3, 3] with fx = fy = f [B] and the principal point at the image centre."""
+    h, w = hw
+    K = torch.zeros(f.shape[0], 3, 3, dtype=torch.float32, device=f.device)
+    K[:, 0, 0] = K[:, 1, 1] = f.float()
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (w - 1) / 2, (h - 1) / 2, 1.0
+    return K
+
+
+def nominal_intrinsics(batch: int, hw: tuple[int, int], device=None, hfov_deg: float = NOMINAL_HFOV_DEG) -> Tensor:
+    """The documented default camera when none is given or predicted: 60° horizontal field of view."""
+    f = 0.5 * hw[1] / math.tan(math.radians(hfov_deg) / 2)
+    return focal_intrinsics(torch.full((batch,), f, device=device), hw)
+
+
+def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
+    """None, or K [3, 3] / [B, 3, 3] (numpy or torch) as float32 [B, 3, 3]; a bad K is a ValueError."""
+    if K is None:
+        return None
+    K = torch.as_tensor(K, dtype=torch.float32, device=device)
+    if K.shape == (3, 3):
+        K = K.expand(batch, 3, 3)
+    if K.shape != (batch, 3, 3):
+        raise ValueError(f"K must be [3, 3] or [B={batch}, 3, 3], got shape {tuple(K.shape)}")
+    if not torch.isfinite(K).all():
+        raise ValueError("K has non-finite values")
+    f = K[:, :2, :2].diagonal(dim1=1, dim2=2)
+    if (f <= 0).any() or (f > MAX_FOCAL_PX).any():
+        raise ValueError(f"K has focal lengths fx, fy = {f[0].tolist()} px; they must be in (0, {MAX_FOCAL_PX:g}]")
+    return K
 
 
 def _check_focal(fx, fy) -> None:

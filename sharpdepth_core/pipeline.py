@@ -23,11 +23,10 @@ from torch import Tensor
 from .alignment import apply_scale_shift, fit_scale_shift
 from .engines import DepthEngine, TorchEngine
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
-from .geometry import scale_intrinsics
+from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
 from .models.hub import CheckpointError, Extra, replacing_dir
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
-from .models.metric import check_intrinsics
 from .normalization import normalize_depth
 from .preprocessing import Resize, resize_and_pad, unpad_and_resize
 

@@ -3,10 +3,11 @@
 Serves the tests, the demo and the small-scale reproduction (a metric depth net trained on it), so
 metric scale is learnable from one image as in the real world: camera height, room and object sizes
 and texture periods (tiles, planks, checkers) all come from fixed physical distributions, and
-nothing rescales the world afterwards. A `style` is a domain: "indoor" (the target: muted rooms,
-wood and tiles, a ceiling lamp), "office" (the same lamp light and muted contrast, but larger rooms,
-concrete and carpet tiles, tall cabinets, columns and bins: other layouts, similar edges) or "toy"
-(saturated primitives, checkerboards, hard sunlight, many spheres). Everything is vectorised numpy ray casting: one ray per pixel centre, analytic hits with
+nothing rescales the world afterwards. A `style` is a domain, one entry of `ROOM_STYLES` (room
+sizes, materials, objects, decorations, light): "indoor" (the target: muted rooms, wood and tiles,
+a ceiling lamp), "office" (the same lamp light and muted contrast, but larger rooms, concrete and
+carpet tiles, tall cabinets, columns and bins: other layouts, similar edges) or "toy" (saturated
+primitives, checkerboards, hard sunlight, many spheres). Everything is vectorised numpy ray casting: one ray per pixel centre, analytic hits with
 planes, boxes (slab method), spheres and vertical cylinders, nearest hit wins.
 
 World frame: metres, z up, floor at z = 0, the room spans [0, X] x [0, Y] x [0, Z]. Camera frame:
@@ -16,16 +17,10 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-
-STYLES = ("indoor", "toy", "office")
-ROOMS = {  # (x, y, z) ranges of the room size, metres
-    "indoor": ((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)),
-    "toy": ((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)),
-    "office": ((4.0, 9.0), (4.5, 11.0), (2.6, 3.6)),
-}
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,7 @@ def render_scene(
     principal point, and a horizontal field of view drawn from the seed (55°-80°). The scene itself
     does not depend on the size or K: the same seed seen through another camera is the same room.
     """
-    if style not in STYLES:
+    if style not in ROOM_STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -125,7 +120,7 @@ def render_scene(
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng([int(seed), STYLES.index(style)])
-    layout = _draw_layout(rng, style)
+    layout = _draw_layout(rng, ROOM_STYLES[style])
     K = _default_K(layout.hfov, width, height) if K is None else _checked_K(K)
     depth, labels, dirs = _cast(layout, K, width, height)
     rgb = _shade(layout, K, depth, labels, dirs)
@@ -254,20 +249,14 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return yaw_m @ level @ pitch_m @ roll_m
 
 
-def _draw_object(rng, style: str, boxes: list[Box]) -> tuple[Primitive, float, Box | None]:
+def _draw_object(rng, style: RoomStyle, boxes: list[Box]) -> tuple[Primitive, float, Box | None]:
     """A primitive at the room origin, its horizontal footprint radius, and the box it stands on
     (taken from `boxes`, the free box tops)."""
-    probs = {"indoor": [0.6, 0.25, 0.15], "toy": [0.3, 0.2, 0.5], "office": [0.45, 0.45, 0.1]}[style]
-    kind = rng.choice(["box", "cylinder", "sphere"], p=probs)
-    if style == "indoor":
-        sizes = {"box": ((0.2, 0.8), (0.2, 0.5), (0.15, 0.6)), "cylinder": ((0.1, 0.3), (0.3, 1.1)), "sphere": (0.1, 0.3)}
-    elif style == "office":
-        sizes = {"box": ((0.25, 0.6), (0.2, 0.4), (0.4, 1.0)), "cylinder": ((0.15, 0.45), (0.4, 1.6)), "sphere": (0.15, 0.35)}
-    else:
-        sizes = {"box": ((0.12, 0.35), (0.12, 0.35), (0.12, 0.35)), "cylinder": ((0.1, 0.3), (0.2, 0.9)), "sphere": (0.12, 0.45)}
+    kind = rng.choice(["box", "cylinder", "sphere"], p=style.object_probs)
+    sizes = style.object_sizes
     if kind == "box":
         half = tuple(float(rng.uniform(*r)) for r in sizes["box"])
-        yaw = 0.0 if style == "indoor" and rng.random() < 0.5 else float(rng.uniform(-math.pi / 4, math.pi / 4))
+        yaw = 0.0 if style.square_boxes and rng.random() < 0.5 else float(rng.uniform(-math.pi / 4, math.pi / 4))
         return Box((0.0, 0.0, half[2]), half, yaw), math.hypot(half[0], half[1]), None
     host = boxes.pop(int(rng.integers(len(boxes)))) if boxes and rng.random() < 0.3 else None  # one per box top
     support = host.center[2] + host.half_size[2] if host else 0.0
@@ -300,9 +289,9 @@ def _moved(prim, x: float, y: float):
     return Sphere((x, y, prim.center[2]), prim.radius)
 
 
-def _draw_layout(rng, style: str) -> _Layout:
-    material = {"indoor": _indoor_material, "toy": _toy_material, "office": _office_material}[style]
-    room = np.array([rng.uniform(*r) for r in ROOMS[style]])
+def _draw_layout(rng, style: RoomStyle) -> _Layout:
+    material = style.material
+    room = np.array([rng.uniform(*r) for r in style.room])
     hfov = math.radians(rng.uniform(55.0, 80.0))
     cam = np.array([rng.uniform(0.6, room[0] - 0.6), rng.uniform(0.6, 0.35 * room[1]), 0.0])
     cam[2] = min(rng.uniform(1.0, 1.8), room[2] - 0.4)
@@ -321,7 +310,7 @@ def _draw_layout(rng, style: str) -> _Layout:
     ]
     wall = material(rng, "wall")
     mats = [material(rng, "floor"), material(rng, "ceiling")] + [wall] * 4
-    if style == "indoor":
+    if style.decorations:
         for _ in range(int(rng.integers(0, 3))):  # pictures on the far or side walls
             w, h, z = (float(x) for x in (rng.uniform(0.3, 0.6), rng.uniform(0.15, 0.45), rng.uniform(1.2, min(1.8, room[2] - 0.6))))
             side = int(rng.integers(3))
@@ -339,7 +328,7 @@ def _draw_layout(rng, style: str) -> _Layout:
 
     boxes: list[Box] = []
     footprints: list[tuple[float, float, float]] = []  # objects stand on the floor side by side
-    for _ in range(int(rng.integers(4, 10) if style == "toy" else rng.integers(3, 8))):
+    for _ in range(int(rng.integers(*style.object_count))):
         prim, radius, host = _draw_object(rng, style, boxes)
         xy = (host.center[0], host.center[1]) if host else _place(rng, cam, yaw, hfov, room, radius, footprints)
         if xy is None or math.hypot(xy[0] - cam[0], xy[1] - cam[1]) <= radius + 0.3:
@@ -352,16 +341,58 @@ def _draw_layout(rng, style: str) -> _Layout:
         if isinstance(prim, Box):
             boxes.append(prim)
 
-    if style != "toy":  # one ceiling lamp: warm at home, cool white in the office
+    if style.lamp_tint is not None:  # one ceiling lamp
         lamp = np.array([rng.uniform(0.2, 0.8) * room[0], rng.uniform(0.3, 0.8) * room[1], room[2] - 0.2])
-        tint = (0.9, 1.0, 0.75, 0.95) if style == "indoor" else (0.97, 1.0, 0.95, 1.0)
+        tint = style.lamp_tint
         warm = np.array([1.0, rng.uniform(*tint[:2]), rng.uniform(*tint[2:])], dtype=np.float32)
         light = _Light(float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.8, 1.1)), warm, lamp, None)
-    else:
+    else:  # the sun
         el, az = math.radians(rng.uniform(35.0, 70.0)), rng.uniform(0, 2 * math.pi)
         sun = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
         light = _Light(float(rng.uniform(0.25, 0.4)), float(rng.uniform(0.75, 0.95)), np.ones(3, dtype=np.float32), None, sun)
     return _Layout(hfov, pose, tuple(prims), tuple(mats), light)
+
+
+@dataclass(frozen=True)
+class RoomStyle:
+    """A domain of rooms: everything that differs between styles (adding a style is one entry of
+    `ROOM_STYLES`; its position there seeds its scenes, so new styles go last)."""
+
+    room: tuple[tuple[float, float], ...]  # (x, y, z) ranges of the room size, metres
+    material: Callable[..., _Material]  # (rng, surface) -> the surface's material
+    object_count: tuple[int, int]  # objects drawn: rng.integers(lo, hi)
+    object_probs: tuple[float, float, float]  # box, cylinder, sphere
+    object_sizes: dict[str, tuple]  # box half sizes, cylinder (radius, height), sphere radius ranges, metres
+    square_boxes: bool  # half the boxes stand square to the walls (furniture)
+    decorations: bool  # pictures on the walls and a rug: texture edges without depth edges
+    lamp_tint: tuple[float, float, float, float] | None  # (g lo, g hi, b lo, b hi) of a ceiling lamp; None: the sun
+
+
+ROOM_STYLES: dict[str, RoomStyle] = {
+    # the target: muted rooms, wood and tiles, furniture, pictures, a warm ceiling lamp
+    "indoor": RoomStyle(
+        room=((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)), material=_indoor_material, object_count=(3, 8),
+        object_probs=(0.6, 0.25, 0.15),
+        object_sizes={"box": ((0.2, 0.8), (0.2, 0.5), (0.15, 0.6)), "cylinder": ((0.1, 0.3), (0.3, 1.1)), "sphere": (0.1, 0.3)},
+        square_boxes=True, decorations=True, lamp_tint=(0.9, 1.0, 0.75, 0.95),
+    ),
+    # saturated primitives, checkerboards, hard sunlight, many spheres
+    "toy": RoomStyle(
+        room=((3.0, 7.0), (3.5, 9.0), (2.4, 3.2)), material=_toy_material, object_count=(4, 10),
+        object_probs=(0.3, 0.2, 0.5),
+        object_sizes={"box": ((0.12, 0.35), (0.12, 0.35), (0.12, 0.35)), "cylinder": ((0.1, 0.3), (0.2, 0.9)),
+                      "sphere": (0.12, 0.45)},
+        square_boxes=False, decorations=False, lamp_tint=None,
+    ),
+    # larger rooms, concrete and carpet tiles, tall cabinets, columns and bins, a cool white lamp
+    "office": RoomStyle(
+        room=((4.0, 9.0), (4.5, 11.0), (2.6, 3.6)), material=_office_material, object_count=(3, 8),
+        object_probs=(0.45, 0.45, 0.1),
+        object_sizes={"box": ((0.25, 0.6), (0.2, 0.4), (0.4, 1.0)), "cylinder": ((0.15, 0.45), (0.4, 1.6)), "sphere": (0.15, 0.35)},
+        square_boxes=False, decorations=False, lamp_tint=(0.97, 1.0, 0.95, 1.0),
+    ),
+}
+STYLES = tuple(ROOM_STYLES)
 
 
 # --- ray casting ------------------------------------------------------------------------------

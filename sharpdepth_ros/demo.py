@@ -41,7 +41,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from sharpdepth_core.files import atomic_write, write_text  # noqa: E402
 from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
-from sharpdepth_core.models import EMBEDDED_DIR  # noqa: E402
+from sharpdepth_core.embedded import EMBEDDED_DIR  # noqa: E402
 from sharpdepth_core.synthetic import STYLES  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sharpdepth_core.engines import DeviceUnavailable, check_device, load_engine
-from sharpdepth_core.models import EMBEDDED_DIR
+from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -24,15 +24,15 @@ from sharpdepth_core.models import (
     load_metric_model,
     tiny,
 )
+from sharpdepth_core.geometry import nominal_intrinsics
 from sharpdepth_core.models.metric import (
     DepthAnythingBackend,
-    MetricPrediction,
     depth_anything_input_size,
     depth_anything_inputs,
     depth_pro_inputs,
     depth_pro_to_metric,
-    nominal_intrinsics,
 )
+from sharpdepth_core.models.metric_backend import MetricPrediction
 from sharpdepth_core.models.student import empty_prompt_embedding, task_embedding
 
 

@@ -21,16 +21,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sharpdepth_core import trainer
+from sharpdepth_core import trainer, training_config
 from sharpdepth_core.data import DataError, DepthCache, TrainingImages, open_source
+from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.gating import add_noise
 from sharpdepth_core.losses import sds_weight
-from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.hub import CheckpointError
 from sharpdepth_core.models.metric import load_metric_model
 from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
-from sharpdepth_core.trainer import PRESETS, TrainConfig, config_dict, make_config, resolve_resume, train, training_step
+from sharpdepth_core.trainer import resolve_resume, train, training_step
+from sharpdepth_core.training_config import PRESETS, TrainConfig, config_dict, make_config
 from training_fixtures import pattern, tiny_models, tiny_small_conv, write_bag, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_nano_preset_is_the_embedded_models_at_the_small_scale():
     method = ("lambda_sds", "lambda_rec", "pure_noise_prob", "gating_noise", "ema_difference_from_step", "fit_difference",
               "optimizer", "weight_decay", "grad_clip", "ema_before_step", "flip_before_metric")
     assert all(getattr(nano, f) == getattr(ref, f) for f in method)  # the reference method
-    trainer.check_config(dataclasses.replace(nano, data=["imgs"]))
+    training_config.check_config(dataclasses.replace(nano, data=["imgs"]))
 
 
 def test_yaml_then_overrides_win_and_values_are_typed(tmp_path):

@@ -168,7 +168,8 @@ def _run_rank(config_yaml: str, result_dir: str) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from sharpdepth_core.trainer import make_config, train
+    from sharpdepth_core.trainer import train
+    from sharpdepth_core.training_config import make_config
 
     result = train(make_config(yaml_file=config_yaml))
     rank = int(os.environ["RANK"])  # (the process group is gone once train() has ended)

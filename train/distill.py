@@ -21,26 +21,19 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Union, get_args, get_origin
 
 import yaml
 
-from sharpdepth_core.trainer import (
+from sharpdepth_core.trainer import resolve_resume, train
+from sharpdepth_core.training_config import (
     PRESETS,
     TrainConfig,
+    add_field_arguments,
     check_config,
+    command_line_overrides,
     config_dict,
-    config_types,
     make_config,
-    resolve_resume,
-    train,
 )
-
-
-def _is_list(tp) -> bool:
-    if get_origin(tp) is Union or type(tp).__name__ == "UnionType":
-        return any(_is_list(a) for a in get_args(tp))
-    return get_origin(tp) in (list, tuple)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,29 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in output_dir, or PATH, "
                    "with its saved config")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    group = p.add_argument_group("config fields", "(value shown as reference / paper preset)")
-    types_ = config_types()
-    for f in dataclasses.fields(TrainConfig):
-        ref, paper = getattr(PRESETS["reference"], f.name), getattr(PRESETS["paper"], f.name)
-        shown = f"{ref}" if ref == paper else f"{ref} / {paper}"
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        group.add_argument(*flags, dest=f.name, nargs="+" if _is_list(types_[f.name]) else None,
-                           default=argparse.SUPPRESS, metavar=f.name.upper(), help=f"{f.metadata['help']} [{shown}]")
+    add_field_arguments(p)
     return p
 
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[TrainConfig, Path | None]:
     """The run's config and the checkpoint it resumes (None: a new run); when resuming, the
     checkpoint's saved config.yaml takes the place of the preset."""
-    overrides: dict[str, object] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides.update({k: v for k, v in vars(args).items() if k in names})
     try:
+        overrides = command_line_overrides(args.set, args)
         cfg = make_config(args.preset or "reference", args.config, overrides)
         checkpoint = resolve_resume(cfg.output_dir, args.resume)
         if checkpoint is None:

@@ -11,8 +11,9 @@ or `difference_map:=light` (node) finds it.
   python train/light_decoder.py --model PIPELINE_DIR --data IMAGES_OR_BAGS... [--steps 2000]
 
 Full-size recipe (SD-2 VAE, the SharpDepth release): the same command on a GPU with --resolution 576
-768 --batch 8 --steps 20000 --device cuda over a few thousand images of your camera; then compare the
-`light` and `exact` rows of `python bench/pipeline.py --config full` before using it.
+768 --batch 8 --steps 20000 --device cuda over a few thousand images of your camera; then compare its
+accuracy against the exact path's (as `bench/difference_accuracy.py` does for the embedded models) and
+its speed (`python bench/pipeline.py --config full`) before using it.
 """
 from __future__ import annotations
 

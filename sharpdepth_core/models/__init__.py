@@ -5,22 +5,14 @@ Every loader takes a local folder or a hub id (`from_pretrained`), reads safeten
 answers in one line what is missing when weights are absent (`MissingWeightsError`) or unusable
 (`CheckpointError`).
 """
-from pathlib import Path
-
+from ..embedded import EMBEDDED_DIR
 from .codec import DepthCodec
 from .hub import CheckpointError, MissingWeightsError, resolve_model_dir
 from .marigold import MarigoldDepthModel
-from .metric import (
-    DEFAULT_METRIC_IDS,
-    METRIC_BACKENDS,
-    MetricBackend,
-    MetricPrediction,
-    load_metric_model,
-    nominal_intrinsics,
-)
+from .metric import DEFAULT_METRIC_IDS, METRIC_BACKENDS, load_metric_model
+from .metric_backend import MetricBackend, MetricPrediction
 from .student import PROMPT_EMBEDS_FILE, DiffusionDepthModel
 
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "weights" / "nano"  # the shipped small models
 LOTUS_G_ID = "jingheya/lotus-depth-g-v1-0"
 
 __all__ = [
@@ -37,6 +29,5 @@ __all__ = [
     "MissingWeightsError",
     "PROMPT_EMBEDS_FILE",
     "load_metric_model",
-    "nominal_intrinsics",
     "resolve_model_dir",
 ]

@@ -2,8 +2,9 @@
 
 It exists for the small-scale reproduction (`train/nano`): trained from scratch on two CPU cores it
 converges about three times faster per step than a small ViT, and its coarse output grid (log depth
-at 1/8 of its input, upsampled bilinearly) makes it accurate but blurry at boundaries — the regime of
-UniDepth in the paper, whose 14-pixel patches play the same role.
+at 1/`output_stride` of its input, 1/16 in the shipped model, upsampled bilinearly) makes it accurate
+but blurry at boundaries — the regime of UniDepth in the paper, whose 14-pixel patches play the same
+role.
 
 Architecture: 4 stride-2 stages (Conv-GroupNorm-SiLU twice) of `channels`, a global-average-pooling
 term added at the bottom (scene scale needs the whole image), then U-Net-style up-stages with skip
@@ -24,8 +25,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
+from ..geometry import focal_intrinsics
 from .hub import load_own_model
-from .metric import MetricBackend, MetricPrediction, focal_intrinsics, imagenet_normalize
+from .metric_backend import MetricBackend, MetricPrediction, imagenet_normalize
 
 BACKEND_NAME = "small-conv"
 
@@ -79,7 +81,7 @@ class ConvMetricNet(ModelMixin, ConfigMixin):
 
 
 class ConvMetricBackend(MetricBackend):
-    """`small-conv` behind the metric-backend interface (see `metric.MetricBackend`)."""
+    """`small-conv` behind the metric-backend interface (see `metric_backend.MetricBackend`)."""
 
     name = BACKEND_NAME
 

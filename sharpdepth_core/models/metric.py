@@ -4,7 +4,7 @@ image01 is [B, 3, H, W] RGB in [0, 1]; K an optional [B, 3, 3] camera matrix (pi
 integer coordinates). A backend returns metric depth (metres along the optical axis) at the input
 size and the K it stands for: the given one, else the backend's own estimate, else — for backends
 that predict none (Depth Anything) — a nominal camera with a 60° horizontal field of view and the
-principal point at the image centre (`nominal_intrinsics`); only unprojection uses that K.
+principal point at the image centre (`geometry.nominal_intrinsics`); only unprojection uses that K.
 
 Backends, chosen by name (`load_metric_model`):
 - "unidepth-v1", "unidepth-v2": UniDepth, the paper's f_D. CC BY-NC, not on PyPI: imported lazily
@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..geometry import MAX_FOCAL_PX
-from .hub import CheckpointError, MissingWeightsError, load_component, replacing_dir, resolve_model_dir, weight_files
+from ..geometry import focal_intrinsics, nominal_intrinsics
+from .hub import CheckpointError, MissingWeightsError, load_component, resolve_model_dir, weight_files
+from .metric_backend import MetricBackend, MetricPrediction, imagenet_normalize
 
 METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
 DEFAULT_METRIC_IDS = {
@@ -37,73 +36,6 @@ DEFAULT_METRIC_IDS = {
     "depth-pro": "apple/DepthPro-hf",
     "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
 }
-NOMINAL_HFOV_DEG = 60.0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class MetricPrediction:
-    depth: Tensor  # [B, 1, H, W] metres, at the input size
-    K: Tensor  # [B, 3, 3] float32, the intrinsics the depth stands for
-
-
-def focal_intrinsics(f: Tensor, hw: tuple[int, int]) -> Tensor:
-    """K [B, 3, 3] with fx = fy = f [B] and the principal point at the image centre."""
-    h, w = hw
-    K = torch.zeros(f.shape[0], 3, 3, dtype=torch.float32, device=f.device)
-    K[:, 0, 0] = K[:, 1, 1] = f.float()
-    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (w - 1) / 2, (h - 1) / 2, 1.0
-    return K
-
-
-def nominal_intrinsics(batch: int, hw: tuple[int, int], device=None, hfov_deg: float = NOMINAL_HFOV_DEG) -> Tensor:
-    """The documented default camera when none is given or predicted: 60° horizontal field of view."""
-    f = 0.5 * hw[1] / math.tan(math.radians(hfov_deg) / 2)
-    return focal_intrinsics(torch.full((batch,), f, device=device), hw)
-
-
-def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
-    """None, or K [3, 3] / [B, 3, 3] (numpy or torch) as float32 [B, 3, 3]; a bad K is a ValueError."""
-    if K is None:
-        return None
-    K = torch.as_tensor(K, dtype=torch.float32, device=device)
-    if K.shape == (3, 3):
-        K = K.expand(batch, 3, 3)
-    if K.shape != (batch, 3, 3):
-        raise ValueError(f"K must be [3, 3] or [B={batch}, 3, 3], got shape {tuple(K.shape)}")
-    if not torch.isfinite(K).all():
-        raise ValueError("K has non-finite values")
-    f = K[:, :2, :2].diagonal(dim1=1, dim2=2)
-    if (f <= 0).any() or (f > MAX_FOCAL_PX).any():
-        raise ValueError(f"K has focal lengths fx, fy = {f[0].tolist()} px; they must be in (0, {MAX_FOCAL_PX:g}]")
-    return K
-
-
-class MetricBackend(nn.Module):
-    """Common validation; subclasses implement `_predict` (inputs checked, no autograd)."""
-
-    name: str
-
-    def forward(self, image01: Tensor, K: Tensor | None = None) -> MetricPrediction:
-        if not isinstance(image01, Tensor) or image01.ndim != 4 or image01.shape[1] != 3:
-            raise ValueError(f"metric backend: image must be a [B, 3, H, W] tensor, got {getattr(image01, 'shape', type(image01))}")
-        K = check_intrinsics(K, image01.shape[0], image01.device)
-        with torch.no_grad():
-            pred = self._predict(image01, K)
-        return MetricPrediction(pred.depth.float(), pred.K.float())
-
-    def _predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
-        raise NotImplementedError
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        with replacing_dir(path) as tmp:
-            self.model.save_pretrained(tmp)
-        return Path(path)
 
 
 def _load_transformers(model_cls, model_type: str, path_or_id, what: str, dtype: torch.dtype):
@@ -198,13 +130,6 @@ def depth_anything_inputs(image01: Tensor, size: int, multiple: int = 14) -> Ten
         align_corners=False, antialias=True,
     ).clamp(0, 1)
     return imagenet_normalize(x)
-
-
-def imagenet_normalize(x: Tensor) -> Tensor:
-    """[0, 1] RGB -> ImageNet mean/std normalised, as the ImageNet-pretrained encoders expect."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 class DepthAnythingBackend(MetricBackend):

@@ -2,7 +2,8 @@
 """Retrain the whole small-scale SharpDepth from nothing, then write the report (`make nano`).
 
 Stages (each skipped when its output is already in out/nano, so an interrupted run continues where it
-stopped; `--redo STAGE` trains one again), two single-thread lanes side by side on two cores:
+stopped; `--redo STAGE` trains one again), two single-thread lanes side by side on two cores (one
+scheduler: a stage starts when a lane is free and the stage it reads has finished):
   vae -> f_G            (train/nano/vae.py, then diffusion_teacher.py)
   f_D                   (train/nano/metric_teacher.py)
   gates                 the regime's three gates on the val seeds; no distillation unless they hold
@@ -33,8 +34,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 
+from sharpdepth_core.embedded import EMBEDDED_DIR as EMBEDDED  # noqa: E402
+
 PY = sys.executable
-EMBEDDED = REPO / "sharpdepth_core" / "weights" / "nano"
 STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distillation: configs/sharpdepth.yaml
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
@@ -79,22 +81,21 @@ def wait(job, timings: dict) -> None:
         raise SystemExit(f"{name} failed (exit {rc}); see {log.name}; run again to continue from here")
 
 
-def run_lanes(jobs: list[tuple], timings: dict) -> None:
-    """Run jobs (name, command[, ready]) in order, LANES at a time, starting the first ready one as
-    soon as any lane is free (`ready()`: its inputs exist); a failure stops the others (a later
-    invocation starts them again)."""
+def run_lanes(jobs: list[tuple[str, list[str], str | None]], timings: dict) -> None:
+    """The one stage scheduler: run jobs (name, command, after) in order, LANES at a time, starting the
+    first ready one as soon as any lane is free (ready: the job named `after`, whose output it reads, is
+    neither queued nor running); a failure stops the others (a later invocation starts them again)."""
     queue, running = list(jobs), []
     try:
         while queue or running:
-            ready = [job for job in queue if len(job) < 3 or job[2]()]
+            waiting = {job[0] for job in queue + running}
+            ready = [job for job in queue if job[2] not in waiting]
             if ready and len(running) < LANES:
                 queue.remove(ready[0])
                 running.append(start(*ready[0][:2]))
                 continue
             finished = next((job for job in running if job[1].poll() is not None), None)
             if finished is None:
-                if not running:
-                    raise SystemExit(f"{', '.join(j[0] for j in queue)}: their inputs never appeared")
                 time.sleep(1)
                 continue
             running.remove(finished)
@@ -168,21 +169,9 @@ def main() -> int:
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     steps = {k: max(2, round(v * args.scale)) for k, v in STEPS.items()}
 
-    lane_a = [] if done("vae") else [("vae", [PY, str(HERE / "vae.py"), "--steps", str(steps["vae"])])]
-    lane_b = [] if done("f_D") else [("f_D", [PY, str(HERE / "metric_teacher.py"), "--steps", str(steps["f_D"])])]
-    jobs_b = [start(*job) for job in lane_b]
-    try:
-        for job in lane_a:
-            wait(start(*job), timings)
-        if not done("f_G"):
-            wait(start("f_G", [PY, str(HERE / "diffusion_teacher.py"), "--steps", str(steps["f_G"])]), timings)
-        for job in jobs_b:
-            wait(job, timings)
-    finally:  # a failure in one lane stops the other (a later invocation starts it again)
-        for _, proc, _, _ in jobs_b:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
+    teachers = (("vae", "vae.py", None), ("f_D", "metric_teacher.py", None), ("f_G", "diffusion_teacher.py", "vae"))
+    run_lanes([(name, [PY, str(HERE / script), "--steps", str(steps[name])], after)
+               for name, script, after in teachers if not done(name)], timings)
 
     t0 = time.perf_counter()
     gates = subprocess.run([PY, str(REPO / "bench" / "nano_report.py"), "--models", str(OUT), "--gates-only"],
@@ -197,11 +186,11 @@ def main() -> int:
     todo = [n for n in ablations if not (OUT / "runs" / n / "pipeline" / "pipeline.json").is_file()]
     for n in todo:  # a run that was interrupted starts again from its own start
         shutil.rmtree(OUT / "runs" / n, ignore_errors=True)
-    jobs = [(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"], args.scale)) for n in todo]
+    jobs = [(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"], args.scale), None) for n in todo]
     if not done("light_decoder"):  # needs the full run's student: queued right after it
         light = [PY, "train/light_decoder.py", "--model", str(OUT / "runs" / "full" / "pipeline"), "--data", str(OUT / "data" / "distill"),
                  "--resolution", str(H), str(W), "--out", str(OUT / "light_decoder"), "--steps", str(steps["light_decoder"])]
-        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light, (OUT / "runs" / "full" / "pipeline" / "pipeline.json").is_file))
+        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light, "distill_full"))
     run_lanes(jobs, timings)
     timings["training (this invocation)"] = round(time.perf_counter() - t_all, 1)
     timings_file.write_text(json.dumps(timings, indent=2))
