@@ -1,29 +1,14 @@
-"""Fixtures for the model, pipeline and CLI tests: tiny random-weight models saved to real folders."""
+"""Helpers for the model, pipeline, CLI and demo tests: the synthetic test scene, the model card's figures
+(fixtures: test/core/conftest.py)."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import re
 
 import numpy as np
-import pytest
 
-from sharpdepth_core.models import tiny
+from sharpdepth_core.embedded import EMBEDDED_DIR
 
-
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Every tiny model saved once per session (student, release layout, metric backends, Marigold, pipeline)."""
-    return tiny.save_tiny_models(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def copy_of(tmp_path):
-    """A private copy of a session folder, for tests that damage or extend it."""
-
-    def copy(folder: Path) -> Path:
-        return Path(shutil.copytree(folder, tmp_path / folder.name))
-
-    return copy
+CARD = EMBEDDED_DIR / "MODEL_CARD.md"
 
 
 def scene_image(seed: int = 0, width: int = 64, height: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -32,3 +17,10 @@ def scene_image(seed: int = 0, width: int = 64, height: int = 48) -> tuple[np.nd
 
     scene = render_scene(seed, width=width, height=height)
     return scene.rgb, scene.K
+
+
+def card_figure(name: str) -> float:
+    """A number of the model card's machine-read line `<!-- name: value -->`."""
+    found = re.search(rf"<!-- {name}: ([0-9.]+) -->", CARD.read_text())
+    assert found, f"{CARD} lacks the line <!-- {name}: ... -->"
+    return float(found.group(1))

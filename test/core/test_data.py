@@ -21,7 +21,7 @@ from sharpdepth_core.data import (
     flip_where,
     open_source,
 )
-from training_fixtures import (
+from helpers_training import (
     camera_info_message,
     image_message,
     pattern,

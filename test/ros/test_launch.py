@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 from rclpy.qos import ReliabilityPolicy
-from ros_helpers import node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401  (fixtures)
+from helpers_ros import node_parameters, wait_for
 
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros import replay as replay_module
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "sharpdepth.launch.py"
 SETUP = REPO / "setup.py"
 RVIZ = REPO / "rviz" / "sharpdepth.rviz"

@@ -10,21 +10,11 @@ import numpy as np
 import pytest
 import torch
 from rclpy.parameter import Parameter
-from ros_helpers import (  # noqa: F401  (fixtures)
-    Probe,
-    Spinner,
-    encode_image,
-    header,
-    node_parameters,
-    pinhole_info,
-    ros_context,
-    stamp_ns,
-    tiny_pipeline_dir,
-    wait_for,
-)
+from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, pinhole_info, stamp_ns, wait_for
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.geometry import unproject
+from sharpdepth_core.models import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
@@ -255,3 +245,36 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
     assert line.startswith("[WARN]")
     assert f"SharpDepth: the EMBEDDED synthetic-scene models ({tiny_pipeline_dir}): not for real cameras" in line
+
+
+def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, capfd):
+    """export.json records the fixed grid's processing_res and the student's weight hash; the node's
+    exported-engine loader checks both before the first frame (which would otherwise be dropped as
+    bad input, like every frame after it)."""
+    from sharpdepth_core.cli import main
+    from sharpdepth_core.engines import OnnxEngine
+    from helpers_models import scene_image
+    from sharpdepth_ros.loaders import load_exported_pipeline
+
+    pipeline = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "pipeline")
+    fixed = tmp_path / "fixed56"
+    assert main(["export", "--model", str(pipeline), "--out", str(fixed), "--input-size", "64x48", "--fixed", "--processing-res", "56"]) == 0
+    settings = {name: default for name, (default, _) in node_module.PARAMETERS.items()}
+    settings.update(device="cpu", model=str(pipeline), engine="onnx", engine_dir=str(fixed))
+    with pytest.raises(ValueError, match="made with processing_res 56 for 64x48 camera images, but the pipeline runs at "
+                                         "processing_res 64: set processing_res to 56"):
+        load_exported_pipeline(settings)
+    pipe = load_exported_pipeline({**settings, "processing_res": 56})
+    assert isinstance(pipe.engine, OnnxEngine) and pipe.processing_res == 56
+    rgb, _ = scene_image(0)
+    assert torch.isfinite(pipe(rgb, seed=0).depth).all()  # and it runs frames of that camera
+
+    other = tiny.tiny_student(seed=1).save_pretrained(tmp_path / "other_student")
+    assert main(["export", "--student", str(other), "--out", str(tmp_path / "other")]) == 0
+    with pytest.raises(ValueError, match=r"export .*other is of another student model \(weights SHA-256"):
+        load_exported_pipeline({**settings, "engine_dir": str(tmp_path / "other")})
+    capfd.readouterr()
+    argv = ["sharpdepth_node", "--ros-args", "-p", f"model:={pipeline}", "-p", "engine:=onnx", "-p", f"engine_dir:={fixed}", "-p", "device:=cpu"]
+    assert node_module.main(argv) == 1
+    err = capfd.readouterr().err
+    assert "set processing_res to 56" in err and "Traceback" not in err

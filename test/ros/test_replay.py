@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
-from ros_helpers import Spinner, encode_image, header, pinhole_info, ros_context, wait_for  # noqa: F401  (fixture)
+from helpers_ros import Spinner, encode_image, header, pinhole_info, wait_for
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.synthetic import render_scene

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from helpers_models import copy_of, tiny_dirs  # noqa: F401  (fixtures)
 from sharpdepth_core.gating import TIMESTEP
 from sharpdepth_core.models import (
     PROMPT_EMBEDS_FILE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from ros_helpers import encode_image, header, pinhole_info
+from helpers_ros import encode_image, header, pinhole_info
 from sensor_msgs.msg import CompressedImage, PointField
 
 from sharpdepth_core.geometry import unproject

@@ -11,18 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from ros_helpers import (  # noqa: F401  (fixtures)
-    Probe,
-    Spinner,
-    encode_image,
-    header,
-    node_parameters,
-    pinhole_info,
-    ros_context,
-    stamp_ns,
-    tiny_pipeline_dir,
-    wait_for,
-)
+from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, pinhole_info, stamp_ns, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed
-from ros_helpers import encode_image, header, pinhole_info, ros_context  # noqa: F401  (fixture)
+from helpers_ros import encode_image, header, pinhole_info
 from sensor_msgs.msg import CameraInfo, Image
 
 import rclpy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The node's process: `main` with the pytorch engine replaced by a stand-in whose call either runs
 # "forever" (120 s) or ends only once ROS has shut down, i.e. exactly while the node is stopping.

@@ -44,7 +44,7 @@ def test_colouring_does_not_import_matplotlib():
 
     code = ("import sys, numpy as np; from sharpdepth_core.visualize import colorize_depth, colorize_difference; "
             "colorize_depth(np.ones((4, 4))); colorize_difference(np.zeros((4, 4))); print('matplotlib' in sys.modules)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=root)
     assert out.stdout.strip() == "False"
 

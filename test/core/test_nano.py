@@ -1,13 +1,9 @@
 """The shipped small models (sharpdepth_core/weights/nano): they load through the public loaders
-unchanged, carry their camera and the f_G teacher, and the demo on them reproduces the model card.
-
-The card's demo figures come from `python -m sharpdepth_ros.demo --frames 3 --seed 100000` (held-out
-scenes, the models' own camera); the node seeds its noise draws (seed 0), so the tolerances only cover
-arithmetic differences between machines and thread counts.
+unchanged, carry their camera and the f_G teacher, and distil offline with what ships. (The demo on
+them reproducing the model card is test/ros/test_demo.py.)
 """
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +17,9 @@ from sharpdepth_core.models import EMBEDDED_DIR, DiffusionDepthModel, load_metri
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 
-REPO = Path(__file__).resolve().parents[1]
-CARD = EMBEDDED_DIR / "MODEL_CARD.md"
-DEMO_TOLERANCE = 0.02  # AbsRel, absolute
-DBE_TOLERANCE = 0.5  # DBE compl, pixels
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "pipeline.json").is_file(), reason=f"no shipped weights in {EMBEDDED_DIR}")
-
-
-def card_figure(name: str) -> float:
-    """A number of the model card's machine-read line `<!-- name: value -->`."""
-    found = re.search(rf"<!-- {name}: ([0-9.]+) -->", CARD.read_text())
-    assert found, f"{CARD} lacks the line <!-- {name}: ... -->"
-    return float(found.group(1))
 
 
 def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loaders():
@@ -60,29 +46,6 @@ def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loade
     gt = torch.from_numpy(scene.depth)
     abs_rel = ((out.depth[0, 0].clamp_min(0.01) - gt).abs() / gt).mean().item()
     assert abs_rel < 0.25  # trained, not random: a tiny random model is off by far more
-
-
-def test_demo_on_the_shipped_weights_matches_the_model_card(tmp_path):
-    cmd = [sys.executable, "-m", "sharpdepth_ros.demo", "--out", str(tmp_path), "--frames", "3", "--seed", "100000"]
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "UNTRAINED" not in run.stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert not summary["untrained_models"]
-    assert summary["mean_abs_rel"] == pytest.approx(card_figure("demo_abs_rel"), abs=DEMO_TOLERANCE)
-    assert summary["mean_dbe_compl"] == pytest.approx(card_figure("demo_dbe_compl"), abs=DBE_TOLERANCE)
-    if card_figure("sharpness_target_met"):  # the shipped run reached the paper's sharpness: it shows here
-        assert summary["mean_dbe_compl"] < summary["mean_f_D_dbe_compl"]
-    from rosbags.highlevel import AnyReader
-
-    from sharpdepth_ros.demo import TOPICS
-
-    (mcap,) = (tmp_path / "sharpdepth_demo").glob("*.mcap")
-    with AnyReader([mcap]) as reader:
-        topics = sorted(c.topic for c, _, _ in reader.messages())
-    assert topics == sorted(list(TOPICS) * 3)  # every topic of every frame, playable in Foxglove / RViz
-    for name in ("overview.png", "frame_02_depth.png", "frame_02_difference.png", "frame_02_cloud.png"):
-        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_preset_nano_distils_offline_with_what_ships_and_the_result_runs(tmp_path):

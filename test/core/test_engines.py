@@ -192,38 +192,6 @@ def test_device_names_are_checked_before_anything_loads():
             check_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, capfd):
-    """export.json records the fixed grid's processing_res and the student's weight hash; the node's
-    exported-engine loader checks both before the first frame (which would otherwise be dropped as
-    bad input, like every frame after it)."""
-    node_module = pytest.importorskip("sharpdepth_ros.node", reason="rclpy is not installed")
-    from sharpdepth_core.cli import main
-    from sharpdepth_ros.loaders import load_exported_pipeline
-
-    pipeline = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "pipeline")
-    fixed = tmp_path / "fixed56"
-    assert main(["export", "--model", str(pipeline), "--out", str(fixed), "--input-size", "64x48", "--fixed", "--processing-res", "56"]) == 0
-    settings = {name: default for name, (default, _) in node_module.PARAMETERS.items()}
-    settings.update(device="cpu", model=str(pipeline), engine="onnx", engine_dir=str(fixed))
-    with pytest.raises(ValueError, match="made with processing_res 56 for 64x48 camera images, but the pipeline runs at "
-                                         "processing_res 64: set processing_res to 56"):
-        load_exported_pipeline(settings)
-    pipe = load_exported_pipeline({**settings, "processing_res": 56})
-    assert isinstance(pipe.engine, OnnxEngine) and pipe.processing_res == 56
-    rgb, _ = scene_image(0)
-    assert torch.isfinite(pipe(rgb, seed=0).depth).all()  # and it runs frames of that camera
-
-    other = tiny.tiny_student(seed=1).save_pretrained(tmp_path / "other_student")
-    assert main(["export", "--student", str(other), "--out", str(tmp_path / "other")]) == 0
-    with pytest.raises(ValueError, match=r"export .*other is of another student model \(weights SHA-256"):
-        load_exported_pipeline({**settings, "engine_dir": str(tmp_path / "other")})
-    capfd.readouterr()
-    argv = ["sharpdepth_node", "--ros-args", "-p", f"model:={pipeline}", "-p", "engine:=onnx", "-p", f"engine_dir:={fixed}", "-p", "device:=cpu"]
-    assert node_module.main(argv) == 1
-    err = capfd.readouterr().err
-    assert "set processing_res to 56" in err and "Traceback" not in err
-
-
 # --- TensorRT ------------------------------------------------------------------------------------
 
 

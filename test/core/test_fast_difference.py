@@ -25,7 +25,7 @@ from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
 from sharpdepth_core.models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
 
 

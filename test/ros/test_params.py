@@ -13,7 +13,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
-from ros_helpers import Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
+from helpers_ros import Spinner, node_parameters, wait_for
 
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros import replay as replay_module
@@ -21,7 +21,7 @@ from sharpdepth_ros.loaders import PIPELINE_LOADERS
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "sharpdepth.yaml"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_models import scene_image, tiny_dirs  # noqa: F401  (fixture)
+from helpers_models import scene_image
 from sharpdepth_core.models import CheckpointError, MissingWeightsError, tiny
 from sharpdepth_core.pipeline import (
     FIT_THRESHOLD,

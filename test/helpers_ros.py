@@ -1,7 +1,8 @@
-"""Fixtures for the ROS tests: an isolated DDS domain per run, per-module rclpy contexts, bounded waits.
+"""Helpers for the ROS tests (test/ros/): an isolated DDS domain per run, bounded waits, messages.
 
-Imported by test/test_ros_*.py. The domain id comes from the pid so that concurrent test runs on one
-machine (other engineers, CI jobs) never see each other's topics; discovery stays on loopback.
+The domain id comes from the pid so that concurrent test runs on one machine (other engineers, CI
+jobs) never see each other's topics; discovery stays on loopback. The fixtures are in
+test/ros/conftest.py.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import time
 from typing import Callable
 
 import numpy as np
-import pytest
 
 DOMAIN_ID = 1 + os.getpid() % 101
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
@@ -22,15 +22,6 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ros_context():
-    """One rclpy context per test module, on this run's domain."""
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 class Spinner:
@@ -112,14 +103,6 @@ def pinhole_info(K: np.ndarray, hw: tuple[int, int], hdr=None) -> CameraInfo:
     info.r = np.eye(3).ravel()
     info.p = np.concatenate([K, np.zeros((3, 1))], axis=1).ravel()
     return info
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory):
-    """A SharpDepth pipeline folder of tiny random real models (processing_res 64), saved once per session."""
-    from sharpdepth_core.models import tiny
-
-    return tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path_factory.mktemp("ros_tiny") / "pipeline")
 
 
 def node_parameters(model_dir, **extra) -> list:

@@ -9,18 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from ros_helpers import (  # noqa: F401  (fixtures)
-    Probe,
-    Spinner,
-    encode_image,
-    header,
-    node_parameters,
-    pinhole_info,
-    ros_context,
-    stamp_ns,
-    tiny_pipeline_dir,
-    wait_for,
-)
+from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, pinhole_info, stamp_ns, wait_for
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.geometry import unproject

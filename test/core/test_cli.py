@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers_models import scene_image, tiny_dirs  # noqa: F401  (fixture)
+from helpers_models import scene_image
 from sharpdepth_core.cli import PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
 

@@ -32,9 +32,9 @@ from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.trainer import resolve_resume, train, training_step
 from sharpdepth_core.training_config import PRESETS, TrainConfig, config_dict, make_config
-from training_fixtures import pattern, tiny_models, tiny_small_conv, write_bag, write_images
+from helpers_training import pattern, tiny_models, tiny_small_conv, write_bag, write_images
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def reset_accelerate() -> None:
@@ -408,7 +408,7 @@ def test_two_processes_keep_identical_replicas(models, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "test")])}  # this checkout's packages
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "test" / "training_fixtures.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)]
+           str(REPO / "test" / "helpers_training.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")

@@ -21,8 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from ros_helpers import ros_context, tiny_pipeline_dir  # noqa: F401  (fixtures)
-from training_fixtures import image_message, pattern, truncated_recording, write_bag, write_messages
+from helpers_training import image_message, pattern, truncated_recording, write_bag, write_messages
 
 from sharpdepth_core import data
 from sharpdepth_core.cli import main

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLCON = Path(sys.executable).parent / "colcon"
 IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "install", "log", "out", "runs", "test", "train", "bench",
                                  "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", "*.partial", "*.old")

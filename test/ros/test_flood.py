@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 from rclpy.parameter import Parameter
-from ros_helpers import Probe, Spinner, node_parameters, ros_context, tiny_pipeline_dir, wait_for  # noqa: F401
+from helpers_ros import Probe, Spinner, node_parameters, wait_for
 from sensor_msgs.msg import Image, PointCloud2
 
 from sharpdepth_ros.node import SharpDepthNode
