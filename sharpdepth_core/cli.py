@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -80,8 +81,7 @@ def add_predict(sub) -> None:
         help="with --student: the metric backend f_D (needed unless a pipeline.json beside the student names one): "
         "unidepth-v1, unidepth-v2, depth-pro (when it predicts no field of view, a 60 degree horizontal one is "
         "assumed unless --intrinsics gives K), depth-anything-v2 (default checkpoint: the Indoor-Small metric model, "
-        "depth capped at 20 m; for outdoor scenes pass --metric-path "
-        "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf, capped at 80 m), small-conv",
+        f"depth capped at 20 m; for outdoor scenes pass --metric-path {DEPTH_ANYTHING_OUTDOOR_ID}, capped at 80 m), small-conv",
     )
     models.add_argument("--metric-path", metavar="PATH_OR_ID", help="metric backend weights (default: its usual hub id)")
     p.add_argument("--processing-res", type=int, metavar="N", help="longer edge of the processing grid (default: the model's)")

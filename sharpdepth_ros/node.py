@@ -32,6 +32,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from sharpdepth_core.engines import DEVICE_NAME
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
+from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
 from sharpdepth_core.visualize import colorize_depth
@@ -74,7 +75,7 @@ PARAMETERS = {
     "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
     "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
                                     "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
-                                    "depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf, 80 m)", STR, read_only=True)),
+                                    f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR, read_only=True)),
     "engine": ("pytorch", descriptor("inference engine: pytorch, onnx or tensorrt", STR, read_only=True)),
     "engine_dir": ("", descriptor("onnx/tensorrt: the folder written by `sharpdepth export`", STR, read_only=True)),
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),

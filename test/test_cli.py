@@ -369,6 +369,28 @@ def test_help_documents_the_model_choices_and_the_reference_departures(capsys, m
         assert needle in text, needle
 
 
+def test_one_outdoor_depth_anything_checkpoint_is_named_everywhere(capsys, monkeypatch):
+    """predict --help, the node's parameter help, the README, METHOD.md and the node's config all give the
+    same outdoor Depth Anything checkpoint (they disagreed: -Outdoor-Small-hf against -Outdoor-Large-hf)."""
+    import re
+
+    from sharpdepth_core.checkpoints import DEFAULT_METRIC_IDS, DEPTH_ANYTHING_OUTDOOR_ID
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    texts = {"predict --help": capsys.readouterr().out}
+    texts.update({name: (ROOT / name).read_text() for name in ("README.md", "docs/METHOD.md", "config/sharpdepth.yaml")})
+    texts["sharpdepth_node --help"] = subprocess.run(
+        [sys.executable, "-m", "sharpdepth_ros.node", "--help"], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    # the outdoor counterpart of the default (Indoor-Small) checkpoint
+    assert DEPTH_ANYTHING_OUTDOOR_ID == DEFAULT_METRIC_IDS["depth-anything-v2"].replace("Indoor", "Outdoor")
+    for where, text in texts.items():
+        named = set(re.findall(r"depth-anything/Depth-Anything-V2-Metric-Outdoor-[\w-]+", text))
+        assert named == {DEPTH_ANYTHING_OUTDOOR_ID}, (where, named)
+
+
 def test_subcommands_are_registered_in_one_place():
     parser = build_parser()
     with pytest.raises(SystemExit):

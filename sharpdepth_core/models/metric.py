@@ -27,16 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoints import DEFAULT_METRIC_IDS
 from ..geometry import MAX_FOCAL_PX
 from .hub import CheckpointError, MissingWeightsError, load_component, replacing_dir, resolve_model_dir, weight_files
 
 METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
-DEFAULT_METRIC_IDS = {
-    "unidepth-v1": "lpiccinelli/unidepth-v1-vitl14",
-    "unidepth-v2": "lpiccinelli/unidepth-v2-vitl14",
-    "depth-pro": "apple/DepthPro-hf",
-    "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
-}
 NOMINAL_HFOV_DEG = 60.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -212,7 +207,7 @@ class DepthAnythingBackend(MetricBackend):
     post-processing does; bicubic can overshoot at a boundary, so the result is kept >= 1 mm.
 
     The default checkpoint is Indoor-Small, whose metric head is capped at 20 m: for outdoor scenes
-    load an Outdoor checkpoint (max 80 m), e.g. depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf."""
+    load an Outdoor checkpoint (max 80 m): `checkpoints.DEPTH_ANYTHING_OUTDOOR_ID`."""
 
     name = "depth-anything-v2"
 
