@@ -113,10 +113,31 @@ def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path,
     status = main(["predict", str(broken), str(images / "scene.png"), str(tmp_path / "missing.jpg"),
                    "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
     err = capsys.readouterr().err
-    assert status == 0 and (out / "scene_depth.npy").exists() and not (out / "broken_depth.npy").exists()
+    assert status == 3 and (out / "scene_depth.npy").exists() and not (out / "broken_depth.npy").exists()
     line = next(line for line in err.splitlines() if "not a readable image" in line)
     assert line.startswith(f"{broken}: not a readable image") and line.count(str(broken)) == 1  # the path once
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and "1 of 2 images" in err
+    assert err.strip().splitlines()[-1] == ("sharpdepth predict: error: 2 input(s) not written (1 image(s) failed, "
+                                            "1 input(s) gave no image, each said above); exit status 3")
+
+
+def test_exit_status_says_whether_every_input_was_written(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """0: all written; 3: some not (an unreadable broken.jpg, an empty folder); 1: none; documented in --help."""
+    model = ["--model", str(tiny_dirs["pipeline"])]
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "a"), *model]) == 0
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    assert main(["predict", str(images / "scene.png"), str(broken), "--out", str(tmp_path / "b"), *model]) == 3
+    assert "1 input(s) not written (1 image(s) failed" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(images / "scene.png"), str(tmp_path / "empty"), "--out", str(tmp_path / "c"), *model]) == 3
+    assert main(["predict", str(broken), "--out", str(tmp_path / "d"), *model]) == 1
+    monkeypatch.setenv("COLUMNS", "1000")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 every input written; 1 nothing written" in text and "3 some inputs written, others not" in text
 
 
 def test_nothing_processed_is_a_failure_with_a_message(tiny_dirs, tmp_path, capsys):
@@ -249,7 +270,7 @@ def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_p
     command = [sys.executable, "-m", "sharpdepth_core.cli", "predict", str(images), str(tmp_path / "named.png"),
                "--out", str(tmp_path / "out"), "--model", str(tiny_dirs["pipeline"]), "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0 and "4 of 4 images" in done.stderr, done.stderr
+    assert done.returncode == 3 and "4 of 4 images" in done.stderr, done.stderr  # the named FIFO was not written
     assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -267,10 +288,10 @@ def test_oversized_images_are_refused_from_the_header_and_the_batch_goes_on(tiny
     big = png_header(images / "big.png", 6000, 5000)  # 30 MP, over the 25 MP default
     bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own decompression-bomb limit
     model = ["--model", str(tiny_dirs["pipeline"])]
-    assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model]) == 0
+    assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model]) == 3
     err = capsys.readouterr().err
     assert f"\n{big} of 6000x5000 = 30.0 MP is above the limit of 25.0 MP" in err and "4 of 5 images" in err
-    assert main(["predict", str(bomb), str(images / "scene.png"), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "0"]) == 0
+    assert main(["predict", str(bomb), str(images / "scene.png"), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "0"]) == 3
     err = capsys.readouterr().err
     assert f"{bomb}: image too large to decode safely" in err and "1 of 2 images" in err
     assert main(["predict", str(big), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "40000000"]) == 1  # read, then undecodable
@@ -284,12 +305,12 @@ def test_predict_never_overwrites_files_it_did_not_write(tiny_dirs, images, tmp_
     Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)).save(user_depth)
     before = user_depth.read_bytes()
     model = ["--model", str(tiny_dirs["pipeline"])]
-    assert main(["predict", str(images), "--out", str(images), *model]) == 0
+    assert main(["predict", str(images), "--out", str(images), *model]) == 3  # gray.png was not written
     err = capsys.readouterr().err
     assert user_depth.read_bytes() == before and not (images / "gray_depth.npy").exists()
     assert f"{images / 'gray_depth.png'} exists and was not written by sharpdepth predict" in err and "3 of 4 images" in err
     stamp = (images / "scene_depth.npy").stat().st_mtime_ns
-    assert main(["predict", str(images), "--out", str(images), *model, "--seed", "3"]) == 0
+    assert main(["predict", str(images), "--out", str(images), *model, "--seed", "3"]) == 3
     err = capsys.readouterr().err
     assert "skipped 13 file(s) named like sharpdepth outputs" in err and "3 of 4 images" in err  # 3 x 4 outputs + the user's
     assert (images / "scene_depth.npy").stat().st_mtime_ns != stamp and user_depth.read_bytes() == before
