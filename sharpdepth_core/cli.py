@@ -268,8 +268,10 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
     """(images, inputs that gave no image, camera, device, output folder): everything checked that can
     be without the models; None (said on stderr) when there is nothing to process."""
     from .engines import check_device
+    from .preprocessing import check_processing_res
 
     _check_model_arguments(args)
+    check_processing_res(args.processing_res, "--processing-res")
     images, problems, unusable = find_images(args.inputs)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
@@ -485,7 +487,7 @@ def run_export(args) -> int:
     from .engines import TensorRTEngine, check_device
     from .export import export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
-    from .preprocessing import plan_resize
+    from .preprocessing import check_processing_res, plan_resize
 
     if args.model and args.student:
         raise ValueError("--model and --student exclude each other")
@@ -495,8 +497,8 @@ def run_export(args) -> int:
         raise ValueError("--fixed and --tensorrt need --input-size WxH (the camera's image size)")
     if args.fixed and args.processing_res and len(args.processing_res) != 1:
         raise ValueError("--fixed exports one processing grid: give one --processing-res")
-    if args.processing_res and any(r < 8 for r in args.processing_res):
-        raise ValueError(f"--processing-res must be >= 8, got {args.processing_res}")
+    for res in args.processing_res or ():
+        check_processing_res(res, "--processing-res")
     input_hw = parse_size(args.input_size) if args.input_size else None
     device = check_device(args.device)
     out = export_folder(args.out, args.overwrite)

@@ -35,6 +35,7 @@ from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
+from sharpdepth_core.preprocessing import MAX_PROCESSING_RES
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -87,7 +88,7 @@ PARAMETERS = {
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
                                                               integer=(1, 2**31 - 1))),
-    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
+    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, MAX_PROCESSING_RES))),
     "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
     "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
                                                "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "

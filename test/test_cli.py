@@ -199,6 +199,29 @@ def test_malformed_pipeline_json_and_short_schedule_are_one_line(tiny_dirs, imag
         assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
 
 
+def test_processing_res_is_bounded_wherever_it_enters(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """A pipeline.json with 10^9, predict --processing-res 100000 and export --processing-res 100000 are one
+    line each before any model is built (they died allocating, or ran for minutes)."""
+    from sharpdepth_core.models.student import DiffusionDepthModel
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(DiffusionDepthModel, "from_pretrained", no_model)
+    huge = Path(shutil.copytree(tiny_dirs["pipeline"], tmp_path / "huge"))
+    (huge / "pipeline.json").write_text(json.dumps({**json.loads((huge / "pipeline.json").read_text()), "processing_res": 10**9}))
+    runs = [(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(huge)], f"{huge / 'pipeline.json'}: processing_res"),
+            (["predict", str(images), "--out", str(tmp_path / "o"), "--processing-res", "100000"], "--processing-res"),
+            (["export", "--out", str(tmp_path / "x"), "--processing-res", "100000"], "--processing-res"),
+            (["export", "--out", str(tmp_path / "x"), "--model", str(huge)], f"{huge / 'pipeline.json'}: processing_res")]
+    for argv, name in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{name} must be an integer from 8 to 2048" in err[0], err
+        assert ("100000" if "100000" in argv else "1000000000") in err[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+
+
 def test_student_with_a_pipeline_json_beside_it_needs_no_metric_and_runs_at_its_resolution(tiny_dirs, images, tmp_path, capsys):
     """What the trainer writes: student/ with a pipeline.json beside it naming the metric backend and the
     processing resolution (64 here; 768 when none is known) -> the same output as the pipeline folder."""
