@@ -297,23 +297,33 @@ def load_predict_pipeline(args, device):
     return pipe
 
 
+def image_K(K: np.ndarray, calib_hw: tuple[int, int] | None, image_hw: tuple[int, int]) -> np.ndarray:
+    """--intrinsics for one image: a JSON calibration of another size scaled (same aspect ratio, with a
+    warning) or refused (ValueError); a bare fx,fy,cx,cy whose principal point is far off-centre warned about."""
+    from .geometry import check_calibration_size, principal_point_note, scale_intrinsics
+
+    if calib_hw is None:
+        note = principal_point_note(K, image_hw, "--intrinsics")
+    else:
+        note = check_calibration_size(calib_hw, image_hw, "--intrinsics")
+        K = scale_intrinsics(K, calib_hw, image_hw) if note else K
+    if note:
+        warnings.warn(note)
+    return K
+
+
 def predict_image(pipe, path: Path, camera, args):
     """(rgb, the pipeline's output) for one image file, or None when it cannot be used (said in one line).
     Warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps."""
     from tqdm import tqdm
 
-    from .geometry import scale_intrinsics
     from .images import read_image_file
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             rgb = read_image_file(path, args.max_input_pixels or None)
-            K = None
-            if camera is not None:
-                K, calib_hw = camera
-                if calib_hw is not None and calib_hw != rgb.shape[:2]:
-                    K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
+            K = None if camera is None else image_K(*camera, rgb.shape[:2])
             result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
         except ValueError as exc:
             message = str(exc)

@@ -106,6 +106,26 @@ def test_point_cloud_uses_the_given_intrinsics(tiny_dirs, images, tmp_path):
     assert np.allclose(np.stack([scaled["x"], scaled["y"], scaled["z"]], -1), xyz[valid], atol=1e-5)
 
 
+def test_intrinsics_that_do_not_fit_the_image_are_scaled_refused_or_warned_about(tiny_dirs, images, tmp_path, capsys):
+    """A JSON calibration of the image's aspect ratio is scaled (said), of another one refused (the image is
+    not written: exit 1); a bare fx,fy,cx,cy for 640x480 on a 64x48 image is used with a warning."""
+    scene = images / "scene.png"  # 64x48
+    args = ["predict", str(scene), "--model", str(tiny_dirs["pipeline"])]
+    calib = tmp_path / "camera.json"
+    calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 47.5], [0, 0, 1]], "width": 128, "height": 96}))
+    assert main([*args, "--out", str(tmp_path / "a"), "--intrinsics", str(calib)]) == 0
+    assert f"warning: {scene}: --intrinsics for 128x96 images scaled to this 64x48 image" in capsys.readouterr().err
+    calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 63.5], [0, 0, 1]], "width": 128, "height": 128}))
+    assert main([*args, "--out", str(tmp_path / "b"), "--intrinsics", str(calib)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{scene}: error: --intrinsics is for 128x128 images but the image is 64x48, another aspect ratio" in err
+            and not (tmp_path / "b" / "scene_depth.npy").exists())
+    assert main([*args, "--out", str(tmp_path / "c"), "--intrinsics", "525,525,319.5,239.5"]) == 0
+    assert "--intrinsics has its principal point (319.5, 239.5) far from the centre of this 64x48 image" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "d"), "--intrinsics", "50,52,31.5,23.5"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not really")
