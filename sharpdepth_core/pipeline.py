@@ -25,7 +25,7 @@ from .engines import DepthEngine, TorchEngine
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, Extra, replacing_dir
+from .models.hub import CheckpointError, Extra, read_config, replacing_dir
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.metric import check_intrinsics
 from .normalization import normalize_depth
@@ -368,12 +368,7 @@ def read_pipeline_config(path: Path) -> dict:
             f"SharpDepth pipeline: no {PIPELINE_CONFIG} in {path.parent}; pass a pipeline folder (student/, metric/, "
             f"{PIPELINE_CONFIG}) or a student and a metric backend"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of settings, got a {type(config).__name__}")
+    config = read_config(path, "SharpDepth pipeline")
     for key, kind in _CONFIG_TYPES.items():
         value = config.get(key)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):

@@ -18,7 +18,6 @@ Pre-processing is done here in torch (the transformers image processors need tor
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import DEFAULT_METRIC_IDS
 from ..geometry import MAX_FOCAL_PX
-from .hub import CheckpointError, MissingWeightsError, load_component, replacing_dir, resolve_model_dir, weight_files
+from .hub import CheckpointError, MissingWeightsError, load_component, read_config, replacing_dir, resolve_model_dir, weight_files
 
 METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
 NOMINAL_HFOV_DEG = 60.0
@@ -105,10 +104,7 @@ def _load_transformers(model_cls, model_type: str, path_or_id, what: str, dtype:
     """transformers `from_pretrained` with safetensors only and every key accounted for."""
     folder = resolve_model_dir(path_or_id, what)
     config_file = folder / "config.json"
-    try:
-        found = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what}: cannot read {config_file} ({type(exc).__name__})") from exc
+    found = read_config(config_file, what).get("model_type")
     if found != model_type:
         raise CheckpointError(f"{what}: {config_file} has model_type {found!r}, expected {model_type!r}")
     model = load_component(
