@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -28,6 +29,14 @@ OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_dept
 # predict's record of the files it wrote in an output folder: only those are ever overwritten.
 PREDICT_RECORD = ".sharpdepth-predict.json"
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
+# predict's exit status: a script can tell a complete run from a partial one without reading stderr.
+EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
+PREDICT_EXIT_CODES = (
+    f"exit status: 0 every input written; {EXIT_NONE_WRITTEN} nothing written (no input could be processed); "
+    f"{EXIT_ERROR} bad arguments, models or output folder (nothing processed); {EXIT_SOME_FAILED} some inputs written, "
+    "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way: "
+    "each said in one line, and how many in the last)"
+)
 
 
 def default_threads() -> int:
@@ -67,6 +76,7 @@ def add_predict(sub) -> None:
         "giving its range in metres), <name>_difference.png (the difference map e, with its bar) and, with --ply, "
         "<name>.ply. Files that predict did not write itself are never overwritten (it records what it wrote in "
         f"DIR/{PREDICT_RECORD}); files named like its outputs are skipped when reading a folder.",
+        epilog=PREDICT_EXIT_CODES,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (not recursive; regular files only)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
@@ -80,8 +90,7 @@ def add_predict(sub) -> None:
         help="with --student: the metric backend f_D (needed unless a pipeline.json beside the student names one): "
         "unidepth-v1, unidepth-v2, depth-pro (when it predicts no field of view, a 60 degree horizontal one is "
         "assumed unless --intrinsics gives K), depth-anything-v2 (default checkpoint: the Indoor-Small metric model, "
-        "depth capped at 20 m; for outdoor scenes pass --metric-path "
-        "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf, capped at 80 m), small-conv",
+        f"depth capped at 20 m; for outdoor scenes pass --metric-path {DEPTH_ANYTHING_OUTDOOR_ID}, capped at 80 m), small-conv",
     )
     models.add_argument("--metric-path", metavar="PATH_OR_ID", help="metric backend weights (default: its usual hub id)")
     p.add_argument("--processing-res", type=int, metavar="N", help="longer edge of the processing grid (default: the model's)")
@@ -108,11 +117,12 @@ def add_predict(sub) -> None:
     p.set_defaults(func=run_predict)
 
 
-def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Image files named or contained (one level) in folders, in order; plus one problem line per bad
-    input. Only regular files are read (a FIFO or device would block); in folders, files named like
-    predict's own outputs are left out (a rerun into the input folder must not feed them back)."""
-    images, problems = [], []
+def find_images(inputs: list[str]) -> tuple[list[Path], list[str], int]:
+    """Image files named or contained (one level) in folders, in order; one line per problem; and how
+    many inputs gave no image (missing, not a regular file, an empty folder: each a failed input).
+    Only regular files are read (a FIFO or device would block); in folders, files named like predict's
+    own outputs are left out (a rerun into the input folder must not feed them back)."""
+    images, problems, unusable = [], [], 0
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -125,13 +135,13 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
                 problems.append(f"{path}: skipped {len(outputs)} file(s) named like sharpdepth outputs (e.g. {outputs[0].name})")
             if not found:
                 problems.append(f"{path}: no images in this folder")
+                unusable += 1
         elif path.is_file():
             images.append(path)
-        elif path.exists():
-            problems.append(f"{path}: not a regular file")
         else:
-            problems.append(f"{path}: no such file or folder")
-    return images, problems
+            problems.append(f"{path}: {'not a regular file' if path.exists() else 'no such file or folder'}")
+            unusable += 1
+    return images, problems, unusable
 
 
 def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | None] | None:
@@ -254,13 +264,15 @@ def _check_model_arguments(args) -> None:
         raise ValueError(f"--model {args.model}: no such folder")
 
 
-def read_predict_arguments(args) -> tuple[list[Path], tuple | None, torch.device, Path] | None:
-    """(images, camera, device, output folder): everything checked that can be without the models;
-    None (said on stderr) when there is nothing to process."""
+def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.device, Path] | None:
+    """(images, inputs that gave no image, camera, device, output folder): everything checked that can
+    be without the models; None (said on stderr) when there is nothing to process."""
     from .engines import check_device
+    from .preprocessing import check_processing_res
 
     _check_model_arguments(args)
-    images, problems = find_images(args.inputs)
+    check_processing_res(args.processing_res, "--processing-res")
+    images, problems, unusable = find_images(args.inputs)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
     if not images:
@@ -268,7 +280,7 @@ def read_predict_arguments(args) -> tuple[list[Path], tuple | None, torch.device
         return None
     camera = parse_intrinsics(args.intrinsics)
     device = check_device(args.device)
-    return images, camera, device, output_folder(args.out)
+    return images, unusable, camera, device, output_folder(args.out)
 
 
 def load_predict_pipeline(args, device):
@@ -285,23 +297,33 @@ def load_predict_pipeline(args, device):
     return pipe
 
 
+def image_K(K: np.ndarray, calib_hw: tuple[int, int] | None, image_hw: tuple[int, int]) -> np.ndarray:
+    """--intrinsics for one image: a JSON calibration of another size scaled (same aspect ratio, with a
+    warning) or refused (ValueError); a bare fx,fy,cx,cy whose principal point is far off-centre warned about."""
+    from .geometry import check_calibration_size, principal_point_note, scale_intrinsics
+
+    if calib_hw is None:
+        note = principal_point_note(K, image_hw, "--intrinsics")
+    else:
+        note = check_calibration_size(calib_hw, image_hw, "--intrinsics")
+        K = scale_intrinsics(K, calib_hw, image_hw) if note else K
+    if note:
+        warnings.warn(note)
+    return K
+
+
 def predict_image(pipe, path: Path, camera, args):
     """(rgb, the pipeline's output) for one image file, or None when it cannot be used (said in one line).
     Warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps."""
     from tqdm import tqdm
 
-    from .geometry import scale_intrinsics
     from .images import read_image_file
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             rgb = read_image_file(path, args.max_input_pixels or None)
-            K = None
-            if camera is not None:
-                K, calib_hw = camera
-                if calib_hw is not None and calib_hw != rgb.shape[:2]:
-                    K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
+            K = None if camera is None else image_K(*camera, rgb.shape[:2])
             result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
         except ValueError as exc:
             message = str(exc)
@@ -346,13 +368,14 @@ def summary_line(path: Path, rgb: np.ndarray, depth: np.ndarray, e: np.ndarray, 
 
 
 def run_predict(args) -> int:
-    """Read the arguments, load the models, then per image: predict it and write its outputs."""
+    """Read the arguments, load the models, then per image: predict it and write its outputs.
+    Exit status: PREDICT_EXIT_CODES."""
     from tqdm import tqdm
 
     checked = read_predict_arguments(args)
     if checked is None:
-        return 1
-    images, camera, device, out = checked
+        return EXIT_NONE_WRITTEN
+    images, unusable, camera, device, out = checked
     pipe = load_predict_pipeline(args, device)
     out.mkdir(parents=True, exist_ok=True)
     ours = _read_record(out)
@@ -380,8 +403,14 @@ def run_predict(args) -> int:
         done += 1
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)
-        return 1
+        return EXIT_NONE_WRITTEN
     print(f"sharpdepth predict: {done} of {len(images)} images written to {out}", file=sys.stderr)
+    failed = {"image(s) failed": len(images) - done, "input(s) gave no image": unusable}
+    if any(failed.values()):
+        what = ", ".join(f"{n} {kind}" for kind, n in failed.items() if n)
+        print(f"sharpdepth predict: error: {sum(failed.values())} input(s) not written ({what}, each said above); "
+              f"exit status {EXIT_SOME_FAILED}", file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0
 
 
@@ -468,7 +497,7 @@ def run_export(args) -> int:
     from .engines import TensorRTEngine, check_device
     from .export import export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
-    from .preprocessing import plan_resize
+    from .preprocessing import check_processing_res, plan_resize
 
     if args.model and args.student:
         raise ValueError("--model and --student exclude each other")
@@ -478,8 +507,8 @@ def run_export(args) -> int:
         raise ValueError("--fixed and --tensorrt need --input-size WxH (the camera's image size)")
     if args.fixed and args.processing_res and len(args.processing_res) != 1:
         raise ValueError("--fixed exports one processing grid: give one --processing-res")
-    if args.processing_res and any(r < 8 for r in args.processing_res):
-        raise ValueError(f"--processing-res must be >= 8, got {args.processing_res}")
+    for res in args.processing_res or ():
+        check_processing_res(res, "--processing-res")
     input_hw = parse_size(args.input_size) if args.input_size else None
     device = check_device(args.device)
     out = export_folder(args.out, args.overwrite)
@@ -537,13 +566,14 @@ def join_option_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input."""
+    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input, 3 (predict)
+    some inputs not written (PREDICT_EXIT_CODES)."""
     args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # model errors subclass these
         print(f"sharpdepth {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -74,6 +74,35 @@ def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
     return K
 
 
+ASPECT_TOLERANCE = 0.01  # relative: binning an odd size and rounding stay far below it, a crop does not
+OFF_CENTRE = 0.1  # a principal point farther than this share of the image size from its centre is suspect
+
+
+def check_calibration_size(calib_hw: tuple[float, float], image_hw: tuple[int, int], what: str) -> str | None:
+    """Whether a calibration made for `calib_hw` images serves an `image_hw` one: None when the sizes match,
+    a note saying it is scaled when only the size differs (a resized stream), a ValueError when the
+    aspect ratio differs (a crop or another camera: scaling its K would distort the metric depth)."""
+    (ch, cw), (h, w) = calib_hw, image_hw
+    if (ch, cw) == (h, w):
+        return None
+    if abs((w / h) / (cw / ch) - 1) > ASPECT_TOLERANCE:
+        raise ValueError(f"{what} is for {cw:g}x{ch:g} images but the image is {w}x{h}, another aspect ratio (a crop or "
+                         "another camera): its K cannot be scaled to it; use a calibration made at this size")
+    return f"{what} for {cw:g}x{ch:g} images scaled to this {w}x{h} image"
+
+
+def principal_point_note(K: np.ndarray, image_hw: tuple[int, int], what: str) -> str | None:
+    """A warning when K's principal point lies far from the image centre (more than OFF_CENTRE of its size):
+    K is then most likely for another image size, which changes the metric depth without an error."""
+    h, w = image_hw
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    if abs(cx - (w - 1) / 2) <= OFF_CENTRE * w and abs(cy - (h - 1) / 2) <= OFF_CENTRE * h:
+        return None
+    return (f"{what} has its principal point ({cx:g}, {cy:g}) far from the centre of this {w}x{h} image "
+            f"(({(w - 1) / 2:g}, {(h - 1) / 2:g})): is it for another image size? A JSON calibration with \"width\" "
+            "and \"height\" is scaled or refused instead")
+
+
 def _check_focal(fx, fy) -> None:
     if bool((fx == 0).any()) or bool((fy == 0).any()) or not bool(torch.isfinite(fx).all() & torch.isfinite(fy).all()):
         raise ValueError("camera intrinsics have a zero or non-finite focal length")

@@ -25,10 +25,10 @@ from .engines import DepthEngine, TorchEngine
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, Extra, replacing_dir
+from .models.hub import CheckpointError, Extra, read_config, replacing_dir
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .normalization import normalize_depth
-from .preprocessing import Resize, resize_and_pad, unpad_and_resize
+from .preprocessing import Resize, check_processing_res, resize_and_pad, unpad_and_resize
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
@@ -138,7 +138,7 @@ class SharpDepthPipeline:
         camera: dict | None = None,
     ):
         self.student, self.metric_model = student, metric_model
-        self.processing_res = _checked_processing_res(processing_res)
+        self.processing_res = check_processing_res(processing_res)
         self.difference_fit_first = difference_fit_first
         self.pass_k_to_metric = pass_k_to_metric
         self.metric_at_input_res = metric_at_input_res
@@ -173,7 +173,7 @@ class SharpDepthPipeline:
         """image: uint8 HxWx3 numpy or float [B, 3, H, W] in [0, 1]; K: [3, 3] or [B, 3, 3]; seed: makes
         both noise draws reproducible; processing_res, difference: this call's (None: the pipeline's).
         All outputs are at the input size."""
-        res = self.processing_res if processing_res is None else _checked_processing_res(processing_res)
+        res = self.processing_res if processing_res is None else check_processing_res(processing_res)
         method = self.difference if difference is None else self._checked_difference(difference)
         clock = _Clock(self.device)
         image = as_image_batch(image).to(self.device)
@@ -230,7 +230,7 @@ class SharpDepthPipeline:
     def metric_depth(self, image, K=None, processing_res: int | None = None) -> Tensor:
         """f_D's depth at the input size, exactly as a full call with the same arguments computes it
         (same grid, same K use): the teacher's output beside SharpDepth's, for comparisons."""
-        res = self.processing_res if processing_res is None else _checked_processing_res(processing_res)
+        res = self.processing_res if processing_res is None else check_processing_res(processing_res)
         image = as_image_batch(image).to(self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
         x, plan = resize_and_pad(image, res, self.engine.downsample_factor)
@@ -349,12 +349,6 @@ class SharpDepthPipeline:
         return Path(path)
 
 
-def _checked_processing_res(value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or value < 8):
-        raise ValueError(f"processing_res must be an integer >= 8 or None, got {value!r}")
-    return value
-
-
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
                  "untrained": bool, "camera": dict}
@@ -373,16 +367,13 @@ def read_pipeline_config(path: Path) -> dict:
             f"SharpDepth pipeline: no {PIPELINE_CONFIG} in {path.parent}; pass a pipeline folder (student/, metric/, "
             f"{PIPELINE_CONFIG}) or a student and a metric backend"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of settings, got a {type(config).__name__}")
+    config = read_config(path, "SharpDepth pipeline")
     for key, kind in _CONFIG_TYPES.items():
         value = config.get(key)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise CheckpointError(f"{path}: {key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
-    if config.get("processing_res") is not None and config["processing_res"] < 8:
-        raise CheckpointError(f"{path}: processing_res must be >= 8, got {config['processing_res']}")
+    try:
+        check_processing_res(config.get("processing_res"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     return config

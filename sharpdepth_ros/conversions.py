@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from sharpdepth_core.geometry import MAX_FOCAL_PX, crop_transform, resize_transform, transform_intrinsics
+from sharpdepth_core.geometry import MAX_FOCAL_PX, check_calibration_size, crop_transform, resize_transform, transform_intrinsics
 from sharpdepth_core.images import (  # noqa: F401 - re-exported: the node's conversions in one place
     COLOR_ENCODINGS,
     ENCODINGS,
@@ -100,12 +100,14 @@ def _camera_to_image(info, image_hw: tuple[int, int]) -> np.ndarray:
     """Pixel map from the calibrated camera grid to the published image: ROI crop, binning, resize.
 
     CameraInfo K and P refer to the full sensor; ROI and binning say how the image was cut from it.
-    A remaining size mismatch (a driver that resized without updating CameraInfo) is a resize.
+    A remaining size mismatch of the same aspect ratio (a driver that resized without updating CameraInfo)
+    is a resize; another aspect ratio is a ValueError (`check_calibration_size`, as predict's --intrinsics).
     """
     x0, y0, crop_h, crop_w, bx, by = _region(info, image_hw)
     m = crop_transform(float(x0), float(y0))
     m = resize_transform(1.0 / bx, 1.0 / by) @ m
     binned_h, binned_w = crop_h / by, crop_w / bx
+    check_calibration_size((binned_h, binned_w), image_hw, "camera_info")  # another aspect ratio: ValueError
     return resize_transform(image_hw[1] / binned_w, image_hw[0] / binned_h) @ m
 
 

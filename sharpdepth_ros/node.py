@@ -32,8 +32,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from sharpdepth_core.engines import DEVICE_NAME
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
+from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
+from sharpdepth_core.preprocessing import MAX_PROCESSING_RES
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -74,7 +76,7 @@ PARAMETERS = {
     "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
     "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
                                     "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
-                                    "depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf, 80 m)", STR, read_only=True)),
+                                    f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR, read_only=True)),
     "engine": ("pytorch", descriptor("inference engine: pytorch, onnx or tensorrt", STR, read_only=True)),
     "engine_dir": ("", descriptor("onnx/tensorrt: the folder written by `sharpdepth export`", STR, read_only=True)),
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
@@ -86,7 +88,7 @@ PARAMETERS = {
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
                                                               integer=(1, 2**31 - 1))),
-    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, 4096))),
+    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, MAX_PROCESSING_RES))),
     "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
     "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
                                                "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "

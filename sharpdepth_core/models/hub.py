@@ -144,6 +144,81 @@ def _check_index(index: Path, folder: Path) -> None:
             raise CheckpointError(f"{index}: maps weights to {target!r}, which is not a file in {folder}")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # configs are a few kB; anything this large is not a model config
+# Known numeric fields of the configs the project loads (diffusers UNet2DConditionModel, AutoencoderKL,
+# DDIMScheduler, its own models, the transformers metric models), wherever they appear (nested configs
+# too): (smallest, largest) of the value or of every item of a list; list lengths are block counts.
+CONFIG_RANGES = {
+    "layers_per_block": (1, 8), "transformer_layers_per_block": (1, 16), "num_hidden_layers": (1, 128),
+    "block_out_channels": (1, 4096), "channels": (1, 4096), "in_channels": (1, 4096), "out_channels": (1, 4096),
+    "latent_channels": (1, 64), "cross_attention_dim": (1, 4096), "hidden_size": (1, 8192),
+    "projection_class_embeddings_input_dim": (1, 4096), "norm_num_groups": (1, 1024), "groups": (1, 1024),
+    "attention_head_dim": (1, 64), "num_attention_heads": (1, 64), "sample_size": (1, 4096), "image_size": (1, 8192),
+    "output_stride": (1, 256), "num_train_timesteps": (1, 100_000),
+}
+MAX_BLOCKS = 8  # entries of a per-block list (block_out_channels, down_block_types, ...)
+# Estimated parameters of a UNet/VAE config: 2 x blocks x (layers + 1) resnets of two 3x3 convolutions, plus
+# attention, at the widest channel count (~1.2e9 for SD-2's UNet, whose real count is 0.87e9). SDXL's UNet
+# (2.6e9) fits; a larger model would not fit a GPU at the node's frame rates anyway.
+MAX_ESTIMATED_PARAMETERS = 5e9
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A model or pipeline config file as a dict, checked before anything is built from it: size, JSON
+    nesting, and the known numeric fields (CONFIG_RANGES, an estimated parameter count); any problem is
+    one CheckpointError naming the file and the field."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{what}: {path} is {path.stat().st_size:,} bytes, not a model config (at most {MAX_CONFIG_BYTES:,})")
+        config = json.loads(path.read_text())
+    except RecursionError as exc:
+        raise CheckpointError(f"{what}: {path}: JSON nested too deep to be a config") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read {path} ({exc.strerror or type(exc).__name__})") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{what}: {path}: not valid JSON ({str(exc)[:200]})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{what}: {path}: expected a JSON object of settings, got a {type(config).__name__}")
+    _check_fields(config, path, what)
+    _check_size(config, path, what)
+    return config
+
+
+def _check_fields(config: dict, path: Path, what: str, prefix: str = "") -> None:
+    for key, value in config.items():
+        field = prefix + key
+        if isinstance(value, dict):
+            _check_fields(value, path, what, field + ".")
+        elif key.endswith("_block_types") or key == "block_out_channels":
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_BLOCKS:
+                raise CheckpointError(f"{what}: {path}: {field} must list 1 to {MAX_BLOCKS} blocks, got {_short(value)}")
+        if key in CONFIG_RANGES and value is not None:
+            low, high = CONFIG_RANGES[key]
+            items = value if isinstance(value, list) else [value]
+            if not items or len(items) > MAX_BLOCKS or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in items):
+                raise CheckpointError(f"{what}: {path}: {field} must be an integer from {low} to {high} (or a list of at most "
+                                      f"{MAX_BLOCKS}), got {_short(value)}")
+
+
+def _check_size(config: dict, path: Path, what: str) -> None:
+    """The estimated parameter count of a UNet/VAE-style config (block_out_channels), bounded."""
+    channels = config.get("block_out_channels") or config.get("channels")
+    if not channels:
+        return
+    layers = config.get("layers_per_block") or 1
+    layers = max(layers) if isinstance(layers, list) else layers
+    estimate = 2 * len(channels) * (layers + 1) * 30 * max(channels) ** 2
+    if estimate > MAX_ESTIMATED_PARAMETERS:
+        raise CheckpointError(f"{what}: {path}: block_out_channels {channels} with layers_per_block {layers} make about "
+                              f"{estimate:.1e} parameters, more than {MAX_ESTIMATED_PARAMETERS:.0e}: not a usable model")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
     """Run a `from_pretrained` call; a failure becomes a CheckpointError that names the files.
 
@@ -172,10 +247,9 @@ def load_own_model(model_cls, path_or_id, what: str, **kwargs):
     folder's config must name `model_cls`, weights are safetensors and every tensor is accounted for."""
     folder = resolve_model_dir(path_or_id, what)
     config = folder / model_cls.config_name
-    try:
-        found = model_cls.load_config(folder).get("_class_name")
-    except Exception as exc:
-        raise CheckpointError(f"{what}: cannot read {config} ({type(exc).__name__})") from exc
+    if not config.is_file():
+        raise CheckpointError(f"{what}: {folder} has no {model_cls.config_name}")
+    found = read_config(config, what).get("_class_name")
     if found != model_cls.__name__:
         raise CheckpointError(f"{what}: {config} describes {found!r}, expected {model_cls.__name__!r}")
     return load_component(

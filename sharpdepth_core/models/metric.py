@@ -18,34 +18,25 @@ Pre-processing is done here in torch (the transformers image processors need tor
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoints import DEFAULT_METRIC_IDS
 from ..geometry import focal_intrinsics, nominal_intrinsics
-from .hub import CheckpointError, MissingWeightsError, load_component, resolve_model_dir, weight_files
+from .hub import CheckpointError, MissingWeightsError, load_component, read_config, resolve_model_dir, weight_files
 from .metric_backend import MetricBackend, MetricPrediction, imagenet_normalize
 
 METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
-DEFAULT_METRIC_IDS = {
-    "unidepth-v1": "lpiccinelli/unidepth-v1-vitl14",
-    "unidepth-v2": "lpiccinelli/unidepth-v2-vitl14",
-    "depth-pro": "apple/DepthPro-hf",
-    "depth-anything-v2": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
-}
 
 
 def _load_transformers(model_cls, model_type: str, path_or_id, what: str, dtype: torch.dtype):
     """transformers `from_pretrained` with safetensors only and every key accounted for."""
     folder = resolve_model_dir(path_or_id, what)
     config_file = folder / "config.json"
-    try:
-        found = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{what}: cannot read {config_file} ({type(exc).__name__})") from exc
+    found = read_config(config_file, what).get("model_type")
     if found != model_type:
         raise CheckpointError(f"{what}: {config_file} has model_type {found!r}, expected {model_type!r}")
     model = load_component(
@@ -137,7 +128,7 @@ class DepthAnythingBackend(MetricBackend):
     post-processing does; bicubic can overshoot at a boundary, so the result is kept >= 1 mm.
 
     The default checkpoint is Indoor-Small, whose metric head is capped at 20 m: for outdoor scenes
-    load an Outdoor checkpoint (max 80 m), e.g. depth-anything/Depth-Anything-V2-Metric-Outdoor-Large-hf."""
+    load an Outdoor checkpoint (max 80 m): `checkpoints.DEPTH_ANYTHING_OUTDOOR_ID`."""
 
     name = "depth-anything-v2"
 

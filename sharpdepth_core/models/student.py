@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..files import write_bytes
 from ..gating import TIMESTEP
 from .codec import DepthCodec
-from .hub import CheckpointError, load_component, replacing_dir, require_subfolders, resolve_model_dir, weight_files
+from .hub import CheckpointError, load_component, read_config, replacing_dir, require_subfolders, resolve_model_dir, weight_files
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 
@@ -126,9 +126,10 @@ class DiffusionDepthModel(nn.Module):
         """
         folder = resolve_model_dir(path_or_id, cls.what)
         require_subfolders(folder, ["unet", "vae", "scheduler"], cls.what)
-        vae_config = load_component(
-            lambda: AutoencoderKL.load_config(folder, subfolder="vae"), [folder / "vae" / "config.json"], cls.what
-        )
+        # every config checked before any model is built from it (a huge one would hang or exhaust memory)
+        for config in ("unet/config.json", "scheduler/scheduler_config.json"):
+            read_config(folder / config, cls.what)
+        vae_config = read_config(folder / "vae" / "config.json", cls.what)
         vdtype = vae_dtype(dtype, vae_config.get("force_upcast", True))
         vae = load_component(
             lambda: AutoencoderKL.from_pretrained(

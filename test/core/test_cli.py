@@ -106,6 +106,26 @@ def test_point_cloud_uses_the_given_intrinsics(tiny_dirs, images, tmp_path):
     assert np.allclose(np.stack([scaled["x"], scaled["y"], scaled["z"]], -1), xyz[valid], atol=1e-5)
 
 
+def test_intrinsics_that_do_not_fit_the_image_are_scaled_refused_or_warned_about(tiny_dirs, images, tmp_path, capsys):
+    """A JSON calibration of the image's aspect ratio is scaled (said), of another one refused (the image is
+    not written: exit 1); a bare fx,fy,cx,cy for 640x480 on a 64x48 image is used with a warning."""
+    scene = images / "scene.png"  # 64x48
+    args = ["predict", str(scene), "--model", str(tiny_dirs["pipeline"])]
+    calib = tmp_path / "camera.json"
+    calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 47.5], [0, 0, 1]], "width": 128, "height": 96}))
+    assert main([*args, "--out", str(tmp_path / "a"), "--intrinsics", str(calib)]) == 0
+    assert f"warning: {scene}: --intrinsics for 128x96 images scaled to this 64x48 image" in capsys.readouterr().err
+    calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 63.5], [0, 0, 1]], "width": 128, "height": 128}))
+    assert main([*args, "--out", str(tmp_path / "b"), "--intrinsics", str(calib)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{scene}: error: --intrinsics is for 128x128 images but the image is 64x48, another aspect ratio" in err
+            and not (tmp_path / "b" / "scene_depth.npy").exists())
+    assert main([*args, "--out", str(tmp_path / "c"), "--intrinsics", "525,525,319.5,239.5"]) == 0
+    assert "--intrinsics has its principal point (319.5, 239.5) far from the centre of this 64x48 image" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "d"), "--intrinsics", "50,52,31.5,23.5"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG but not really")
@@ -113,10 +133,31 @@ def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path,
     status = main(["predict", str(broken), str(images / "scene.png"), str(tmp_path / "missing.jpg"),
                    "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
     err = capsys.readouterr().err
-    assert status == 0 and (out / "scene_depth.npy").exists() and not (out / "broken_depth.npy").exists()
+    assert status == 3 and (out / "scene_depth.npy").exists() and not (out / "broken_depth.npy").exists()
     line = next(line for line in err.splitlines() if "not a readable image" in line)
     assert line.startswith(f"{broken}: not a readable image") and line.count(str(broken)) == 1  # the path once
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and "1 of 2 images" in err
+    assert err.strip().splitlines()[-1] == ("sharpdepth predict: error: 2 input(s) not written (1 image(s) failed, "
+                                            "1 input(s) gave no image, each said above); exit status 3")
+
+
+def test_exit_status_says_whether_every_input_was_written(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """0: all written; 3: some not (an unreadable broken.jpg, an empty folder); 1: none; documented in --help."""
+    model = ["--model", str(tiny_dirs["pipeline"])]
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "a"), *model]) == 0
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    assert main(["predict", str(images / "scene.png"), str(broken), "--out", str(tmp_path / "b"), *model]) == 3
+    assert "1 input(s) not written (1 image(s) failed" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(images / "scene.png"), str(tmp_path / "empty"), "--out", str(tmp_path / "c"), *model]) == 3
+    assert main(["predict", str(broken), "--out", str(tmp_path / "d"), *model]) == 1
+    monkeypatch.setenv("COLUMNS", "1000")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 every input written; 1 nothing written" in text and "3 some inputs written, others not" in text
 
 
 def test_nothing_processed_is_a_failure_with_a_message(tiny_dirs, tmp_path, capsys):
@@ -176,6 +217,29 @@ def test_malformed_pipeline_json_and_short_schedule_are_one_line(tiny_dirs, imag
         assert main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(folder)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
+
+
+def test_processing_res_is_bounded_wherever_it_enters(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """A pipeline.json with 10^9, predict --processing-res 100000 and export --processing-res 100000 are one
+    line each before any model is built (they died allocating, or ran for minutes)."""
+    from sharpdepth_core.models.student import DiffusionDepthModel
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(DiffusionDepthModel, "from_pretrained", no_model)
+    huge = Path(shutil.copytree(tiny_dirs["pipeline"], tmp_path / "huge"))
+    (huge / "pipeline.json").write_text(json.dumps({**json.loads((huge / "pipeline.json").read_text()), "processing_res": 10**9}))
+    runs = [(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(huge)], f"{huge / 'pipeline.json'}: processing_res"),
+            (["predict", str(images), "--out", str(tmp_path / "o"), "--processing-res", "100000"], "--processing-res"),
+            (["export", "--out", str(tmp_path / "x"), "--processing-res", "100000"], "--processing-res"),
+            (["export", "--out", str(tmp_path / "x"), "--model", str(huge)], f"{huge / 'pipeline.json'}: processing_res")]
+    for argv, name in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{name} must be an integer from 8 to 2048" in err[0], err
+        assert ("100000" if "100000" in argv else "1000000000") in err[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
 
 
 def test_student_with_a_pipeline_json_beside_it_needs_no_metric_and_runs_at_its_resolution(tiny_dirs, images, tmp_path, capsys):
@@ -249,7 +313,7 @@ def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_p
     command = [sys.executable, "-m", "sharpdepth_core.cli", "predict", str(images), str(tmp_path / "named.png"),
                "--out", str(tmp_path / "out"), "--model", str(tiny_dirs["pipeline"]), "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0 and "4 of 4 images" in done.stderr, done.stderr
+    assert done.returncode == 3 and "4 of 4 images" in done.stderr, done.stderr  # the named FIFO was not written
     assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -267,10 +331,10 @@ def test_oversized_images_are_refused_from_the_header_and_the_batch_goes_on(tiny
     big = png_header(images / "big.png", 6000, 5000)  # 30 MP, over the 25 MP default
     bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own decompression-bomb limit
     model = ["--model", str(tiny_dirs["pipeline"])]
-    assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model]) == 0
+    assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model]) == 3
     err = capsys.readouterr().err
     assert f"\n{big} of 6000x5000 = 30.0 MP is above the limit of 25.0 MP" in err and "4 of 5 images" in err
-    assert main(["predict", str(bomb), str(images / "scene.png"), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "0"]) == 0
+    assert main(["predict", str(bomb), str(images / "scene.png"), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "0"]) == 3
     err = capsys.readouterr().err
     assert f"{bomb}: image too large to decode safely" in err and "1 of 2 images" in err
     assert main(["predict", str(big), "--out", str(tmp_path / "o"), *model, "--max-input-pixels", "40000000"]) == 1  # read, then undecodable
@@ -284,12 +348,12 @@ def test_predict_never_overwrites_files_it_did_not_write(tiny_dirs, images, tmp_
     Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)).save(user_depth)
     before = user_depth.read_bytes()
     model = ["--model", str(tiny_dirs["pipeline"])]
-    assert main(["predict", str(images), "--out", str(images), *model]) == 0
+    assert main(["predict", str(images), "--out", str(images), *model]) == 3  # gray.png was not written
     err = capsys.readouterr().err
     assert user_depth.read_bytes() == before and not (images / "gray_depth.npy").exists()
     assert f"{images / 'gray_depth.png'} exists and was not written by sharpdepth predict" in err and "3 of 4 images" in err
     stamp = (images / "scene_depth.npy").stat().st_mtime_ns
-    assert main(["predict", str(images), "--out", str(images), *model, "--seed", "3"]) == 0
+    assert main(["predict", str(images), "--out", str(images), *model, "--seed", "3"]) == 3
     err = capsys.readouterr().err
     assert "skipped 13 file(s) named like sharpdepth outputs" in err and "3 of 4 images" in err  # 3 x 4 outputs + the user's
     assert (images / "scene_depth.npy").stat().st_mtime_ns != stamp and user_depth.read_bytes() == before
@@ -367,6 +431,28 @@ def test_help_documents_the_model_choices_and_the_reference_departures(capsys, m
                    "Without it the run is reference-exact", "with it K goes to the metric backend",
                    "use all cores only on an otherwise idle machine", f"here {default_threads()}"):
         assert needle in text, needle
+
+
+def test_one_outdoor_depth_anything_checkpoint_is_named_everywhere(capsys, monkeypatch):
+    """predict --help, the node's parameter help, the README, METHOD.md and the node's config all give the
+    same outdoor Depth Anything checkpoint (they disagreed: -Outdoor-Small-hf against -Outdoor-Large-hf)."""
+    import re
+
+    from sharpdepth_core.checkpoints import DEFAULT_METRIC_IDS, DEPTH_ANYTHING_OUTDOOR_ID
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    texts = {"predict --help": capsys.readouterr().out}
+    texts.update({name: (ROOT / name).read_text() for name in ("README.md", "docs/METHOD.md", "config/sharpdepth.yaml")})
+    texts["sharpdepth_node --help"] = subprocess.run(
+        [sys.executable, "-m", "sharpdepth_ros.node", "--help"], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    # the outdoor counterpart of the default (Indoor-Small) checkpoint
+    assert DEPTH_ANYTHING_OUTDOOR_ID == DEFAULT_METRIC_IDS["depth-anything-v2"].replace("Indoor", "Outdoor")
+    for where, text in texts.items():
+        named = set(re.findall(r"depth-anything/Depth-Anything-V2-Metric-Outdoor-[\w-]+", text))
+        assert named == {DEPTH_ANYTHING_OUTDOOR_ID}, (where, named)
 
 
 def test_subcommands_are_registered_in_one_place():

@@ -206,6 +206,56 @@ def test_mismatched_unet_names_config_and_field(tmp_path):
         DiffusionDepthModel.from_pretrained(folder)
 
 
+@pytest.mark.parametrize(
+    "config, field, value, message",
+    [
+        ("unet/config.json", "layers_per_block", 9, "layers_per_block must be an integer from 1 to 8"),  # 100000 hung predict
+        ("unet/config.json", "attention_head_dim", "eight", "attention_head_dim must be an integer from 1 to 64"),
+        ("unet/config.json", "down_block_types", ["DownBlock2D"] * 9, "down_block_types must list 1 to 8 blocks"),
+        ("vae/config.json", "block_out_channels", [4096] * 4, "make about 8.1e+09 parameters, more than 5e+09"),
+        ("vae/config.json", "latent_channels", 10**6, "latent_channels must be an integer from 1 to 64"),
+        ("scheduler/scheduler_config.json", "num_train_timesteps", 10**9, "num_train_timesteps must be an integer from 1 to 100000"),
+    ],
+)
+def test_model_configs_are_checked_before_any_model_is_built(tiny_dirs, copy_of, monkeypatch, config, field, value, message):
+    """Out-of-range or mistyped config fields are one CheckpointError naming the file and the field, raised
+    before diffusers builds anything (a UNet of 100000 layers per block hung, a 10^9-step schedule allocates GBs)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    folder = copy_of(tiny_dirs["student"])
+    path = folder / config
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    for cls in (UNet2DConditionModel, AutoencoderKL, DDIMScheduler):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("a model was built")))
+    with pytest.raises(CheckpointError) as err:
+        DiffusionDepthModel.from_pretrained(folder)
+    text = str(err.value)
+    assert f"{path}: " in text and message in text and "\n" not in text, text
+
+
+def test_nested_and_oversized_configs_are_one_line(tiny_dirs, copy_of):
+    """A pipeline.json nested 200 000 levels deep (a RecursionError traceback before), a nested transformers
+    config out of range, and a light decoder's channel list: one CheckpointError each, naming file and field."""
+    from sharpdepth_core.models.light_decoder import LightDepthDecoder
+    from sharpdepth_core.pipeline import SharpDepthPipeline
+
+    pipeline = copy_of(tiny_dirs["pipeline"])
+    (pipeline / "pipeline.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(CheckpointError, match=r"pipeline.json: JSON nested too deep to be a config$"):
+        SharpDepthPipeline.from_pretrained(pipeline)
+    metric = copy_of(tiny_dirs["depth-anything-v2"])
+    config = json.loads((metric / "config.json").read_text())
+    config["backbone_config"]["num_hidden_layers"] = 10**6
+    (metric / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: backbone_config.num_hidden_layers must be an integer from 1 to 128"):
+        load_metric_model("depth-anything-v2", metric)
+    decoder = pipeline / "light_decoder"
+    LightDepthDecoder(channels=(8, 4)).save_pretrained(decoder)
+    (decoder / "config.json").write_text(json.dumps({**json.loads((decoder / "config.json").read_text()), "channels": [8, 0]}))
+    with pytest.raises(CheckpointError, match=r"light_decoder/config.json: channels must be an integer from 1 to 4096"):
+        LightDepthDecoder.load(decoder)
+
+
 def test_pickle_only_weights_are_refused(tiny_dirs, copy_of):
     folder = copy_of(tiny_dirs["student"])
     weights = folder / "vae" / "diffusion_pytorch_model.safetensors"

@@ -105,8 +105,11 @@ def test_per_call_settings_apply_to_that_call_only(pipe):
     assert torch.equal(out.depth, latent.depth) and torch.equal(out.difference, latent.difference)
     assert (pipe.processing_res, pipe.difference) == (64, "exact")
     assert torch.equal(pipe(rgb, K=K, seed=0).depth, default.depth)
-    with pytest.raises(ValueError, match="processing_res must be an integer >= 8 or None, got 4"):
-        pipe(rgb, processing_res=4)
+    for bad in (4, 2049, 10**9, 64.0, True):
+        with pytest.raises(ValueError, match=f"processing_res must be an integer from 8 to 2048 .*, got {bad!r}"):
+            pipe(rgb, processing_res=bad)
+        with pytest.raises(ValueError, match="processing_res must be an integer from 8 to 2048"):
+            SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=bad)
     with pytest.raises(ValueError, match="difference 'light' needs a light depth decoder"):
         pipe(rgb, difference="light")
     with pytest.raises(ValueError, match="difference must be one of exact, light, latent, got 'fast'"):

@@ -183,6 +183,21 @@ def test_a_valid_roi_and_uncalibrated_sizes_pass():
     np.testing.assert_allclose(image_intrinsics(info, (5, 7)), K)
 
 
+def test_camera_info_of_another_aspect_ratio_is_refused_as_predict_refuses_it():
+    """A resized stream (same aspect) keeps its scaled K; another aspect ratio is the core's one-line refusal
+    (the node skips such frames), where it was silently scaled anisotropically (fx 420, fy 560)."""
+    from sharpdepth_core.geometry import check_calibration_size
+
+    vga = np.array([[525.0, 0, 319.5], [0, 525, 239.5], [0, 0, 1]])
+    info = pinhole_info(vga, (480, 640))
+    np.testing.assert_allclose(image_intrinsics(info, (240, 320)), [[262.5, 0, 159.5], [0, 262.5, 119.5], [0, 0, 1]])
+    with pytest.raises(ValueError) as refused:
+        image_intrinsics(info, (512, 512))
+    with pytest.raises(ValueError) as core:
+        check_calibration_size((480, 640), (512, 512), "camera_info")
+    assert str(refused.value) == str(core.value) and "camera_info is for 640x480 images but the image is 512x512" in str(core.value)
+
+
 def test_rectifying_a_binned_camera_matches_binning_the_rectified_full_frame():
     """Maps are made on the image grid with K and P moved by ROI/binning; D is unchanged."""
     h, w = 96, 128

@@ -64,7 +64,7 @@ def test_yaml_declares_only_known_parameters_and_loads_into_the_nodes(node, ros_
         ("cloud_decimation", "four", "Wrong parameter type"),
         ("cloud_max_range", -1.0, "cloud_max_range"),
         ("processing_res", 32, "processing_res 32 is below 64"),
-        ("processing_res", 5000, "processing_res"),
+        ("processing_res", 2049, "processing_res"),  # MAX_PROCESSING_RES + 1: 4096 stalled a CPU node for minutes
         ("seed", -2, "seed"),
         ("device", "cuda:1", "read-only"),
         ("metric_backend", "depth-pro", "read-only"),
