@@ -290,7 +290,7 @@ def predict_image(pipe, path: Path, camera, args):
     Warnings (a degenerate fit, Pillow's size warning) become one plain line each, not file:line dumps."""
     from tqdm import tqdm
 
-    from .geometry import scale_intrinsics
+    from .geometry import check_calibration, scale_intrinsics
     from .images import read_image_file
 
     with warnings.catch_warnings(record=True) as caught:
@@ -302,6 +302,7 @@ def predict_image(pipe, path: Path, camera, args):
                 K, calib_hw = camera
                 if calib_hw is not None and calib_hw != rgb.shape[:2]:
                     K = scale_intrinsics(K, calib_hw, rgb.shape[:2])
+                check_calibration(K, rgb.shape[:2])  # an impossible K: this image is refused in one line
             result = pipe(rgb, K=K, seed=None if args.seed < 0 else args.seed)
         except ValueError as exc:
             message = str(exc)
