@@ -224,7 +224,7 @@ class SharpDepthNode(Node):
         self._pub_colored = self.create_publisher(Image, "depth/colored", out, qos_overriding_options=override)
         self._pub_difference = self.create_publisher(Image, "depth/difference", out, qos_overriding_options=override)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
-        self.create_timer(self._settings["stats_period"], self._report)
+        self.create_timer(self._settings["stats_period"], self.report)
         return image_topic
 
     # --- parameters -------------------------------------------------------------------------
@@ -472,7 +472,8 @@ class SharpDepthNode(Node):
 
     # --- statistics -------------------------------------------------------------------------
 
-    def _report(self) -> None:
+    def report(self) -> None:
+        """The statistics since the last report: one log line and /diagnostics (every stats_period)."""
         now = time.monotonic()
         with self._lock:
             current = self.stats.copy()

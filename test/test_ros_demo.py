@@ -3,6 +3,7 @@ topic to a readable MCAP bag, writes the pictures and a summary, and exits 0."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 from PIL import Image
@@ -30,8 +31,15 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     assert all(0 <= f["valid"] <= 1 and f["abs_rel"] >= 0 and f["f_D_abs_rel"] >= 0 for f in summary["frames"])
     assert all(f["dbe_acc"] > 0 and f["dbe_compl"] > 0 and f["f_D_dbe_compl"] > 0 for f in summary["frames"])
     assert summary["mean_dbe_compl"] == sum(f["dbe_compl"] for f in summary["frames"]) / 2
-    table = printed[printed.index("AbsRel") - 20:]
+    header = printed.splitlines()[printed.splitlines().index(next(line for line in printed.splitlines() if "latency [ms]" in line)):][:4]
+    assert header[0].split() == ["latency", "[ms]", "AbsRel", "DBE", "compl", "[px]"]
+    assert header[1].split() == ["frame", "scene", "e2e", "model", "SharpD.", "f_D", "SharpD.", "f_D", "valid"]
+    for line in header[2:]:  # every value ends where its column header ends
+        ends = [m.end() for m in re.finditer(r"\S+", line)]
+        assert ends == [m.end() for m in re.finditer(r"\S+", header[1])], header
+    table = printed[printed.index("this run: 2 frames, a small sample"):]
     assert "f_D" in table and "SharpDepth" in table and "DBE compl" in table
+    assert "held-out scenes" not in printed  # the embedded models' report is not these models'
 
     from rosbags.highlevel import AnyReader
 
@@ -39,7 +47,8 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     with AnyReader([mcap]) as reader:
         counts = Counter(c.topic for c, _, _ in reader.messages())
         depth = next(reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/depth/image")
-    assert counts == {topic: 2 for topic in demo.TOPICS}
+    assert counts.pop("/diagnostics") >= 1  # published before the demo ends: the bag holds every topic
+    assert counts == {topic: 2 for topic in demo.TOPICS if topic != "/diagnostics"}
     assert (depth.encoding, depth.height, depth.width) == ("32FC1", 48, 64)
 
     width, height = Image.open(out / "overview.png").size  # labelled: 6 columns, 2 rows, colour bars
