@@ -240,7 +240,7 @@ class ReplayPublisher(Node):
         self._params = p
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
-        self._said: set[str] = set()  # lines already logged (`_once`)
+        self._said: set[str] = set()  # lines already logged (`_first_time`)
         self._frames = self._open()
         self.published = 0
         self.done = False
@@ -268,17 +268,19 @@ class ReplayPublisher(Node):
 
     def _say(self, line: str) -> None:
         """What a recording plays: one line at start-up."""
-        self._once(line, self.get_logger().info)
+        if self._first_time(line):
+            self.get_logger().info(line)
 
     def _skip(self, line: str) -> None:
         """One log line per skipped frame (or recovered recording)."""
-        self._once(f"replay: {line}", self.get_logger().warning)
+        if self._first_time(line):  # (separate call sites: rclpy fixes a site's severity)
+            self.get_logger().warning(f"replay: {line}")
 
-    def _once(self, line: str, log: Callable[[str], object]) -> None:
-        """`line` the first time only: a looping source does not say it again."""
-        if line not in self._said:
-            self._said.add(line)
-            log(line)
+    def _first_time(self, line: str) -> bool:
+        """True the first time only: a looping source does not say a line again."""
+        new = line not in self._said
+        self._said.add(line)
+        return new
 
     def _cached(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         for frame in frames:
