@@ -300,13 +300,14 @@ def load_predict_pipeline(args, device):
 def image_K(K: np.ndarray, calib_hw: tuple[int, int] | None, image_hw: tuple[int, int]) -> np.ndarray:
     """--intrinsics for one image: a JSON calibration of another size scaled (same aspect ratio, with a
     warning) or refused (ValueError); a bare fx,fy,cx,cy whose principal point is far off-centre warned about."""
-    from .geometry import check_calibration_size, principal_point_note, scale_intrinsics
+    from .geometry import check_calibration, check_calibration_size, principal_point_note, scale_intrinsics
 
     if calib_hw is None:
         note = principal_point_note(K, image_hw, "--intrinsics")
     else:
         note = check_calibration_size(calib_hw, image_hw, "--intrinsics")
         K = scale_intrinsics(K, calib_hw, image_hw) if note else K
+    check_calibration(K, image_hw)  # an impossible K (e.g. fx = 1e-9 px): this image is refused in one line
     if note:
         warnings.warn(note)
     return K

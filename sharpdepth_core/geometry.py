@@ -9,14 +9,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from .files import atomic_write
 
-MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error
+MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error (size unknown)
 NOMINAL_HFOV_DEG = 60.0  # the camera assumed when none is given or predicted
+# The field of view K gives an image, as a pinhole (2 atan(w / 2 fx)), must lie in this range: below 1° is a
+# telescope, and 180° is an infinite image plane, so a focal length outside it is a unit or calibration
+# error (fx = 1e-6 px would put a 64 px image at 180° and its depth at 1e-8 m). A fisheye's K spans less
+# than the lens does (its r = f theta), so the bound never refuses a real fisheye.
+FOV_RANGE_DEG = (1.0, 179.0)
+MAX_PIXEL_ASPECT = 10.0  # fy / fx: anamorphic lenses and uneven binning reach 2-4
+MIN_RECTIFIED_COVERAGE = 0.5  # least share of a rectified image whose pixels come from inside the raw image
+ROTATION_TOLERANCE = 1e-2  # |R Rᵀ - I| and |det R - 1| of a rotation written with a few decimals
+# distortion model (ROS CameraInfo names, OpenCV's models) -> accepted numbers of coefficients in D
+DISTORTION_MODELS = {"plumb_bob": (4, 5, 8, 12, 14), "rational_polynomial": (8, 12, 14), "equidistant": (4,)}
 
 
 def resize_transform(sx: float, sy: float) -> np.ndarray:
@@ -101,6 +112,67 @@ def principal_point_note(K: np.ndarray, image_hw: tuple[int, int], what: str) ->
     return (f"{what} has its principal point ({cx:g}, {cy:g}) far from the centre of this {w}x{h} image "
             f"(({(w - 1) / 2:g}, {(h - 1) / 2:g})): is it for another image size? A JSON calibration with \"width\" "
             "and \"height\" is scaled or refused instead")
+
+
+def check_calibration(K, image_hw: tuple[int, int], D=None, R=None, model: str | None = None, rectified_K=None) -> None:
+    """ValueError (one line: what is wrong) unless K can be the camera of an image of `image_hw` and, with
+    distortion D of `model` and rectification R, rectifying onto `rectified_K` (default K) keeps the image
+    mostly inside itself. The one plausibility check of calibrations, for predict and the node."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all():
+        raise ValueError(f"K must be 3x3 and finite, got {K.tolist()}")
+    h, w = image_hw
+    fx, fy = K[0, 0], K[1, 1]
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"focal lengths fx = {fx:g}, fy = {fy:g} px must be positive")
+    low, high = FOV_RANGE_DEG
+    fov = math.degrees(2 * math.atan2(w / 2, fx))
+    if not low <= fov <= high:
+        raise ValueError(f"fx = {fx:g} px is impossible for {w} px wide images: a horizontal field of view of {fov:.3g}°, "
+                         f"expected {low:g}° to {high:g}° (fx {_focal_for(w, high):.3g} to {_focal_for(w, low):.3g} px)")
+    if not 1 / MAX_PIXEL_ASPECT <= fy / fx <= MAX_PIXEL_ASPECT:
+        raise ValueError(f"fy / fx = {fy:g} / {fx:g} px is impossible: pixels {fy / fx:.3g} times as tall as wide "
+                         f"(expected 1/{MAX_PIXEL_ASPECT:g} to {MAX_PIXEL_ASPECT:g})")
+    if D is None:
+        return
+    D = np.asarray(D, dtype=np.float64).ravel()
+    counts = DISTORTION_MODELS.get(model)
+    if counts is None:
+        raise ValueError(f"distortion_model '{model}' with non-zero D is not supported (supported: {', '.join(DISTORTION_MODELS)})")
+    if len(D) not in counts:
+        raise ValueError(f"distortion_model '{model}' needs {' or '.join(map(str, counts))} coefficients in D, got {len(D)}")
+    if not np.isfinite(D).all():
+        raise ValueError("D has non-finite values")
+    R = np.eye(3) if R is None else np.asarray(R, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(R).all() or np.abs(R @ R.T - np.eye(3)).max() > ROTATION_TOLERANCE or abs(np.linalg.det(R) - 1) > ROTATION_TOLERANCE:
+        raise ValueError(f"R is not a rotation: {np.round(R, 4).tolist()}")
+    covered = _rectified_coverage(K, image_hw, D, R, model, K if rectified_K is None else np.asarray(rectified_K, dtype=np.float64))
+    if covered < MIN_RECTIFIED_COVERAGE:
+        raise ValueError(f"the rectification (D=[{', '.join(f'{d:g}' for d in D)}]) maps {1 - covered:.0%} of the "
+                         f"image outside the camera's view (at most {1 - MIN_RECTIFIED_COVERAGE:.0%} may be)")
+
+
+def _focal_for(size: int, fov_deg: float) -> float:
+    return size / 2 / math.tan(math.radians(fov_deg) / 2)
+
+
+def _rectified_coverage(K, image_hw, D, R, model, rectified_K, samples: int = 24) -> float:
+    """Share of a samples x samples grid over the rectified image whose source lies inside the raw image
+    (what the rectification maps would say, without building them at full size)."""
+    h, w = image_hw
+    u, v = np.meshgrid(np.linspace(0, w - 1, samples), np.linspace(0, h - 1, samples))
+    pixels = np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+    rays = R.T @ np.linalg.solve(rectified_K, pixels)  # rectified pixel -> ray of the raw camera
+    ahead = rays[2] > 1e-12
+    points = (rays[:, ahead] / rays[2, ahead]).T.reshape(-1, 1, 3)
+    with np.errstate(all="ignore"):
+        if model == "equidistant":
+            raw = cv2.fisheye.distortPoints(np.ascontiguousarray(points[..., :2]), K, D)
+        else:
+            raw, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), K, D)
+    raw = raw.reshape(-1, 2)
+    inside = np.isfinite(raw).all(axis=1) & (raw[:, 0] >= 0) & (raw[:, 0] <= w - 1) & (raw[:, 1] >= 0) & (raw[:, 1] <= h - 1)
+    return float(inside.sum()) / u.size
 
 
 def _check_focal(fx, fy) -> None:

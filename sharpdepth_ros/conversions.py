@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from sharpdepth_core.geometry import MAX_FOCAL_PX, check_calibration_size, crop_transform, resize_transform, transform_intrinsics
+from sharpdepth_core.geometry import check_calibration, check_calibration_size, crop_transform, resize_transform, transform_intrinsics
 from sharpdepth_core.images import (  # noqa: F401 - re-exported: the node's conversions in one place
     COLOR_ENCODINGS,
     ENCODINGS,
@@ -55,10 +55,6 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
     return msg
 
 
-# distortion_model -> accepted numbers of coefficients (OpenCV's models; ROS names)
-DISTORTION_MODELS = {"plumb_bob": (4, 5, 8, 12, 14), "rational_polynomial": (8, 12, 14), "equidistant": (4,)}
-
-
 def _matrix(values, shape: tuple[int, int], name: str) -> np.ndarray:
     m = np.asarray(values, dtype=np.float64)
     if m.size != shape[0] * shape[1]:
@@ -69,13 +65,14 @@ def _matrix(values, shape: tuple[int, int], name: str) -> np.ndarray:
     return m
 
 
-def _check_focal(m: np.ndarray, name: str) -> None:
-    fx, fy = m[0, 0], m[1, 1]
-    if fx == 0 or fy == 0:
-        raise ValueError(f"camera_info {name} has a zero focal length (fx={fx:g}, fy={fy:g}); is the camera calibrated?")
-    if not (0 < fx <= MAX_FOCAL_PX and 0 < fy <= MAX_FOCAL_PX):
-        raise ValueError(f"camera_info {name} has an impossible focal length (fx={fx:g}, fy={fy:g} px; "
-                         f"expected 0 < f <= {MAX_FOCAL_PX:g} px)")
+def _checked(name: str, m: np.ndarray, image_hw: tuple[int, int], **rectification) -> None:
+    """`geometry.check_calibration` of the image-grid matrix `m`, its message naming the field."""
+    if not m[0, 0] and not m[1, 1]:
+        raise ValueError(f"camera_info {name} has a zero focal length; is the camera calibrated?")
+    try:
+        check_calibration(m[:, :3], image_hw, **rectification)
+    except ValueError as error:
+        raise ValueError(f"camera_info {name}: {error}") from None
 
 
 def _region(info, image_hw: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
@@ -112,29 +109,20 @@ def _camera_to_image(info, image_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _projection(info, k: np.ndarray) -> np.ndarray:
-    """P (3x4), checked; an uncalibrated all-zero P is [K | 0]."""
+    """P (3x4); an uncalibrated all-zero P is [K | 0]."""
     p = _matrix(info.p, (3, 4), "P")
-    if not p.any():
-        return np.concatenate([k, np.zeros((3, 1))], axis=1)
-    _check_focal(p, "P")
-    return p
+    return p if p.any() else np.concatenate([k, np.zeros((3, 1))], axis=1)
 
 
-def check_calibration(info, image_hw: tuple[int, int]) -> None:
-    """ValueError (one line, what is wrong) unless K, P, D, ROI and binning describe a real camera."""
-    k = _matrix(info.k, (3, 3), "K")
-    _check_focal(k, "K")
-    _projection(info, k)
-    _region(info, image_hw)
-    if has_distortion(info):
-        _matrix(info.r, (3, 3), "R")
-        counts = DISTORTION_MODELS.get(info.distortion_model)
-        if counts is None:
-            raise ValueError(f"camera_info distortion_model '{info.distortion_model}' with non-zero D is not supported "
-                             f"(supported: {', '.join(DISTORTION_MODELS)})")
-        if len(info.d) not in counts:
-            raise ValueError(f"camera_info distortion_model '{info.distortion_model}' needs {' or '.join(map(str, counts))} "
-                             f"coefficients in D, got {len(info.d)}")
+def _image_matrices(info, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(K 3x3, P 3x4) of the image as published, each checked (`geometry.check_calibration`)."""
+    to_image = _camera_to_image(info, image_hw)
+    sensor_k = _matrix(info.k, (3, 3), "K")
+    k = transform_intrinsics(sensor_k, to_image)
+    p = transform_intrinsics(_projection(info, sensor_k), to_image)
+    _checked("K", k, image_hw)
+    _checked("P", p, image_hw)
+    return k, p
 
 
 def has_distortion(info) -> bool:
@@ -146,9 +134,8 @@ def has_distortion(info) -> bool:
 
 
 def image_intrinsics(info, image_hw: tuple[int, int]) -> np.ndarray:
-    """K (3x3 float64) of the image as published; ValueError if the calibration is unusable."""
-    check_calibration(info, image_hw)
-    return transform_intrinsics(np.asarray(info.k, dtype=np.float64).reshape(3, 3), _camera_to_image(info, image_hw))
+    """K (3x3 float64) of the image as published; ValueError if K, P, ROI or binning cannot describe it."""
+    return _image_matrices(info, image_hw)[0]
 
 
 def depth_camera_info(info, image_hw: tuple[int, int], depth_hw: tuple[int, int], header) -> CameraInfo:
@@ -206,14 +193,12 @@ class Rectifier:
 
     @staticmethod
     def _build(info, hw: tuple[int, int]) -> tuple:
-        check_calibration(info, hw)
-        to_image = _camera_to_image(info, hw)
-        sensor_k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-        k = transform_intrinsics(sensor_k, to_image)
-        p = transform_intrinsics(_projection(info, sensor_k), to_image)
-        r = np.asarray(info.r, dtype=np.float64).reshape(3, 3)
-        r = r if r.any() else np.eye(3)
+        """The maps; ValueError when the calibration cannot be used, or rectifying it would leave
+        the image mostly outside the camera's view (`geometry.check_calibration`)."""
+        k, p = _image_matrices(info, hw)
+        r = _matrix(info.r, (3, 3), "R")
         d = np.asarray(info.d, dtype=np.float64)
+        _checked("rectification", k, hw, D=d, R=r, model=info.distortion_model, rectified_K=p[:, :3])
         size = (hw[1], hw[0])
         if info.distortion_model == "equidistant":
             map_x, map_y = cv2.fisheye.initUndistortRectifyMap(k, d, r, p[:, :3], size, cv2.CV_32FC1)

@@ -39,13 +39,14 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
+from sharpdepth_ros.node import DiagnosticArray, SharpDepthNode  # noqa: E402  (DiagnosticArray: None without diagnostic_msgs)
+
 from sharpdepth_core.files import atomic_write, write_text  # noqa: E402
 from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
 from sharpdepth_core.embedded import EMBEDDED_DIR  # noqa: E402
 from sharpdepth_core.synthetic import STYLES  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
-from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
 from sharpdepth_ros.replay import ReplayPublisher, stamp_ns, synthetic_scene  # noqa: E402
 
 NS = "/camera"
@@ -57,7 +58,23 @@ TOPICS = {
     f"{NS}/points": PointCloud2,
     f"{NS}/depth/colored": Image,
     f"{NS}/depth/difference": Image,
+    **({"/diagnostics": DiagnosticArray} if DiagnosticArray else {}),
 }
+# The report of the embedded models on 100 held-out scenes (bench/nano_report.py; the model card's
+# table): the headline figures, printed before the demo's own few frames. Absent outside a checkout.
+NANO_REPORT = Path(__file__).resolve().parents[1] / "bench" / "nano_report.json"
+# The per-frame table: (header over the column group, column header, width, format, row key)
+FRAME_TABLE = (
+    ("", "frame", 5, "d", "frame"),
+    ("", "scene", 6, "d", "scene"),
+    ("latency [ms]", "e2e", 6, ".0f", "e2e_ms"),
+    ("latency [ms]", "model", 6, ".0f", "model_ms"),
+    ("AbsRel", "SharpD.", 8, ".3f", "abs_rel"),
+    ("AbsRel", "f_D", 6, ".3f", "f_D_abs_rel"),
+    ("DBE compl [px]", "SharpD.", 8, ".2f", "dbe_compl"),
+    ("DBE compl [px]", "f_D", 6, ".2f", "f_D_dbe_compl"),
+    ("", "valid", 7, ".1%", "valid"),
+)
 OUTPUTS = (f"{NS}/depth/image", f"{NS}/depth/camera_info", f"{NS}/points", f"{NS}/depth/difference")
 UNTRAINED_BANNER = """
 ==========================================================================================
@@ -212,7 +229,7 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             return 1
 
         rows = []
-        print(f"{'frame':>5} {'scene':>6} {'e2e ms':>7} {'model ms':>8} {'AbsRel':>7} {'f_D':>6} {'DBE compl':>9} {'f_D':>5} {'valid':>6}")
+        print_table_header()
         for i in range(args.frames):
             model_s = node.stats.stage_s.get("model", 0.0)
             t0 = time.perf_counter()
@@ -225,9 +242,10 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             row["e2e_ms"] = 1e3 * (recorder.arrival[(f"{NS}/depth/image", stamp)] - t0)
             row["model_ms"] = 1e3 * (node.stats.stage_s.get("model", 0.0) - model_s)
             rows.append(row)
-            print(f"{i:>5} {row['scene']:>6} {row['e2e_ms']:>7.0f} {row['model_ms']:>8.0f} {row['abs_rel']:>7.3f} "
-                  f"{row['f_D_abs_rel']:>6.3f} {row['dbe_compl']:>9.2f} {row['f_D_dbe_compl']:>5.2f} {row['valid']:>6.1%}", flush=True)
-        _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames, 5)  # the last colour image into the bag
+            print(" ".join(f"{row[key]:>{width}{fmt}}" for _, _, width, fmt, key in FRAME_TABLE), flush=True)
+        node.report()  # the statistics line, and /diagnostics into the bag
+        _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames
+              and all(recorder.counts[t] for t in TOPICS), 5)  # the last messages into the bag
     finally:
         stop.set()
         if spinner is not None:
@@ -241,10 +259,24 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     shutil.rmtree(bag, ignore_errors=True)
     shutil.move(str(bag_tmp), bag)  # the finished bag appears at once, never half written
     write_overview(rows, out, untrained)
-    summarise(rows, node, recorder, bag, out, untrained)
+    embedded = not untrained and not (settings.get("model") or settings.get("student"))
+    summarise(rows, node, recorder, bag, out, untrained, embedded)
     if untrained:
         print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
     return 0
+
+
+def print_table_header() -> None:
+    """FRAME_TABLE's two header lines, each group's header centred over its columns."""
+    groups, line = [], []
+    for group, name, width, _, _ in FRAME_TABLE:
+        if groups and groups[-1][0] == group:
+            groups[-1][1] += width + 1
+        else:
+            groups.append([group, width])
+        line.append(f"{name:>{width}}")
+    print(" ".join(f"{group:^{width}}" for group, width in groups).rstrip())
+    print(" ".join(line))
 
 
 def scene_fov(camera: dict | None) -> float:
@@ -288,8 +320,8 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
 
     columns = list(rows[0]["pictures"])
     h, w = rows[0]["pictures"]["image"].shape[:2]
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, gridspec_kw={"wspace": 0.3},  # room for the bars' labels
-                             figsize=(1.0 + 2.0 * len(columns) * max(1.0, w / h / 1.33), 0.6 + 1.6 * len(rows)))
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",  # bars and labels never overlap
+                             figsize=(1.6 + 2.0 * len(columns) * max(1.0, w / h / 1.33), 0.6 + 1.6 * len(rows)))
     for r, row in enumerate(rows):
         pics = row["pictures"]
         lo, hi = np.percentile(pics["ground truth"], [1, 99])
@@ -298,7 +330,7 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
             if name in ("ground truth", "f_D", "SharpDepth"):
                 shown = ax.imshow(pics[name], cmap="turbo", vmin=lo, vmax=hi, interpolation="nearest")
             elif name == "difference map e":
-                ax.imshow(pics[name], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+                _colour_bar(fig, ax.imshow(pics[name], cmap="magma", vmin=0, vmax=1, interpolation="nearest"), ax, "e")
             else:
                 ax.imshow(pics[name], interpolation="nearest")
             ax.set_xticks([])
@@ -309,7 +341,7 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
                 key = "f_D_" if name == "f_D" else ""
                 ax.set_xlabel(f"AbsRel {row[key + 'abs_rel']:.3f}, DBE {row[key + 'dbe_acc']:.1f}/{row[key + 'dbe_compl']:.1f}", fontsize=7)
         axes[r, 0].set_ylabel(f"scene {row['scene']}", fontsize=8)
-        fig.colorbar(shown, ax=axes[r, 1:4].tolist(), fraction=0.02, pad=0.01).set_label("depth [m]", fontsize=7)
+        _colour_bar(fig, shown, axes[r, 1:4].tolist(), "depth [m]")
     if untrained:
         fig.suptitle("UNTRAINED random-weight models: plumbing check only", color="red")
     with atomic_write(out / "overview.png") as f:
@@ -317,7 +349,30 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
     plt.close(fig)
 
 
-def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag: Path, out: Path, untrained: bool) -> None:
+def _colour_bar(fig, image, axes, label: str) -> None:
+    bar = fig.colorbar(image, ax=axes, fraction=0.05, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+
+
+def report_figures() -> dict | None:
+    """{'f_D': ..., 'SharpDepth': ...} means of the embedded models over the report's scenes, with
+    'scenes', from bench/nano_report.json; None where the file is absent."""
+    if not NANO_REPORT.is_file():
+        return None
+    report = json.loads(NANO_REPORT.read_text())
+    return {"scenes": report["scenes"], "f_D": report["results"]["f_D"], "SharpDepth": report["results"]["full"]}
+
+
+def print_means(title: str, figures: dict[str, dict], note: str = "") -> None:
+    """AbsRel, δ1 and DBE of f_D and SharpDepth under `title`."""
+    print(f"\n{title}\n{'':12}{'AbsRel':>8}{'δ1':>7}{'DBE acc':>9}{'DBE compl':>11}")
+    for label, m in figures.items():
+        print(f"{label:12}{m['abs_rel']:>8.3f}{m['delta1']:>7.3f}{m['dbe_acc']:>9.2f}{m['dbe_compl']:>11.2f}{note}")
+
+
+def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag: Path, out: Path, untrained: bool,
+              embedded: bool = False) -> None:
     stages = {k: 1e3 * v / max(node.stats.published, 1) for k, v in node.stats.stage_s.items()}
 
     def mean(key: str) -> float:
@@ -334,11 +389,15 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
         "bag": str(bag),
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    report = report_figures() if embedded else None
+    if report is not None:
+        scenes = report.pop("scenes")
+        print_means(f"the embedded models on {scenes} held-out scenes (bench/NANO_REPORT.md; the figures to quote):", report)
     note = " (UNTRAINED models: plumbing check only)" if untrained else ""
-    print(f"\n{'':12}{'AbsRel':>8}{'δ1':>7}{'DBE acc':>9}{'DBE compl':>11}")
-    for label, key in (("f_D", "f_D_"), ("SharpDepth", "")):
-        print(f"{label:12}{summary[f'mean_{key}abs_rel']:>8.3f}{summary[f'mean_{key}delta1']:>7.3f}"
-              f"{summary[f'mean_{key}dbe_acc']:>9.2f}{summary[f'mean_{key}dbe_compl']:>11.2f}{note}")
+    print_means(f"this run: {len(rows)} frame{'s' * (len(rows) != 1)}, a small sample (frame-to-frame spread is large; "
+                "do not compare the two models on it)" + (": the report above is the measure" if report else ""),
+                {label: {m: summary[f"mean_{key}{m}"] for m in ("abs_rel", "delta1", "dbe_acc", "dbe_compl")}
+                 for label, key in (("f_D", "f_D_"), ("SharpDepth", ""))}, note)
     print(f"end-to-end {summary['mean_e2e_ms']:.0f} ms/frame; node ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
           + f"; the demo's in-process recorder {summary['recorder_ms_per_frame']:.1f} ms/frame (not the node's)")
     mcap = next(bag.glob("*.mcap"))

@@ -226,7 +226,7 @@ class SharpDepthNode(Node):
         self._pub_colored = self.create_publisher(Image, "depth/colored", out, qos_overriding_options=override)
         self._pub_difference = self.create_publisher(Image, "depth/difference", out, qos_overriding_options=override)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
-        self.create_timer(self._settings["stats_period"], self._report)
+        self.create_timer(self._settings["stats_period"], self.report)
         return image_topic
 
     # --- parameters -------------------------------------------------------------------------
@@ -340,19 +340,69 @@ class SharpDepthNode(Node):
                 f"{why}: frames without camera_info get a pinhole K of fov_deg {settings['fov_deg']:g} degrees (horizontal, "
                 "centred) for depth/camera_info and the cloud; the metric model runs without K. Set fov_deg to your lens, "
                 "or publish camera_info")
+        return self._assumed(image_hw, header, settings), False
+
+    @staticmethod
+    def _assumed(image_hw: tuple[int, int], header, settings: dict) -> CameraInfo:
+        """The fov_deg pinhole of frames without a usable calibration."""
         h, w = image_hw
-        return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header), False
+        return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header)
+
+    def _camera(self, rgb: np.ndarray, info: CameraInfo, calibrated: bool, header, settings: dict):
+        """(image, its CameraInfo, K, whether K is calibrated, HxW mask of pixels seen or None).
+
+        An implausible K, P, ROI or binning (`geometry.check_calibration`) is refused and the frame
+        gets the fov_deg pinhole, the model running without K; a rectification that cannot be used
+        (D, R) skips the frame, whose pixels are where the camera model cannot say. Either is one
+        throttled line per camera.
+        """
+        try:
+            K = image_intrinsics(info, rgb.shape[:2])
+        except ValueError as error:
+            if not calibrated:
+                raise
+            self._refuse_calibration(header.frame_id, f"{error}; its frames get the fov_deg {settings['fov_deg']:g} "
+                                     "pinhole K and the metric model runs without K")
+            info = self._assumed(rgb.shape[:2], header, settings)
+            return rgb, info, np.reshape(info.k, (3, 3)), False, None
+        try:
+            if not has_distortion(info):  # pinhole cameras (all-zero D) skip rectification entirely
+                return rgb, info, K, calibrated, None
+            rgb, info, seen = self._rectifier(rgb, info)
+        except ValueError as error:
+            self._refuse_calibration(header.frame_id, f"{error}; its frames are skipped", skipped=True)
+            return None
+        return rgb, info, np.reshape(info.k, (3, 3)), calibrated, seen  # the rectified pinhole: on the image grid
+
+    def _refuse_calibration(self, frame_id: str, message: str, skipped: bool = False) -> None:
+        """One warning per camera (frame_id) every THROTTLE_S seconds; a skipped frame is counted."""
+        now = time.monotonic()
+        key = f"calibration:{frame_id}"
+        text = f"camera_info of frame_id '{frame_id}' refused: {message}"
+        with self._lock:
+            if skipped:
+                self.stats.rejected["calibration"] = self.stats.rejected.get("calibration", 0) + 1
+            self.last_rejection = text
+            due = self._due(key, now)
+        if due:
+            self.get_logger().warning(text)
+
+    def _due(self, key: str, now: float) -> bool:
+        """Whether a line about `key` is due (none in the last THROTTLE_S seconds); under `_lock`."""
+        due = now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S
+        if due:
+            remember(self._last_log, key, now, MAX_PROBLEMS)
+        return due
 
     def _infer_and_publish(self, msg, decode, arrived: float) -> None:
         settings = self._settings  # one snapshot per frame: a parameter set meanwhile applies to the next
         t0 = time.perf_counter()
         rgb = decode(msg)
         info, calibrated = self._calibration(msg.header.frame_id, rgb.shape[:2], msg.header, settings)
-        K = image_intrinsics(info, rgb.shape[:2])  # checks the calibration: one line, frame skipped
-        seen = None
-        if has_distortion(info):  # pinhole cameras (all-zero D) skip this entirely
-            rgb, info, seen = self._rectifier(rgb, info)
-            K = np.reshape(info.k, (3, 3))  # the rectified pinhole is on the image grid already
+        camera = self._camera(rgb, info, calibrated, msg.header, settings)
+        if camera is None:
+            return
+        rgb, info, K, calibrated, seen = camera
         t1 = time.perf_counter()
         out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None,
                             seed=None if settings["seed"] < 0 else settings["seed"],
@@ -414,9 +464,7 @@ class SharpDepthNode(Node):
             self.stats.rejected[kind] = self.stats.rejected.get(kind, 0) + 1
             count = self.stats.rejected[kind]
             self.last_rejection = message
-            due = now - self._last_log.get(key, -THROTTLE_S) >= THROTTLE_S
-            if due:
-                remember(self._last_log, key, now, MAX_PROBLEMS)
+            due = self._due(key, now)
         if due:
             text = f"frame skipped: {message} ({count} '{kind}' skips since start)"
             if kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity
@@ -426,7 +474,8 @@ class SharpDepthNode(Node):
 
     # --- statistics -------------------------------------------------------------------------
 
-    def _report(self) -> None:
+    def report(self) -> None:
+        """The statistics since the last report: one log line and /diagnostics (every stats_period)."""
         now = time.monotonic()
         with self._lock:
             current = self.stats.copy()
@@ -496,15 +545,23 @@ def main(args: list[str] | None = None) -> int:
         return nodes[-1]
 
     code = run("sharpdepth", make_node, rclpy.spin, __doc__, PARAMETERS, args)
-    if any(node.busy for node in nodes):
-        # ROS is shut down, but the worker is still inside a model call. Interpreter exit would kill
-        # that thread inside torch's C++ frames (`terminate called without an active exception`,
-        # exit 134), and waiting could take minutes: end the process here, promptly and cleanly.
-        rclpy.logging.get_logger("sharpdepth").info("shutdown: a model call was still running; exiting without waiting for it")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    if not nodes:  # --help, or a start that failed (said in one line): nothing ran
+        return code
+    node = nodes[0]
+    logger = rclpy.logging.get_logger("sharpdepth")
+    with node._lock:
+        stats = node.stats.copy()
+    logger.info(f"shutdown: {stats.received} frames received, {stats.published} published, {stats.dropped} dropped "
+                f"(a newer frame arrived first), {sum(stats.rejected.values())} skipped")
+    if node.busy:
+        logger.info("shutdown: a model call was still running; exiting without waiting for it")
+    # ROS is shut down and the node destroyed: nothing is left to do. Interpreter exit would tear down
+    # torch and the models for seconds (1-4 s measured), and with the worker still inside a model call
+    # it would kill that thread inside torch's C++ frames (`terminate called without an active
+    # exception`, exit 134) or wait minutes: end the process here, promptly and cleanly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -109,25 +109,30 @@ def video_frames(path: Path, fov_deg: float, max_pixels: int) -> Iterator[Frame]
         raise ValueError(f"video {path} has no readable frame")
 
 
+def _print(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def stamp_ns(header) -> int:
     """A header's stamp in nanoseconds (the key that pairs the messages of one frame)."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
-    """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag.
+def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn = _print) -> Iterator[Frame]:
+    """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag; `say`
+    gets one line naming the topic, message type, image size, frame count and calibration topic.
 
     Each image gets the camera_info of the same header stamp, else the latest one stamped before it
     (log order says nothing: a recorder may write a frame's camera_info after its image); an image
     older than every camera_info gets the fov_deg pinhole (`assumed`).
     """
     try:
-        yield from _recorded_frames(path, recording_parts(path), topic, fov_deg, max_pixels, warn)
+        yield from _recorded_frames(path, recording_parts(path), topic, fov_deg, max_pixels, warn, say)
     except reader_errors() as error:
         raise RecordingError(f"recording {path} cannot be read: {error}") from error
 
 
-def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
+def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn) -> Iterator[Frame]:
     with open_recording(parts) as reader:
         images = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES and (not topic or c.topic == topic)]
         if not images:
@@ -145,13 +150,23 @@ def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pi
             msg = reader.deserialize(raw, connection.msgtype)
             by_stamp[stamp_ns(msg.header)] = _ros_camera_info(msg)
         stamps = sorted(by_stamp)
-        for i, (connection, t, raw) in enumerate(reader.messages(connections=[c for c in reader.connections if c.topic == image_topic])):
+        chosen = [c for c in reader.connections if c.topic == image_topic]
+        others = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_MSGTYPES} - {image_topic})
+        calibration = (f"calibration from {base}/camera_info ({len(by_stamp)} stamps)" if by_stamp
+                       else f"no {base}/camera_info: the fov_deg {fov_deg:g} pinhole")
+        said = False
+        for i, (connection, t, raw) in enumerate(reader.messages(connections=chosen)):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
                 rgb = message_to_rgb8(msg, max_pixels)
             except (ValueError, *reader_errors()) as error:
                 warn(f"{path} {image_topic} @ {t}: {error}")
                 continue
+            if not said:  # the size is known from the first readable frame
+                said = True
+                say(f"recording {path}: replaying {image_topic} ({connection.msgtype}, {rgb.shape[1]}x{rgb.shape[0]}, "
+                    f"{sum(c.msgcount for c in chosen)} frames); {calibration}"
+                    + (f"; other image topics: {', '.join(others)} (choose with topic)" if others else ""))
             at = bisect.bisect_right(stamps, stamp_ns(msg.header))  # stamps[at - 1] <= the image's stamp
             if at:
                 info = by_stamp[stamps[at - 1]]
@@ -171,22 +186,18 @@ def _ros_camera_info(info) -> CameraInfo:
     return out
 
 
-def _print(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
                 height: int = 240, seed: int = 0, style: str = "indoor", synthetic_fov_deg: float = 0.0,
-                max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, warn: Warn = _print) -> Iterator[Frame]:
+                max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, warn: Warn = _print, say: Warn = _print) -> Iterator[Frame]:
     """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder);
-    unreadable frames are skipped, each said once through `warn`."""
+    unreadable frames are skipped, each said once through `warn`; a bag says what it plays through `say`."""
     if source == "synthetic":
         return synthetic_frames(scenes, width, height, seed, style, synthetic_fov_deg)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"replay source {source} does not exist (expected 'synthetic', an image folder, a video or a bag)")
     if is_recording(path):
-        return bag_frames(path, topic, fov_deg, max_pixels, warn)
+        return bag_frames(path, topic, fov_deg, max_pixels, warn, say)
     if path.is_dir():
         return folder_frames(path, fov_deg, max_pixels, warn)
     return video_frames(path, fov_deg, max_pixels)
@@ -229,7 +240,7 @@ class ReplayPublisher(Node):
         self._params = p
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
-        self._said: set[str] = set()  # skipped frames already logged: a looping source says each once
+        self._said: set[str] = set()  # lines already logged (`_first_time`)
         self._frames = self._open()
         self.published = 0
         self.done = False
@@ -247,7 +258,7 @@ class ReplayPublisher(Node):
             return iter(self._cache)
         frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
                              height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"],
-                             max_pixels=p["max_input_pixels"], warn=self._skip)
+                             max_pixels=p["max_input_pixels"], warn=self._skip, say=self._say)
         if p["source"] == "synthetic":
             frames = self._cached(frames)
         first = next(frames, None)
@@ -255,11 +266,21 @@ class ReplayPublisher(Node):
             raise ValueError(f"replay source {p['source']} has no frames")
         return itertools.chain([first], frames)
 
+    def _say(self, line: str) -> None:
+        """What a recording plays: one line at start-up."""
+        if self._first_time(line):
+            self.get_logger().info(line)
+
     def _skip(self, line: str) -> None:
-        """One log line per skipped frame (or recovered recording), not repeated when the source loops."""
-        if line not in self._said:
-            self._said.add(line)
+        """One log line per skipped frame (or recovered recording)."""
+        if self._first_time(line):  # (separate call sites: rclpy fixes a site's severity)
             self.get_logger().warning(f"replay: {line}")
+
+    def _first_time(self, line: str) -> bool:
+        """True the first time only: a looping source does not say a line again."""
+        new = line not in self._said
+        self._said.add(line)
+        return new
 
     def _cached(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         for frame in frames:

@@ -190,6 +190,17 @@ def test_bad_arguments_exit_2_with_one_line(tiny_dirs, images, tmp_path, capsys,
     assert err[-1].startswith("sharpdepth predict: error:") and message in err[-1]
 
 
+def test_intrinsics_impossible_for_the_image_refuse_it_in_one_line(tiny_dirs, images, tmp_path, capsys):
+    """fx = 1e-9 px on a 64 px image (a 180° view) wrote depth with a median of 2.7e-11 m: now the image is
+    refused, saying why (`geometry.check_calibration`, as the node)."""
+    out = tmp_path / "o"
+    status = main(["predict", str(images / "scene.png"), "--out", str(out), "--model", str(tiny_dirs["pipeline"]),
+                   "--intrinsics", "1e-9,1e-9,64,48"])
+    err = capsys.readouterr().err
+    assert status != 0 and not (out / "scene_depth.npy").exists()
+    assert f"{images / 'scene.png'}: error: fx = 1e-09 px is impossible for 64 px wide images: a horizontal field of view of 180°" in err
+
+
 def test_calibration_json_with_zero_size_is_one_line(tiny_dirs, images, tmp_path, capsys):
     calib = tmp_path / "camera.json"
     calib.write_text(json.dumps({"K": [[100, 0, 63.5], [0, 104, 47.5], [0, 0, 1]], "width": 0, "height": 0}))

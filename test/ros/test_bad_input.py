@@ -18,19 +18,22 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
+from sharpdepth_ros.conversions import pinhole_K
 from sharpdepth_ros.node import MAX_CAMERAS, SharpDepthNode
 
 SCENE = render_scene(11, 40, 30)
 DEPTH = "/camera/depth/image"
+DEPTH_INFO = "/camera/depth/camera_info"
 
 
 class FaultInjection(SharpDepthPipeline):
     """The real pipeline; `fault` makes the next call return NaN depth or raise CUDA's OOM error."""
 
     fault: str | None = None
+    last_K = None  # the K of the latest call
 
     def __call__(self, image, K=None, seed=None, **settings):
-        fault, self.fault = self.fault, None
+        fault, self.fault, self.last_K = self.fault, None, K
         if fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         out = super().__call__(image, K=K, seed=seed, **settings)
@@ -46,7 +49,7 @@ def system(ros_context, tiny_pipeline_dir):
     node = SharpDepthNode(pipeline, context=ros_context, parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
     compressed_node = SharpDepthNode(pipeline, context=ros_context, namespace="ccam",
                                      parameter_overrides=node_parameters(tiny_pipeline_dir, image_transport="compressed", publish_colored=False))
-    probe = Probe(ros_context, {DEPTH: Image, "/ccam/depth/image": Image, "/diagnostics": DiagnosticArray})
+    probe = Probe(ros_context, {DEPTH: Image, DEPTH_INFO: CameraInfo, "/ccam/depth/image": Image, "/diagnostics": DiagnosticArray})
     pubs = {
         "image": probe.node.create_publisher(Image, "/camera/image_raw", 5),
         "info": probe.node.create_publisher(CameraInfo, "/camera/camera_info", 5),
@@ -94,12 +97,6 @@ def _missing_info(image, info):
     return image, None
 
 
-def _zero_focal(image, info):
-    image.header.frame_id = info.header.frame_id = "zero_focal_cam"
-    info.k = np.zeros(9)
-    return image, info
-
-
 def _calibration(frame_id: str, change):
     def corrupt(image, info):
         image.header.frame_id = info.header.frame_id = frame_id
@@ -123,18 +120,14 @@ CASES = {
     "step smaller than a row": (_short_step, None, "image step 119 is smaller than width x bytes per pixel = 120"),
     "data length mismatch": (_short_data, None, "step x height"),
     "missing camera_info": (_missing_info, None, "no camera_info for frame_id 'uncalibrated_cam'"),
-    "zero focal length": (_zero_focal, None, "zero focal length"),
-    "ROI beyond the sensor": (_calibration("roi_cam", _set(x_offset=4_000_000_000)), None,
-                              "camera_info ROI 40x30 at (4000000000, 0) lies outside the 40x30 sensor"),
-    "binning larger than the sensor": (_calibration("binned_cam", _set(binning_x=1000)), None,
-                                       "camera_info binning 1000x1 is larger than the 40x30 region"),
-    "non-finite P": (_calibration("nan_p_cam", _set(p=[float("nan")] * 12)), None, "camera_info P has non-finite values"),
-    "negative focal length": (_calibration("negative_cam", _set(k=[-50.0, 0, 20, 0, 50, 15, 0, 0, 1])), None,
-                              "camera_info K has an impossible focal length (fx=-50, fy=50 px; expected 0 < f <= 1e+06 px)"),
-    "huge focal length": (_calibration("huge_cam", _set(k=[1e9, 0, 20, 0, 1e9, 15, 0, 0, 1])), None,
-                          "camera_info K has an impossible focal length (fx=1e+09, fy=1e+09 px"),
     "unknown distortion model": (_calibration("kb_cam", _set(distortion_model="kannala_brandt", d=[0.1, 0.0, 0.0, 0.0])), None,
-                                 "distortion_model 'kannala_brandt' with non-zero D is not supported"),
+                                 "camera_info rectification: distortion_model 'kannala_brandt' with non-zero D is not supported"),
+    "a rectification outside the image": (_calibration("d_cam", _set(d=[1e30, 0.0, 0.0, 0.0, 0.0])), None,
+                                          "maps 100% of the image outside the camera's view"),
+    "a fisheye rectification outside the image": (_calibration("k_cam", _set(distortion_model="equidistant", d=[1e10, 0.0, 0.0, 0.0])),
+                                                  None, "maps 100% of the image outside the camera's view"),
+    "an all-zero R": (_calibration("r_cam", _set(d=[0.1, 0.0, 0.0, 0.0, 0.0], r=[0.0] * 9)), None,
+                      "camera_info rectification: R is not a rotation"),
     "NaN depth from the model": (lambda i, c: (i, c), "nan", "non-finite depth values"),
     "CUDA out of memory": (lambda i, c: (i, c), "oom", "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)"),
 }
@@ -165,6 +158,43 @@ def test_bad_frame_is_skipped_and_the_next_valid_frame_is_processed(system, case
     bad_stamp = bad_image.header.stamp.sec * 10**9 + bad_image.header.stamp.nanosec
     assert probe.by_stamp(DEPTH, bad_stamp) is None
     assert node._worker.is_alive()
+
+
+IMPLAUSIBLE_INTRINSICS = {
+    "zero focal length": (_set(k=[0.0] * 9), "camera_info K has a zero focal length; is the camera calibrated?"),
+    "ROI beyond the sensor": (_set(x_offset=4_000_000_000), "camera_info ROI 40x30 at (4000000000, 0) lies outside the 40x30 sensor"),
+    "binning larger than the sensor": (_set(binning_x=1000), "camera_info binning 1000x1 is larger than the 40x30 region"),
+    "non-finite P": (_set(p=[float("nan")] * 12), "camera_info P has non-finite values"),
+    "negative focal length": (_set(k=[-50.0, 0, 20, 0, 50, 15, 0, 0, 1]), "camera_info K: focal lengths fx = -50, fy = 50 px must be positive"),
+    "huge focal length": (_set(k=[1e9, 0, 20, 0, 1e9, 15, 0, 0, 1]), "camera_info K: fx = 1e+09 px is impossible for 40 px wide images"),
+    "a focal length of 1e-6 px": (_set(k=[1e-6, 0, 20, 0, 1e-6, 15, 0, 0, 1], p=[0.0] * 12),  # depth at ~1e-8 m before
+                                  "camera_info K: fx = 1e-06 px is impossible for 40 px wide images: a horizontal field of view of 180°"),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPLAUSIBLE_INTRINSICS))
+def test_implausible_intrinsics_are_refused_once_per_camera_and_the_frames_run_without_k(system, case, capfd):
+    """The frames are processed on the fov_deg pinhole (published in depth/camera_info), the metric
+    model gets no K, and one warning names the camera and the reason."""
+    node, _, pipeline, probe, pubs = system
+    change, message = IMPLAUSIBLE_INTRINSICS[case]
+    frame_id = "implausible_" + case.replace(" ", "_")
+    capfd.readouterr()
+    for _ in range(2):
+        image, info = _calibration(frame_id, change)(*_frame())
+        pubs["info"].publish(info)
+        wait_for(lambda: stamp_ns(node._infos[frame_id].header) == stamp_ns(info.header) if frame_id in node._infos else False,
+                 10, "the CameraInfo")
+        before = _skips(node)
+        pubs["image"].publish(image)
+        stamp = stamp_ns(image.header)
+        wait_for(lambda: probe.has([DEPTH, DEPTH_INFO], stamp), 60, "the frame's depth")
+        assert _skips(node) == before and pipeline.last_K is None
+        np.testing.assert_allclose(np.reshape(probe.by_stamp(DEPTH_INFO, stamp).k, (3, 3)), pinhole_K(40, 30, 60.0))
+    assert message in node.last_rejection
+    err = capfd.readouterr().err
+    assert err.count(f"camera_info of frame_id '{frame_id}' refused: {message}") == 1, err
+    assert "its frames get the fov_deg 60 pinhole K and the metric model runs without K" in err
 
 
 def test_compressed_input_and_undecodable_bytes(system):

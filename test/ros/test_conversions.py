@@ -160,19 +160,47 @@ def test_cloud_rgb_packing_decimation_and_max_range():
         (lambda i: (setattr(i.roi, "y_offset", 2), setattr(i.roi, "height", 4)), r"camera_info ROI 7x4 at \(0, 2\) lies outside the 7x5 sensor"),
         (lambda i: setattr(i, "binning_y", 6), "camera_info binning 1x6 is larger than the 7x5 region it bins"),
         (lambda i: setattr(i, "p", [float("nan")] * 12), "camera_info P has non-finite values"),
-        (lambda i: setattr(i, "p", [-3.0, 0, 3, 0, 0, 40, 2, 0, 0, 0, 1, 0]), r"camera_info P has an impossible focal length \(fx=-3, fy=40 px"),
-        (lambda i: setattr(i, "k", [50.0, 0, 3, 0, -40, 2, 0, 0, 1]), r"camera_info K has an impossible focal length \(fx=50, fy=-40 px; expected 0 < f <= 1e\+06 px\)"),
-        (lambda i: setattr(i, "k", [2e6, 0, 3, 0, 2e6, 2, 0, 0, 1]), r"impossible focal length \(fx=2e\+06, fy=2e\+06 px"),
-        (lambda i: setattr(i, "d", [0.1, float("inf"), 0, 0, 0]), "camera_info D has non-finite values"),
-        (lambda i: (setattr(i, "distortion_model", "equidistant"), setattr(i, "d", [0.1] * 5)),
-         "distortion_model 'equidistant' needs 4 coefficients in D, got 5"),
+        (lambda i: setattr(i, "p", [-3.0, 0, 3, 0, 0, 40, 2, 0, 0, 0, 1, 0]), "camera_info P: focal lengths fx = -3, fy = 40 px must be positive"),
+        (lambda i: setattr(i, "k", [50.0, 0, 3, 0, -40, 2, 0, 0, 1]), "camera_info K: focal lengths fx = 50, fy = -40 px must be positive"),
+        (lambda i: setattr(i, "k", [2e6, 0, 3, 0, 2e6, 2, 0, 0, 1]),
+         r"camera_info K: fx = 2e\+06 px is impossible for 7 px wide images: a horizontal field of view of 0.000201°, expected 1° to 179° "
+         r"\(fx 0.0305 to 401 px\)"),
+        (lambda i: setattr(i, "k", [1e-6, 0, 3, 0, 1e-6, 2, 0, 0, 1]),  # depth would come out at ~1e-8 m
+         r"camera_info K: fx = 1e-06 px is impossible for 7 px wide images: a horizontal field of view of 180°"),
+        (lambda i: setattr(i, "k", [50.0, 0, 3, 0, 1e-3, 2, 0, 0, 1]), r"camera_info K: fy / fx = 0.001 / 50 px is impossible"),
     ],
 )
-def test_impossible_calibrations_are_refused_in_one_line(change, message):
+def test_impossible_intrinsics_are_refused_in_one_line(change, message):
     info = pinhole_info(K, (5, 7))
     change(info)
     with pytest.raises(ValueError, match=message):
         image_intrinsics(info, (5, 7))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: setattr(i, "d", [0.1, float("inf"), 0, 0, 0]), "camera_info rectification: D has non-finite values"),
+        (lambda i: (setattr(i, "distortion_model", "equidistant"), setattr(i, "d", [0.1] * 5)),
+         "distortion_model 'equidistant' needs 4 coefficients in D, got 5"),
+        (lambda i: setattr(i, "d", [1e30, 0, 0, 0, 0]),  # all-NaN depth before
+         r"camera_info rectification: the rectification \(D=\[1e\+30, 0, 0, 0, 0\]\) maps 100% of the image outside"),
+        (lambda i: (setattr(i, "distortion_model", "equidistant"), setattr(i, "d", [1e10, 0, 0, 0])),
+         r"maps 100% of the image outside the camera's view \(at most 50% may be\)"),
+        (lambda i: setattr(i, "r", np.zeros(9)), r"camera_info rectification: R is not a rotation"),
+        (lambda i: setattr(i, "r", 2 * np.eye(3).ravel()), r"R is not a rotation"),
+    ],
+)
+def test_unusable_rectifications_are_refused_in_one_line(change, message):
+    """K is fine (image_intrinsics passes); the rectification maps are never built."""
+    info = pinhole_info(K, (5, 7))
+    info.d = [0.05, 0, 0, 0, 0]
+    change(info)
+    image_intrinsics(info, (5, 7))
+    rectifier = Rectifier()
+    with pytest.raises(ValueError, match=message):
+        rectifier(np.zeros((5, 7, 3), np.uint8), info)
+    assert not rectifier._maps
 
 
 def test_a_valid_roi_and_uncalibrated_sizes_pass():

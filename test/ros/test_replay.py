@@ -64,13 +64,19 @@ def test_bag_source_reads_images_and_recorded_calibration(tmp_path, storage):
             writer.write(c_raw, 10 * i + 1, serialize_message(encode_image(rgb, "bgr8", pad=4)))
             ok, png = cv2.imencode(".png", rgb[..., ::-1])
             writer.write(c_jpg, 10 * i + 2, serialize_message(CompressedImage(format="png", data=png.tobytes())))
-    frames = list(open_source(str(tmp_path / "bag"), topic="/cam/image_raw"))
+    lines = []
+    frames = list(open_source(str(tmp_path / "bag"), topic="/cam/image_raw", say=lines.append))
     assert len(frames) == 3
+    assert lines == [f"recording {tmp_path / 'bag'}: replaying /cam/image_raw (sensor_msgs/msg/Image, 16x12, 3 frames); "
+                     "calibration from /cam/camera_info (1 stamps); other image topics: /other/image/compressed (choose with topic)"]
     for frame, rgb in zip(frames, images):
         np.testing.assert_array_equal(frame.rgb, rgb)
         np.testing.assert_allclose(frame.K, K)
         np.testing.assert_allclose(frame.info.p, info.p)
-    compressed = list(open_source(str(tmp_path / "bag"), topic="/other/image/compressed", fov_deg=90.0))
+    compressed = list(open_source(str(tmp_path / "bag"), topic="/other/image/compressed", fov_deg=90.0, say=lines.append))
+    assert lines[1] == (f"recording {tmp_path / 'bag'}: replaying /other/image/compressed (sensor_msgs/msg/CompressedImage, "
+                        "16x12, 3 frames); no /other/camera_info: the fov_deg 90 pinhole; other image topics: /cam/image_raw "
+                        "(choose with topic)")
     np.testing.assert_array_equal(compressed[1].rgb, images[1])
     np.testing.assert_allclose(compressed[1].K, pinhole_K(16, 12, 90.0))  # no camera_info next to it
     with pytest.raises(ValueError, match="has no image topic /nope"):
