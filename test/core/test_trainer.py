@@ -190,6 +190,25 @@ def test_a_run_that_cannot_work_is_refused_before_loading_anything(tmp_path):
         train(make_config(overrides={"data": "[a, b]", "data_probs": [1.0]}))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resolution": "[100000, 100000]"}, r"resolution: \(100000, 100000\) must be .* at most 2048"),
+        ({"data_probs": "[nan]"}, "data_probs: nan must be finite"),
+        ({"data_probs": "[0, 0]", "data": "[a, b]"}, r"data_probs: \[0.0, 0.0\] must be >= 0 with a positive sum"),
+        ({"data_probs": "[-1, 2]", "data": "[a, b]"}, "data_probs: .* must be >= 0"),
+        ({"lr": "nan"}, "lr: nan must be finite"),
+        ({"grad_clip": "inf", "adam_betas": "[0.9, .inf]"}, "adam_betas: inf must be finite; grad_clip: inf must be finite"),
+        ({"lambda_rec": "-inf"}, "lambda_rec: -inf must be finite"),
+    ],
+)
+def test_non_finite_and_oversized_values_are_refused_before_loading_anything(changes, message, tmp_path):
+    """`data_probs=[nan]` passed and failed in torch.multinomial; a huge resolution in an allocation."""
+    with pytest.raises(ValueError, match=message) as err:
+        train(make_config(overrides={"data": "a", "output_dir": str(tmp_path / "run"), **changes}))
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
 def _distill_module():
     spec = importlib.util.spec_from_file_location("distill", REPO / "train" / "distill.py")
     module = importlib.util.module_from_spec(spec)
@@ -219,7 +238,27 @@ def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys, 
         distill.main(["--help"])
     help_text = capsys.readouterr().out
     assert err.value.code == 0
-    assert "--resume latest|PATH" in help_text and "--lambda-rec" in help_text and "[0.4 / 0.3]" in help_text
+    assert "--resume latest|PATH" in help_text and "--lambda-rec" in help_text and "[0.4 / 0.3 / 0.4]" in help_text
+
+
+def test_cli_help_shows_every_presets_value_where_they_differ(tmp_path, capsys, monkeypatch):
+    """nano's values needed --print-config; the closing text said the field flags were "below"."""
+    distill = _distill_module()
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    with pytest.raises(SystemExit):
+        distill.main(["--help"])
+    help_text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in help_text.splitlines() if line.strip().startswith("--")}
+    assert lines["--lr"].endswith("[1e-06 / 1e-06 / 0.0001]")  # reference / paper / nano
+    assert lines["--teacher"].endswith("[jingheya/lotus-depth-g-v1-0 / jingheya/lotus-depth-g-v1-0 / <embedded>/teacher]")
+    assert lines["--seed"].endswith("[0]")  # the same in every preset
+    assert "reference / paper / nano where they differ" in help_text and f"<embedded> is {EMBEDDED_DIR}" in help_text
+    assert "--print-config --preset NAME" in help_text and "below" not in help_text
+    # What the help points at works without data: the preset is printed, then what it lacks is said.
+    assert distill.main(["--print-config", "--preset", "nano"]) == 1
+    out, err = capsys.readouterr()
+    assert config_dict(PRESETS["nano"]) == yaml.safe_load(out)
+    assert err.strip() == "distill.py: error: invalid training config: data: give at least one image folder or recording"
 
 
 # --- the method --------------------------------------------------------------------------------
