@@ -497,7 +497,7 @@ def _loop(run: _Run, state: TrainState, ckpt: Path | None) -> tuple[Path | None,
     cfg, acc = run.cfg, run.acc
     bar = tqdm(total=run.total_steps, initial=state.step, desc="distill", disable=not acc.is_local_main_process)
     meter = _Meter(state.step)
-    interrupted = None
+    first_step, interrupted = state.step + 1, None
     with StopOnSignal() as stop:
         while state.step < run.total_steps and interrupted is None:
             run.loader.set_epoch(state.epoch)
@@ -527,7 +527,9 @@ def _loop(run: _Run, state: TrainState, ckpt: Path | None) -> tuple[Path | None,
                 bar.update()
                 if state.step % cfg.log_every == 0:
                     meter.log(run, state, bar)
-                if cfg.validate_every and state.step % cfg.validate_every == 0 and acc.is_main_process:
+                # pictures early (a run's first step) and at its end, however short, and every validate_every
+                pictured = state.step in (first_step, run.total_steps) or state.step % max(cfg.validate_every, 1) == 0
+                if cfg.validate_every and pictured and acc.is_main_process:
                     _log_pictures(run, state.step)
                 if stop.signum:
                     acc.set_trigger()

@@ -338,7 +338,7 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
         assert len(logged[tag]) == 3 and all(math.isfinite(v) for v in logged[tag]), tag
     assert all(v > 0 for v in logged["loss/sds"] + logged["loss/rec"])
     pictures = images(tmp_path / "run" / "logs")
-    assert pictures == {f"validation/0/{n}": [2] for n in ("image", "metric_depth", "difference", "student_depth")}
+    assert pictures == {f"validation/0/{n}": [1, 2, 3] for n in ("image", "metric_depth", "difference", "student_depth")}
     assert logged["lr"][0] == pytest.approx(2e-4)  # lr x batch 1 x grad_accum 2 x 1 process, warm-up done
     # Keep the last 2 checkpoints, each complete; the student folder is a model the pipeline loads.
     folders = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -373,6 +373,17 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     # Every file the run wrote honours the umask (safetensors alone would write the weights 0600).
     modes = {oct(f.stat().st_mode & 0o777) for f in (tmp_path / "run").rglob("*") if f.is_file()}
     assert modes == {"0o644"}
+
+
+def test_a_run_shorter_than_validate_every_logs_pictures_early_and_at_its_end(models, tmp_path):
+    """A short run (max_steps 3, validate_every 100) logged no pictures at all."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, validate_every=100,
+                      validation_images=2)
+    train(cfg)
+    pictures = images(tmp_path / "run" / "logs")
+    names = ("image", "metric_depth", "difference", "student_depth")
+    assert pictures == {f"validation/{i}/{n}": [1, 3] for i in range(2) for n in names}
 
 
 def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(models, tmp_path, monkeypatch):
