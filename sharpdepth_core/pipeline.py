@@ -121,6 +121,8 @@ class SharpDepthPipeline:
     untrained: the weights are random (tiny models), so anything showing the output must say so.
     engine: runs the UNet and VAE calls (`engines`; default the student's own modules). camera: the
     camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
+    distilled_from: what a trained student learned from (`pipeline.json`, written by the trainer): its
+    teachers, and `embedded`, true when they are the embedded synthetic-scene models.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class SharpDepthPipeline:
         difference: str = "exact",
         light_decoder: LightDepthDecoder | None = None,
         camera: dict | None = None,
+        distilled_from: dict | None = None,
     ):
         self.student, self.metric_model = student, metric_model
         self.processing_res = _checked_processing_res(processing_res)
@@ -147,6 +150,7 @@ class SharpDepthPipeline:
         self.light_decoder = light_decoder
         self.difference = self._checked_difference(difference)
         self.camera = camera
+        self.distilled_from = distilled_from
 
     def _checked_difference(self, method: str) -> str:
         if method not in DIFFERENCE_METHODS:
@@ -322,6 +326,7 @@ class SharpDepthPipeline:
             metric_at_input_res=metric_at_input_res,
             light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
             camera=config.get("camera"),
+            distilled_from=config.get("distilled_from"),
         )
 
     def config(self) -> dict:
@@ -334,6 +339,8 @@ class SharpDepthPipeline:
         }
         if self.camera is not None:
             config["camera"] = self.camera
+        if self.distilled_from is not None:
+            config["distilled_from"] = self.distilled_from
         return config
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -357,7 +364,7 @@ def _checked_processing_res(value: int | None) -> int | None:
 
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
-                 "untrained": bool, "camera": dict}
+                 "untrained": bool, "camera": dict, "distilled_from": dict}
 
 
 def config_beside_student(student) -> dict:

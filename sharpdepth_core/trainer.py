@@ -8,8 +8,8 @@ the student's EMA, atomic checkpoints that `--resume` restores exactly, signals 
 A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
 that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, with a
 `pipeline.json` beside them (metric backend and weights, processing resolution: what `--student`
-needs besides the student), accelerate's optimizer / LR-schedule / RNG states, `trainer_state.json`
-(step, data position) and `config.yaml`. A finished run also writes `<output_dir>/pipeline/`, a
+needs besides the student; and what it was distilled from), accelerate's optimizer / LR-schedule /
+RNG states, `trainer_state.json` (step, data position) and `config.yaml`. A finished run also writes `<output_dir>/pipeline/`, a
 pipeline folder (`--model` of the CLI, `model` of the node) holding the final student and f_D.
 The trainer deletes nothing it did not write: only its own checkpoint folders (those holding its
 `trainer_state.json`) are rotated, and a `pipeline/` it did not write stops the run before training.
@@ -35,6 +35,7 @@ import yaml
 from torch import Tensor, nn
 
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
+from .embedded import EMBEDDED_DIR
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
 from .normalization import normalize_depth
@@ -300,15 +301,32 @@ def _total(acc, n: int) -> int:
     return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
 
 
-def pipeline_config(cfg: TrainConfig) -> dict:
-    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+def _located(path_or_id: str | None) -> str | None:
+    """A local folder as its absolute path (valid from anywhere); a hub id (or None) as it is."""
+    if path_or_id is not None and Path(path_or_id).expanduser().is_dir():
+        return str(Path(path_or_id).expanduser().resolve())
+    return path_or_id
+
+
+def distilled_from(cfg: TrainConfig) -> dict:
+    """What the student this config trains learns from (pipeline.json's `distilled_from`): its teachers,
+    and `embedded`: whether one of them, or its initial weights, is an embedded model. Those know the
+    synthetic scenes only, and so does a student they taught: the CLI and the node say so."""
     from .models.metric import DEFAULT_METRIC_IDS
 
-    metric_path = cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)
-    if metric_path is not None and Path(metric_path).expanduser().is_dir():  # a local folder: from anywhere
-        metric_path = str(Path(metric_path).expanduser().resolve())
-    config = {"metric_backend": cfg.metric_model, "metric_path": metric_path, "processing_res": max(cfg.resolution),
-              "difference_fit_first": cfg.fit_difference, "untrained": False}
+    sources = {"teacher": _located(cfg.teacher),
+               "metric": _located(cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)),
+               "student_init": _located(cfg.student_init)}
+    sources = {k: v for k, v in sources.items() if v is not None}
+    embedded = any(Path(v).is_relative_to(EMBEDDED_DIR.resolve()) for v in sources.values())
+    return {**sources, "embedded": embedded}
+
+
+def pipeline_config(cfg: TrainConfig) -> dict:
+    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+    origin = distilled_from(cfg)
+    config = {"metric_backend": cfg.metric_model, "metric_path": origin.get("metric"), "processing_res": max(cfg.resolution),
+              "difference_fit_first": cfg.fit_difference, "untrained": False, "distilled_from": origin}
     return {k: v for k, v in config.items() if v is not None}
 
 
@@ -398,7 +416,7 @@ def _pipeline(run: _Run):
     from .pipeline import SharpDepthPipeline
 
     return SharpDepthPipeline(run.unwrapped, run.metric, processing_res=max(run.cfg.resolution),
-                              difference_fit_first=run.cfg.fit_difference)
+                              difference_fit_first=run.cfg.fit_difference, distilled_from=distilled_from(run.cfg))
 
 
 def _log_pictures(run: _Run, step: int) -> None:

@@ -32,7 +32,7 @@ from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.trainer import resolve_resume, train, training_step
 from sharpdepth_core.training_config import PRESETS, TrainConfig, config_dict, make_config
-from helpers_training import pattern, tiny_models, tiny_small_conv, write_bag, write_images
+from helpers_training import pattern, tiny_models, write_bag, write_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -364,9 +364,12 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     assert state_dicts_equal(pipe.student.state_dict(), result.student.state_dict())
     assert torch.isfinite(pipe(pattern(3, 32, 32), seed=0).metric_depth).all()
     # Each checkpoint's student carries what it needs beside it: no metric backend to name.
+    origin = {"teacher": str(Path(models["teacher"]).resolve()), "metric": str(Path(models["metric_path"]).resolve()),
+              "embedded": False}
     assert json.loads((ckpt / "pipeline.json").read_text()) == {
         "metric_backend": "depth-anything-v2", "metric_path": str(Path(models["metric_path"]).resolve()),
-        "processing_res": 32, "difference_fit_first": False, "untrained": False}
+        "processing_res": 32, "difference_fit_first": False, "untrained": False, "distilled_from": origin}
+    assert pipe.distilled_from == origin
     from_ckpt = SharpDepthPipeline.from_pretrained(student=ckpt / "student")
     assert from_ckpt.processing_res == 32 and from_ckpt.metric_model.name == "depth-anything-v2"
     torch.testing.assert_close(from_ckpt(pattern(3, 32, 32), seed=0).depth, pipe(pattern(3, 32, 32), seed=0).depth)
@@ -608,18 +611,34 @@ def test_pipeline_config_names_a_local_metric_folder_absolutely(tmp_path, monkey
     (tmp_path / "fd").mkdir()
     monkeypatch.chdir(tmp_path)
     cfg = make_config(overrides={"metric_model": "depth-anything-v2", "metric_path": "fd", "resolution": [48, 64]})
-    assert trainer.pipeline_config(cfg) == {"metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"),
-                                            "processing_res": 64, "difference_fit_first": False, "untrained": False}
+    assert trainer.pipeline_config(cfg) == {
+        "metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"), "processing_res": 64,
+        "difference_fit_first": False, "untrained": False,
+        "distilled_from": {"teacher": "jingheya/lotus-depth-g-v1-0", "metric": str(tmp_path / "fd"), "embedded": False}}
     hub = make_config("paper", overrides={"metric_model": "depth-pro"})
     assert trainer.pipeline_config(hub)["metric_path"] == "apple/DepthPro-hf"
     assert trainer.pipeline_config(hub)["difference_fit_first"] is True
 
 
+def test_pipeline_json_records_whether_the_student_was_distilled_from_the_embedded_models(tmp_path, monkeypatch):
+    """Decided on resolved paths: any teacher, or the initial student, inside the embedded models' folder."""
+    nano = trainer.distilled_from(PRESETS["nano"])
+    assert nano == {"teacher": str(EMBEDDED_DIR / "teacher"), "metric": str(EMBEDDED_DIR / "metric"), "embedded": True}
+    (tmp_path / "fg").mkdir()
+    (tmp_path / "link").symlink_to(EMBEDDED_DIR)
+    monkeypatch.chdir(tmp_path)
+    real = make_config(overrides={"teacher": "fg", "metric_model": "depth-anything-v2", "metric_path": "fg"})
+    assert trainer.distilled_from(real)["embedded"] is False
+    for field, value in [("metric_path", "link/metric"), ("student_init", "link/../nano/student"), ("teacher", "link/teacher")]:
+        origin = trainer.distilled_from(dataclasses.replace(real, **{field: value}))
+        assert origin["embedded"] is True and str(EMBEDDED_DIR) in origin[{"metric_path": "metric"}.get(field, field)]
+
+
 def test_nano_preset_trains_on_an_image_folder_and_its_pipeline_loads(models, tmp_path, capsys):
-    """`--preset nano` with its models pointed at tiny ones (the embedded teacher is not shipped yet)."""
+    """`--preset nano` with the embedded f_D and, for speed, a tiny teacher: the pipeline records that an
+    embedded model taught it."""
     write_images(tmp_path / "imgs", 4)
-    f_d = tiny_small_conv(tmp_path / "f_D")
-    sets = {"teacher": models["teacher"], "metric_path": f_d, "resolution": "[32, 32]", "max_steps": 2, "num_workers": 0,
+    sets = {"teacher": models["teacher"], "resolution": "[32, 32]", "max_steps": 2, "num_workers": 0,
             "batch_size": 2, "depth_cache": tmp_path / "cache", "validate_every": 0}
     argv = ["--preset", "nano", "--data", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "run")]
     rc = _distill_module().main(argv + [f"--set={k}={v}" for k, v in sets.items()])
@@ -631,6 +650,10 @@ def test_nano_preset_trains_on_an_image_folder_and_its_pipeline_loads(models, tm
     pipe = SharpDepthPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert pipe.metric_model.name == "small-conv" and pipe.processing_res == 32
     assert torch.isfinite(pipe(pattern(5, 32, 32), seed=0).depth).all()
+    origin = {"teacher": str(Path(models["teacher"]).resolve()), "metric": str(EMBEDDED_DIR / "metric"), "embedded": True}
+    assert pipe.distilled_from == origin
+    from_checkpoint = SharpDepthPipeline.from_pretrained(student=tmp_path / "run" / "checkpoints" / "step-0000002" / "student")
+    assert from_checkpoint.distilled_from == origin
 
 
 def test_resume_latest_alone_continues_with_the_runs_saved_config(models, tmp_path, monkeypatch, capsys, caplog):
