@@ -351,12 +351,17 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
     acc.wait_for_everyone()
     saved = {**dataclasses.asdict(state), "skipped_images": _total(acc, state.skipped_images),
              "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
-    acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
-    if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
-        (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
-        honour_umask(tmp)
+    try:
+        acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
+            (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
+            honour_umask(tmp)
+    except Exception as exc:  # a full disk, mostly; torch and safetensors each say so in their own words
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _unsaved(run, final, exc) from exc
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
@@ -366,6 +371,21 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
             _delete_checkpoint(old)
     acc.wait_for_everyone()
     return final
+
+
+def _unsaved(run: _Run, folder: Path, exc: Exception) -> OSError:
+    """One line for a checkpoint that could not be written: why, the space it needs and what is free,
+    and the checkpoint that is still there to resume from."""
+    optimizer_state = run.optimizer.state_dict()["state"].values()
+    tensors = [*run.unwrapped.state_dict().values(), *run.ema.ema_model.state_dict().values(),
+               *(t for s in optimizer_state for t in s.values() if torch.is_tensor(t))]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free = shutil.disk_usage(folder.parent).free
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    kept = _checkpoints(Path(run.cfg.output_dir))
+    return OSError(f"cannot write checkpoint {folder} ({cause}): it needs about {need / 1e6:.1f} MB and {folder.parent} "
+                   f"has {free / 1e6:.1f} MB free; " + (f"{kept[-1]} is intact: free some space and continue with --resume latest"
+                                            if kept else "no earlier checkpoint exists: free some space and start again"))
 
 
 def _check_architecture(run: _Run, folder: Path) -> None:

@@ -4,11 +4,13 @@ Every run trains for a few optimizer steps on 32x32 images. The 2-process run us
 accelerate's CPU mode (gloo), the launcher `accelerate launch` itself uses for several GPUs.
 """
 import dataclasses
+import errno
 import importlib.util
 import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -590,6 +592,41 @@ def test_files_in_output_dir_the_trainer_did_not_write_are_left_alone(models, tm
     with pytest.raises(FileExistsError, match=r"third/checkpoints/step-0000002 is not a complete checkpoint"):
         train(dataclasses.replace(cfg, output_dir=str(tmp_path / "third")))
     assert not (tmp_path / "other" / "checkpoints").exists() and not (tmp_path / "third" / "logs").exists()
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_last_one_intact(models, tmp_path, monkeypatch,
+                                                                                         capsys, failure):
+    """A full disk mid-checkpoint (torch reports it as the RuntimeError): two tracebacks, and the partial
+    folder left on the full disk. Now: one line with the folder and the space needed, nothing partial."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, checkpoint_every=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    real_save, saves = trainer._Run._save_models, []
+
+    def disk_full_at_the_second_checkpoint(self, models_, weights, output_dir):
+        real_save(self, models_, weights, output_dir)  # student/ and ema/ written: the disk fills up after them
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise failure
+
+    monkeypatch.setattr(trainer._Run, "_save_models", disk_full_at_the_second_checkpoint)
+    assert _distill_module().main(["--config", str(tmp_path / "cfg.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("distill.py: error")]
+    checkpoints, first = tmp_path / "run" / "checkpoints", tmp_path / "run" / "checkpoints" / "step-0000001"
+    assert line.startswith(f"distill.py: error: cannot write checkpoint {checkpoints / 'step-0000002'} (")
+    assert line.endswith(f"{first} is intact: free some space and continue with --resume latest")
+    need = float(re.search(r"it needs about ([\d.]+) MB", line).group(1)) * 1e6
+    written = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+    assert 0.9 * written < need < 1.1 * written  # the estimate is the size of a checkpoint
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000001"]  # no partial folder
+    assert json.loads((first / "trainer_state.json").read_text())["step"] == 1
+    monkeypatch.undo()
+    reset_accelerate()
+    assert train(cfg, resume="latest").state.step == 3  # space freed: the run continues from the intact one
 
 
 # --- offline, the nano preset, resuming with the saved config ----------------------------------------
