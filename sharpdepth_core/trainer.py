@@ -196,18 +196,65 @@ def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
                               "continue it with --resume latest, or choose another output_dir")
 
 
+def _damage(folder: Path) -> str | None:
+    """What makes a checkpoint unusable, found before anything loads (None: intact): each torch state
+    must be a whole torch file that opens weights-only (memory-mapped: its tensors are not read) with
+    accelerate's own loader, each weights file's header must be whole, the state and config must parse."""
+    import pickle
+    import zipfile
+
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    for file in sorted([*folder.glob("*.bin"), *folder.glob("*.pkl")]):
+        if not zipfile.is_zipfile(file):
+            return f"{file} is damaged: truncated, or not a torch state file"
+        try:
+            load(file, map_location="cpu", mmap=True)
+        except pickle.UnpicklingError:
+            return f"{file} is damaged: it holds objects other than tensors and plain values, which are never loaded"
+        except Exception as exc:
+            return f"{file} is damaged: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    for file in sorted(folder.glob("*/**/*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except Exception as exc:
+            return f"{file} is damaged: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
+    for file, parse in ((folder / "trainer_state.json", json.loads), (folder / "config.yaml", yaml.safe_load)):
+        try:
+            if not isinstance(parse(file.read_text()), dict):
+                raise ValueError
+        except (OSError, ValueError, yaml.YAMLError):
+            return f"{file} is damaged: not the mapping the trainer writes"
+    return None
+
+
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
-    """`latest` -> the newest complete checkpoint (None when there is none yet); a path must exist."""
+    """`latest` -> the newest intact checkpoint (None when there is none yet), saying which damaged ones
+    it passed over; a path must exist and be intact. A damaged one is a one-line CheckpointError."""
+    from .models.hub import CheckpointError
+
     if resume is None:
         return None
     if resume == "latest":
-        found = _checkpoints(Path(output_dir))
+        found, damaged = _checkpoints(Path(output_dir)), []
         if not found:
             log.info("no checkpoint in %s yet: starting a new run", Path(output_dir) / "checkpoints")
-        return found[-1] if found else None
+            return None
+        for folder in reversed(found):
+            if (damage := _damage(folder)) is None:
+                for message in damaged:
+                    log.warning("%s; resuming from the newest intact checkpoint, %s", message, folder)
+                return folder
+            damaged.append(damage)
+        raise CheckpointError(f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: {damaged[0]}"
+                              + (f" (and {len(damaged) - 1} older ones are damaged too)" if len(damaged) > 1 else ""))
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is incomplete (no trainer_state.json)")
+    if (damage := _damage(path)) is not None:
+        raise CheckpointError(f"cannot resume from {path}: {damage}")
     return path
 
 

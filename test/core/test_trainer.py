@@ -3,6 +3,7 @@
 Every run trains for a few optimizer steps on 32x32 images. The 2-process run uses torchrun with
 accelerate's CPU mode (gloo), the launcher `accelerate launch` itself uses for several GPUs.
 """
+import argparse
 import dataclasses
 import errno
 import importlib.util
@@ -627,6 +628,46 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_last_one
     monkeypatch.undo()
     reset_accelerate()
     assert train(cfg, resume="latest").state.step == 3  # space freed: the run continues from the intact one
+
+
+def test_resume_latest_passes_over_damaged_checkpoints_and_an_explicit_one_is_one_line(models, tmp_path, caplog, capsys):
+    """A truncated optimizer.bin or a non-weights pickle ended in a 35-line traceback advising weights_only=False."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, checkpoint_every=1,
+                      keep_checkpoints=3)
+    train(cfg)
+    reset_accelerate()
+    step1, step2, step3 = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    optimizer = step3 / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])  # cut short
+    torch.save({"rng": argparse.Namespace(seed=1)}, step2 / "random_states_0.pkl")  # an object, not weights
+    with caplog.at_level(logging.INFO, logger="sharpdepth_core.trainer"):
+        assert resolve_resume(tmp_path / "run", "latest") == step1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{optimizer} is damaged: truncated, or not a torch state file; resuming from the newest intact "
+                      f"checkpoint, {step1}",
+                      f"{step2 / 'random_states_0.pkl'} is damaged: it holds objects other than tensors and plain values, "
+                      f"which are never loaded; resuming from the newest intact checkpoint, {step1}"]
+    with caplog.at_level(logging.INFO, logger="sharpdepth_core.trainer"):
+        result = train(dataclasses.replace(cfg, max_steps=2), resume="latest")
+    assert result.state.step == 2 and f"resumed from {step1} at step 1" in caplog.text
+    assert json.loads((step2 / "trainer_state.json").read_text())["step"] == 2  # the damaged step-2 replaced
+    # An explicit damaged checkpoint: one line naming the file, from the command line too.
+    reset_accelerate()
+    with pytest.raises(SystemExit) as exit_:
+        _distill_module().main(["--resume", str(step3), "--print-config"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert err.splitlines()[-1] == (f"distill.py: error: cannot resume from {step3}: {optimizer} is damaged: truncated, "
+                                    "or not a torch state file")
+    weights = step2 / "student" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=f"^cannot resume from {step2}: {weights} is damaged: .*incomplete"):
+        resolve_resume(tmp_path / "run", str(step2))
+    (step1 / "trainer_state.json").write_text("{")
+    with pytest.raises(CheckpointError, match=rf"^no intact checkpoint in {tmp_path / 'run' / 'checkpoints'}: {step3}.*"
+                                              r"\(and 2 older ones are damaged too\)$"):
+        resolve_resume(tmp_path / "run", "latest")
 
 
 # --- offline, the nano preset, resuming with the saved config ----------------------------------------
