@@ -34,6 +34,8 @@ FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by
 PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
+# what an earlier save may hold besides what a new one writes: a light decoder (the files its save writes)
+EARLIER_SAVE = (Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors")),)
 
 
 @dataclass
@@ -345,9 +347,7 @@ class SharpDepthPipeline:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
-        # an earlier save may have had a light decoder (the files its save_pretrained writes)
-        earlier = Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors"))
-        with replacing_dir(path, also=(earlier,)) as tmp:
+        with replacing_dir(path, also=EARLIER_SAVE) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
             if self.light_decoder is not None:

@@ -179,9 +179,12 @@ def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
     """Refuse, before training, a run whose writing would replace what it did not write: a `pipeline/`
     that is not a pipeline folder, or (starting afresh) the checkpoints of an earlier run, which
     rotation would delete and `--resume latest` would mix with this run's."""
+    from .files import TEMP_PREFIX
+
     out = Path(cfg.output_dir)
     pipeline = out / "pipeline"
-    if pipeline.exists() and not (pipeline / "pipeline.json").is_file():
+    held = [p for p in pipeline.iterdir() if not p.name.startswith(TEMP_PREFIX)] if pipeline.is_dir() else []
+    if (pipeline.exists() and not pipeline.is_dir()) or (held and not (pipeline / "pipeline.json").is_file()):
         raise FileExistsError(f"{pipeline} exists and is not a pipeline folder; a finished run writes its pipeline there: "
                               "move it, or choose another output_dir")
     named = [p for p in (out / "checkpoints").glob("step-*") if (m := _STEP_FOLDER.fullmatch(p.name))
@@ -486,6 +489,27 @@ def _pipeline(run: _Run):
                               difference_fit_first=run.cfg.fit_difference, distilled_from=distilled_from(run.cfg))
 
 
+def _check_pipeline_folder(run: _Run) -> None:
+    """The final save's own rule (`replacing_dir`), before the first step rather than after the last: an
+    existing `<output_dir>/pipeline/` may hold only what this run's pipeline save writes (learnt from a
+    save of the untrained pipeline to a temporary folder) and what an earlier save may add."""
+    import tempfile
+
+    from .files import TEMP_PREFIX
+    from .models.hub import foreign_entries, refusal
+    from .pipeline import EARLIER_SAVE
+
+    pipeline, refused = Path(run.cfg.output_dir) / "pipeline", None
+    if run.acc.is_main_process and pipeline.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in pipeline.iterdir()):
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=run.cfg.output_dir) as scratch:
+            written = _pipeline(run).save_pretrained(Path(scratch) / "pipeline")
+            produced = {f"{p.relative_to(written).as_posix()}{'/' if p.is_dir() else ''}" for p in written.rglob("*")}
+        foreign = foreign_entries(pipeline, produced, EARLIER_SAVE)
+        refused = refusal(pipeline, foreign, "a finished run's pipeline does not hold") if foreign else None
+    if _total(run.acc, int(refused is not None)):  # every process stops, not only the one that looked
+        raise refused or ValueError(f"{pipeline}: refused by the main process")
+
+
 def _log_pictures(run: _Run, step: int) -> None:
     """Image, f_D depth, difference map and student depth (the pipeline's output) of fixed training images."""
     from .visualize import colorize_depth, colorize_difference
@@ -542,6 +566,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                       log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
     set_seed(cfg.seed, device_specific=True)  # noise differs per process; the data order comes from the sampler
     run = _Run(cfg, acc)
+    _check_pipeline_folder(run)
     state = _load_checkpoint(run, ckpt) if ckpt else TrainState()
     # One folder of event files for the whole run, resumes included: the config goes in as text, not as
     # accelerate's hparams (each call of those writes a new logs/<timestamp>/ folder).

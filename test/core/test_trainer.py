@@ -587,6 +587,7 @@ def test_files_in_output_dir_the_trainer_did_not_write_are_left_alone(models, tm
     with pytest.raises(FileExistsError, match=r"holds the checkpoints of an earlier run \(newest step-0000003\).*--resume latest"):
         train(cfg)
     (tmp_path / "other" / "pipeline").mkdir(parents=True)
+    (tmp_path / "other" / "pipeline" / "a.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"other/pipeline exists and is not a pipeline folder"):
         train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other")))
     (tmp_path / "third" / "checkpoints" / "step-0000002").mkdir(parents=True)
@@ -668,6 +669,42 @@ def test_resume_latest_passes_over_damaged_checkpoints_and_an_explicit_one_is_on
     with pytest.raises(CheckpointError, match=rf"^no intact checkpoint in {tmp_path / 'run' / 'checkpoints'}: {step3}.*"
                                               r"\(and 2 older ones are damaged too\)$"):
         resolve_resume(tmp_path / "run", "latest")
+
+
+def test_a_pipeline_folder_the_final_save_would_refuse_stops_the_run_before_its_first_step(models, tmp_path, monkeypatch):
+    """A user's file in <output_dir>/pipeline/: the run trained to the end and only the final save refused
+    (and --resume latest hit the same wall). The check is the save's own rule, applied first."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=1, grad_accum=1, checkpoint_every=1)
+    train(cfg)  # a finished run: pipeline/ is its own
+    reset_accelerate()
+    assert train(dataclasses.replace(cfg, max_steps=2), resume="latest").state.step == 2  # its own pipeline/ is replaced
+    reset_accelerate()
+    pipeline = tmp_path / "run" / "pipeline"
+    (pipeline / "student" / "notes.txt").write_text("mine")
+    steps = []
+    monkeypatch.setattr(trainer, "training_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, max_steps=3), resume="latest")
+    assert str(err.value).startswith(f"{pipeline}: refusing to replace a non-empty folder that the project did not write "
+                                     "(it holds student/notes.txt, which a finished run's pipeline does not hold)")
+    assert "\n" not in str(err.value) and steps == []  # before the first step
+    assert (pipeline / "student" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "logs", "pipeline"]  # no scratch left
+    # The same rule for a fresh run's output folder; an empty pipeline/ is fine, as the save finds it.
+    reset_accelerate()
+    other = tmp_path / "other" / "pipeline"
+    other.mkdir(parents=True)
+    (other / "pipeline.json").write_text("{}")
+    (other / "README.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"it holds README.md, which a finished run's pipeline does not hold"):
+        train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other")))
+    assert steps == [] and (other / "README.md").read_text() == "mine"
+    monkeypatch.undo()
+    reset_accelerate()
+    (other / "pipeline.json").unlink()
+    (other / "README.md").unlink()
+    assert train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other"))).pipeline == other
 
 
 # --- offline, the nano preset, resuming with the saved config ----------------------------------------
