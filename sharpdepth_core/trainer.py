@@ -9,8 +9,9 @@ A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in t
 that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, with a
 `pipeline.json` beside them (metric backend and weights, processing resolution: what `--student`
 needs besides the student; and what it was distilled from), accelerate's optimizer / LR-schedule /
-RNG states, `trainer_state.json` (step, data position) and `config.yaml`. A finished run also writes `<output_dir>/pipeline/`, a
-pipeline folder (`--model` of the CLI, `model` of the node) holding the final student and f_D.
+RNG states, `trainer_state.json` (step, data position) and `config.yaml`. A finished run also writes
+`<output_dir>/pipeline/`, a pipeline folder (`--model` of the CLI, `model` of the node) holding the
+final student and f_D.
 The trainer deletes nothing it did not write: only its own checkpoint folders (those holding its
 `trainer_state.json`) are rotated, and a `pipeline/` it did not write stops the run before training.
 """
@@ -433,9 +434,10 @@ def _unsaved(run: _Run, folder: Path, exc: Exception) -> OSError:
     free = shutil.disk_usage(folder.parent).free
     cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     kept = _checkpoints(Path(run.cfg.output_dir))
+    then = (f"{kept[-1]} is intact: free some space and continue with --resume latest" if kept
+            else "no earlier checkpoint exists: free some space and start again")
     return OSError(f"cannot write checkpoint {folder} ({cause}): it needs about {need / 1e6:.1f} MB and {folder.parent} "
-                   f"has {free / 1e6:.1f} MB free; " + (f"{kept[-1]} is intact: free some space and continue with --resume latest"
-                                            if kept else "no earlier checkpoint exists: free some space and start again"))
+                   f"has {free / 1e6:.1f} MB free; {then}")
 
 
 def _check_architecture(run: _Run, folder: Path) -> None:
@@ -500,7 +502,8 @@ def _check_pipeline_folder(run: _Run) -> None:
     from .pipeline import EARLIER_SAVE
 
     pipeline, refused = Path(run.cfg.output_dir) / "pipeline", None
-    if run.acc.is_main_process and pipeline.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in pipeline.iterdir()):
+    held = pipeline.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in pipeline.iterdir())
+    if held and run.acc.is_main_process:
         with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=run.cfg.output_dir) as scratch:
             written = _pipeline(run).save_pretrained(Path(scratch) / "pipeline")
             produced = {f"{p.relative_to(written).as_posix()}{'/' if p.is_dir() else ''}" for p in written.rglob("*")}
