@@ -34,6 +34,8 @@ FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by
 PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
+# what an earlier save may hold besides what a new one writes: a light decoder (the files its save writes)
+EARLIER_SAVE = (Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors")),)
 
 
 @dataclass
@@ -121,6 +123,8 @@ class SharpDepthPipeline:
     untrained: the weights are random (tiny models), so anything showing the output must say so.
     engine: runs the UNet and VAE calls (`engines`; default the student's own modules). camera: the
     camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
+    distilled_from: what a trained student learned from (`pipeline.json`, written by the trainer): its
+    teachers, and `embedded`, true when they are the embedded synthetic-scene models.
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class SharpDepthPipeline:
         difference: str = "exact",
         light_decoder: LightDepthDecoder | None = None,
         camera: dict | None = None,
+        distilled_from: dict | None = None,
     ):
         self.student, self.metric_model = student, metric_model
         self.processing_res = check_processing_res(processing_res)
@@ -147,6 +152,7 @@ class SharpDepthPipeline:
         self.light_decoder = light_decoder
         self.difference = self._checked_difference(difference)
         self.camera = camera
+        self.distilled_from = distilled_from
 
     def _checked_difference(self, method: str) -> str:
         if method not in DIFFERENCE_METHODS:
@@ -322,6 +328,7 @@ class SharpDepthPipeline:
             metric_at_input_res=metric_at_input_res,
             light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
             camera=config.get("camera"),
+            distilled_from=config.get("distilled_from"),
         )
 
     def config(self) -> dict:
@@ -334,13 +341,13 @@ class SharpDepthPipeline:
         }
         if self.camera is not None:
             config["camera"] = self.camera
+        if self.distilled_from is not None:
+            config["distilled_from"] = self.distilled_from
         return config
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
-        # an earlier save may have had a light decoder (the files its save_pretrained writes)
-        earlier = Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors"))
-        with replacing_dir(path, also=(earlier,)) as tmp:
+        with replacing_dir(path, also=EARLIER_SAVE) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
             if self.light_decoder is not None:
@@ -351,7 +358,7 @@ class SharpDepthPipeline:
 
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
-                 "untrained": bool, "camera": dict}
+                 "untrained": bool, "camera": dict, "distilled_from": dict}
 
 
 def config_beside_student(student) -> dict:

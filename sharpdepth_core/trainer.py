@@ -8,9 +8,10 @@ the student's EMA, atomic checkpoints that `--resume` restores exactly, signals 
 A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
 that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, with a
 `pipeline.json` beside them (metric backend and weights, processing resolution: what `--student`
-needs besides the student), accelerate's optimizer / LR-schedule / RNG states, `trainer_state.json`
-(step, data position) and `config.yaml`. A finished run also writes `<output_dir>/pipeline/`, a
-pipeline folder (`--model` of the CLI, `model` of the node) holding the final student and f_D.
+needs besides the student; and what it was distilled from), accelerate's optimizer / LR-schedule /
+RNG states, `trainer_state.json` (step, data position) and `config.yaml`. A finished run also writes
+`<output_dir>/pipeline/`, a pipeline folder (`--model` of the CLI, `model` of the node) holding the
+final student and f_D.
 The trainer deletes nothing it did not write: only its own checkpoint folders (those holding its
 `trainer_state.json`) are rotated, and a `pipeline/` it did not write stops the run before training.
 """
@@ -35,6 +36,7 @@ import yaml
 from torch import Tensor, nn
 
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
+from .embedded import EMBEDDED_DIR
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
 from .normalization import normalize_depth
@@ -178,9 +180,12 @@ def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
     """Refuse, before training, a run whose writing would replace what it did not write: a `pipeline/`
     that is not a pipeline folder, or (starting afresh) the checkpoints of an earlier run, which
     rotation would delete and `--resume latest` would mix with this run's."""
+    from .files import TEMP_PREFIX
+
     out = Path(cfg.output_dir)
     pipeline = out / "pipeline"
-    if pipeline.exists() and not (pipeline / "pipeline.json").is_file():
+    held = [p for p in pipeline.iterdir() if not p.name.startswith(TEMP_PREFIX)] if pipeline.is_dir() else []
+    if (pipeline.exists() and not pipeline.is_dir()) or (held and not (pipeline / "pipeline.json").is_file()):
         raise FileExistsError(f"{pipeline} exists and is not a pipeline folder; a finished run writes its pipeline there: "
                               "move it, or choose another output_dir")
     named = [p for p in (out / "checkpoints").glob("step-*") if (m := _STEP_FOLDER.fullmatch(p.name))
@@ -195,18 +200,65 @@ def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
                               "continue it with --resume latest, or choose another output_dir")
 
 
+def _damage(folder: Path) -> str | None:
+    """What makes a checkpoint unusable, found before anything loads (None: intact): each torch state
+    must be a whole torch file that opens weights-only (memory-mapped: its tensors are not read) with
+    accelerate's own loader, each weights file's header must be whole, the state and config must parse."""
+    import pickle
+    import zipfile
+
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    for file in sorted([*folder.glob("*.bin"), *folder.glob("*.pkl")]):
+        if not zipfile.is_zipfile(file):
+            return f"{file} is damaged: truncated, or not a torch state file"
+        try:
+            load(file, map_location="cpu", mmap=True)
+        except pickle.UnpicklingError:
+            return f"{file} is damaged: it holds objects other than tensors and plain values, which are never loaded"
+        except Exception as exc:
+            return f"{file} is damaged: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    for file in sorted(folder.glob("*/**/*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except Exception as exc:
+            return f"{file} is damaged: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
+    for file, parse in ((folder / "trainer_state.json", json.loads), (folder / "config.yaml", yaml.safe_load)):
+        try:
+            if not isinstance(parse(file.read_text()), dict):
+                raise ValueError
+        except (OSError, ValueError, yaml.YAMLError):
+            return f"{file} is damaged: not the mapping the trainer writes"
+    return None
+
+
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
-    """`latest` -> the newest complete checkpoint (None when there is none yet); a path must exist."""
+    """`latest` -> the newest intact checkpoint (None when there is none yet), saying which damaged ones
+    it passed over; a path must exist and be intact. A damaged one is a one-line CheckpointError."""
+    from .models.hub import CheckpointError
+
     if resume is None:
         return None
     if resume == "latest":
-        found = _checkpoints(Path(output_dir))
+        found, damaged = _checkpoints(Path(output_dir)), []
         if not found:
             log.info("no checkpoint in %s yet: starting a new run", Path(output_dir) / "checkpoints")
-        return found[-1] if found else None
+            return None
+        for folder in reversed(found):
+            if (damage := _damage(folder)) is None:
+                for message in damaged:
+                    log.warning("%s; resuming from the newest intact checkpoint, %s", message, folder)
+                return folder
+            damaged.append(damage)
+        raise CheckpointError(f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: {damaged[0]}"
+                              + (f" (and {len(damaged) - 1} older ones are damaged too)" if len(damaged) > 1 else ""))
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is incomplete (no trainer_state.json)")
+    if (damage := _damage(path)) is not None:
+        raise CheckpointError(f"cannot resume from {path}: {damage}")
     return path
 
 
@@ -300,15 +352,32 @@ def _total(acc, n: int) -> int:
     return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
 
 
-def pipeline_config(cfg: TrainConfig) -> dict:
-    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+def _located(path_or_id: str | None) -> str | None:
+    """A local folder as its absolute path (valid from anywhere); a hub id (or None) as it is."""
+    if path_or_id is not None and Path(path_or_id).expanduser().is_dir():
+        return str(Path(path_or_id).expanduser().resolve())
+    return path_or_id
+
+
+def distilled_from(cfg: TrainConfig) -> dict:
+    """What the student this config trains learns from (pipeline.json's `distilled_from`): its teachers,
+    and `embedded`: whether one of them, or its initial weights, is an embedded model. Those know the
+    synthetic scenes only, and so does a student they taught: the CLI and the node say so."""
     from .models.metric import DEFAULT_METRIC_IDS
 
-    metric_path = cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)
-    if metric_path is not None and Path(metric_path).expanduser().is_dir():  # a local folder: from anywhere
-        metric_path = str(Path(metric_path).expanduser().resolve())
-    config = {"metric_backend": cfg.metric_model, "metric_path": metric_path, "processing_res": max(cfg.resolution),
-              "difference_fit_first": cfg.fit_difference, "untrained": False}
+    sources = {"teacher": _located(cfg.teacher),
+               "metric": _located(cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)),
+               "student_init": _located(cfg.student_init)}
+    sources = {k: v for k, v in sources.items() if v is not None}
+    embedded = any(Path(v).is_relative_to(EMBEDDED_DIR.resolve()) for v in sources.values())
+    return {**sources, "embedded": embedded}
+
+
+def pipeline_config(cfg: TrainConfig) -> dict:
+    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+    origin = distilled_from(cfg)
+    config = {"metric_backend": cfg.metric_model, "metric_path": origin.get("metric"), "processing_res": max(cfg.resolution),
+              "difference_fit_first": cfg.fit_difference, "untrained": False, "distilled_from": origin}
     return {k: v for k, v in config.items() if v is not None}
 
 
@@ -333,12 +402,17 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
     acc.wait_for_everyone()
     saved = {**dataclasses.asdict(state), "skipped_images": _total(acc, state.skipped_images),
              "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
-    acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
-    if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
-        (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
-        honour_umask(tmp)
+    try:
+        acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
+        if acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
+            (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
+            (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
+            honour_umask(tmp)
+    except Exception as exc:  # a full disk, mostly; torch and safetensors each say so in their own words
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _unsaved(run, final, exc) from exc
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
@@ -348,6 +422,22 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
             _delete_checkpoint(old)
     acc.wait_for_everyone()
     return final
+
+
+def _unsaved(run: _Run, folder: Path, exc: Exception) -> OSError:
+    """One line for a checkpoint that could not be written: why, the space it needs and what is free,
+    and the checkpoint that is still there to resume from."""
+    optimizer_state = run.optimizer.state_dict()["state"].values()
+    tensors = [*run.unwrapped.state_dict().values(), *run.ema.ema_model.state_dict().values(),
+               *(t for s in optimizer_state for t in s.values() if torch.is_tensor(t))]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free = shutil.disk_usage(folder.parent).free
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    kept = _checkpoints(Path(run.cfg.output_dir))
+    then = (f"{kept[-1]} is intact: free some space and continue with --resume latest" if kept
+            else "no earlier checkpoint exists: free some space and start again")
+    return OSError(f"cannot write checkpoint {folder} ({cause}): it needs about {need / 1e6:.1f} MB and {folder.parent} "
+                   f"has {free / 1e6:.1f} MB free; {then}")
 
 
 def _check_architecture(run: _Run, folder: Path) -> None:
@@ -398,7 +488,29 @@ def _pipeline(run: _Run):
     from .pipeline import SharpDepthPipeline
 
     return SharpDepthPipeline(run.unwrapped, run.metric, processing_res=max(run.cfg.resolution),
-                              difference_fit_first=run.cfg.fit_difference)
+                              difference_fit_first=run.cfg.fit_difference, distilled_from=distilled_from(run.cfg))
+
+
+def _check_pipeline_folder(run: _Run) -> None:
+    """The final save's own rule (`replacing_dir`), before the first step rather than after the last: an
+    existing `<output_dir>/pipeline/` may hold only what this run's pipeline save writes (learnt from a
+    save of the untrained pipeline to a temporary folder) and what an earlier save may add."""
+    import tempfile
+
+    from .files import TEMP_PREFIX
+    from .models.hub import foreign_entries, refusal
+    from .pipeline import EARLIER_SAVE
+
+    pipeline, refused = Path(run.cfg.output_dir) / "pipeline", None
+    held = pipeline.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in pipeline.iterdir())
+    if held and run.acc.is_main_process:
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=run.cfg.output_dir) as scratch:
+            written = _pipeline(run).save_pretrained(Path(scratch) / "pipeline")
+            produced = {f"{p.relative_to(written).as_posix()}{'/' if p.is_dir() else ''}" for p in written.rglob("*")}
+        foreign = foreign_entries(pipeline, produced, EARLIER_SAVE)
+        refused = refusal(pipeline, foreign, "a finished run's pipeline does not hold") if foreign else None
+    if _total(run.acc, int(refused is not None)):  # every process stops, not only the one that looked
+        raise refused or ValueError(f"{pipeline}: refused by the main process")
 
 
 def _log_pictures(run: _Run, step: int) -> None:
@@ -457,6 +569,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                       log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
     set_seed(cfg.seed, device_specific=True)  # noise differs per process; the data order comes from the sampler
     run = _Run(cfg, acc)
+    _check_pipeline_folder(run)
     state = _load_checkpoint(run, ckpt) if ckpt else TrainState()
     # One folder of event files for the whole run, resumes included: the config goes in as text, not as
     # accelerate's hparams (each call of those writes a new logs/<timestamp>/ folder).
@@ -497,7 +610,7 @@ def _loop(run: _Run, state: TrainState, ckpt: Path | None) -> tuple[Path | None,
     cfg, acc = run.cfg, run.acc
     bar = tqdm(total=run.total_steps, initial=state.step, desc="distill", disable=not acc.is_local_main_process)
     meter = _Meter(state.step)
-    interrupted = None
+    first_step, interrupted = state.step + 1, None
     with StopOnSignal() as stop:
         while state.step < run.total_steps and interrupted is None:
             run.loader.set_epoch(state.epoch)
@@ -527,7 +640,9 @@ def _loop(run: _Run, state: TrainState, ckpt: Path | None) -> tuple[Path | None,
                 bar.update()
                 if state.step % cfg.log_every == 0:
                     meter.log(run, state, bar)
-                if cfg.validate_every and state.step % cfg.validate_every == 0 and acc.is_main_process:
+                # pictures early (a run's first step) and at its end, however short, and every validate_every
+                pictured = state.step in (first_step, run.total_steps) or state.step % max(cfg.validate_every, 1) == 0
+                if cfg.validate_every and pictured and acc.is_main_process:
                     _log_pictures(run, state.step)
                 if stop.signum:
                     acc.set_trigger()

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .embedded import EMBEDDED_DIR
+
+# The longest training edge: 2048 px is 4x the paper's 576x768 and already needs tens of GB per
+# image on the GPU; a larger value is a typo that would fail later in an allocation traceback.
+MAX_RESOLUTION = 2048
 
 
 def _opt(default, help: str):
@@ -83,7 +88,7 @@ class TrainConfig:
     checkpoint_every: int = _opt(1000, "save a checkpoint every N steps")
     keep_checkpoints: int = _opt(3, "keep the last N checkpoints")
     log_every: int = _opt(10, "log scalars every N steps")
-    validate_every: int = _opt(500, "log validation pictures every N steps (0: never)")
+    validate_every: int = _opt(500, "log validation pictures at step 1, every N steps and at the end (0: never)")
     validation_images: int = _opt(2, "how many training images to picture at validation")
 
 
@@ -227,13 +232,15 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse a run that cannot work, naming the field, before any model is loaded."""
-    problems = []
+    problems = [f"{name}: {value} must be finite" for name, value in _floats(cfg) if not math.isfinite(value)]
     if not cfg.data:
         problems.append("data: give at least one image folder or recording")
     if cfg.data_probs is not None and len(cfg.data_probs) != len(cfg.data):
         problems.append(f"data_probs: {len(cfg.data_probs)} values for {len(cfg.data)} data sources")
-    if any(v <= 0 or v % 8 for v in cfg.resolution):
-        problems.append(f"resolution: {cfg.resolution} must be positive multiples of 8")
+    if cfg.data_probs is not None and not (all(p >= 0 for p in cfg.data_probs) and sum(cfg.data_probs) > 0):
+        problems.append(f"data_probs: {cfg.data_probs} must be >= 0 with a positive sum")
+    if any(v <= 0 or v % 8 or v > MAX_RESOLUTION for v in cfg.resolution):
+        problems.append(f"resolution: {cfg.resolution} must be positive multiples of 8, at most {MAX_RESOLUTION}")
     if not 0 <= cfg.pure_noise_prob <= 1:
         problems.append(f"pure_noise_prob: {cfg.pure_noise_prob} is not in [0, 1]")
     if cfg.max_steps is None and cfg.epochs is None:
@@ -253,6 +260,13 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"lr: {cfg.lr} must be > 0")
     if problems:
         raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+def _floats(cfg: TrainConfig) -> list[tuple[str, float]]:
+    """(field, value) of every float in the config, list and tuple items included (NaN passes every
+    comparison check: `lr <= 0` is False for it)."""
+    return [(name, v) for name, value in dataclasses.asdict(cfg).items()
+            for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, float)]
 
 
 def check_models(cfg: TrainConfig) -> None:
@@ -292,14 +306,22 @@ def check_models(cfg: TrainConfig) -> None:
 # --- the command line (train/distill.py) --------------------------------------------------------
 
 
+def _shown(value) -> str:
+    """A preset's value in `--help`: the embedded models' folder as <embedded>."""
+    return str(value).replace(str(EMBEDDED_DIR), "<embedded>")
+
+
 def add_field_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field (`--lambda-rec` and `--lambda_rec`), its help showing the reference / paper
-    values; list fields take several values. Unset flags leave no attribute."""
-    group = parser.add_argument_group("config fields", "(value shown as reference / paper preset)")
+    """One flag per field (`--lambda-rec` and `--lambda_rec`), its help showing each preset's value
+    where they differ; list fields take several values. Unset flags leave no attribute."""
+    names = " / ".join(PRESETS)
+    group = parser.add_argument_group(
+        "config fields", f"[value of every preset, or {names} where they differ; <embedded> is {EMBEDDED_DIR}; "
+                         "--print-config --preset NAME prints one preset whole]")
     types_ = config_types()
     for f in dataclasses.fields(TrainConfig):
-        ref, paper = getattr(PRESETS["reference"], f.name), getattr(PRESETS["paper"], f.name)
-        shown = f"{ref}" if ref == paper else f"{ref} / {paper}"
+        values = [getattr(preset, f.name) for preset in PRESETS.values()]
+        shown = _shown(values[0]) if all(v == values[0] for v in values) else " / ".join(map(_shown, values))
         flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
         tp = _optional_of(types_[f.name]) or types_[f.name]
         group.add_argument(*flags, dest=f.name, nargs="+" if get_origin(tp) in (list, tuple) else None,

@@ -139,20 +139,6 @@ def camera_info_message(t: int, h: int, w: int):
         binning_y=0, roi=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
-def tiny_small_conv(folder: Path) -> str:
-    """A tiny random `small-conv` metric model folder (the embedded f_D's family)."""
-    from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
-
-    if not folder.is_dir():
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            net = ConvMetricNet(channels=(8, 8, 8, 8), groups=4, image_size=(32, 32), focal=32.0)
-        ConvMetricBackend(net.eval()).save_pretrained(folder)
-    return str(folder)
-
-
 def tiny_models(folder: Path) -> dict[str, str]:
     """Tiny random Lotus-G (teacher and student init) and Depth Anything V2 metric folders, saved once."""
     from sharpdepth_core.models.tiny import tiny_depth_anything, tiny_student

@@ -7,9 +7,10 @@
   python train/distill.py --resume latest --output-dir runs/a                  # continue after a stop
 
 The config is resolved as: --preset, then --config FILE.yaml, then --set KEY=VALUE (repeatable),
-then the per-field flags below; each later one wins. With --resume, the checkpoint's own saved
-config takes the place of the preset (the options given override it; what differs is printed).
-`--print-config` checks and shows the result, and exits. SIGINT/SIGTERM save a checkpoint and stop
+then the per-field flags (config fields, above); each later one wins. With --resume, the
+checkpoint's own saved config takes the place of the preset (the options given override it; what
+differs is printed). `--print-config --preset NAME` shows every field of a preset.
+`--print-config` shows the result, checks it, and exits. SIGINT/SIGTERM save a checkpoint and stop
 (exit status 128 + signal; a second one, later, stops at once); `--resume latest` continues.
 The student of every checkpoint (`<output_dir>/checkpoints/step-NNNNNNN/student`) loads directly in
 the pipeline and the ROS node, and a finished run writes `<output_dir>/pipeline` (`--model`).
@@ -79,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
     cfg, checkpoint = resolve(args, parser)
     try:
-        if args.print_config:
+        if args.print_config:  # shown even when incomplete (a preset alone has no data), then checked:
+            print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="", flush=True)
             check_config(cfg)  # what training would refuse is refused here too
-            print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
             return 0
         result = train(cfg, resume=checkpoint and str(checkpoint))
     except (ValueError, OSError, ImportError) as exc:  # bad data, weights, config or output folder: one line

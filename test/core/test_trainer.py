@@ -3,12 +3,15 @@
 Every run trains for a few optimizer steps on 32x32 images. The 2-process run uses torchrun with
 accelerate's CPU mode (gloo), the launcher `accelerate launch` itself uses for several GPUs.
 """
+import argparse
 import dataclasses
+import errno
 import importlib.util
 import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +35,7 @@ from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.trainer import resolve_resume, train, training_step
 from sharpdepth_core.training_config import PRESETS, TrainConfig, config_dict, make_config
-from helpers_training import pattern, tiny_models, tiny_small_conv, write_bag, write_images
+from helpers_training import pattern, tiny_models, write_bag, write_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,6 +193,25 @@ def test_a_run_that_cannot_work_is_refused_before_loading_anything(tmp_path):
         train(make_config(overrides={"data": "[a, b]", "data_probs": [1.0]}))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resolution": "[100000, 100000]"}, r"resolution: \(100000, 100000\) must be .* at most 2048"),
+        ({"data_probs": "[nan]"}, "data_probs: nan must be finite"),
+        ({"data_probs": "[0, 0]", "data": "[a, b]"}, r"data_probs: \[0.0, 0.0\] must be >= 0 with a positive sum"),
+        ({"data_probs": "[-1, 2]", "data": "[a, b]"}, "data_probs: .* must be >= 0"),
+        ({"lr": "nan"}, "lr: nan must be finite"),
+        ({"grad_clip": "inf", "adam_betas": "[0.9, .inf]"}, "adam_betas: inf must be finite; grad_clip: inf must be finite"),
+        ({"lambda_rec": "-inf"}, "lambda_rec: -inf must be finite"),
+    ],
+)
+def test_non_finite_and_oversized_values_are_refused_before_loading_anything(changes, message, tmp_path):
+    """`data_probs=[nan]` passed and failed in torch.multinomial; a huge resolution in an allocation."""
+    with pytest.raises(ValueError, match=message) as err:
+        train(make_config(overrides={"data": "a", "output_dir": str(tmp_path / "run"), **changes}))
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
 def _distill_module():
     spec = importlib.util.spec_from_file_location("distill", REPO / "train" / "distill.py")
     module = importlib.util.module_from_spec(spec)
@@ -219,7 +241,27 @@ def test_cli_resolves_preset_file_set_and_flags_in_that_order(tmp_path, capsys, 
         distill.main(["--help"])
     help_text = capsys.readouterr().out
     assert err.value.code == 0
-    assert "--resume latest|PATH" in help_text and "--lambda-rec" in help_text and "[0.4 / 0.3]" in help_text
+    assert "--resume latest|PATH" in help_text and "--lambda-rec" in help_text and "[0.4 / 0.3 / 0.4]" in help_text
+
+
+def test_cli_help_shows_every_presets_value_where_they_differ(tmp_path, capsys, monkeypatch):
+    """nano's values needed --print-config; the closing text said the field flags were "below"."""
+    distill = _distill_module()
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    with pytest.raises(SystemExit):
+        distill.main(["--help"])
+    help_text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in help_text.splitlines() if line.strip().startswith("--")}
+    assert lines["--lr"].endswith("[1e-06 / 1e-06 / 0.0001]")  # reference / paper / nano
+    assert lines["--teacher"].endswith("[jingheya/lotus-depth-g-v1-0 / jingheya/lotus-depth-g-v1-0 / <embedded>/teacher]")
+    assert lines["--seed"].endswith("[0]")  # the same in every preset
+    assert "reference / paper / nano where they differ" in help_text and f"<embedded> is {EMBEDDED_DIR}" in help_text
+    assert "--print-config --preset NAME" in help_text and "below" not in help_text
+    # What the help points at works without data: the preset is printed, then what it lacks is said.
+    assert distill.main(["--print-config", "--preset", "nano"]) == 1
+    out, err = capsys.readouterr()
+    assert config_dict(PRESETS["nano"]) == yaml.safe_load(out)
+    assert err.strip() == "distill.py: error: invalid training config: data: give at least one image folder or recording"
 
 
 # --- the method --------------------------------------------------------------------------------
@@ -299,7 +341,7 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
         assert len(logged[tag]) == 3 and all(math.isfinite(v) for v in logged[tag]), tag
     assert all(v > 0 for v in logged["loss/sds"] + logged["loss/rec"])
     pictures = images(tmp_path / "run" / "logs")
-    assert pictures == {f"validation/0/{n}": [2] for n in ("image", "metric_depth", "difference", "student_depth")}
+    assert pictures == {f"validation/0/{n}": [1, 2, 3] for n in ("image", "metric_depth", "difference", "student_depth")}
     assert logged["lr"][0] == pytest.approx(2e-4)  # lr x batch 1 x grad_accum 2 x 1 process, warm-up done
     # Keep the last 2 checkpoints, each complete; the student folder is a model the pipeline loads.
     folders = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -325,15 +367,29 @@ def test_a_few_steps_log_finite_losses_and_save_loadable_checkpoints(models, tmp
     assert state_dicts_equal(pipe.student.state_dict(), result.student.state_dict())
     assert torch.isfinite(pipe(pattern(3, 32, 32), seed=0).metric_depth).all()
     # Each checkpoint's student carries what it needs beside it: no metric backend to name.
+    origin = {"teacher": str(Path(models["teacher"]).resolve()), "metric": str(Path(models["metric_path"]).resolve()),
+              "embedded": False}
     assert json.loads((ckpt / "pipeline.json").read_text()) == {
         "metric_backend": "depth-anything-v2", "metric_path": str(Path(models["metric_path"]).resolve()),
-        "processing_res": 32, "difference_fit_first": False, "untrained": False}
+        "processing_res": 32, "difference_fit_first": False, "untrained": False, "distilled_from": origin}
+    assert pipe.distilled_from == origin
     from_ckpt = SharpDepthPipeline.from_pretrained(student=ckpt / "student")
     assert from_ckpt.processing_res == 32 and from_ckpt.metric_model.name == "depth-anything-v2"
     torch.testing.assert_close(from_ckpt(pattern(3, 32, 32), seed=0).depth, pipe(pattern(3, 32, 32), seed=0).depth)
     # Every file the run wrote honours the umask (safetensors alone would write the weights 0600).
     modes = {oct(f.stat().st_mode & 0o777) for f in (tmp_path / "run").rglob("*") if f.is_file()}
     assert modes == {"0o644"}
+
+
+def test_a_run_shorter_than_validate_every_logs_pictures_early_and_at_its_end(models, tmp_path):
+    """A short run (max_steps 3, validate_every 100) logged no pictures at all."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, validate_every=100,
+                      validation_images=2)
+    train(cfg)
+    pictures = images(tmp_path / "run" / "logs")
+    names = ("image", "metric_depth", "difference", "student_depth")
+    assert pictures == {f"validation/{i}/{n}": [1, 3] for i in range(2) for n in names}
 
 
 def test_interrupt_and_resume_reaches_the_same_state_as_an_uninterrupted_run(models, tmp_path, monkeypatch):
@@ -531,12 +587,124 @@ def test_files_in_output_dir_the_trainer_did_not_write_are_left_alone(models, tm
     with pytest.raises(FileExistsError, match=r"holds the checkpoints of an earlier run \(newest step-0000003\).*--resume latest"):
         train(cfg)
     (tmp_path / "other" / "pipeline").mkdir(parents=True)
+    (tmp_path / "other" / "pipeline" / "a.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"other/pipeline exists and is not a pipeline folder"):
         train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other")))
     (tmp_path / "third" / "checkpoints" / "step-0000002").mkdir(parents=True)
     with pytest.raises(FileExistsError, match=r"third/checkpoints/step-0000002 is not a complete checkpoint"):
         train(dataclasses.replace(cfg, output_dir=str(tmp_path / "third")))
     assert not (tmp_path / "other" / "checkpoints").exists() and not (tmp_path / "third" / "logs").exists()
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_the_last_one_intact(models, tmp_path, monkeypatch,
+                                                                                         capsys, failure):
+    """A full disk mid-checkpoint (torch reports it as the RuntimeError): two tracebacks, and the partial
+    folder left on the full disk. Now: one line with the folder and the space needed, nothing partial."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, checkpoint_every=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    real_save, saves = trainer._Run._save_models, []
+
+    def disk_full_at_the_second_checkpoint(self, models_, weights, output_dir):
+        real_save(self, models_, weights, output_dir)  # student/ and ema/ written: the disk fills up after them
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise failure
+
+    monkeypatch.setattr(trainer._Run, "_save_models", disk_full_at_the_second_checkpoint)
+    assert _distill_module().main(["--config", str(tmp_path / "cfg.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("distill.py: error")]
+    checkpoints, first = tmp_path / "run" / "checkpoints", tmp_path / "run" / "checkpoints" / "step-0000001"
+    assert line.startswith(f"distill.py: error: cannot write checkpoint {checkpoints / 'step-0000002'} (")
+    assert line.endswith(f"{first} is intact: free some space and continue with --resume latest")
+    need = float(re.search(r"it needs about ([\d.]+) MB", line).group(1)) * 1e6
+    written = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+    assert 0.9 * written < need < 1.1 * written  # the estimate is the size of a checkpoint
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000001"]  # no partial folder
+    assert json.loads((first / "trainer_state.json").read_text())["step"] == 1
+    monkeypatch.undo()
+    reset_accelerate()
+    assert train(cfg, resume="latest").state.step == 3  # space freed: the run continues from the intact one
+
+
+def test_resume_latest_passes_over_damaged_checkpoints_and_an_explicit_one_is_one_line(models, tmp_path, caplog, capsys):
+    """A truncated optimizer.bin or a non-weights pickle ended in a 35-line traceback advising weights_only=False."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=3, grad_accum=1, checkpoint_every=1,
+                      keep_checkpoints=3)
+    train(cfg)
+    reset_accelerate()
+    step1, step2, step3 = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    optimizer = step3 / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])  # cut short
+    torch.save({"rng": argparse.Namespace(seed=1)}, step2 / "random_states_0.pkl")  # an object, not weights
+    with caplog.at_level(logging.INFO, logger="sharpdepth_core.trainer"):
+        assert resolve_resume(tmp_path / "run", "latest") == step1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"{optimizer} is damaged: truncated, or not a torch state file; resuming from the newest intact "
+                      f"checkpoint, {step1}",
+                      f"{step2 / 'random_states_0.pkl'} is damaged: it holds objects other than tensors and plain values, "
+                      f"which are never loaded; resuming from the newest intact checkpoint, {step1}"]
+    with caplog.at_level(logging.INFO, logger="sharpdepth_core.trainer"):
+        result = train(dataclasses.replace(cfg, max_steps=2), resume="latest")
+    assert result.state.step == 2 and f"resumed from {step1} at step 1" in caplog.text
+    assert json.loads((step2 / "trainer_state.json").read_text())["step"] == 2  # the damaged step-2 replaced
+    # An explicit damaged checkpoint: one line naming the file, from the command line too.
+    reset_accelerate()
+    with pytest.raises(SystemExit) as exit_:
+        _distill_module().main(["--resume", str(step3), "--print-config"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert err.splitlines()[-1] == (f"distill.py: error: cannot resume from {step3}: {optimizer} is damaged: truncated, "
+                                    "or not a torch state file")
+    weights = step2 / "student" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=f"^cannot resume from {step2}: {weights} is damaged: .*incomplete"):
+        resolve_resume(tmp_path / "run", str(step2))
+    (step1 / "trainer_state.json").write_text("{")
+    with pytest.raises(CheckpointError, match=rf"^no intact checkpoint in {tmp_path / 'run' / 'checkpoints'}: {step3}.*"
+                                              r"\(and 2 older ones are damaged too\)$"):
+        resolve_resume(tmp_path / "run", "latest")
+
+
+def test_a_pipeline_folder_the_final_save_would_refuse_stops_the_run_before_its_first_step(models, tmp_path, monkeypatch):
+    """A user's file in <output_dir>/pipeline/: the run trained to the end and only the final save refused
+    (and --resume latest hit the same wall). The check is the save's own rule, applied first."""
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config(models, [tmp_path / "imgs"], tmp_path / "run", max_steps=1, grad_accum=1, checkpoint_every=1)
+    train(cfg)  # a finished run: pipeline/ is its own
+    reset_accelerate()
+    assert train(dataclasses.replace(cfg, max_steps=2), resume="latest").state.step == 2  # its own pipeline/ is replaced
+    reset_accelerate()
+    pipeline = tmp_path / "run" / "pipeline"
+    (pipeline / "student" / "notes.txt").write_text("mine")
+    steps = []
+    monkeypatch.setattr(trainer, "training_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(ValueError) as err:
+        train(dataclasses.replace(cfg, max_steps=3), resume="latest")
+    assert str(err.value).startswith(f"{pipeline}: refusing to replace a non-empty folder that the project did not write "
+                                     "(it holds student/notes.txt, which a finished run's pipeline does not hold)")
+    assert "\n" not in str(err.value) and steps == []  # before the first step
+    assert (pipeline / "student" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "logs", "pipeline"]  # no scratch left
+    # The same rule for a fresh run's output folder; an empty pipeline/ is fine, as the save finds it.
+    reset_accelerate()
+    other = tmp_path / "other" / "pipeline"
+    other.mkdir(parents=True)
+    (other / "pipeline.json").write_text("{}")
+    (other / "README.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"it holds README.md, which a finished run's pipeline does not hold"):
+        train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other")))
+    assert steps == [] and (other / "README.md").read_text() == "mine"
+    monkeypatch.undo()
+    reset_accelerate()
+    (other / "pipeline.json").unlink()
+    (other / "README.md").unlink()
+    assert train(dataclasses.replace(cfg, output_dir=str(tmp_path / "other"))).pipeline == other
 
 
 # --- offline, the nano preset, resuming with the saved config ----------------------------------------
@@ -558,18 +726,34 @@ def test_pipeline_config_names_a_local_metric_folder_absolutely(tmp_path, monkey
     (tmp_path / "fd").mkdir()
     monkeypatch.chdir(tmp_path)
     cfg = make_config(overrides={"metric_model": "depth-anything-v2", "metric_path": "fd", "resolution": [48, 64]})
-    assert trainer.pipeline_config(cfg) == {"metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"),
-                                            "processing_res": 64, "difference_fit_first": False, "untrained": False}
+    assert trainer.pipeline_config(cfg) == {
+        "metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"), "processing_res": 64,
+        "difference_fit_first": False, "untrained": False,
+        "distilled_from": {"teacher": "jingheya/lotus-depth-g-v1-0", "metric": str(tmp_path / "fd"), "embedded": False}}
     hub = make_config("paper", overrides={"metric_model": "depth-pro"})
     assert trainer.pipeline_config(hub)["metric_path"] == "apple/DepthPro-hf"
     assert trainer.pipeline_config(hub)["difference_fit_first"] is True
 
 
+def test_pipeline_json_records_whether_the_student_was_distilled_from_the_embedded_models(tmp_path, monkeypatch):
+    """Decided on resolved paths: any teacher, or the initial student, inside the embedded models' folder."""
+    nano = trainer.distilled_from(PRESETS["nano"])
+    assert nano == {"teacher": str(EMBEDDED_DIR / "teacher"), "metric": str(EMBEDDED_DIR / "metric"), "embedded": True}
+    (tmp_path / "fg").mkdir()
+    (tmp_path / "link").symlink_to(EMBEDDED_DIR)
+    monkeypatch.chdir(tmp_path)
+    real = make_config(overrides={"teacher": "fg", "metric_model": "depth-anything-v2", "metric_path": "fg"})
+    assert trainer.distilled_from(real)["embedded"] is False
+    for field, value in [("metric_path", "link/metric"), ("student_init", "link/../nano/student"), ("teacher", "link/teacher")]:
+        origin = trainer.distilled_from(dataclasses.replace(real, **{field: value}))
+        assert origin["embedded"] is True and str(EMBEDDED_DIR) in origin[{"metric_path": "metric"}.get(field, field)]
+
+
 def test_nano_preset_trains_on_an_image_folder_and_its_pipeline_loads(models, tmp_path, capsys):
-    """`--preset nano` with its models pointed at tiny ones (the embedded teacher is not shipped yet)."""
+    """`--preset nano` with the embedded f_D and, for speed, a tiny teacher: the pipeline records that an
+    embedded model taught it."""
     write_images(tmp_path / "imgs", 4)
-    f_d = tiny_small_conv(tmp_path / "f_D")
-    sets = {"teacher": models["teacher"], "metric_path": f_d, "resolution": "[32, 32]", "max_steps": 2, "num_workers": 0,
+    sets = {"teacher": models["teacher"], "resolution": "[32, 32]", "max_steps": 2, "num_workers": 0,
             "batch_size": 2, "depth_cache": tmp_path / "cache", "validate_every": 0}
     argv = ["--preset", "nano", "--data", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "run")]
     rc = _distill_module().main(argv + [f"--set={k}={v}" for k, v in sets.items()])
@@ -581,6 +765,10 @@ def test_nano_preset_trains_on_an_image_folder_and_its_pipeline_loads(models, tm
     pipe = SharpDepthPipeline.from_pretrained(tmp_path / "run" / "pipeline")
     assert pipe.metric_model.name == "small-conv" and pipe.processing_res == 32
     assert torch.isfinite(pipe(pattern(5, 32, 32), seed=0).depth).all()
+    origin = {"teacher": str(Path(models["teacher"]).resolve()), "metric": str(EMBEDDED_DIR / "metric"), "embedded": True}
+    assert pipe.distilled_from == origin
+    from_checkpoint = SharpDepthPipeline.from_pretrained(student=tmp_path / "run" / "checkpoints" / "step-0000002" / "student")
+    assert from_checkpoint.distilled_from == origin
 
 
 def test_resume_latest_alone_continues_with_the_runs_saved_config(models, tmp_path, monkeypatch, capsys, caplog):
