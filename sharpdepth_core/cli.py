@@ -249,12 +249,6 @@ def _load_pipeline(args, device):
     return SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)
 
 
-def _uses_embedded_models(args) -> bool:
-    from . import models
-
-    return not args.student and (args.model is None or args.model.resolve() == Path(models.EMBEDDED_DIR).resolve())
-
-
 def _check_model_arguments(args) -> None:
     if args.model and (args.student or args.metric or args.metric_path):
         raise ValueError("--model excludes --student, --metric and --metric-path (a pipeline folder names its own models)")
@@ -291,9 +285,10 @@ def load_predict_pipeline(args, device):
     pipe = _load_pipeline(args, device)
     if pipe.untrained:
         print("sharpdepth predict: WARNING: these are UNTRAINED random-weight models; the depth means nothing", file=sys.stderr)
-    if _uses_embedded_models(args):
-        print("sharpdepth predict: note: the embedded models are small models trained on synthetic rooms only, not for "
-              "real cameras; for photographs pass full-size models with --model or --student", file=sys.stderr)
+    if pipe.synthetic_only:
+        print("sharpdepth predict: note: these models are (or were distilled from) the embedded small models, trained on "
+              "synthetic rooms only, not for real cameras; for photographs pass full-size models with --model or --student",
+              file=sys.stderr)
     return pipe
 
 

@@ -154,6 +154,12 @@ class SharpDepthPipeline:
         self.camera = camera
         self.distilled_from = distilled_from
 
+    @property
+    def synthetic_only(self) -> bool:
+        """Whether these models know only the procedural rooms of the embedded small models: they are
+        those models or were distilled from them (`distilled_from.embedded`). Front ends say so."""
+        return bool((self.distilled_from or {}).get("embedded"))
+
     def _checked_difference(self, method: str) -> str:
         if method not in DIFFERENCE_METHODS:
             raise ValueError(f"difference must be one of {', '.join(DIFFERENCE_METHODS)}, got {method!r}")

@@ -24,10 +24,8 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .embedded import EMBEDDED_DIR
+from .limits import MAX_PROCESSING_RES  # the training grid is bounded like the inference grid
 
-# The longest training edge: 2048 px is 4x the paper's 576x768 and already needs tens of GB per
-# image on the GPU; a larger value is a typo that would fail later in an allocation traceback.
-MAX_RESOLUTION = 2048
 
 
 def _opt(default, help: str):
@@ -239,8 +237,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"data_probs: {len(cfg.data_probs)} values for {len(cfg.data)} data sources")
     if cfg.data_probs is not None and not (all(p >= 0 for p in cfg.data_probs) and sum(cfg.data_probs) > 0):
         problems.append(f"data_probs: {cfg.data_probs} must be >= 0 with a positive sum")
-    if any(v <= 0 or v % 8 or v > MAX_RESOLUTION for v in cfg.resolution):
-        problems.append(f"resolution: {cfg.resolution} must be positive multiples of 8, at most {MAX_RESOLUTION}")
+    if any(v <= 0 or v % 8 or v > MAX_PROCESSING_RES for v in cfg.resolution):
+        problems.append(f"resolution: {cfg.resolution} must be positive multiples of 8, at most {MAX_PROCESSING_RES}")
     if not 0 <= cfg.pure_noise_prob <= 1:
         problems.append(f"pure_noise_prob: {cfg.pure_noise_prob} is not in [0, 1]")
     if cfg.max_steps is None and cfg.epochs is None:

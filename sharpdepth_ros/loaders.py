@@ -74,9 +74,9 @@ PIPELINE_LOADERS: dict[str, Callable[[dict], object]] = {
 
 
 def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
-    """The start-up line (what runs, where, at which grid) and whether it is the embedded
-    synthetic-scene models."""
-    embedded = not supplied and not settings["student"] and not settings["model"]
+    """The start-up line (what runs, where, at which grid) and whether its models know synthetic scenes
+    only (the embedded models, or a student distilled from them)."""
+    synthetic = bool(getattr(pipeline, "synthetic_only", False))
     if supplied:
         model = "a pipeline supplied in-process"
     elif settings["student"]:
@@ -84,7 +84,10 @@ def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
     elif settings["model"]:
         model = f"model {settings['model']}"
     else:
-        model = f"the EMBEDDED synthetic-scene models ({EMBEDDED_DIR}): not for real cameras (set model or student)"
+        model = f"the EMBEDDED synthetic-scene models ({EMBEDDED_DIR})"
+    if synthetic:
+        model += (" (distilled from the embedded synthetic-scene models)" if settings["student"] or settings["model"] else "")
+        model += ": not for real cameras (set model or student to full-size models)"
     student = getattr(pipeline, "student", None)
     grid = settings["processing_res"] or getattr(pipeline, "processing_res", "unknown")  # the grid frames will use
     parts = [
@@ -95,4 +98,4 @@ def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
         f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),
         f"{torch.get_num_threads()} CPU thread(s)",
     ]
-    return f"SharpDepth: {model}; " + ", ".join(parts), embedded
+    return f"SharpDepth: {model}; " + ", ".join(parts), synthetic

@@ -35,7 +35,7 @@ from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
-from sharpdepth_core.preprocessing import MAX_PROCESSING_RES
+from sharpdepth_core.limits import MAX_PROCESSING_RES
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,

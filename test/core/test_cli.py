@@ -401,14 +401,18 @@ def test_degenerate_fit_warning_is_one_plain_line(tiny_dirs, images, tmp_path, c
     assert "RuntimeWarning" not in captured.err and ".py:" not in captured.err and "FALLBACK" in captured.out
 
 
-def test_embedded_models_are_announced_once_as_synthetic_scene_models(tiny_dirs, images, tmp_path, capsys, monkeypatch):
-    import sharpdepth_core.models as models
-
-    monkeypatch.setattr(models, "EMBEDDED_DIR", tiny_dirs["pipeline"])  # the default models, small for the test
-    assert main(["predict", str(images), "--out", str(tmp_path / "a")]) == 0
+def test_synthetic_scene_models_are_announced_once_and_the_note_follows_the_teachers(tiny_dirs, images, tmp_path, capsys):
+    """The embedded models, and a student distilled from them (pipeline.json's distilled_from, as the
+    trainer writes it), are announced once; models distilled from other teachers are not."""
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "a")]) == 0  # the embedded models
     assert capsys.readouterr().err.count("trained on synthetic rooms only, not for real cameras") == 1
-    other = shutil.copytree(tiny_dirs["pipeline"], tmp_path / "other")
-    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "b"), "--model", str(other)]) == 0
+    mine = Path(shutil.copytree(tiny_dirs["pipeline"], tmp_path / "mine"))
+    config = json.loads((mine / "pipeline.json").read_text())
+    (mine / "pipeline.json").write_text(json.dumps({**config, "distilled_from": {"teacher": "/x/teacher", "embedded": True}}))
+    assert main(["predict", str(images), "--out", str(tmp_path / "b"), "--model", str(mine)]) == 0
+    assert capsys.readouterr().err.count("(or were distilled from) the embedded small models") == 1
+    (mine / "pipeline.json").write_text(json.dumps({**config, "distilled_from": {"teacher": "/x/teacher", "embedded": False}}))
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "c"), "--model", str(mine)]) == 0
     assert "synthetic rooms" not in capsys.readouterr().err
 
 

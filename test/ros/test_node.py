@@ -4,7 +4,10 @@ that image and K, the CameraInfo the image's K moved to the depth grid, and the 
 unprojection of the published depth with the published K."""
 from __future__ import annotations
 
+import json
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,7 +225,7 @@ def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context,
         probe.node.destroy_node()
 
 
-def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(ros_context, tiny_pipeline_dir, monkeypatch, capfd):
+def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(ros_context, tiny_pipeline_dir, tmp_path, capfd):
     previous = torch.get_num_threads()
     capfd.readouterr()
     try:
@@ -238,13 +241,20 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
                          "processing grid 96 px (longer edge), engine pytorch, 2 CPU thread(s)")  # the grid frames will use
     assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
 
-    # model '' is the embedded synthetic-scene models: said at WARN level (a folder stands in for them here)
-    monkeypatch.setattr(loaders, "EMBEDDED_DIR", tiny_pipeline_dir)
+    # model '' is the embedded synthetic-scene models, and a model distilled from them is no better on real
+    # cameras (pipeline.json's distilled_from): both said at WARN level
     node = SharpDepthNode(context=ros_context, namespace="start2", parameter_overrides=node_parameters("", publish_colored=False))
     node.destroy_node()
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
     assert line.startswith("[WARN]")
-    assert f"SharpDepth: the EMBEDDED synthetic-scene models ({tiny_pipeline_dir}): not for real cameras" in line
+    assert f"SharpDepth: the EMBEDDED synthetic-scene models ({loaders.EMBEDDED_DIR}): not for real cameras" in line
+    mine = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "mine"))
+    config = json.loads((mine / "pipeline.json").read_text())
+    (mine / "pipeline.json").write_text(json.dumps({**config, "distilled_from": {"teacher": "/x", "embedded": True}}))
+    node = SharpDepthNode(context=ros_context, namespace="start3", parameter_overrides=node_parameters(mine, publish_colored=False))
+    node.destroy_node()
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
+    assert line.startswith("[WARN]") and "(distilled from the embedded synthetic-scene models): not for real cameras" in line
 
 
 def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, capfd):
