@@ -4,3 +4,11 @@ name them without loading a model library."""
 from pathlib import Path
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "nano"
+
+
+def embedded_camera() -> dict:
+    """The camera the embedded models were trained for (`pipeline.json`'s "camera": width, height, K,
+    hfov_deg, style): the default of anything rendered for them."""
+    import json
+
+    return json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]

@@ -18,6 +18,7 @@ from skimage.feature import canny
 EDGE_SIGMA = math.sqrt(2.0)
 EDGE_LOW, EDGE_HIGH = 0.1, 0.2
 MAX_EDGE_DISTANCE = 10.0  # px: predicted edges farther than this from any GT edge count as misses
+COVISIBLE_TOL = 0.02  # a reprojected ground-truth point within 2 % of the other frame's ground truth is seen by both
 
 Depth = np.ndarray | torch.Tensor  # [H, W], [B, H, W] or [B, 1, H, W]
 
@@ -168,13 +169,11 @@ def depth_scores(preds: list[np.ndarray], gt: Depth, min_depth: float = 0.01) ->
     return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
 
 
-def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray,
-                       K: np.ndarray, dst_from_src: np.ndarray, covisible_tol: float = 0.02) -> np.ndarray:
-    """Per source pixel, |z - d_dst(q)| / d_dst(q): a prediction of frame t reprojected into frame t+1
-    (depth z at pixel q) against frame t+1's prediction sampled there (bilinear). NaN where a pixel is
-    not scored: invalid in either prediction, outside the destination image, or not co-visible — the
-    ground truth decides that, so occlusions are left out the same way for every model (its own
-    reprojection must agree with the destination's ground truth within `covisible_tol`)."""
+def _warped(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray, K: np.ndarray,
+            dst_from_src: np.ndarray, covisible_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, there, ray): per source pixel, its predicted depth reprojected into the destination camera,
+    the destination's prediction sampled where it lands (bilinear), and the length of that pixel's
+    ray at unit depth; z and there are NaN where the pixel is not scored (see `reprojection_error`)."""
     from scipy.ndimage import map_coordinates
 
     from .geometry import reproject
@@ -193,8 +192,31 @@ def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.
         covisible = (z_gt > 0) & (np.abs(z_gt - gt_there) <= covisible_tol * gt_there)
         uv, z = reproject(depth_src, K, K, dst_from_src)
         there = sample(depth_dst, uv)
-        error = np.abs(z - there) / there
-        return np.where(covisible & (z > 0) & (there > 0) & np.isfinite(error), error, np.nan)
+        scored = covisible & (z > 0) & (there > 0) & np.isfinite(z) & np.isfinite(there)
+        ray = np.hypot(np.hypot((uv[..., 0] - K[0, 2]) / K[0, 0], (uv[..., 1] - K[1, 2]) / K[1, 1]), 1.0)
+        return np.where(scored, z, np.nan), np.where(scored, there, np.nan), ray
+
+
+def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray,
+                       K: np.ndarray, dst_from_src: np.ndarray, covisible_tol: float = COVISIBLE_TOL) -> np.ndarray:
+    """Per source pixel, |z - d_dst(q)| / d_dst(q): a prediction of frame t reprojected into frame t+1
+    (depth z at pixel q) against frame t+1's prediction sampled there (bilinear). NaN where a pixel is
+    not scored: invalid in either prediction, outside the destination image, or not co-visible — the
+    ground truth decides that, so occlusions are left out the same way for every model (its own
+    reprojection must agree with the destination's ground truth within `covisible_tol`)."""
+    z, there, _ = _warped(depth_src, depth_dst, gt_src, gt_dst, K, dst_from_src, covisible_tol)
+    return np.abs(z - there) / there
+
+
+def _pairs(depths: list, gts: list, poses: list, what: str):
+    """(a, b, T_b_a) for every consecutive pair of frames, both directions."""
+    from .geometry import relative_pose
+
+    if len(depths) < 2 or not len(depths) == len(gts) == len(poses):
+        raise ValueError(f"{what} needs two or more frames with as many ground truths and poses, got {len(depths)}, {len(gts)}, {len(poses)}")
+    for t in range(len(depths) - 1):
+        for a, b in ((t, t + 1), (t + 1, t)):
+            yield a, b, relative_pose(poses[a], poses[b])
 
 
 def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray], K: np.ndarray, poses: list[np.ndarray]) -> float:
@@ -202,16 +224,27 @@ def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray], K:
     frame t+1 with the ground-truth poses (camera-to-world, optical frame) and frame t+1's depth, on
     valid co-visible pixels, averaged over both directions and every consecutive pair. Lower is
     steadier; ground truth gives the warp's own error (about 0)."""
-    from .geometry import relative_pose
-
-    if len(depths) < 2 or not len(depths) == len(gts) == len(poses):
-        raise ValueError(f"TAE needs two or more frames with as many ground truths and poses, got {len(depths)}, {len(gts)}, {len(poses)}")
     pairs = []
-    for t in range(len(depths) - 1):
-        for a, b in ((t, t + 1), (t + 1, t)):
-            e = reprojection_error(depths[a], depths[b], gts[a], gts[b], K, relative_pose(poses[a], poses[b]))
-            if np.isfinite(e).any():
-                pairs.append(float(np.nanmean(e)))
+    for a, b, T in _pairs(depths, gts, poses, "TAE"):
+        e = reprojection_error(depths[a], depths[b], gts[a], gts[b], K, T)
+        if np.isfinite(e).any():
+            pairs.append(float(np.nanmean(e)))
     if not pairs:
         raise ValueError("TAE: no co-visible valid pixels in any pair of frames")
     return float(np.mean(pairs))
+
+
+def static_point_flicker(depths: list[np.ndarray], gts: list[np.ndarray], K: np.ndarray, poses: list[np.ndarray]) -> float:
+    """How far a static surface point of the cloud jumps from frame to frame, in metres: the RMS, over
+    co-visible valid pixels of every consecutive pair (both directions), of the standard deviation of
+    its two positions (|p_t - p_t+1| / √2; the two points lie on one ray of frame t+1, so
+    |p_t - p_t+1| = |z - d_t+1(q)| · |K⁻¹ q|). What a voxel map sees; the scene must not move."""
+    sq, n = 0.0, 0
+    for a, b, T in _pairs(depths, gts, poses, "flicker"):
+        z, there, ray = _warped(depths[a], depths[b], gts[a], gts[b], K, T, COVISIBLE_TOL)
+        jump = (z - there) * ray / math.sqrt(2.0)
+        ok = np.isfinite(jump)
+        sq, n = sq + float(np.sum(jump[ok] ** 2)), n + int(ok.sum())
+    if not n:
+        raise ValueError("flicker: no co-visible valid pixels in any pair of frames")
+    return math.sqrt(sq / n)

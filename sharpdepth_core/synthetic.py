@@ -112,6 +112,13 @@ def render_scene(
     principal point, and a horizontal field of view drawn from the seed (55°-80°). The scene itself
     does not depend on the size or K: the same seed seen through another camera is the same room.
     """
+    rng, layout = _room(seed, width, height, style)
+    K = _default_K(layout.hfov, width, height) if K is None else _checked_K(K)
+    return _photograph(layout, K, width, height, rng, style, int(seed))
+
+
+def _room(seed: int, width: int, height: int, style: str) -> tuple[np.random.Generator, _Layout]:
+    """The checked arguments' layout, and the generator that drew it (it goes on to the sensor noise)."""
     if style not in ROOM_STYLES:
         raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     for name, v in (("width", width), ("height", height)):
@@ -120,8 +127,11 @@ def render_scene(
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng([int(seed), STYLES.index(style)])
-    layout = _draw_layout(rng, ROOM_STYLES[style])
-    K = _default_K(layout.hfov, width, height) if K is None else _checked_K(K)
+    return rng, _draw_layout(rng, ROOM_STYLES[style])
+
+
+def _photograph(layout: _Layout, K: np.ndarray, width: int, height: int, rng, style: str, seed: int) -> Scene:
+    """Ray-cast and shade the layout from its camera, with sensor noise drawn from `rng`."""
     depth, labels, dirs = _cast(layout, K, width, height)
     rgb = _shade(layout, K, depth, labels, dirs)
     img = rng.random(rgb.shape, dtype=np.float32)  # sensor noise: uniform, sigma = 1 % of full scale
@@ -129,7 +139,85 @@ def render_scene(
     img += rgb * np.float32(255)
     img += np.float32(0.5 - 0.0173 * 255)
     rgb = np.clip(img, 0, 255, out=img).astype(np.uint8)
-    return Scene(rgb, depth, K, layout.camera_to_world, labels, layout.primitives, style, int(seed))
+    return Scene(rgb, depth, K, layout.camera_to_world, labels, layout.primitives, style, seed)
+
+
+# --- sequences: a camera walking through the room ---------------------------------------------
+SEQUENCE_RATE_HZ = 10.0  # the replay's default frame rate: the robot camera the sequences stand for
+CLEARANCE_M = 0.4  # the closest the camera centre comes to a wall or an object's footprint
+_SUBSTEPS = 8  # integration steps of the walk per frame
+
+
+def render_sequence(seed: int, frames: int = 30, width: int | None = None, height: int | None = None,
+                    K: np.ndarray | None = None, style: str | None = None, rate: float = SEQUENCE_RATE_HZ) -> tuple[Scene, ...]:
+    """`frames` frames, `rate` per second, of a camera walking through the room of (seed, style): it
+    walks ahead at a steady pace, turns smoothly and passes close to an object, staying in the room's
+    free space (CLEARANCE_M from walls and objects). Frame 0 is `render_scene`'s camera; each frame's
+    pose is its `camera_to_world`, frame t is at time t / rate. Every frame has its own sensor noise.
+
+    Defaults: the embedded models' camera (its size, style and field of view; K square and centred at
+    any other size). Deterministic in its arguments.
+    """
+    if width is None or height is None or style is None:
+        from .embedded import embedded_camera
+
+        camera = embedded_camera()
+        width, height, style = width or camera["width"], height or camera["height"], style or camera["style"]
+        K = _default_K(math.radians(camera["hfov_deg"]), width, height) if K is None else K
+    if not isinstance(frames, (int, np.integer)) or isinstance(frames, bool) or frames < 2:
+        raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be a positive number of frames per second, got {rate!r}")
+    _, layout = _room(seed, width, height, style)
+    K = _default_K(layout.hfov, width, height) if K is None else _checked_K(K)
+    rng = np.random.default_rng([int(seed), STYLES.index(style), 1])  # the walk and the noise, apart from the room
+    poses = _walk(rng, layout, int(frames), float(rate))
+    return tuple(_photograph(replace(layout, camera_to_world=p), K, width, height, rng, style, int(seed)) for p in poses)
+
+
+def _walk(rng, layout: _Layout, frames: int, rate: float) -> list[np.ndarray]:
+    """Camera-to-world poses of a smooth walk from the layout's camera: of 48 drawn walks (pace, turn,
+    when it turns) the one that passes closest to an object while keeping CLEARANCE_M; turning on the
+    spot when none does. The camera keeps its height, pitch and roll; it turns about the world z axis."""
+    planes = {p.name: p for p in layout.primitives if isinstance(p, Plane)}
+    room = np.array([-planes["wall_x1"].offset, -planes["wall_y1"].offset])
+    boxes = [(lo, hi) for lo, hi in filter(None, map(_aabb, layout.primitives))
+             if hi[2] > 0.05 and (hi - lo)[:2].min() > 0.05]  # objects: not the rug, not the pictures
+    objects = [(lo[:2] + hi[:2]) / 2 for lo, hi in boxes]
+    radii = np.array([0.5 * math.hypot(*(hi[:2] - lo[:2])) for lo, hi in boxes])
+    start, R0 = layout.camera_to_world[:2, 3], layout.camera_to_world[:3, :3]
+    heading = math.atan2(R0[1, 2], R0[0, 2])  # the optical axis, seen from above
+    t = np.arange((frames - 1) * _SUBSTEPS + 1) / (rate * _SUBSTEPS)
+    centres = np.array(objects).reshape(-1, 2)
+
+    def gaps(xy: np.ndarray) -> tuple[float, float]:  # (to the walls, to the objects' footprints)
+        to_objects = np.linalg.norm(xy[:, None] - centres[None], axis=-1) - radii
+        return min(xy.min(), (room - xy).min()), float(to_objects.min()) if len(radii) else math.inf
+
+    keep = min(CLEARANCE_M, *gaps(start[None]))  # a start closer than that may stay as close, no closer
+    best = None
+    for _ in range(48):
+        pace, turn = rng.uniform(0.15, 0.6), rng.choice([-1.0, 1.0]) * rng.uniform(math.radians(20), math.radians(90))
+        t0, span = rng.uniform(0.0, 0.5) * t[-1], rng.uniform(0.3, 0.7) * t[-1]
+        s = np.clip((t - t0) / span, 0.0, 1.0)
+        yaw = turn * s * s * (3 - 2 * s)  # smoothstep: the turn starts and ends gently
+        step = pace * np.diff(t)[:, None] * np.stack([np.cos(heading + yaw[:-1]), np.sin(heading + yaw[:-1])], -1)
+        xy = start + np.concatenate([np.zeros((1, 2)), np.cumsum(step, 0)])
+        to_walls, to_objects = gaps(xy)
+        if to_walls >= keep and to_objects >= keep and (best is None or to_objects < best[0]):
+            best = (to_objects, xy, yaw)
+    if best is None:  # no walk kept clear: turn on the spot
+        xy, yaw = np.repeat(start[None], len(t), 0), rng.choice([-1.0, 1.0]) * math.radians(45) * (t / t[-1])
+    else:
+        xy, yaw = best[1:]
+    poses = []
+    for k in range(0, len(t), _SUBSTEPS):
+        c, s = math.cos(yaw[k]), math.sin(yaw[k])
+        pose = layout.camera_to_world.copy()
+        pose[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ R0
+        pose[:2, 3] = xy[k]
+        poses.append(pose)
+    return poses
 
 
 def _default_K(hfov: float, width: int, height: int) -> np.ndarray:

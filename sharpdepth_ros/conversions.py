@@ -219,6 +219,19 @@ def pinhole_K(width: int, height: int, fov_deg: float) -> np.ndarray:
     return np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
 
 
+def pose_stamped(camera_to_world: np.ndarray, header):
+    """PoseStamped of a camera: its optical frame's pose (4x4 camera-to-world) in `header.frame_id`."""
+    from geometry_msgs.msg import PoseStamped
+    from scipy.spatial.transform import Rotation
+
+    T = np.asarray(camera_to_world, dtype=np.float64)
+    msg = PoseStamped(header=header)
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in T[:3, 3])
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = (float(v) for v in Rotation.from_matrix(T[:3, :3]).as_quat())
+    return msg
+
+
 def camera_info(K: np.ndarray, hw: tuple[int, int], header) -> CameraInfo:
     """CameraInfo of an undistorted pinhole camera (replay sources that only know K)."""
     K = np.asarray(K, dtype=np.float64)

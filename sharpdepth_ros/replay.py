@@ -5,7 +5,9 @@ with their exact K), a folder of images, a video file (OpenCV), or a rosbag2 / M
 (`rosbags`, no ROS install needed; Image or CompressedImage on `topic`, calibration from the
 sibling `camera_info` topic when the bag has one, paired by header stamp). Sources without
 calibration get a pinhole K from `fov_deg` (said once). Every frame is re-stamped with the current
-time and `frame_id`. Like the node, it lives in the `/camera` namespace by default.
+time and `frame_id`. Like the node, it lives in the `/camera` namespace by default. With `sequence`
+> 0 the synthetic source is a moving camera instead (`render_sequence`: a walk through scene `seed`)
+and each frame's ground-truth pose goes out on `pose` (PoseStamped in "world", stamped as the image).
 
 Images are read as the node, `predict` and the trainer read them (`sharpdepth_core.images`: size
 from the header first, `max_input_pixels`, regular files only) and recordings through the trainer's
@@ -30,6 +32,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -44,9 +47,10 @@ from sharpdepth_core.recordings import (
     recording_parts,
     truncation,
 )
-from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K
+from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K, pose_stamped
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
 
+WORLD_FRAME = "world"  # the frame of a synthetic sequence's poses (the room: z up, floor at z = 0)
 Warn = Callable[[str], None]  # where a source says what it skipped or recovered
 
 
@@ -60,6 +64,7 @@ class Frame:
     index: int  # position in the source (scene number for synthetic)
     info: CameraInfo | None = None
     assumed: bool = False
+    pose: np.ndarray | None = None  # camera-to-world 4x4 (optical frame), where the source knows it
 
 
 def synthetic_scene(seed: int, width: int, height: int, style: str, fov_deg: float = 0.0):
@@ -75,6 +80,15 @@ def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str
     for i in range(scenes):
         scene = synthetic_scene(seed + i, width, height, style, fov_deg)
         yield Frame(scene.rgb, scene.K, seed + i)
+
+
+def synthetic_sequence(frames: int, width: int, height: int, seed: int, style: str, fov_deg: float, rate: float):
+    """A camera walking through scene `seed` (`render_sequence`), `rate` frames per second: a moving
+    camera with its ground-truth poses; a pinhole of `fov_deg`, or with 0 the scene's own field of view."""
+    from sharpdepth_core.synthetic import render_sequence
+
+    return render_sequence(seed, frames, width, height, K=pinhole_K(width, height, fov_deg) if fov_deg else None,
+                           style=style, rate=rate)
 
 
 def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
@@ -219,6 +233,9 @@ PARAMETERS = {
     "height": (240, descriptor("synthetic: image height", INT, read_only=True, integer=(8, 4096))),
     "seed": (0, descriptor("synthetic: seed of the first scene", INT, read_only=True, integer=(0, 2**31 - 1))),
     "style": ("indoor", descriptor("synthetic: 'indoor', 'office' or 'toy'", STR, read_only=True)),
+    "sequence": (0, descriptor("synthetic: publish a moving camera instead of still scenes: this many frames of a walk "
+                               "through scene `seed`, at `rate`, with the camera's poses on `pose` (0 = still scenes)",
+                               INT, read_only=True, integer=(0, 100000))),
     "synthetic_fov_deg": (0.0, descriptor("synthetic: one camera of this horizontal field of view; 0 = each scene's own (55-80°)",
                                           FLOAT, read_only=True, floating=(0.0, 179.0))),
 }
@@ -248,6 +265,7 @@ class ReplayPublisher(Node):
         qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
         self._image_pub = self.create_publisher(Image, "image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
+        self._pose_pub = self.create_publisher(PoseStamped, "pose", qos) if self._sequence() else None
         self._timer = self.create_timer(1.0 / p["rate"], self.publish_next) if timer else None
         self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {self.resolve_topic_name('image_raw')}")
 
@@ -255,6 +273,10 @@ class ReplayPublisher(Node):
         """The source from its start; reads the first frame now so that a bad source fails at startup."""
         p = self._params
         if p["source"] == "synthetic" and self._cache:
+            return iter(self._cache)
+        if self._sequence():
+            scenes = synthetic_sequence(p["sequence"], p["width"], p["height"], p["seed"], p["style"], p["synthetic_fov_deg"], p["rate"])
+            self._cache = [Frame(sc.rgb, sc.K, t, pose=sc.camera_to_world) for t, sc in enumerate(scenes)]
             return iter(self._cache)
         frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
                              height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"],
@@ -270,6 +292,9 @@ class ReplayPublisher(Node):
         """What a recording plays: one line at start-up."""
         if self._first_time(line):
             self.get_logger().info(line)
+
+    def _sequence(self) -> bool:
+        return self._params["source"] == "synthetic" and self._params["sequence"] > 0
 
     def _skip(self, line: str) -> None:
         """One log line per skipped frame (or recovered recording)."""
@@ -314,6 +339,8 @@ class ReplayPublisher(Node):
         info.header = header
         self._info_pub.publish(info)
         self._image_pub.publish(numpy_to_image(frame.rgb, "rgb8", header))
+        if frame.pose is not None and self._pose_pub is not None:  # stamped like the image it belongs to
+            self._pose_pub.publish(pose_stamped(frame.pose, Header(stamp=header.stamp, frame_id=WORLD_FRAME)))
         self.published += 1
         if self._on_frame is not None:
             self._on_frame(header, frame)

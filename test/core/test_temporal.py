@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sharpdepth_core.geometry import relative_pose, reproject
-from sharpdepth_core.metrics import reprojection_error, temporal_alignment_error
+from sharpdepth_core.geometry import relative_pose, reproject, unproject
+from sharpdepth_core.metrics import reprojection_error, static_point_flicker, temporal_alignment_error
 
 H, W = 48, 64
 K = np.array([[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]])
@@ -59,6 +59,17 @@ def test_tae_is_about_zero_on_ground_truth_and_grows_with_flicker():
     assert temporal_alignment_error(flicker, gts, K, poses) == pytest.approx(0.06 / 0.97 / 2 + 0.06 / 1.03 / 2, rel=0.02)
 
 
+def test_static_point_flicker_is_the_jump_of_a_surface_point_in_metres():
+    poses, gts = sequence()
+    assert static_point_flicker(gts, gts, K, poses) < 1e-3  # metres: the warp's own error
+    flicker = [g * (1.03 if t % 2 else 0.97) for t, g in enumerate(gts)]
+    # every point moves along its ray by 6 % of its distance from the camera, between two frames
+    distance = np.sqrt(np.mean([np.sum(unproject(g, K) ** 2, axis=-1).mean() for g in gts]))
+    assert static_point_flicker(flicker, gts, K, poses) == pytest.approx(0.06 / np.sqrt(2) * distance, rel=0.05)
+    noisy = [g + 0.05 * np.random.default_rng(t).standard_normal(g.shape) for t, g in enumerate(gts)]
+    assert 0.03 < static_point_flicker(noisy, gts, K, poses) < 0.08  # 5 cm of noise per frame, along z mostly
+
+
 def test_occluded_and_invalid_pixels_are_not_scored():
     (p0, p1), (d0, d1) = sequence(2)
     gt1 = d1.copy()
@@ -76,3 +87,5 @@ def test_too_few_frames_is_a_clear_error():
     poses, gts = sequence(2)
     with pytest.raises(ValueError, match="two or more frames"):
         temporal_alignment_error(gts[:1], gts[:1], K, poses[:1])
+    with pytest.raises(ValueError, match="two or more frames"):
+        static_point_flicker(gts, gts[:1], K, poses)

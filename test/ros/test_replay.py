@@ -120,6 +120,38 @@ def test_publishes_synthetic_scenes_with_their_K_then_loops(ros_context):
         np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], scene.K)
 
 
+def test_sequence_mode_publishes_a_moving_camera_with_poses_stamped_like_its_frames(ros_context):
+    from geometry_msgs.msg import PoseStamped
+    from scipy.spatial.transform import Rotation
+
+    from sharpdepth_core.synthetic import render_sequence
+
+    received: dict[str, list] = {"image": [], "pose": []}
+    sent = []
+    replay = ReplayPublisher(
+        context=ros_context, namespace="cam", timer=False, on_frame=lambda header, frame: sent.append(header),
+        parameter_overrides=[Parameter("sequence", value=4), Parameter("width", value=32), Parameter("height", value=24),
+                             Parameter("seed", value=8), Parameter("style", value="indoor"), Parameter("rate", value=5.0),
+                             Parameter("synthetic_fov_deg", value=67.5), Parameter("count", value=4)],
+    )
+    assert replay.create_subscription(Image, "/cam/image_raw", received["image"].append, 10)
+    assert replay.create_subscription(PoseStamped, "/cam/pose", received["pose"].append, 10)
+    with Spinner(ros_context, replay):
+        wait_for(lambda: replay.count_subscribers("/cam/image_raw") and replay.count_subscribers("/cam/pose"), 10, "discovery")
+        for _ in range(4):
+            replay.publish_next()
+        wait_for(lambda: len(received["image"]) == 4 and len(received["pose"]) == 4, 10, "four frames and poses")
+    replay.destroy_node()
+    frames = render_sequence(8, 4, 32, 24, K=pinhole_K(32, 24, 67.5), style="indoor", rate=5.0)
+    assert len({p.pose.position.x for p in received["pose"]}) > 1  # the camera moves
+    for image, pose, header, frame in zip(received["image"], received["pose"], sent, frames):
+        assert image.header.stamp == pose.header.stamp == header.stamp and pose.header.frame_id == "world"
+        np.testing.assert_array_equal(image_to_numpy(image), frame.rgb)
+        p, q = pose.pose.position, pose.pose.orientation
+        np.testing.assert_allclose([p.x, p.y, p.z], frame.camera_to_world[:3, 3], atol=1e-9)
+        np.testing.assert_allclose(Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix(), frame.camera_to_world[:3, :3], atol=1e-9)
+
+
 def test_bag_calibration_is_paired_by_header_stamp_not_log_order(tmp_path):
     """A recorder may log a frame's camera_info after its image: frame 0 must still get its own K.
     Same stamp first, else the latest camera_info before the image, else the fov_deg pinhole."""

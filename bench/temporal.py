@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Flicker on a moving camera: does SharpDepth's depth stay put from frame to frame where f_D's does?
+
+Held-out sequences (`render_sequence`: the embedded models' camera walking through rooms no model was
+trained on, 10 frames/s) through the embedded pipeline, called as the node calls it (the camera's K).
+Per model: TAE (Video Depth Anything's temporal alignment error: AbsRel between frame t's depth
+reprojected into frame t+1 with the ground-truth poses and frame t+1's depth, both directions, valid
+co-visible pixels), the static-point flicker (mm: how far a point of the cloud on a static surface
+jumps between frames; every surface here is static) and the single-frame AbsRel. Models: the ground
+truth (the warp's own error), f_D, SharpDepth with the node's default noise (one seed, the same draw
+every frame), with fresh noise per frame (the node's seed -1), and with each cheaper difference map;
+every noisy model under two noise seeds, whose difference is the spread. Prints a table and one JSON
+line; writes a figure (consecutive frames per model, with their reprojection error into the next).
+
+    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread
+    .venv/bin/python bench/temporal.py --first-seed 110000      # validation sequences: for choosing anything
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharpdepth_core.files import write_bytes
+from sharpdepth_core.geometry import relative_pose
+from sharpdepth_core.metrics import depth_metrics, reprojection_error, static_point_flicker, temporal_alignment_error
+from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.synthetic import render_sequence
+
+# name -> (difference map, noise): "fixed" = one seed for every frame (the node's default, seed 0),
+# "fresh" = a new draw per frame (the node's seed -1; seeded per frame here, so runs repeat)
+RUNS = {
+    "SharpDepth (node default: same noise every frame)": ("exact", "fixed"),
+    "SharpDepth, fresh noise per frame": ("exact", "fresh"),
+    "SharpDepth, light difference map": ("light", "fixed"),
+    "SharpDepth, latent difference map": ("latent", "fixed"),
+}
+NOISE_SEEDS = (0, 1)
+
+
+def frame_seed(noise: str, noise_seed: int, t: int) -> int:
+    return noise_seed if noise == "fixed" else 1_000_003 * (noise_seed + 1) + t
+
+
+def predictions(pipe: SharpDepthPipeline, frames) -> dict[str, list[list[np.ndarray]]]:
+    """Per model, per noise seed (one for the deterministic models), the depth of every frame."""
+    K = frames[0].K
+    out = {"ground truth": [[f.depth.astype(np.float64) for f in frames]],
+           "f_D": [[pipe.metric_depth(f.rgb, K=K)[0, 0].numpy() for f in frames]]}
+    for name, (method, noise) in RUNS.items():
+        if method == "light" and pipe.light_decoder is None:
+            continue
+        out[name] = [[pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy()
+                      for t, f in enumerate(frames)] for s in NOISE_SEEDS]
+    return out
+
+
+def scores(depths: list[np.ndarray], frames) -> dict[str, float]:
+    """TAE, flicker, AbsRel, and the TAE left once each frame is scaled onto its ground truth (median
+    ratio): the part of the flicker that is not a frame-wide change of scale."""
+    gts, poses, K = [f.depth for f in frames], [f.camera_to_world for f in frames], frames[0].K
+    rescaled = [d * np.median(g / np.clip(d, 0.01, None)) for d, g in zip(depths, gts)]
+    return {"tae": temporal_alignment_error(depths, gts, K, poses),
+            "tae_scaled": temporal_alignment_error(rescaled, gts, K, poses),
+            "flicker_mm": 1000 * static_point_flicker(depths, gts, K, poses),
+            "abs_rel": depth_metrics(np.clip(np.stack(depths), 0.01, None), np.stack(gts))["abs_rel"]}
+
+
+def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
+    """The scores (mean over sequences; per noise seed and their spread) and the first sequence's
+    predictions (for the figure)."""
+    pipe = SharpDepthPipeline.from_pretrained()
+    per: dict[str, list[list[dict]]] = {}
+    first = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i in range(sequences):
+            seq = render_sequence(first_seed + i, frames)
+            preds = predictions(pipe, seq)
+            first = first or (seq, preds)
+            for name, runs in preds.items():
+                per.setdefault(name, [[] for _ in runs])
+                for k, depths in enumerate(runs):
+                    per[name][k].append(scores(depths, seq))
+    out = {}
+    for name, runs in per.items():
+        by_seed = [{k: float(np.mean([s[k] for s in run])) for k in run[0]} for run in runs]
+        row = {k: float(np.mean([b[k] for b in by_seed])) for k in by_seed[0]}
+        row["per_noise_seed"] = by_seed
+        row["spread"] = {k: abs(by_seed[0][k] - by_seed[-1][k]) for k in by_seed[0]}
+        row["per_sequence_tae"] = [float(np.mean([run[j]["tae"] for run in runs])) for j in range(sequences)]
+        out[name] = row
+    return {"first_seed": first_seed, "sequences": sequences, "frames": frames, "models": out}, first
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['sequences']} held-out sequences x {result['frames']} frames (seeds {result['first_seed']}..), "
+             "mean over sequences and noise seeds, ± the spread of two noise seeds:",
+             f"{'model':<52} {'TAE':>16} {'flicker mm':>12} {'AbsRel':>16} {'TAE, scaled':>16}"]
+    for name, m in result["models"].items():
+        cells = [f"{m[k]:.4f} ± {m['spread'][k]:.4f}" if k != "flicker_mm" else f"{m[k]:.1f} ± {m['spread'][k]:.1f}"
+                 for k in ("tae", "flicker_mm", "abs_rel", "tae_scaled")]
+        lines.append(f"{name:<52} {cells[0]:>16} {cells[1]:>12} {cells[2]:>16} {cells[3]:>16}")
+    return "\n".join(lines)
+
+
+def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
+    """Per model two rows: depth of `count` consecutive frames (one colour scale), and each frame's
+    reprojection error into the next (0-10 %, black where not scored)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sharpdepth_core.visualize import colorize_depth, colorize_difference
+
+    lo, hi = min(float(f.depth.min()) for f in seq), max(float(f.depth.max()) for f in seq)
+    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count, 1.5 * 2 * len(preds)), squeeze=False)
+    for r, (name, runs) in enumerate(preds.items()):
+        depths = runs[0]
+        for c, t in enumerate(range(start, start + count)):
+            a, b = seq[t], seq[t + 1]
+            e = reprojection_error(depths[t], depths[t + 1], a.depth, b.depth, a.K, relative_pose(a.camera_to_world, b.camera_to_world))
+            tae = float(np.nanmean(e))
+            shown = colorize_difference(np.nan_to_num(np.clip(e / 0.1, 0, 1), nan=0.0))
+            shown[~np.isfinite(e)] = 0
+            for row, pic, title in ((2 * r, colorize_depth(depths[t], lo, hi), f"t={t}"), (2 * r + 1, shown, f"{t}→{t + 1}: {tae:.3f}")):
+                axes[row, c].imshow(pic, interpolation="nearest")
+                axes[row, c].set_axis_off()
+                axes[row, c].set_title(title, fontsize=7)
+        axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n"), fontsize=6, ha="right",
+                            va="center", transform=axes[2 * r, 0].transAxes)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=64, format="png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--first-seed", type=int, default=100_000,
+                        help="first sequence's room (default: the evaluation range; 110000.. is validation)")
+    parser.add_argument("--sequences", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=30, help="frames per sequence (10 per second)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--figure", type=Path, help="write the strip of frames to this PNG")
+    args = parser.parse_args(argv)
+    if min(args.sequences, args.threads) < 1 or args.frames < 2:
+        parser.error("--sequences and --threads must be >= 1, --frames >= 2")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    print(f"[bench] temporal consistency on {args.sequences} sequences x {args.frames} frames", file=sys.stderr, flush=True)
+    result, (seq, preds) = temporal(args.first_seed, args.sequences, args.frames)
+    result["seconds"] = time.perf_counter() - start
+    print(table(result))
+    line = json.dumps({"bench": "temporal", "torch": torch.__version__, "threads": args.threads, **result})
+    if args.json:
+        write_bytes(args.json, (line + "\n").encode())
+    if args.figure:
+        figure(args.figure, seq, preds, start=min(10, args.frames - 6) if args.frames > 6 else 0, count=min(5, args.frames - 1))
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
