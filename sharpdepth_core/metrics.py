@@ -169,8 +169,8 @@ def depth_scores(preds: list[np.ndarray], gt: Depth, min_depth: float = 0.01) ->
     return {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
 
 
-def _warped(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray, K: np.ndarray,
-            dst_from_src: np.ndarray, covisible_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _warped(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray | None, gt_dst: np.ndarray | None,
+            K: np.ndarray, dst_from_src: np.ndarray, covisible_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z, there, ray): per source pixel, its predicted depth reprojected into the destination camera,
     the destination's prediction sampled where it lands (bilinear), and the length of that pixel's
     ray at unit depth; z and there are NaN where the pixel is not scored (see `reprojection_error`)."""
@@ -186,10 +186,12 @@ def _warped(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt
                                       order=1, mode="constant", cval=np.nan, prefilter=False)
         return out.reshape(uv.shape[:-1])
 
-    uv_gt, z_gt = reproject(gt_src, K, K, dst_from_src)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gt_there = sample(gt_dst, uv_gt)
-        covisible = (z_gt > 0) & (np.abs(z_gt - gt_there) <= covisible_tol * gt_there)
+        covisible = True  # without ground truth: every pixel that lands in the destination image
+        if gt_src is not None:
+            uv_gt, z_gt = reproject(gt_src, K, K, dst_from_src)
+            gt_there = sample(gt_dst, uv_gt)
+            covisible = (z_gt > 0) & (np.abs(z_gt - gt_there) <= covisible_tol * gt_there)
         uv, z = reproject(depth_src, K, K, dst_from_src)
         there = sample(depth_dst, uv)
         scored = covisible & (z > 0) & (there > 0) & np.isfinite(z) & np.isfinite(there)
@@ -197,36 +199,42 @@ def _warped(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt
         return np.where(scored, z, np.nan), np.where(scored, there, np.nan), ray
 
 
-def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray, gt_dst: np.ndarray,
+def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.ndarray | None, gt_dst: np.ndarray | None,
                        K: np.ndarray, dst_from_src: np.ndarray, covisible_tol: float = COVISIBLE_TOL) -> np.ndarray:
     """Per source pixel, |z - d_dst(q)| / d_dst(q): a prediction of frame t reprojected into frame t+1
     (depth z at pixel q) against frame t+1's prediction sampled there (bilinear). NaN where a pixel is
     not scored: invalid in either prediction, outside the destination image, or not co-visible — the
     ground truth decides that, so occlusions are left out the same way for every model (its own
-    reprojection must agree with the destination's ground truth within `covisible_tol`)."""
+    reprojection must agree with the destination's ground truth within `covisible_tol`). Without
+    ground truth (gt_src = gt_dst = None: a user's video) nothing can tell an occlusion from an error,
+    so every pixel landing in the destination is scored: the error then includes occlusions, and
+    compares models on the same frames only, not with ground-truth-scored figures."""
     z, there, _ = _warped(depth_src, depth_dst, gt_src, gt_dst, K, dst_from_src, covisible_tol)
     return np.abs(z - there) / there
 
 
-def _pairs(depths: list, gts: list, poses: list, what: str):
+def _pairs(depths: list, gts: list | None, poses: list, what: str):
     """(a, b, T_b_a) for every consecutive pair of frames, both directions."""
     from .geometry import relative_pose
 
-    if len(depths) < 2 or not len(depths) == len(gts) == len(poses):
-        raise ValueError(f"{what} needs two or more frames with as many ground truths and poses, got {len(depths)}, {len(gts)}, {len(poses)}")
+    n_gts = len(depths) if gts is None else len(gts)
+    if len(depths) < 2 or not len(depths) == n_gts == len(poses):
+        raise ValueError(f"{what} needs two or more frames with as many ground truths and poses, got {len(depths)}, {n_gts}, {len(poses)}")
     for t in range(len(depths) - 1):
         for a, b in ((t, t + 1), (t + 1, t)):
             yield a, b, relative_pose(poses[a], poses[b])
 
 
-def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray], K: np.ndarray, poses: list[np.ndarray]) -> float:
+def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray] | None, K: np.ndarray,
+                             poses: list[np.ndarray]) -> float:
     """TAE (Video Depth Anything's flicker measure): the AbsRel between frame t's depth reprojected into
     frame t+1 with the ground-truth poses (camera-to-world, optical frame) and frame t+1's depth, on
     valid co-visible pixels, averaged over both directions and every consecutive pair. Lower is
-    steadier; ground truth gives the warp's own error (about 0)."""
+    steadier; ground truth gives the warp's own error (about 0). gts None: no ground truth, occlusions
+    scored too (`reprojection_error`)."""
     pairs = []
     for a, b, T in _pairs(depths, gts, poses, "TAE"):
-        e = reprojection_error(depths[a], depths[b], gts[a], gts[b], K, T)
+        e = reprojection_error(depths[a], depths[b], *((None, None) if gts is None else (gts[a], gts[b])), K, T)
         if np.isfinite(e).any():
             pairs.append(float(np.nanmean(e)))
     if not pairs:

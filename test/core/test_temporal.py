@@ -89,3 +89,21 @@ def test_too_few_frames_is_a_clear_error():
         temporal_alignment_error(gts[:1], gts[:1], K, poses[:1])
     with pytest.raises(ValueError, match="two or more frames"):
         static_point_flicker(gts, gts[:1], K, poses)
+
+
+def test_without_ground_truth_every_pixel_that_lands_is_scored_occlusions_included():
+    """A user's video has no ground truth: the predictions alone, with the poses, give the TAE; with
+    nothing to tell an occlusion from an error, the occluder's pixels count (and raise it)."""
+    poses, gts = sequence()
+    flicker = [g * (1.03 if t % 2 else 0.97) for t, g in enumerate(gts)]
+    assert temporal_alignment_error(flicker, None, K, poses) == pytest.approx(temporal_alignment_error(flicker, gts, K, poses), rel=1e-5)
+    assert temporal_alignment_error(gts, None, K, poses) < 1e-3
+    (p0, p1), (d0, d1) = sequence(2)
+    occluded = d1.copy()
+    occluded[:, :20] = 1.0  # an object in front in frame 1 only
+    with_gt = reprojection_error(d0, occluded, d0, occluded, K, relative_pose(p0, p1))
+    without = reprojection_error(d0, occluded, None, None, K, relative_pose(p0, p1))
+    assert np.isfinite(without).sum() > np.isfinite(with_gt).sum()
+    assert np.nanmax(with_gt) < 1e-3 and np.nanmax(without) > 1.0  # the occluder is 3x nearer than the plane
+    with pytest.raises(ValueError, match="two or more frames"):
+        temporal_alignment_error(gts[:1], None, K, poses[:1])
