@@ -2,6 +2,7 @@
 adds its parser and sets `func`); `main` dispatches and turns expected errors into one line.
 
     sharpdepth predict INPUT... --out DIR [--model DIR | --student P [--metric NAME]] [--ply]
+    sharpdepth predict FRAMES/ --out DIR --sequence [--poses POSES.json --intrinsics fx,fy,cx,cy]
     sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt]
 
 Everything that can be checked without the models (arguments, devices, the output folder) is
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -28,6 +30,7 @@ OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_dept
                    "_difference.png", ".ply")
 # predict's record of the files it wrote in an output folder: only those are ever overwritten.
 PREDICT_RECORD = ".sharpdepth-predict.json"
+SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
 # predict's exit status: a script can tell a complete run from a partial one without reading stderr.
 EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
@@ -100,7 +103,9 @@ def add_predict(sub) -> None:
     p.add_argument("--difference", choices=("exact", "light", "latent"), default="exact",
                    help="how the difference map is made: exact (VAE decode, the reference; default), light (the small "
                    "decoder in the pipeline folder's light_decoder/), latent (from the latents, no decode)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; -1: fresh noise)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (default 0: the same noise draw for every image, so the frames of a video do not "
+                   "flicker from the noise; -1: fresh noise per image)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help=_device_help())
     p.add_argument("--threads", type=positive_int, default=default_threads(), metavar="N",
@@ -114,19 +119,36 @@ def add_predict(sub) -> None:
                    "with it K goes to the metric backend (UniDepth, Depth Pro and small-conv use it) and to --ply. "
                    "JSON: {\"K\": 3x3 or 9 numbers, optional \"width\", \"height\" of the calibration}")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (K: --intrinsics, else the backend's)")
+    video = p.add_argument_group("a video's frames")
+    video.add_argument("--sequence", action="store_true",
+                       help="the inputs are one video's frames, in order: files in the order given, each folder's images "
+                       "sorted naturally (frame2 before frame10); every frame gets --seed's noise draw")
+    video.add_argument("--poses", type=Path, metavar="FILE.json",
+                       help="with --sequence and --intrinsics: the camera's pose at each frame, a JSON object "
+                       "{\"camera_to_world\": [one 4x4 matrix per frame, in the frames' order]} (metres; the camera's "
+                       f"optical frame: x right, y down, z forward); writes DIR/{SEQUENCE_SCORES}: the temporal alignment "
+                       "error (TAE) of SharpDepth and f_D between consecutive frames. With no ground truth, occlusions count "
+                       "as error: compare models on the same frames, not with published TAE figures")
     p.set_defaults(func=run_predict)
 
 
-def find_images(inputs: list[str]) -> tuple[list[Path], list[str], int]:
-    """Image files named or contained (one level) in folders, in order; one line per problem; and how
-    many inputs gave no image (missing, not a regular file, an empty folder: each a failed input).
-    Only regular files are read (a FIFO or device would block); in folders, files named like predict's
-    own outputs are left out (a rerun into the input folder must not feed them back)."""
+def natural_key(path: Path) -> list:
+    """Sort key that puts frame2 before frame10 (runs of digits compare as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def find_images(inputs: list[str], natural: bool = False) -> tuple[list[Path], list[str], int]:
+    """Image files named or contained (one level) in folders, in order (a folder's by name, or with
+    `natural` by `natural_key`); one line per problem; and how many inputs gave no image (missing, not
+    a regular file, an empty folder: each a failed input). Only regular files are read (a FIFO or
+    device would block); in folders, files named like predict's own outputs are left out (a rerun into
+    the input folder must not feed them back)."""
     images, problems, unusable = [], [], 0
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            candidates = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                                key=natural_key if natural else None)
             outputs = [p for p in candidates if p.name.lower().endswith(OUTPUT_SUFFIXES)]
             skip = set(outputs)
             found = [p for p in candidates if p not in skip and p.is_file()]
@@ -170,6 +192,25 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"--intrinsics {value}: fx and fy must be finite and positive")
     return K, hw
+
+
+def read_poses(path: Path, frames: int) -> list[np.ndarray]:
+    """--poses: one camera-to-world 4x4 per frame, checked (count, finite, rigid) before the models load."""
+    try:
+        poses = np.asarray(json.loads(path.read_text())["camera_to_world"], dtype=np.float64)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"--poses {path}: expected a JSON object {{\"camera_to_world\": [one 4x4 matrix per frame]}} "
+                         f"({type(exc).__name__})") from exc
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+        raise ValueError(f"--poses {path}: camera_to_world must be a list of 4x4 matrices, got shape {poses.shape}")
+    if len(poses) != frames:
+        raise ValueError(f"--poses {path}: {len(poses)} poses for {frames} frames (one per frame, in order)")
+    for i, T in enumerate(poses):
+        R = T[:3, :3]
+        if not (np.isfinite(T).all() and np.allclose(T[3], [0, 0, 0, 1]) and np.allclose(R.T @ R, np.eye(3), atol=1e-4)
+                and np.linalg.det(R) > 0):
+            raise ValueError(f"--poses {path}: pose {i} is not a rigid transform (a rotation, a translation, last row 0 0 0 1)")
+    return list(poses)
 
 
 def check_writable(folder: Path, option: str = "--out") -> None:
@@ -258,23 +299,33 @@ def _check_model_arguments(args) -> None:
         raise ValueError(f"--model {args.model}: no such folder")
 
 
-def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.device, Path] | None:
-    """(images, inputs that gave no image, camera, device, output folder): everything checked that can
-    be without the models; None (said on stderr) when there is nothing to process."""
+def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.device, Path, list | None] | None:
+    """(images, inputs that gave no image, camera, device, output folder, poses or None): everything
+    checked that can be without the models; None (said on stderr) when there is nothing to process."""
     from .engines import check_device
     from .preprocessing import check_processing_res
 
     _check_model_arguments(args)
     check_processing_res(args.processing_res, "--processing-res")
-    images, problems, unusable = find_images(args.inputs)
+    if args.poses and not (args.sequence and args.intrinsics):
+        raise ValueError("--poses goes with --sequence and --intrinsics (the frames' order and the camera's K)")
+    images, problems, unusable = find_images(args.inputs, natural=args.sequence)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
     if not images:
         print("sharpdepth predict: error: no images to process", file=sys.stderr)
         return None
     camera = parse_intrinsics(args.intrinsics)
+    poses = read_poses(args.poses, len(images)) if args.poses else None
     device = check_device(args.device)
-    return images, unusable, camera, device, output_folder(args.out)
+    out = output_folder(args.out)
+    if poses and (out / SEQUENCE_SCORES).exists() and SEQUENCE_SCORES not in _read_record(out):
+        raise ValueError(f"{out / SEQUENCE_SCORES} exists and was not written by sharpdepth predict; not overwritten "
+                         "(choose another --out, or move it away)")
+    if args.sequence and not poses:
+        print("sharpdepth predict: note: --sequence without --poses: the frames are processed in order with the same "
+              "noise; their temporal alignment error needs --poses and --intrinsics", file=sys.stderr)
+    return images, unusable, camera, device, out, poses
 
 
 def load_predict_pipeline(args, device):
@@ -363,6 +414,48 @@ def summary_line(path: Path, rgb: np.ndarray, depth: np.ndarray, e: np.ndarray, 
     return line
 
 
+def sequence_scores(frames: list[tuple | None], poses: list[np.ndarray]) -> list[dict]:
+    """Per pair of consecutive frames, the TAE (both directions, no ground truth: occlusions included)
+    of SharpDepth and f_D; a pair is left out (None) where a frame was not written or the two differ in
+    size or K, or no pixel of one lands in the other."""
+    from .metrics import temporal_alignment_error
+
+    pairs = []
+    for t in range(len(frames) - 1):
+        a, b = frames[t], frames[t + 1]
+        row = {"frames": [t, t + 1], "SharpDepth": None, "f_D": None}
+        if a is not None and b is not None and a[0].shape == b[0].shape and np.allclose(a[2], b[2]):
+            for k, name in enumerate(("SharpDepth", "f_D")):
+                try:
+                    row[name] = temporal_alignment_error([a[k], b[k]], None, a[2], poses[t:t + 2])
+                except ValueError:  # no pixel of one frame lands in the other
+                    pass
+        pairs.append(row)
+    return pairs
+
+
+def write_sequence_scores(out: Path, images: list[Path], frames: list[tuple | None], poses: list[np.ndarray], poses_file: Path) -> None:
+    """DIR/sequence.json (the frames, each consecutive pair's TAE, the means over the pairs scored) and
+    one line on stdout."""
+    from .files import write_text
+
+    pairs = sequence_scores(frames, poses)
+    mean = {name: (float(np.mean(v)) if (v := [p[name] for p in pairs if p[name] is not None]) else None)
+            for name in ("SharpDepth", "f_D")}
+    scored = sum(p["SharpDepth"] is not None for p in pairs)
+    write_text(out / SEQUENCE_SCORES, json.dumps({
+        "frames": [str(p) for p in images], "poses": str(poses_file),
+        "tae": "temporal alignment error: AbsRel of a frame's depth reprojected into the next with the poses against "
+               "the next frame's depth, both directions; no ground truth, so occlusions count as error",
+        "pairs": pairs, "mean_tae": mean, "pairs_scored": scored}, indent=1) + "\n")
+    if scored:
+        print(f"sequence: TAE between consecutive frames ({scored} of {len(pairs)} pairs; occlusions included): "
+              f"SharpDepth {mean['SharpDepth']:.4f}, f_D {mean['f_D']:.4f} -> {out / SEQUENCE_SCORES}")
+    else:
+        print(f"sharpdepth predict: no pair of consecutive frames could be scored (each needs both frames written, at one "
+              f"size, with pixels in common); see {out / SEQUENCE_SCORES}", file=sys.stderr)
+
+
 def run_predict(args) -> int:
     """Read the arguments, load the models, then per image: predict it and write its outputs.
     Exit status: PREDICT_EXIT_CODES."""
@@ -371,12 +464,13 @@ def run_predict(args) -> int:
     checked = read_predict_arguments(args)
     if checked is None:
         return EXIT_NONE_WRITTEN
-    images, unusable, camera, device, out = checked
+    images, unusable, camera, device, out, poses = checked
     pipe = load_predict_pipeline(args, device)
     out.mkdir(parents=True, exist_ok=True)
     ours = _read_record(out)
     done, stems = 0, set()
-    for path in tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None):
+    frames: list[tuple | None] = [None] * len(images)  # with --poses: each written frame's (depth, f_D depth, K)
+    for i, path in enumerate(tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None)):
         stem, n = path.stem, 1
         while stem in stems:
             stem, n = f"{path.stem}_{n}", n + 1
@@ -397,6 +491,12 @@ def run_predict(args) -> int:
         depth, e = write_outputs(out, stem, rgb, result, args.ply)
         tqdm.write(summary_line(path, rgb, depth, e, result), file=sys.stdout)
         done += 1
+        if poses:
+            frames[i] = (depth, result.metric_depth[0, 0].float().cpu().numpy(), result.K[0].double().cpu().numpy())
+    if poses and done:
+        ours.add(SEQUENCE_SCORES)
+        _write_record(out, ours)
+        write_sequence_scores(out, images, frames, poses, args.poses)
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)
         return EXIT_NONE_WRITTEN

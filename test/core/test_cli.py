@@ -478,3 +478,85 @@ def test_subcommands_are_registered_in_one_place():
     assert args.command == "predict" and args.seed == 0 and args.func.__name__ == "run_predict"
     assert args.processing_res is None and args.difference == "exact" and args.metric_at_input_resolution is False
     assert args.threads == default_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+@pytest.fixture
+def walk(tmp_path):
+    """Three frames of a synthetic camera walk named so that name order is not frame order (f8, f9, f10),
+    their poses as --poses reads them, and K as --intrinsics."""
+    from sharpdepth_core.synthetic import render_sequence
+
+    frames = render_sequence(3, 3, 64, 48, style="indoor")
+    folder = tmp_path / "walk"
+    folder.mkdir()
+    for name, frame in zip(("f8", "f9", "f10"), frames):
+        Image.fromarray(frame.rgb).save(folder / f"{name}.png")
+    poses = tmp_path / "poses.json"
+    poses.write_text(json.dumps({"camera_to_world": [f.camera_to_world.tolist() for f in frames]}))
+    K = frames[0].K
+    return folder, poses, f"{K[0, 0]},{K[1, 1]},{K[0, 2]},{K[1, 2]}", frames
+
+
+def test_sequence_scores_consecutive_frames_with_their_poses(tiny_dirs, walk, tmp_path, capsys):
+    from sharpdepth_core.metrics import temporal_alignment_error
+
+    folder, poses, intrinsics, frames = walk
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "--out", str(out), "--model", str(tiny_dirs["pipeline"]), "--sequence",
+            "--poses", str(poses), "--intrinsics", intrinsics]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines()[:3]] == [str(folder / f"f{n}.png") for n in (8, 9, 10)]
+    scores = json.loads((out / "sequence.json").read_text())
+    assert scores["frames"] == [str(folder / f"f{n}.png") for n in (8, 9, 10)] and scores["pairs_scored"] == 2
+    K, cams = frames[0].K, [f.camera_to_world for f in frames]
+    for model, suffix in (("SharpDepth", "_depth.npy"), ("f_D", "_metric_depth.npy")):
+        depths = [np.load(out / f"f{n}{suffix}").astype(np.float64) for n in (8, 9, 10)]
+        pairs = [temporal_alignment_error(depths[t:t + 2], None, K, cams[t:t + 2]) for t in range(2)]
+        assert [p[model] for p in scores["pairs"]] == pytest.approx(pairs, rel=1e-5)
+        assert np.isfinite(pairs).all() and scores["mean_tae"][model] == pytest.approx(np.mean(pairs), rel=1e-5)
+        # the poses matter: the frames swapped around the walk's pose score differently
+        assert temporal_alignment_error(depths[:2], None, K, cams[1::-1]) != pytest.approx(pairs[0], rel=1e-3)
+    assert f"SharpDepth {scores['mean_tae']['SharpDepth']:.4f}, f_D {scores['mean_tae']['f_D']:.4f}" in printed
+    assert main(args) == 0  # a rerun replaces its own sequence.json
+    (out / "sequence.json").unlink()
+    (out / "sequence.json").write_text("a user's file")
+    (out / PREDICT_RECORD).write_text(json.dumps({"files": []}))
+    assert main(args) == 2 and (out / "sequence.json").read_text() == "a user's file"
+
+
+def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs, walk, tmp_path, capsys):
+    folder, _, _, _ = walk
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_dirs["pipeline"]), "--sequence"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [str(folder / f"f{n}.png") for n in (8, 9, 10)]
+    assert sum("temporal alignment error needs --poses" in line for line in captured.err.splitlines()) == 1
+    assert not (out / "sequence.json").exists()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("two poses", "2 poses for 3 frames"),
+    ("scaled", "pose 1 is not a rigid transform"),
+    ("mirrored", "pose 2 is not a rigid transform"),
+    ("not json", "expected a JSON object"),
+    ("no --sequence", "--poses goes with --sequence and --intrinsics"),
+    ("no --intrinsics", "--poses goes with --sequence and --intrinsics"),
+])
+def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_must_not_load, case, message):
+    folder, poses, intrinsics, frames = walk
+    cams = [f.camera_to_world.copy() for f in frames]
+    if case == "two poses":
+        cams = cams[:2]
+    elif case == "scaled":
+        cams[1][:3, :3] *= 1.1
+    elif case == "mirrored":
+        cams[2][:3, 0] *= -1
+    poses.write_text("{" if case == "not json" else json.dumps({"camera_to_world": [c.tolist() for c in cams]}))
+    args = ["predict", str(folder), "--out", str(tmp_path / "o"), "--poses", str(poses)]
+    args += [] if case == "no --sequence" else ["--sequence"]
+    args += [] if case == "no --intrinsics" else ["--intrinsics", intrinsics]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
+    assert not (tmp_path / "o").exists()
