@@ -4,14 +4,17 @@ One process, no camera, no `ros2 launch`: the replay publisher renders synthetic
 metric depth, the node runs the models in its worker, a recorder writes every topic to an MCAP bag
 (open it in Foxglove, or `ros2 bag play` it into RViz), and each frame's depth is scored against the
 scene's ground truth beside the metric teacher f_D's (AbsRel, δ1, depth-boundary error), with an
-overview picture (image, ground truth, f_D, SharpDepth, difference map, point cloud).
+overview picture (image, ground truth, f_D, SharpDepth, difference map, point cloud). Then a moving
+camera: the replay's sequence mode walks through the first scene's room, its poses go into the bag
+with the frames (scrub it in Foxglove), and each pair of consecutive frames is scored with the
+temporal alignment error (TAE, ground-truth depth and poses) for f_D and SharpDepth (sequence.png).
 
 Models: the embedded weights (sharpdepth_core/weights/nano) when they are there, or the models a
 `--config` parameters file names; otherwise tiny random-weight models, announced as such: their
 numbers only show that the plumbing works. Scenes are rendered with the camera the models were
 trained for when their pipeline.json names one (the embedded models: 128x96, 67.5°).
 
-    python -m sharpdepth_ros.demo --out out/demo [--frames 8] [--config my_params.yaml]
+    python -m sharpdepth_ros.demo --out out/demo [--frames 8] [--sequence-frames 6] [--config my_params.yaml]
 """
 from __future__ import annotations
 
@@ -37,17 +40,18 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from sharpdepth_ros.node import DiagnosticArray, SharpDepthNode  # noqa: E402  (DiagnosticArray: None without diagnostic_msgs)
 
 from sharpdepth_core.files import atomic_write, write_text  # noqa: E402
-from sharpdepth_core.metrics import boundary_error, depth_metrics  # noqa: E402
+from sharpdepth_core.metrics import boundary_error, depth_metrics, temporal_alignment_error  # noqa: E402
 from sharpdepth_core.embedded import EMBEDDED_DIR  # noqa: E402
-from sharpdepth_core.synthetic import STYLES  # noqa: E402
+from sharpdepth_core.synthetic import SEQUENCE_RATE_HZ, STYLES  # noqa: E402
 from sharpdepth_core.visualize import colorize_depth, colorize_difference, render_point_cloud, save_png  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
-from sharpdepth_ros.replay import ReplayPublisher, stamp_ns, synthetic_scene  # noqa: E402
+from sharpdepth_ros.replay import ReplayPublisher, stamp_ns, synthetic_scene, synthetic_sequence  # noqa: E402
 
 NS = "/camera"
 TOPICS = {
@@ -60,6 +64,7 @@ TOPICS = {
     f"{NS}/depth/difference": Image,
     **({"/diagnostics": DiagnosticArray} if DiagnosticArray else {}),
 }
+SEQUENCE_TOPICS = {f"{NS}/pose": PoseStamped}  # the moving camera's ground-truth pose, stamped as its frame
 # The report of the embedded models on 100 held-out scenes (bench/nano_report.py; the model card's
 # table): the headline figures, printed before the demo's own few frames. Absent outside a checkout.
 NANO_REPORT = Path(__file__).resolve().parents[1] / "bench" / "nano_report.json"
@@ -193,6 +198,8 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     rclpy.init(context=context, domain_id=1 + os.getpid() % 101)  # a private DDS domain
     stop, spinner, recorder = threading.Event(), None, None
     sent: dict[int, int] = {}
+    walk: list[int] = []  # the moving camera's stamps, in order
+    topics = {**TOPICS, **(SEQUENCE_TOPICS if args.sequence_frames else {})}
     nodes: list[Node] = []
     bag_tmp = workdir / "sharpdepth_demo"
     try:
@@ -216,15 +223,26 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
                                  Parameter("synthetic_fov_deg", value=args.fov_deg)],
         )
         nodes.append(replay)
+        walker = None  # a second replay (its own node name): the moving camera, on the same topics and `pose`
+        if args.sequence_frames:
+            walker = ReplayPublisher(
+                context=context, namespace=NS.strip("/"), timer=False, cli_args=["--ros-args", "-r", "__node:=replay_walk"],
+                on_frame=lambda header, frame: walk.append(stamp_ns(header)),
+                parameter_overrides=[Parameter("sequence", value=args.sequence_frames), Parameter("width", value=args.width),
+                                     Parameter("height", value=args.height), Parameter("seed", value=args.seed),
+                                     Parameter("style", value=args.style), Parameter("loop", value=False),
+                                     Parameter("rate", value=SEQUENCE_RATE_HZ), Parameter("synthetic_fov_deg", value=args.fov_deg)],
+            )
+            nodes.append(walker)
         recorder_node = rclpy.create_node("demo_recorder", context=context)
         nodes.append(recorder_node)
-        recorder = BagRecorder(recorder_node, bag_tmp, TOPICS, keep=OUTPUTS)
+        recorder = BagRecorder(recorder_node, bag_tmp, topics, keep=OUTPUTS)
         executor = SingleThreadedExecutor(context=context)
         for n in nodes:
             executor.add_node(n)
         spinner = threading.Thread(target=_spin, args=(executor, stop), daemon=True)
         spinner.start()
-        if not _wait(lambda: all(recorder_node.count_publishers(t) for t in TOPICS) and node.count_publishers(f"{NS}/image_raw"), 30):
+        if not _wait(lambda: all(recorder_node.count_publishers(t) for t in topics) and node.count_publishers(f"{NS}/image_raw"), 30):
             print("demo: the nodes did not discover each other within 30 s (is loopback multicast blocked?)", file=sys.stderr)
             return 1
 
@@ -235,17 +253,20 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             t0 = time.perf_counter()
             replay.publish_next()
             stamp = max(sent)
-            if not _wait(lambda: all(stamp in recorder.kept[t] for t in OUTPUTS), args.timeout):
-                print(f"demo: no output for frame {i} within {args.timeout:.0f} s (last problem: {node.last_rejection or 'none'})", file=sys.stderr)
+            if not _outputs_arrive(stamp, recorder, node, args.timeout, f"frame {i}"):
                 return 1
             row = score_and_draw(i, sent[stamp], stamp, recorder, node, args, out)
             row["e2e_ms"] = 1e3 * (recorder.arrival[(f"{NS}/depth/image", stamp)] - t0)
             row["model_ms"] = 1e3 * (node.stats.stage_s.get("model", 0.0) - model_s)
             rows.append(row)
             print(" ".join(f"{row[key]:>{width}{fmt}}" for _, _, width, fmt, key in FRAME_TABLE), flush=True)
+        for t in range(args.sequence_frames):
+            walker.publish_next()
+            if not _outputs_arrive(walk[-1], recorder, node, args.timeout, f"moving-camera frame {t}"):
+                return 1
         node.report()  # the statistics line, and /diagnostics into the bag
-        _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames
-              and all(recorder.counts[t] for t in TOPICS), 5)  # the last messages into the bag
+        _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames + args.sequence_frames
+              and all(recorder.counts[t] for t in topics), 5)  # the last messages into the bag
     finally:
         stop.set()
         if spinner is not None:
@@ -259,11 +280,20 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     shutil.rmtree(bag, ignore_errors=True)
     shutil.move(str(bag_tmp), bag)  # the finished bag appears at once, never half written
     write_overview(rows, out, untrained)
+    sequence = score_sequence([recorder.kept[f"{NS}/depth/image"][s] for s in walk], node, args, out, untrained) if walk else None
     embedded = not untrained and not (settings.get("model") or settings.get("student"))
-    summarise(rows, node, recorder, bag, out, untrained, embedded)
+    summarise(rows, node, recorder, bag, out, untrained, embedded, sequence)
     if untrained:
         print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
     return 0
+
+
+def _outputs_arrive(stamp: int, recorder: BagRecorder, node: SharpDepthNode, timeout: float, what: str) -> bool:
+    """Whether the node's outputs for the frame of `stamp` reach the recorder in time (a line if not)."""
+    if _wait(lambda: all(stamp in recorder.kept[t] for t in OUTPUTS), timeout):
+        return True
+    print(f"demo: no output for {what} within {timeout:.0f} s (last problem: {node.last_rejection or 'none'})", file=sys.stderr)
+    return False
 
 
 def print_table_header() -> None:
@@ -292,8 +322,7 @@ def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, n
     depth = image_to_numpy(recorder.kept[f"{NS}/depth/image"][stamp])
     difference = image_to_numpy(recorder.kept[f"{NS}/depth/difference"][stamp])
     xyz, rgb = point_cloud_to_numpy(recorder.kept[f"{NS}/points"][stamp])
-    use_k = node.get_parameter("use_camera_intrinsics").value
-    metric = node.pipeline.metric_depth(scene.rgb, K=scene.K if use_k else None)[0, 0].cpu().numpy()
+    metric = teacher_depth(node, scene)
     row = {"frame": i, "scene": scene_seed}
     for name, pred in (("", depth), ("f_D_", metric)):
         valid = np.isfinite(pred) & (pred > 0)
@@ -308,6 +337,59 @@ def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, n
     row["pictures"] = {"image": scene.rgb, "ground truth": scene.depth, "f_D": metric, "SharpDepth": depth,
                        "difference map e": difference, "point cloud": cloud}
     return row
+
+
+def teacher_depth(node: SharpDepthNode, scene) -> np.ndarray:
+    """f_D's depth of a scene from the node's own pipeline, as a frame computes it (with the camera's
+    K when the node uses it)."""
+    use_k = node.get_parameter("use_camera_intrinsics").value
+    return node.pipeline.metric_depth(scene.rgb, K=scene.K if use_k else None)[0, 0].cpu().numpy()
+
+
+def score_sequence(depth_msgs: list, node: SharpDepthNode, args, out: Path, untrained: bool) -> dict:
+    """The moving camera's TAE, per pair of consecutive frames and averaged, for f_D and SharpDepth
+    (ground-truth depth and poses: the frames the replay sent, rendered again); sequence.png."""
+    frames = synthetic_sequence(len(depth_msgs), args.width, args.height, args.seed, args.style, args.fov_deg, SEQUENCE_RATE_HZ)
+    gts, poses, K = [f.depth for f in frames], [f.camera_to_world for f in frames], frames[0].K
+    depths = {"f_D": [teacher_depth(node, f) for f in frames], "SharpDepth": [image_to_numpy(m) for m in depth_msgs]}
+    tae = {name: [temporal_alignment_error(d[t:t + 2], gts[t:t + 2], K, poses[t:t + 2]) for t in range(len(d) - 1)]
+           for name, d in depths.items()}
+    write_sequence_picture(frames, depths, tae, out, untrained)
+    return {"scene": args.seed, "frames": len(frames), "rate_hz": SEQUENCE_RATE_HZ, "tae": tae,
+            "mean_tae": {name: float(np.mean(v)) for name, v in tae.items()}}
+
+
+def write_sequence_picture(frames, depths: dict[str, list[np.ndarray]], tae: dict[str, list[float]], out: Path,
+                           untrained: bool) -> None:
+    """sequence.png: a column per consecutive frame; rows image | ground truth | f_D | SharpDepth on one
+    depth colour scale, each depth labelled with its TAE into the next frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"image": [f.rgb for f in frames], "ground truth": [f.depth for f in frames], **depths}
+    lo, hi = np.percentile(np.stack(rows["ground truth"]), [1, 99])
+    h, w = frames[0].rgb.shape[:2]
+    fig, axes = plt.subplots(len(rows), len(frames), squeeze=False, layout="constrained",
+                             figsize=(1.2 + 1.8 * len(frames) * max(1.0, w / h / 1.33), 0.6 + 1.5 * len(rows)))
+    for r, (name, pictures) in enumerate(rows.items()):
+        for t, picture in enumerate(pictures):
+            ax = axes[r, t]
+            shown = ax.imshow(picture, interpolation="nearest", **({} if name == "image" else {"cmap": "turbo", "vmin": lo, "vmax": hi}))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t = {t}", fontsize=9)
+            if name in tae and t < len(frames) - 1:
+                ax.set_xlabel(f"TAE {t}→{t + 1}: {tae[name][t]:.4f}", fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    _colour_bar(fig, shown, axes[1:, :].ravel().tolist(), "depth [m]")
+    fig.suptitle("moving camera: consecutive frames" + (" (UNTRAINED random-weight models: plumbing check only)" if untrained else ""),
+                 color="red" if untrained else "black", fontsize=10)
+    with atomic_write(out / "sequence.png") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
@@ -372,7 +454,7 @@ def print_means(title: str, figures: dict[str, dict], note: str = "") -> None:
 
 
 def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag: Path, out: Path, untrained: bool,
-              embedded: bool = False) -> None:
+              embedded: bool = False, sequence: dict | None = None) -> None:
     stages = {k: 1e3 * v / max(node.stats.published, 1) for k, v in node.stats.stage_s.items()}
 
     def mean(key: str) -> float:
@@ -387,6 +469,7 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
         "recorder_ms_per_frame": 1e3 * recorder.busy_s / max(len(rows), 1),
         "messages_recorded": recorder.counts,
         "bag": str(bag),
+        "sequence": sequence,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     report = report_figures() if embedded else None
@@ -398,17 +481,25 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
                 "do not compare the two models on it)" + (": the report above is the measure" if report else ""),
                 {label: {m: summary[f"mean_{key}{m}"] for m in ("abs_rel", "delta1", "dbe_acc", "dbe_compl")}
                  for label, key in (("f_D", "f_D_"), ("SharpDepth", ""))}, note)
+    if sequence:
+        print(f"moving camera: {sequence['frames']} frames walking through scene {sequence['scene']}'s room; TAE between "
+              f"consecutive frames (ground-truth poses), a small sample (bench/temporal.py is the measure): "
+              + ", ".join(f"{name} {v:.4f}" for name, v in sequence["mean_tae"].items()) + note)
     print(f"end-to-end {summary['mean_e2e_ms']:.0f} ms/frame; node ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
           + f"; the demo's in-process recorder {summary['recorder_ms_per_frame']:.1f} ms/frame (not the node's)")
     mcap = next(bag.glob("*.mcap"))
     print(f"bag: {mcap} ({sum(recorder.counts.values())} messages on {len(recorder.counts)} topics; Foxglove, or `ros2 bag play {bag}`)")
-    print(f"pictures: {out}/overview.png and frame_XX_{{depth,difference,cloud}}.png; numbers: {out}/summary.json")
+    print(f"pictures: {out}/overview.png{', sequence.png' if sequence else ''} and frame_XX_{{depth,difference,cloud}}.png; "
+          f"numbers: {out}/summary.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sharpdepth_ros.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="output folder (bag, pictures, summary.json)")
     parser.add_argument("--frames", type=int, default=8, help="synthetic frames to run (default 8)")
+    parser.add_argument("--sequence-frames", type=int, default=6,
+                        help="then this many frames of a camera walking through the first scene's room, scored for flicker "
+                        "(TAE) and recorded with their poses (default 6; 0: none)")
     parser.add_argument("--width", type=int, help="image width (default: the models' camera, else 320)")
     parser.add_argument("--height", type=int, help="image height (default: the models' camera, else 240)")
     parser.add_argument("--seed", type=int, default=100_000,
@@ -421,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 1 or (args.width is not None and args.width < 8) or (args.height is not None and args.height < 8):
         parser.error("--frames must be >= 1 and --width/--height >= 8")
+    if args.sequence_frames < 0 or args.sequence_frames == 1:
+        parser.error("--sequence-frames must be 0 (none) or >= 2 (TAE compares consecutive frames)")
     try:
         return run(args)
     except (FileNotFoundError, ValueError, InvalidParameterValueException) as error:  # missing model, bad config

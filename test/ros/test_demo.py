@@ -1,5 +1,6 @@
 """`make demo` in small: the in-process demo runs, says its models are untrained, records every
-topic to a readable MCAP bag, writes the pictures and a summary, and exits 0."""
+topic to a readable MCAP bag (the moving camera with its poses too), writes the pictures and a
+summary, and exits 0."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,11 @@ from PIL import Image
 
 from helpers_models import card_figure
 from sharpdepth_core.embedded import EMBEDDED_DIR
+from sharpdepth_core.metrics import temporal_alignment_error
 from sharpdepth_core.models import tiny
 from sharpdepth_ros import demo
+from sharpdepth_ros.conversions import image_to_numpy
+from sharpdepth_ros.replay import synthetic_sequence
 
 REPO = Path(__file__).resolve().parents[2]
 # The card's demo figures come from `python -m sharpdepth_ros.demo --frames 3 --seed 100000` (held-out
@@ -28,12 +32,14 @@ DBE_TOLERANCE = 0.5  # DBE compl, pixels
 def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     """Through `--config` (how users point the demo at other models), with tiny random-weight
     models: the demo must say twice that they are untrained. (The trained embedded models are
-    covered below.)"""
+    covered below.) Then three frames of a moving camera, scored for flicker and recorded with
+    their poses."""
     folder = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "tiny")
     config = tmp_path / "params.yaml"
     config.write_text(f"/**/sharpdepth:\n  ros__parameters:\n    model: {folder}\n    device: cpu\n")
     out = tmp_path / "demo"
-    args = ["--out", str(out), "--frames", "2", "--width", "64", "--height", "48", "--seed", "4", "--config", str(config)]
+    args = ["--out", str(out), "--frames", "2", "--width", "64", "--height", "48", "--seed", "4", "--config", str(config),
+            "--sequence-frames", "3"]
     assert demo.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("UNTRAINED MODELS") == 2 and "plumbing check only" in printed
@@ -59,10 +65,26 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     (mcap,) = (out / "sharpdepth_demo").glob("*.mcap")
     with AnyReader([mcap]) as reader:
         counts = Counter(c.topic for c, _, _ in reader.messages())
-        depth = next(reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/depth/image")
+        depths = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/depth/image"]
+        poses = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/pose"]
     assert counts.pop("/diagnostics") >= 1  # published before the demo ends: the bag holds every topic
-    assert counts == {topic: 2 for topic in demo.TOPICS if topic != "/diagnostics"}
-    assert (depth.encoding, depth.height, depth.width) == ("32FC1", 48, 64)
+    assert counts == {**{topic: 2 + 3 for topic in demo.TOPICS if topic != "/diagnostics"}, "/camera/pose": 3}
+    assert (depths[0].encoding, depths[0].height, depths[0].width) == ("32FC1", 48, 64)
+
+    # the moving camera: its poses stamped as its last three depth images, their TAE what the summary says
+    walk = synthetic_sequence(3, 64, 48, 4, "indoor", 0.0, 10.0)
+    assert [p.header.stamp for p in poses] == [d.header.stamp for d in depths[2:]]
+    assert [p.pose.position.x for p in poses] == pytest.approx([f.camera_to_world[0, 3] for f in walk], abs=1e-9)
+    sequence = summary["sequence"]
+    gts, cams, K = [f.depth for f in walk], [f.camera_to_world for f in walk], walk[0].K
+    sharp = [image_to_numpy(d) for d in depths[2:]]
+    expected = [temporal_alignment_error(sharp[t:t + 2], gts[t:t + 2], K, cams[t:t + 2]) for t in range(2)]
+    assert sequence["tae"]["SharpDepth"] == pytest.approx(expected, rel=1e-6) and len(sequence["tae"]["f_D"]) == 2
+    assert all(0 < v < 10 for v in sequence["tae"]["f_D"])
+    assert sequence["mean_tae"]["SharpDepth"] == pytest.approx(sum(expected) / 2, rel=1e-6)
+    assert re.search(r"moving camera: 3 frames .* a small sample .*f_D \d\.\d{4}, SharpDepth \d\.\d{4}", printed)
+    width, height = Image.open(out / "sequence.png").size  # 3 columns, 4 rows (image, ground truth, f_D, SharpDepth)
+    assert width > 3 * 64 and height > 4 * 48
 
     width, height = Image.open(out / "overview.png").size  # labelled: 6 columns, 2 rows, colour bars
     assert width > 6 * 64 and height > 2 * 48
@@ -98,7 +120,9 @@ def test_demo_on_the_shipped_weights_matches_the_model_card(tmp_path):
     with AnyReader([mcap]) as reader:
         topics = sorted(c.topic for c, _, _ in reader.messages())
     per_frame = sorted(t for t in TOPICS if t != "/diagnostics")
-    assert sorted(t for t in topics if t != "/diagnostics") == sorted(per_frame * 3)  # every frame, playable in Foxglove / RViz
+    walk = 6  # the default moving camera after the still scenes, with its poses
+    assert sorted(t for t in topics if t != "/diagnostics") == sorted(per_frame * (3 + walk) + ["/camera/pose"] * walk)  # playable in Foxglove / RViz
+    assert json.loads((tmp_path / "summary.json").read_text())["sequence"]["frames"] == walk
     assert topics.count("/diagnostics") >= 1  # the node's statistics, published before the demo ends
     # the report's 100-scene figures lead; the demo's 3 frames are labelled a small sample (SharpDepth
     # 0.110 against f_D 0.138 on them read as if it were the more accurate model: the report says 0.132 vs 0.117)
@@ -108,5 +132,12 @@ def test_demo_on_the_shipped_weights_matches_the_model_card(tmp_path):
     assert lead < sample
     assert re.search(rf"SharpDepth +{report['results']['full']['abs_rel']:.3f} ", run.stdout[lead:sample])
     assert re.search(rf"f_D +{report['results']['f_D']['abs_rel']:.3f} ", run.stdout[lead:sample])
-    for name in ("overview.png", "frame_02_depth.png", "frame_02_difference.png", "frame_02_cloud.png"):
+    for name in ("overview.png", "sequence.png", "frame_02_depth.png", "frame_02_difference.png", "frame_02_cloud.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_one_frame_sequence_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--out", str(tmp_path / "o"), "--sequence-frames", "1"])
+    assert exit_.value.code == 2 and "--sequence-frames must be 0 (none) or >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
