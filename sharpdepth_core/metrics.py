@@ -214,7 +214,8 @@ def reprojection_error(depth_src: np.ndarray, depth_dst: np.ndarray, gt_src: np.
 
 
 def _pairs(depths: list, gts: list | None, poses: list, what: str):
-    """(a, b, T_b_a) for every consecutive pair of frames, both directions."""
+    """(a, b, gt_a, gt_b, T_b_a) for every consecutive pair of frames, both directions (gts None: no
+    ground truth, gt_a = gt_b = None)."""
     from .geometry import relative_pose
 
     n_gts = len(depths) if gts is None else len(gts)
@@ -222,7 +223,7 @@ def _pairs(depths: list, gts: list | None, poses: list, what: str):
         raise ValueError(f"{what} needs two or more frames with as many ground truths and poses, got {len(depths)}, {n_gts}, {len(poses)}")
     for t in range(len(depths) - 1):
         for a, b in ((t, t + 1), (t + 1, t)):
-            yield a, b, relative_pose(poses[a], poses[b])
+            yield a, b, *((None, None) if gts is None else (gts[a], gts[b])), relative_pose(poses[a], poses[b])
 
 
 def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray] | None, K: np.ndarray,
@@ -233,8 +234,8 @@ def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray] | N
     steadier; ground truth gives the warp's own error (about 0). gts None: no ground truth, occlusions
     scored too (`reprojection_error`)."""
     pairs = []
-    for a, b, T in _pairs(depths, gts, poses, "TAE"):
-        e = reprojection_error(depths[a], depths[b], *((None, None) if gts is None else (gts[a], gts[b])), K, T)
+    for a, b, gt_a, gt_b, T in _pairs(depths, gts, poses, "TAE"):
+        e = reprojection_error(depths[a], depths[b], gt_a, gt_b, K, T)
         if np.isfinite(e).any():
             pairs.append(float(np.nanmean(e)))
     if not pairs:
@@ -242,14 +243,15 @@ def temporal_alignment_error(depths: list[np.ndarray], gts: list[np.ndarray] | N
     return float(np.mean(pairs))
 
 
-def static_point_flicker(depths: list[np.ndarray], gts: list[np.ndarray], K: np.ndarray, poses: list[np.ndarray]) -> float:
+def static_point_flicker(depths: list[np.ndarray], gts: list[np.ndarray] | None, K: np.ndarray, poses: list[np.ndarray]) -> float:
     """How far a static surface point of the cloud jumps from frame to frame, in metres: the RMS, over
     co-visible valid pixels of every consecutive pair (both directions), of the standard deviation of
     its two positions (|p_t - p_t+1| / √2; the two points lie on one ray of frame t+1, so
-    |p_t - p_t+1| = |z - d_t+1(q)| · |K⁻¹ q|). What a voxel map sees; the scene must not move."""
+    |p_t - p_t+1| = |z - d_t+1(q)| · |K⁻¹ q|). What a voxel map sees; the scene must not move. gts
+    None: occlusions are scored too, and dominate the RMS (`reprojection_error`)."""
     sq, n = 0.0, 0
-    for a, b, T in _pairs(depths, gts, poses, "flicker"):
-        z, there, ray = _warped(depths[a], depths[b], gts[a], gts[b], K, T, COVISIBLE_TOL)
+    for a, b, gt_a, gt_b, T in _pairs(depths, gts, poses, "flicker"):
+        z, there, ray = _warped(depths[a], depths[b], gt_a, gt_b, K, T, COVISIBLE_TOL)
         jump = (z - there) * ray / math.sqrt(2.0)
         ok = np.isfinite(jump)
         sq, n = sq + float(np.sum(jump[ok] ** 2)), n + int(ok.sum())

@@ -97,7 +97,7 @@ def test_without_ground_truth_every_pixel_that_lands_is_scored_occlusions_includ
     poses, gts = sequence()
     flicker = [g * (1.03 if t % 2 else 0.97) for t, g in enumerate(gts)]
     assert temporal_alignment_error(flicker, None, K, poses) == pytest.approx(temporal_alignment_error(flicker, gts, K, poses), rel=1e-5)
-    assert temporal_alignment_error(gts, None, K, poses) < 1e-3
+    assert temporal_alignment_error(gts, None, K, poses) < 1e-3 and static_point_flicker(gts, None, K, poses) < 1e-3
     (p0, p1), (d0, d1) = sequence(2)
     occluded = d1.copy()
     occluded[:, :20] = 1.0  # an object in front in frame 1 only
