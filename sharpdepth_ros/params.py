@@ -12,6 +12,7 @@ from rclpy.node import Node
 
 STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
 FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
+STR_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
 
 
 def descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
