@@ -56,7 +56,7 @@ from sharpdepth_ros.conversions import (
     remember,
 )
 from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -68,7 +68,6 @@ MAX_CAMERAS = 8  # camera_info kept for this many frame_ids (the latest ones): m
 MAX_PROBLEMS = 64  # kinds of problem whose last log time is remembered
 CAMERA_INFO_GRACE_S = 2.0  # images wait this long for a first camera_info before the fov_deg fallback
 SHUTDOWN_GRACE_S = 2.0  # how long shutdown waits for a frame in progress to finish
-CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")  # a relative namespace
 
 
 class BadModelOutput(ValueError):
@@ -133,10 +132,7 @@ def validate(name: str, value) -> str | None:
     if name == "dtype" and value not in DTYPES:
         return f"dtype '{value}' is not one of {', '.join(DTYPES)}"
     if name == "cameras":
-        bad = [c for c in value if c and not CAMERA_NAME.fullmatch(c)]
-        if bad or not value or len(set(value)) < len(value):
-            return (f"cameras {list(value)}: give distinct namespaces relative to the node's (letters, digits, _ and /, "
-                    "starting with a letter), or [''] for the node's own")
+        return camera_names_problem(value)
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
