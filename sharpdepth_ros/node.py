@@ -6,6 +6,11 @@ owns (never in executor callbacks, where `torch.compile` and long calls misbehav
 callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
 them. Bad input of any kind costs one throttled log line and that frame, never the node.
 
+Several cameras (`cameras`: namespaces relative to the node's) share one node and one model: each
+step takes the newest frame of every camera that has one and runs them as one batch per image size,
+so a silent or slow camera never holds the others back; each camera's outputs go out on its own
+namespace (`front/depth/image`, ...).
+
     ros2 run sharpdepth_ros sharpdepth_node --ros-args --params-file config/sharpdepth.yaml \\
         -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info
 """
@@ -51,7 +56,7 @@ from sharpdepth_ros.conversions import (
     remember,
 )
 from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -84,6 +89,9 @@ PARAMETERS = {
     "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
     "num_threads": (1, descriptor("PyTorch CPU threads of this process: 1 unless the machine does nothing else (README: "
                                   "ROS 2); 0 = PyTorch's default, one per core", INT, read_only=True, integer=(0, 1024))),
+    "cameras": ([""], descriptor("camera namespaces relative to the node's, each with image_raw and camera_info in and its "
+                                 "own outputs; their newest frames run as one batch per image size; [''] = the node's own "
+                                 "namespace (one camera)", STR_ARRAY, read_only=True)),
     "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
@@ -123,6 +131,8 @@ def validate(name: str, value) -> str | None:
         return f"device '{value}' is not auto, cpu, cuda, cuda:N or mps"
     if name == "dtype" and value not in DTYPES:
         return f"dtype '{value}' is not one of {', '.join(DTYPES)}"
+    if name == "cameras":
+        return camera_names_problem(value)
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
@@ -142,10 +152,57 @@ class Stats:
     def copy(self) -> "Stats":
         return Stats(self.received, self.published, self.dropped, self.fallbacks, dict(self.rejected), dict(self.stage_s))
 
+    def __add__(self, other: "Stats") -> "Stats":
+        return Stats(self.received + other.received, self.published + other.published, self.dropped + other.dropped,
+                     self.fallbacks + other.fallbacks, _summed(self.rejected, other.rejected), _summed(self.stage_s, other.stage_s))
+
+
+def _summed(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+
+@dataclass(eq=False)
+class Camera:
+    """One camera of the node: its topics under `name` ('' = the node's own namespace), the newest frame
+    not yet taken by the worker, its calibrations, counters and publishers. Shared under the node's lock."""
+
+    name: str
+    stats: Stats = field(default_factory=Stats)
+    infos: OrderedDict = field(default_factory=OrderedDict)  # latest CameraInfo of the latest MAX_CAMERAS frame_ids
+    pending: tuple | None = None  # (message, decoder, arrival time)
+    first_image: float | None = None  # when the first image arrived (the camera_info grace)
+    said_fallback: bool = False
+    rectifier: Rectifier = field(default_factory=Rectifier)
+    cloud: PointCloudBuilder = field(default_factory=PointCloudBuilder)
+    publishers: dict = field(default_factory=dict)
+    reported: Stats = field(default_factory=Stats)  # the counters at the last report
+
+    def topic(self, name: str) -> str:
+        return f"{self.name}/{name}" if self.name else name
+
+    def said(self, message: str) -> str:
+        """A line about this camera: named when the node has several."""
+        return f"{self.name}: {message}" if self.name else message
+
+
+@dataclass
+class Frame:
+    """A camera's frame ready for the model: decoded, its calibration found, rectified where needed."""
+
+    camera: Camera
+    header: object
+    rgb: np.ndarray
+    info: CameraInfo
+    K: np.ndarray | None  # for the metric model; None: it runs without K
+    seen: np.ndarray | None  # pixels the camera saw (rectified frames)
+    arrived: float
+    decode_s: float
+
 
 class SharpDepthNode(Node):
     """Subscribes `image_raw` (or `image_raw/compressed`) and `camera_info`; publishes `depth/image`,
-    `depth/camera_info`, `points`, optionally `depth/colored` and `depth/difference`.
+    `depth/camera_info`, `points`, optionally `depth/colored` and `depth/difference`; each under every
+    camera namespace of `cameras`.
 
     `pipeline`: an already built pipeline to use instead of loading one from the parameters (the
     demo's and the tests' seam: tiny models, or a model that fails on purpose).
@@ -160,11 +217,12 @@ class SharpDepthNode(Node):
         self._declare_parameters()
         self.pipeline = self._load_pipeline(pipeline)
         self._init_state()
-        image_topic = self._connect()
+        image_topics = self._connect()
         self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"SharpDepth ready: {image_topic} -> {self.resolve_topic_name('depth/image')}, "
-                               f"{self.resolve_topic_name('points')}")
+        self.get_logger().info("SharpDepth ready: " + "; ".join(
+            f"{topic} -> {self.resolve_topic_name(c.topic('depth/image'))}, {self.resolve_topic_name(c.topic('points'))}"
+            for c, topic in zip(self.cameras, image_topics)))
 
     def _declare_parameters(self) -> None:
         """Declare every parameter (each value checked as it is declared: a bad one stops the start)
@@ -196,38 +254,44 @@ class SharpDepthNode(Node):
 
     def _init_state(self) -> None:
         """What the callbacks and the worker share (under `_lock`), and the worker's own helpers."""
-        self.stats = Stats()
-        self._cloud = PointCloudBuilder()
-        self._rectifier = Rectifier()
-        self._infos: OrderedDict[str, CameraInfo] = OrderedDict()  # latest CameraInfo of the latest MAX_CAMERAS frame_ids
-        self._first_image: float | None = None  # when the first image arrived (the camera_info grace)
-        self._said_fallback = False
-        self._pending = None  # the newest frame not yet taken by the worker
+        self.cameras = [Camera(name) for name in self._settings["cameras"]]
         self._stop = False
         self._last_log: OrderedDict[str, float] = OrderedDict()
         self.last_rejection = ""
-        self._reported = (time.monotonic(), Stats())
+        self._reported_at = time.monotonic()
 
-    def _connect(self) -> str:
-        """Subscriptions, publishers and the statistics timer; returns the image topic subscribed."""
+    @property
+    def stats(self) -> Stats:
+        """The node's counters: all cameras' together (a snapshot)."""
+        with self._lock:
+            return sum((c.stats for c in self.cameras), Stats())
+
+    def _connect(self) -> list[str]:
+        """Subscriptions and publishers of every camera, and the statistics timer; returns the image
+        topics subscribed."""
         sensor = qos_profile_sensor_data
         override = QoSOverridingOptions.with_default_policies()
-        image_topic = self.resolve_topic_name("image_raw")  # remapped; '/compressed' follows the remap
-        if self._settings["image_transport"] == "compressed":
-            image_topic += "/compressed"
-            self.create_subscription(CompressedImage, image_topic, self._on_compressed, sensor, qos_overriding_options=override)
-        else:
-            self.create_subscription(Image, "image_raw", self._on_image, sensor, qos_overriding_options=override)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, qos_overriding_options=override)
         out = QoSProfile(depth=2)  # reliable, small: RViz and best-effort consumers both match
-        self._pub_depth = self.create_publisher(Image, "depth/image", out, qos_overriding_options=override)
-        self._pub_info = self.create_publisher(CameraInfo, "depth/camera_info", out, qos_overriding_options=override)
-        self._pub_points = self.create_publisher(PointCloud2, "points", out, qos_overriding_options=override)
-        self._pub_colored = self.create_publisher(Image, "depth/colored", out, qos_overriding_options=override)
-        self._pub_difference = self.create_publisher(Image, "depth/difference", out, qos_overriding_options=override)
+        outputs = {"depth": (Image, "depth/image"), "info": (CameraInfo, "depth/camera_info"), "points": (PointCloud2, "points"),
+                   "colored": (Image, "depth/colored"), "difference": (Image, "depth/difference")}
+        image_topics = []
+        for camera in self.cameras:
+            image_topic = self.resolve_topic_name(camera.topic("image_raw"))  # remapped; '/compressed' follows the remap
+            if self._settings["image_transport"] == "compressed":
+                image_topic += "/compressed"
+                self.create_subscription(CompressedImage, image_topic, lambda msg, c=camera: self._on_compressed(c, msg),
+                                         sensor, qos_overriding_options=override)
+            else:
+                self.create_subscription(Image, camera.topic("image_raw"), lambda msg, c=camera: self._on_image(c, msg),
+                                         sensor, qos_overriding_options=override)
+            self.create_subscription(CameraInfo, camera.topic("camera_info"), lambda msg, c=camera: self._on_camera_info(c, msg),
+                                     sensor, qos_overriding_options=override)
+            camera.publishers = {key: self.create_publisher(kind, camera.topic(topic), out, qos_overriding_options=override)
+                                 for key, (kind, topic) in outputs.items()}
+            image_topics.append(image_topic)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
         self.create_timer(self._settings["stats_period"], self.report)
-        return image_topic
+        return image_topics
 
     # --- parameters -------------------------------------------------------------------------
 
@@ -255,38 +319,38 @@ class SharpDepthNode(Node):
 
     # --- input ------------------------------------------------------------------------------
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, camera: Camera, msg: CameraInfo) -> None:
         with self._lock:
-            remember(self._infos, msg.header.frame_id, msg, MAX_CAMERAS)
+            remember(camera.infos, msg.header.frame_id, msg, MAX_CAMERAS)
 
-    def _on_image(self, msg: Image) -> None:
-        if self._accepts_size(msg):  # from the header: nothing copied yet
-            self._offer(msg, image_to_rgb8)
+    def _on_image(self, camera: Camera, msg: Image) -> None:
+        if self._accepts_size(camera, msg):  # from the header: nothing copied yet
+            self._offer(camera, msg, image_to_rgb8)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        if self._accepts_size(msg):  # the header only (a format whose size it does not give is refused)
-            self._offer(msg, compressed_to_rgb8)
+    def _on_compressed(self, camera: Camera, msg: CompressedImage) -> None:
+        if self._accepts_size(camera, msg):  # the header only (a format whose size it does not give is refused)
+            self._offer(camera, msg, compressed_to_rgb8)
 
-    def _accepts_size(self, msg) -> bool:
+    def _accepts_size(self, camera: Camera, msg) -> bool:
         """False (the frame counted and skipped) when it is above max_input_pixels."""
         try:
             check_message_size(msg, self._settings["max_input_pixels"])
         except ValueError as error:
             with self._lock:
-                self.stats.received += 1
-            self._reject("input", str(error))
+                camera.stats.received += 1
+            self._reject(camera, "input", str(error))
             return False
         return True
 
-    def _offer(self, msg, decode) -> None:
-        """Latest frame wins: a frame still waiting when a newer one arrives is dropped."""
+    def _offer(self, camera: Camera, msg, decode) -> None:
+        """Latest frame wins, per camera: a frame still waiting when a newer one of its camera arrives is dropped."""
         with self._lock:
-            self.stats.received += 1
-            if self._first_image is None:
-                self._first_image = time.monotonic()
-            if self._pending is not None:
-                self.stats.dropped += 1
-            self._pending = (msg, decode, time.perf_counter())
+            camera.stats.received += 1
+            if camera.first_image is None:
+                camera.first_image = time.monotonic()
+            if camera.pending is not None:
+                camera.stats.dropped += 1
+            camera.pending = (msg, decode, time.perf_counter())
             self._lock.notify()
 
     # --- inference worker -------------------------------------------------------------------
@@ -294,52 +358,72 @@ class SharpDepthNode(Node):
     def _work(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._stop:
+                while not self._stop and all(c.pending is None for c in self.cameras):
                     self._lock.wait()
                 if self._stop:
                     return
-                item, self._pending = self._pending, None
-            self._process(*item)
+                taken = [(c, *c.pending) for c in self.cameras if c.pending is not None]
+                for camera, *_ in taken:
+                    camera.pending = None
+            self._process(taken)
 
-    def _process(self, msg, decode, arrived: float) -> None:
+    def _process(self, taken: list) -> None:
+        """The newest frame of each camera that has one: each decoded and calibrated on its own, then
+        one model call per group that can share a batch (same image size, all with K or all without),
+        then each camera's outputs. A frame's problem costs that frame; a group's, the group's frames."""
+        settings = self._settings  # one snapshot per step: a parameter set meanwhile applies to the next
+        groups: dict[tuple, list[Frame]] = {}
+        for camera, msg, decode, arrived in taken:
+            frame = self._guarded([camera], self._prepare, camera, msg, decode, arrived, settings)
+            if frame is not None:
+                groups.setdefault((frame.rgb.shape, frame.K is None), []).append(frame)
+        for group in groups.values():
+            self._guarded([f.camera for f in group], self._infer_and_publish, group, settings)
+
+    def _guarded(self, cameras: list[Camera], step, *args):
+        """`step(*args)`, or None when it raised: the frames of `cameras` are rejected with the reason."""
         try:
-            self._infer_and_publish(msg, decode, arrived)
+            return step(*args)
         except Exception as error:
             if self._stop or not self.context.ok():
-                return  # shutting down (Ctrl-C, SIGTERM): the frame is abandoned quietly
+                return None  # shutting down (Ctrl-C, SIGTERM): the frames are abandoned quietly
             if isinstance(error, torch.cuda.OutOfMemoryError):  # torch < 2.5 has only this name
                 torch.cuda.empty_cache()
-                self._reject("out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16")
+                kind, message = "out-of-memory", f"out of memory ({str(error).splitlines()[0]}); lower processing_res or use dtype float16/bfloat16"
             elif isinstance(error, BadModelOutput):
-                self._reject("model", str(error))
+                kind, message = "model", str(error)
             elif isinstance(error, ValueError):  # bad image, bad calibration
-                self._reject("input", str(error))
+                kind, message = "input", str(error)
             else:  # a bug must not take the camera pipeline down: say so loudly
-                self._reject("error", f"unexpected {type(error).__name__}: {error}")
+                kind, message = "error", f"unexpected {type(error).__name__}: {error}"
+            for camera in cameras:
+                self._reject(camera, kind, message)
+            return None
 
-    def _calibration(self, frame_id: str, image_hw: tuple[int, int], header, settings: dict) -> tuple[CameraInfo, bool]:
+    def _calibration(self, camera: Camera, frame_id: str, image_hw: tuple[int, int], header, settings: dict) -> tuple[CameraInfo, bool]:
         """(this frame's CameraInfo, whether it is a real calibration rather than the fov_deg pinhole).
 
         Images need camera_info unless use_camera_intrinsics is false, or no camera_info at all has
-        arrived within CAMERA_INFO_GRACE_S of the first image (a camera without calibration).
+        arrived on their camera's topic within CAMERA_INFO_GRACE_S of its first image (a camera without calibration).
         """
         with self._lock:
-            info = self._infos.get(frame_id)
-            known = list(self._infos)
-            waited = time.monotonic() - (self._first_image or time.monotonic())
+            info = camera.infos.get(frame_id)
+            known = list(camera.infos)
+            waited = time.monotonic() - (camera.first_image or time.monotonic())
         if info is not None:
             return info, True
+        info_topic = self.resolve_topic_name(camera.topic("camera_info"))
         if settings["use_camera_intrinsics"] and (known or waited < CAMERA_INFO_GRACE_S):
             seen = f" (camera_info arrives for {', '.join(repr(k) for k in known)})" if known else ""
-            raise ValueError(f"no camera_info for frame_id '{frame_id}' yet on {self.resolve_topic_name('camera_info')}{seen}")
-        if not self._said_fallback:
-            self._said_fallback = True
+            raise ValueError(f"no camera_info for frame_id '{frame_id}' yet on {info_topic}{seen}")
+        if not camera.said_fallback:
+            camera.said_fallback = True
             why = ("use_camera_intrinsics is false" if not settings["use_camera_intrinsics"]
-                   else f"no camera_info on {self.resolve_topic_name('camera_info')} within {CAMERA_INFO_GRACE_S:g} s")
-            self.get_logger().warning(
+                   else f"no camera_info on {info_topic} within {CAMERA_INFO_GRACE_S:g} s")
+            self.get_logger().warning(camera.said(
                 f"{why}: frames without camera_info get a pinhole K of fov_deg {settings['fov_deg']:g} degrees (horizontal, "
                 "centred) for depth/camera_info and the cloud; the metric model runs without K. Set fov_deg to your lens, "
-                "or publish camera_info")
+                "or publish camera_info"))
         return self._assumed(image_hw, header, settings), False
 
     @staticmethod
@@ -348,7 +432,7 @@ class SharpDepthNode(Node):
         h, w = image_hw
         return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header)
 
-    def _camera(self, rgb: np.ndarray, info: CameraInfo, calibrated: bool, header, settings: dict):
+    def _camera_model(self, camera: Camera, rgb: np.ndarray, info: CameraInfo, calibrated: bool, header, settings: dict):
         """(image, its CameraInfo, K, whether K is calibrated, HxW mask of pixels seen or None).
 
         An implausible K, P, ROI or binning (`geometry.check_calibration`) is refused and the frame
@@ -361,27 +445,27 @@ class SharpDepthNode(Node):
         except ValueError as error:
             if not calibrated:
                 raise
-            self._refuse_calibration(header.frame_id, f"{error}; its frames get the fov_deg {settings['fov_deg']:g} "
+            self._refuse_calibration(camera, header.frame_id, f"{error}; its frames get the fov_deg {settings['fov_deg']:g} "
                                      "pinhole K and the metric model runs without K")
             info = self._assumed(rgb.shape[:2], header, settings)
             return rgb, info, np.reshape(info.k, (3, 3)), False, None
         try:
             if not has_distortion(info):  # pinhole cameras (all-zero D) skip rectification entirely
                 return rgb, info, K, calibrated, None
-            rgb, info, seen = self._rectifier(rgb, info)
+            rgb, info, seen = camera.rectifier(rgb, info)
         except ValueError as error:
-            self._refuse_calibration(header.frame_id, f"{error}; its frames are skipped", skipped=True)
+            self._refuse_calibration(camera, header.frame_id, f"{error}; its frames are skipped", skipped=True)
             return None
         return rgb, info, np.reshape(info.k, (3, 3)), calibrated, seen  # the rectified pinhole: on the image grid
 
-    def _refuse_calibration(self, frame_id: str, message: str, skipped: bool = False) -> None:
+    def _refuse_calibration(self, camera: Camera, frame_id: str, message: str, skipped: bool = False) -> None:
         """One warning per camera (frame_id) every THROTTLE_S seconds; a skipped frame is counted."""
         now = time.monotonic()
-        key = f"calibration:{frame_id}"
-        text = f"camera_info of frame_id '{frame_id}' refused: {message}"
+        key = f"calibration:{camera.name}:{frame_id}"
+        text = camera.said(f"camera_info of frame_id '{frame_id}' refused: {message}")
         with self._lock:
             if skipped:
-                self.stats.rejected["calibration"] = self.stats.rejected.get("calibration", 0) + 1
+                camera.stats.rejected["calibration"] = camera.stats.rejected.get("calibration", 0) + 1
             self.last_rejection = text
             due = self._due(key, now)
         if due:
@@ -394,75 +478,95 @@ class SharpDepthNode(Node):
             remember(self._last_log, key, now, MAX_PROBLEMS)
         return due
 
-    def _infer_and_publish(self, msg, decode, arrived: float) -> None:
-        settings = self._settings  # one snapshot per frame: a parameter set meanwhile applies to the next
+    def _prepare(self, camera: Camera, msg, decode, arrived: float, settings: dict) -> Frame | None:
+        """The frame decoded, with its calibration (rectified where needed); None when it is skipped."""
         t0 = time.perf_counter()
         rgb = decode(msg)
-        info, calibrated = self._calibration(msg.header.frame_id, rgb.shape[:2], msg.header, settings)
-        camera = self._camera(rgb, info, calibrated, msg.header, settings)
-        if camera is None:
-            return
-        rgb, info, K, calibrated, seen = camera
+        info, calibrated = self._calibration(camera, msg.header.frame_id, rgb.shape[:2], msg.header, settings)
+        model = self._camera_model(camera, rgb, info, calibrated, msg.header, settings)
+        if model is None:
+            return None
+        rgb, info, K, calibrated, seen = model
+        K = K if settings["use_camera_intrinsics"] and calibrated else None
+        return Frame(camera, msg.header, rgb, info, K, seen, arrived, time.perf_counter() - t0)
+
+    def _infer_and_publish(self, group: list[Frame], settings: dict) -> None:
+        """One model call for frames of one size (a batch: the seeded noise is the same for every image,
+        so each camera's depth is what it would be alone), then each camera's outputs."""
         t1 = time.perf_counter()
-        out = self.pipeline(rgb, K=K if settings["use_camera_intrinsics"] and calibrated else None,
-                            seed=None if settings["seed"] < 0 else settings["seed"],
+        # uint8 [B, 3, H, W], contiguous: a camera alone then gets exactly the depth `pipeline(rgb)` gives
+        # (measured; the permuted view's layout rounds differently in the convolutions)
+        images = torch.from_numpy(np.stack([f.rgb for f in group])).permute(0, 3, 1, 2).contiguous()
+        K = None if group[0].K is None else np.stack([f.K for f in group])
+        out = self.pipeline(images, K=K, seed=None if settings["seed"] < 0 else settings["seed"],
                             processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
+        model_s = time.perf_counter() - t1
+        for i, frame in enumerate(group):
+            self._guarded([frame.camera], self._publish_frame, frame, out, i, model_s, settings)
+
+    def _publish_frame(self, frame: Frame, out, i: int, model_s: float, settings: dict) -> None:
+        """Image `i` of the batch's outputs on its camera's topics, and its counters."""
         t2 = time.perf_counter()
-        depth = _image_of(out.depth)
+        depth = _image_of(out.depth[i])
         bad = int((~np.isfinite(depth)).sum())
         if bad:
             raise BadModelOutput(f"the model returned {bad} non-finite depth values of {depth.size}")
         depth[depth <= 0] = np.nan  # REP 118: invalid is NaN
-        if seen is not None and seen.shape == depth.shape:
-            depth[~seen] = np.nan  # rectified pixels the camera did not see
+        if frame.seen is not None and frame.seen.shape == depth.shape:
+            depth[~frame.seen] = np.nan  # rectified pixels the camera did not see
+        difference = getattr(out, "difference", None)
         cpu0 = time.thread_time()
-        if not self._publish(msg.header, rgb, info, depth, out, settings):
+        if not self._publish(frame, depth, None if difference is None else difference[i], settings):
             return
         t3, own = time.perf_counter(), time.thread_time() - cpu0
-        stages = {"decode": t1 - t0, **{f"model/{k}": v for k, v in out.timings.items()}, "model": t2 - t1,
-                  "publish": own, "publish_wall": t3 - t2, "total": t3 - arrived}
+        stages = {"decode": frame.decode_s, **{f"model/{k}": v for k, v in out.timings.items()}, "model": model_s,
+                  "publish": own, "publish_wall": t3 - t2, "total": t3 - frame.arrived}
+        stats = frame.camera.stats
         with self._lock:
-            self.stats.published += 1
-            self.stats.fallbacks += int(any(getattr(out, "fallback", [])))
+            stats.published += 1
+            stats.fallbacks += int(bool(getattr(out, "fallback", None)) and out.fallback[i])
             for k, v in stages.items():
-                self.stats.stage_s[k] = self.stats.stage_s.get(k, 0.0) + v
+                stats.stage_s[k] = stats.stage_s.get(k, 0.0) + v
 
-    def _publish(self, header, rgb: np.ndarray, info: CameraInfo, depth: np.ndarray, out, settings: dict) -> bool:
-        """Build and publish the outputs; False when the node is shutting down (nothing published).
+    def _publish(self, frame: Frame, depth: np.ndarray, difference, settings: dict) -> bool:
+        """Build and publish the outputs of one camera's frame; False when the node is shutting down
+        (nothing published).
 
         The 'publish' stage is this thread's CPU time here: the node's own cost, apart from other
         threads of the process holding the GIL meanwhile (an in-process recorder's callbacks);
         'publish_wall' is the wall-clock time including them.
         """
+        header, rgb, pub = frame.header, frame.rgb, frame.camera.publishers
         with self._publishing:
             if self._stop or not self.context.ok():
                 return False
-            depth_info = depth_camera_info(info, rgb.shape[:2], depth.shape, header)
-            self._pub_depth.publish(numpy_to_image(depth, "32FC1", header))
-            self._pub_info.publish(depth_info)
+            depth_info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
+            pub["depth"].publish(numpy_to_image(depth, "32FC1", header))
+            pub["info"].publish(depth_info)
             if settings["publish_points"]:
                 color = None
                 if settings["cloud_rgb"]:
                     color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
                 K = np.reshape(depth_info.k, (3, 3))  # a rectified camera has K = P
-                self._pub_points.publish(self._cloud(depth, K, header, color, settings["cloud_decimation"], settings["cloud_max_range"]))
+                pub["points"].publish(frame.camera.cloud(depth, K, header, color, settings["cloud_decimation"], settings["cloud_max_range"]))
             if settings["publish_colored"]:
-                self._pub_colored.publish(numpy_to_image(colorize_depth(depth), "rgb8", header))
-            if settings["publish_difference"] and getattr(out, "difference", None) is not None:
-                self._pub_difference.publish(numpy_to_image(_image_of(out.difference), "32FC1", header))
+                pub["colored"].publish(numpy_to_image(colorize_depth(depth), "rgb8", header))
+            if settings["publish_difference"] and difference is not None:
+                pub["difference"].publish(numpy_to_image(_image_of(difference), "32FC1", header))
         return True
 
-    def _reject(self, kind: str, message: str) -> None:
-        """Count the skipped frame; log each kind of problem at most once every THROTTLE_S seconds.
+    def _reject(self, camera: Camera, kind: str, message: str) -> None:
+        """Count the camera's skipped frame; log each kind of problem at most once every THROTTLE_S seconds.
 
         The kind of problem is the message with its variable parts (quoted names such as frame_ids
         and encodings, numbers) blanked: 300 random frame_ids are one problem, not 300.
         """
+        message = camera.said(message)
         key = kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
         now = time.monotonic()
         with self._lock:
-            self.stats.rejected[kind] = self.stats.rejected.get(kind, 0) + 1
-            count = self.stats.rejected[kind]
+            camera.stats.rejected[kind] = camera.stats.rejected.get(kind, 0) + 1
+            count = camera.stats.rejected[kind]
             self.last_rejection = message
             due = self._due(key, now)
         if due:
@@ -475,37 +579,42 @@ class SharpDepthNode(Node):
     # --- statistics -------------------------------------------------------------------------
 
     def report(self) -> None:
-        """The statistics since the last report: one log line and /diagnostics (every stats_period)."""
+        """The statistics since the last report, per camera: a log line each and /diagnostics (every stats_period)."""
         now = time.monotonic()
         with self._lock:
-            current = self.stats.copy()
-        then, before = self._reported
-        self._reported = (now, current)
-        period = max(now - then, 1e-9)
-        received, published = current.received - before.received, current.published - before.published
-        dropped = current.dropped - before.dropped
-        rejected = {k: v - before.rejected.get(k, 0) for k, v in current.rejected.items() if v > before.rejected.get(k, 0)}
-        latency = {k: 1e3 * (v - before.stage_s.get(k, 0.0)) / published for k, v in current.stage_s.items()} if published else {}
-        text = (
-            f"in {received / period:.1f} Hz, out {published / period:.1f} Hz, dropped {dropped} "
-            f"(total {current.dropped}), skipped {sum(rejected.values())}, fit fallbacks {current.fallbacks - before.fallbacks}"
-            + (f" {rejected}" if rejected else "")
-            + ("; ms/frame " + ", ".join(f"{k} {v:.1f}" for k, v in latency.items()) if latency else "")
-        )
-        if received or published or rejected:
-            self.get_logger().info(text)
+            current = [c.stats.copy() for c in self.cameras]
+        period, self._reported_at = max(now - self._reported_at, 1e-9), now
+        statuses = []
+        for camera, stats in zip(self.cameras, current):
+            before, camera.reported = camera.reported, stats
+            received, published = stats.received - before.received, stats.published - before.published
+            dropped = stats.dropped - before.dropped
+            rejected = {k: v - before.rejected.get(k, 0) for k, v in stats.rejected.items() if v > before.rejected.get(k, 0)}
+            latency = {k: 1e3 * (v - before.stage_s.get(k, 0.0)) / published for k, v in stats.stage_s.items()} if published else {}
+            text = (
+                f"in {received / period:.1f} Hz, out {published / period:.1f} Hz, dropped {dropped} "
+                f"(total {stats.dropped}), skipped {sum(rejected.values())}, fit fallbacks {stats.fallbacks - before.fallbacks}"
+                + (f" {rejected}" if rejected else "")
+                + ("; ms/frame " + ", ".join(f"{k} {v:.1f}" for k, v in latency.items()) if latency else "")
+            )
+            if received or published or rejected:
+                self.get_logger().info(camera.said(text))
+            values = {"input_hz": f"{received / period:.2f}", "output_hz": f"{published / period:.2f}", "dropped": str(dropped),
+                      "dropped_total": str(stats.dropped), "skipped": str(sum(rejected.values()))}
+            values.update({f"latency_ms/{k}": f"{v:.2f}" for k, v in latency.items()})
+            warn = rejected or (received and not published)
+            statuses.append((camera, text, values, warn))
         if self._pub_diag is not None:
-            self._publish_diagnostics(text, received / period, published / period, dropped, current.dropped, rejected, latency)
+            self._publish_diagnostics(statuses)
 
-    def _publish_diagnostics(self, text, in_hz, out_hz, dropped, dropped_total, rejected, latency) -> None:
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: depth", hardware_id=str(self._settings["device"]))
-        status.level = DiagnosticStatus.WARN if rejected or (in_hz > 0 and out_hz == 0) else DiagnosticStatus.OK
-        status.message = text
-        values = {"input_hz": f"{in_hz:.2f}", "output_hz": f"{out_hz:.2f}", "dropped": str(dropped),
-                  "dropped_total": str(dropped_total), "skipped": str(sum(rejected.values()))}
-        values.update({f"latency_ms/{k}": f"{v:.2f}" for k, v in latency.items()})
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
+    def _publish_diagnostics(self, statuses: list) -> None:
+        array = DiagnosticArray()
+        for camera, text, values, warn in statuses:
+            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: {camera.said('depth')}", hardware_id=str(self._settings["device"]))
+            status.level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
+            status.message = text
+            status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+            array.status.append(status)
         array.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(array)
 

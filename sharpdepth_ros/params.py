@@ -1,6 +1,7 @@
 """What the ROS entry points share: parameter descriptors with ranges, `--help` from them, the run loop."""
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ from rclpy.node import Node
 
 STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
 FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
+STR_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")  # a relative namespace
 
 
 def descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
@@ -22,6 +25,15 @@ def descriptor(description: str, kind: int, *, read_only: bool = False, integer=
     if floating is not None:
         d.floating_point_range = [FloatingPointRange(from_value=floating[0], to_value=floating[1], step=0.0)]
     return d
+
+
+def camera_names_problem(names: list[str]) -> str | None:
+    """Why `cameras` (namespaces relative to the node's; '' = its own) cannot be used, or None."""
+    bad = [c for c in names if c and not CAMERA_NAME.fullmatch(c)]
+    if bad or not names or len(set(names)) < len(names):
+        return (f"cameras {list(names)}: give distinct namespaces relative to the node's (letters, digits, _ and /, "
+                "each part starting with a letter), or [''] for the node's own")
+    return None
 
 
 def help_text(doc: str, parameters: dict[str, tuple[object, ParameterDescriptor]]) -> str | None:

@@ -8,6 +8,9 @@ calibration get a pinhole K from `fov_deg` (said once). Every frame is re-stampe
 time and `frame_id`. Like the node, it lives in the `/camera` namespace by default. With `sequence`
 > 0 the synthetic source is a moving camera instead (`render_sequence`: a walk through scene `seed`)
 and each frame's ground-truth pose goes out on `pose` (PoseStamped in "world", stamped as the image).
+With `cameras` (namespaces relative to the replay's) it stands for several cameras at once: each
+tick takes the source's next frame for each camera in turn (two cameras: frames 0, 2, 4, ... on the
+first, 1, 3, 5, ... on the second), all stamped alike, for a multi-camera SharpDepth node.
 
 Images are read as the node, `predict` and the trainer read them (`sharpdepth_core.images`: size
 from the header first, `max_input_pixels`, regular files only) and recordings through the trainer's
@@ -48,7 +51,7 @@ from sharpdepth_core.recordings import (
     truncation,
 )
 from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K, pose_stamped
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
 
 WORLD_FRAME = "world"  # the frame of a synthetic sequence's poses (the room: z up, floor at z = 0)
 Warn = Callable[[str], None]  # where a source says what it skipped or recovered
@@ -220,10 +223,13 @@ def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: 
 PARAMETERS = {
     "source": ("synthetic", descriptor("'synthetic', an image folder, a video file, or a rosbag2/MCAP bag", STR, read_only=True)),
     "topic": ("", descriptor("bag only: the Image/CompressedImage topic ('' = the first one)", STR, read_only=True)),
-    "rate": (10.0, descriptor("frames per second", FLOAT, read_only=True, floating=(0.1, 1000.0))),
+    "cameras": ([""], descriptor("camera namespaces relative to the replay's, each with its own image_raw, camera_info "
+                                 "(and pose); the source's frames are dealt to them in turn; [''] = the replay's own namespace",
+                                 STR_ARRAY, read_only=True)),
+    "rate": (10.0, descriptor("frames per second (of each camera)", FLOAT, read_only=True, floating=(0.1, 1000.0))),
     "frame_id": ("camera_optical_frame", descriptor("header.frame_id of the published frames", STR, read_only=True)),
     "loop": (True, descriptor("start again at the end of the source", BOOL, read_only=True)),
-    "count": (0, descriptor("stop after this many frames (0 = never)", INT, read_only=True, integer=(0, 10**9))),
+    "count": (0, descriptor("stop after this many frames of each camera (0 = never)", INT, read_only=True, integer=(0, 10**9))),
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image read, width x height, checked from the header "
                                                               "before decoding; larger frames are skipped (0 = no limit)", INT,
                                                               read_only=True, integer=(0, 2**62))),
@@ -242,10 +248,12 @@ PARAMETERS = {
 
 
 class ReplayPublisher(Node):
-    """Publishes a source's frames as `image_raw` (rgb8) + `camera_info`, camera_info first.
+    """Publishes a source's frames as `image_raw` (rgb8) + `camera_info`, camera_info first, in each
+    camera namespace of `cameras`.
 
     `on_frame(header, frame)` is called after each publication (the demo matches outputs to ground
-    truth with it); `timer=False` leaves pacing to the caller's `publish_next()`.
+    truth with it); `timer=False` leaves pacing to the caller's `publish_next()`. `published` counts
+    ticks (one frame on every camera).
     """
 
     def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
@@ -263,11 +271,16 @@ class ReplayPublisher(Node):
         self.done = False
         self._said_assumed = False
         qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
-        self._image_pub = self.create_publisher(Image, "image_raw", qos)
-        self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
-        self._pose_pub = self.create_publisher(PoseStamped, "pose", qos) if self._sequence() else None
+        names = p["cameras"]
+        if camera_names_problem(names):
+            raise ValueError(camera_names_problem(names))
+        self._cameras = [{"image": self.create_publisher(Image, _topic(name, "image_raw"), qos),
+                          "info": self.create_publisher(CameraInfo, _topic(name, "camera_info"), qos),
+                          "pose": self.create_publisher(PoseStamped, _topic(name, "pose"), qos) if self._sequence() else None}
+                         for name in names]
         self._timer = self.create_timer(1.0 / p["rate"], self.publish_next) if timer else None
-        self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {self.resolve_topic_name('image_raw')}")
+        topics = ", ".join(self.resolve_topic_name(_topic(name, "image_raw")) for name in names)
+        self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {topics}")
 
     def _open(self) -> Iterator[Frame]:
         """The source from its start; reads the first frame now so that a bad source fails at startup."""
@@ -313,38 +326,62 @@ class ReplayPublisher(Node):
             yield frame
 
     def publish_next(self) -> bool:
-        """Publish the next frame; False once the source (or `count`) is exhausted."""
+        """Publish the next frame on every camera; False once the source (or `count`) is exhausted."""
         if self.done:
             return False
-        try:
+        if self._params["count"] and self.published >= self._params["count"]:
+            return self._finish()
+        stamp = self.get_clock().now().to_msg()
+        sent = unreadable = 0
+        for publishers in self._cameras:
+            try:
+                frame = self._next_frame()
+            except ValueError as error:  # a recording unreadable past some point: what it gave was played
+                self._skip(str(error))
+                unreadable += 1
+                continue
+            if frame is None:
+                break
+            self._send(publishers, frame, Header(stamp=stamp, frame_id=self._params["frame_id"]))
+            sent += 1
+        if sent:
+            self.published += 1
+        elif not unreadable:
+            return self._finish()
+        return True
+
+    def _finish(self) -> bool:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.get_logger().info(f"replay finished after {self.published} frames")
+        return False
+
+    def _next_frame(self) -> Frame | None:
+        frame = next(self._frames, None)
+        if frame is None and self._params["loop"]:
+            self._frames = self._open()
             frame = next(self._frames, None)
-            if frame is None and self._params["loop"]:
-                self._frames = self._open()
-                frame = next(self._frames, None)
-        except ValueError as error:  # a recording unreadable past some point: what it gave was played
-            self._skip(str(error))
-            return True
-        if frame is None or (self._params["count"] and self.published >= self._params["count"]):
-            self.done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            self.get_logger().info(f"replay finished after {self.published} frames")
-            return False
+        return frame
+
+    def _send(self, publishers: dict, frame: Frame, header: Header) -> None:
         if frame.assumed and not self._said_assumed:
             self._said_assumed = True
             self.get_logger().warning(f"frame {frame.index} of {self._params['source']} has no calibration: camera_info carries "
                                       f"a pinhole K of fov_deg {self._params['fov_deg']:g} degrees (said once)")
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._params["frame_id"])
         info = frame.info if frame.info is not None else camera_info(frame.K, frame.rgb.shape[:2], header)
         info.header = header
-        self._info_pub.publish(info)
-        self._image_pub.publish(numpy_to_image(frame.rgb, "rgb8", header))
-        if frame.pose is not None and self._pose_pub is not None:  # stamped like the image it belongs to
-            self._pose_pub.publish(pose_stamped(frame.pose, Header(stamp=header.stamp, frame_id=WORLD_FRAME)))
-        self.published += 1
+        publishers["info"].publish(info)
+        publishers["image"].publish(numpy_to_image(frame.rgb, "rgb8", header))
+        if frame.pose is not None and publishers["pose"] is not None:  # stamped like the image it belongs to
+            publishers["pose"].publish(pose_stamped(frame.pose, Header(stamp=header.stamp, frame_id=WORLD_FRAME)))
         if self._on_frame is not None:
             self._on_frame(header, frame)
-        return True
+
+
+def _topic(camera: str, name: str) -> str:
+    """`name` in the namespace of `camera` ('' = the node's own)."""
+    return f"{camera}/{name}" if camera else name
 
 
 def _spin_until_done(node: ReplayPublisher) -> None:

@@ -146,7 +146,7 @@ def test_bad_frame_is_skipped_and_the_next_valid_frame_is_processed(system, case
     pipeline.fault = fault
     if bad_info is not None:
         pubs["info"].publish(bad_info)
-        wait_for(lambda: bad_info.header.frame_id in node._infos, 10, "the CameraInfo")
+        wait_for(lambda: bad_info.header.frame_id in node.cameras[0].infos, 10, "the CameraInfo")
     pubs["image"].publish(bad_image)
     wait_for(lambda: _skips(node) == before + 1, 30, f"the {case} frame to be skipped")
     assert message in node.last_rejection
@@ -183,7 +183,7 @@ def test_implausible_intrinsics_are_refused_once_per_camera_and_the_frames_run_w
     for _ in range(2):
         image, info = _calibration(frame_id, change)(*_frame())
         pubs["info"].publish(info)
-        wait_for(lambda: stamp_ns(node._infos[frame_id].header) == stamp_ns(info.header) if frame_id in node._infos else False,
+        wait_for(lambda: stamp_ns(node.cameras[0].infos[frame_id].header) == stamp_ns(info.header) if frame_id in node.cameras[0].infos else False,
                  10, "the CameraInfo")
         before = _skips(node)
         pubs["image"].publish(image)
@@ -204,7 +204,7 @@ def test_compressed_input_and_undecodable_bytes(system):
         hdr = header(next(STAMP), "cam")
         before = _skips(node)
         pubs["cinfo"].publish(pinhole_info(SCENE.K, (30, 40), hdr))
-        wait_for(lambda: "cam" in node._infos, 10, "the CameraInfo")
+        wait_for(lambda: "cam" in node.cameras[0].infos, 10, "the CameraInfo")
         pubs["compressed"].publish(CompressedImage(header=hdr, format="jpeg", data=data))
         stamp = hdr.stamp.sec * 10**9 + hdr.stamp.nanosec
         if expect_depth:
@@ -299,9 +299,9 @@ def test_camera_info_of_many_frame_ids_stays_bounded_and_is_one_problem(system, 
     for batch in range(10):
         for i in range(4):
             pubs["info"].publish(pinhole_info(SCENE.K, (30, 40), header(next(STAMP), f"random_{batch}_{i}")))
-        wait_for(lambda: f"random_{batch}_3" in node._infos, 10, f"camera_info batch {batch}")
-    assert len(node._infos) == MAX_CAMERAS
-    assert list(node._infos)[-1] == "random_9_3"  # the latest are kept
+        wait_for(lambda: f"random_{batch}_3" in node.cameras[0].infos, 10, f"camera_info batch {batch}")
+    assert len(node.cameras[0].infos) == MAX_CAMERAS
+    assert list(node.cameras[0].infos)[-1] == "random_9_3"  # the latest are kept
     node._last_log.clear()  # earlier tests logged "no camera_info" less than THROTTLE_S ago
     capfd.readouterr()
     for i in range(12):

@@ -26,12 +26,13 @@ OUTPUTS = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": Poin
 
 
 class Recording(SharpDepthPipeline):
-    """The real pipeline, keeping the image and K of every call."""
+    """The real pipeline, keeping the (HxWx3) image and K of every call (the node's batches of one camera)."""
 
     calls: list
 
     def __call__(self, image, K=None, seed=None, **settings):
-        self.calls.append((np.array(image), None if K is None else np.array(K)))
+        assert image.shape[0] == 1
+        self.calls.append((image[0].permute(1, 2, 0).numpy(), None if K is None else np.array(K[0])))
         return super().__call__(image, K=K, seed=seed, **settings)
 
 
@@ -74,7 +75,7 @@ def _send(camera, rgb, info):
     hdr = header(next(STAMPS), info.header.frame_id or "cam")
     info.header = hdr
     info_pub.publish(info)
-    wait_for(lambda: node._infos.get(hdr.frame_id) is not None and stamp_ns(node._infos[hdr.frame_id].header) == stamp_ns(hdr),
+    wait_for(lambda: node.cameras[0].infos.get(hdr.frame_id) is not None and stamp_ns(node.cameras[0].infos[hdr.frame_id].header) == stamp_ns(hdr),
              10, "the CameraInfo")
     image_pub.publish(encode_image(rgb, "rgb8", hdr=hdr))
     stamp = stamp_ns(hdr)
@@ -115,7 +116,7 @@ def test_distorted_camera_is_rectified_and_published_as_a_pinhole(camera, tiny_p
         assert unseen[0, 0] and unseen[-1, -1] and not unseen[H // 2, W // 2]
     xyz, _ = point_cloud_to_numpy(cloud)
     np.testing.assert_allclose(xyz, unproject(depth, K), rtol=1e-5, atol=1e-6, equal_nan=True)
-    assert len(node._rectifier._maps) >= 1
+    assert len(node.cameras[0].rectifier._maps) >= 1
 
 
 def test_rectification_maps_are_cached_per_calibration(camera):
@@ -124,23 +125,23 @@ def test_rectification_maps_are_cached_per_calibration(camera):
     info.header.frame_id, info.distortion_model, info.d = "cached_cam", "plumb_bob", [-0.2, 0.0, 0.0, 0.0, 0.0]
     raw = _distorted(PATTERN, np.array(info.d), fisheye=False)
     _send(camera, raw, info)
-    maps = dict(node._rectifier._maps)
+    maps = dict(node.cameras[0].rectifier._maps)
     _send(camera, raw, info)
-    assert node._rectifier._maps.keys() == maps.keys()
-    assert all(node._rectifier._maps[k][0] is maps[k][0] for k in maps)  # the same arrays: not rebuilt
+    assert node.cameras[0].rectifier._maps.keys() == maps.keys()
+    assert all(node.cameras[0].rectifier._maps[k][0] is maps[k][0] for k in maps)  # the same arrays: not rebuilt
 
 
 def test_plain_pinhole_goes_through_untouched(camera):
     """All-zero D: the model gets the image bit for bit, no map is built, D is passed on as it came."""
     node, pipeline, _, _ = camera
-    node._rectifier._maps.clear()
+    node.cameras[0].rectifier._maps.clear()
     info = pinhole_info(K, (H, W))
     info.header.frame_id = "pinhole_cam"
     _, info_msg, _ = _send(camera, PATTERN, info)
     seen_rgb, seen_K = pipeline.calls[-1]
     np.testing.assert_array_equal(seen_rgb, PATTERN)
     np.testing.assert_array_equal(seen_K, K)
-    assert not node._rectifier._maps
+    assert not node.cameras[0].rectifier._maps
     assert (info_msg.distortion_model, list(info_msg.d)) == ("plumb_bob", [0.0] * 5)
 
 

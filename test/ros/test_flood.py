@@ -42,8 +42,8 @@ def test_flood_is_dropped_counted_and_bounded(ros_context, tiny_pipeline_dir):
             replay._timer.cancel()
             flood_end = time.monotonic()
             # Once the last frame is through, every received frame is accounted for: no hidden queue.
-            s = node.stats
-            wait_for(lambda: s.received == s.published + s.dropped + sum(s.rejected.values()), 30, "the worker to go idle")
+            wait_for(lambda: (s := node.stats).received == s.published + s.dropped + sum(s.rejected.values()), 30,
+                     "the worker to go idle")  # node.stats: a snapshot of all cameras' counters
     finally:
         node.destroy_node()
         replay.destroy_node()

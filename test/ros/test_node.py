@@ -50,7 +50,7 @@ def system(ros_context, tiny_pipeline_dir):
     info_injector = probe.node.create_publisher(CameraInfo, "/camera/camera_info", 5)
     with Spinner(ros_context, node, replay, probe.node):
         wait_for(lambda: probe.connected() and replay.count_subscribers("/camera/image_raw") >= 1
-                 and injector.get_subscription_count() >= 1 and node._pub_points.get_subscription_count() >= 1, 20, "discovery")
+                 and injector.get_subscription_count() >= 1 and node.cameras[0].publishers["points"].get_subscription_count() >= 1, 20, "discovery")
         yield node, replay, probe, sent, (injector, info_injector)
     node.destroy_node()
     replay.destroy_node()
@@ -103,7 +103,7 @@ def test_binned_camera_info_is_moved_to_the_depth_grid(system, tiny_pipeline_dir
     image_K = image_intrinsics(info, (H, W))
     np.testing.assert_allclose(image_K, [[40.0, 0, 23.25], [0, 39.0, 17.5], [0, 0, 1]])  # (c + 0.5) / 2 - 0.5
     info_injector.publish(info)
-    wait_for(lambda: "binned_cam" in node._infos, 10, "the binned CameraInfo")
+    wait_for(lambda: "binned_cam" in node.cameras[0].infos, 10, "the binned CameraInfo")
     injector.publish(encode_image(scene.rgb, "bgr8", pad=2, hdr=header(10**9 + 5, "binned_cam")))
     wait_for(lambda: probe.has(["/camera/depth/camera_info", "/camera/points"], 10**9 + 5), 60, "the binned frame's outputs")
     out = probe.by_stamp("/camera/depth/camera_info", 10**9 + 5)
@@ -154,7 +154,7 @@ def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_pa
                 assert node.set_parameters([Parameter("use_camera_intrinsics", value=use_K)])[0].successful
                 hdr = header(stamp, "dp_cam")
                 info_pub.publish(pinhole_info(K, (H, W), hdr))
-                wait_for(lambda: "dp_cam" in node._infos, 10, "the CameraInfo")
+                wait_for(lambda: "dp_cam" in node.cameras[0].infos, 10, "the CameraInfo")
                 image_pub.publish(encode_image(scene.rgb, "rgba8", hdr=hdr))
                 wait_for(lambda: probe.by_stamp("/dpcam/depth/image", stamp) is not None, 60, f"depth of frame {stamp}")
                 np.testing.assert_allclose(image_to_numpy(probe.by_stamp("/dpcam/depth/image", stamp)), expected, rtol=1e-5)
@@ -206,7 +206,7 @@ def test_a_parameter_set_during_a_frame_applies_from_the_next_frame(ros_context,
             for stamp, res in [(31, 64), (32, 96)]:
                 hdr = header(stamp, "snap_cam")
                 info_pub.publish(pinhole_info(scene.K, (H, W), hdr))
-                wait_for(lambda: "snap_cam" in node._infos, 10, "the CameraInfo")
+                wait_for(lambda: "snap_cam" in node.cameras[0].infos, 10, "the CameraInfo")
                 image_pub.publish(encode_image(scene.rgb, "rgb8", hdr=hdr))
                 assert pipeline.entered.wait(30)
                 pipeline.entered.clear()

@@ -59,8 +59,8 @@ class StandIn:
                 store.wait(["never"], datetime.timedelta(milliseconds=20))
             except RuntimeError:
                 pass
-        h, w = image.shape[:2]
-        return SimpleNamespace(depth=np.full((h, w), 2.0, np.float32), difference=None, timings={}, fallback=[False])
+        b, _, h, w = image.shape  # the node's batch
+        return SimpleNamespace(depth=np.full((b, 1, h, w), 2.0, np.float32), difference=None, timings={}, fallback=[False] * b)
 
 
 loaders.PIPELINE_LOADERS["pytorch"] = lambda settings: StandIn()

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Several cameras on one node: aggregate depth frames/s for 1, 2, 4 cameras (`cameras` parameter).
+
+Each run starts a SharpDepth node with N camera namespaces and a driver node in the same process
+that publishes every camera's image + camera_info at `--rate` Hz (faster than the model: the node
+always has a new frame of every camera, so it runs the N newest frames as one batch per step). After
+a warm-up it counts the depth images published over `--seconds`: aggregate frames/s (all cameras)
+and per camera. Over real rclpy on loopback, on a private DDS domain. Prints a table and one JSON line.
+
+The target (issue 20, part 5): 4 cameras batched give at least one camera's aggregate frames/s; it is
+meant for a GPU (a batch fills it); on a CPU a batch costs about N times one frame.
+
+    .venv/bin/python bench/cameras.py                         # tiny random models, CPU, 1 thread
+    .venv/bin/python bench/cameras.py --model PIPELINE_DIR --device cuda --size 640x480 --processing-res 768
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import warnings
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import rclpy  # noqa: E402  (after the environment above)
+import torch  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from sharpdepth_core.pipeline import SharpDepthPipeline  # noqa: E402
+from sharpdepth_core.synthetic import render_scene  # noqa: E402
+from sharpdepth_ros.conversions import camera_info, numpy_to_image  # noqa: E402
+from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
+
+
+def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: float, seconds: float, device: str) -> dict:
+    """Aggregate and per-camera depth frames/s of one node serving `cameras` cameras."""
+    context = Context()
+    rclpy.init(context=context)
+    names = [f"cam{i}" for i in range(cameras)]
+    node = SharpDepthNode(pipeline, context=context, namespace="bench", parameter_overrides=[
+        Parameter("cameras", value=names), Parameter("device", value=device), Parameter("publish_points", value=False),
+        Parameter("publish_colored", value=False), Parameter("stats_period", value=3600.0)])
+    driver = rclpy.create_node("bench_driver", namespace="bench", context=context)
+    qos = QoSProfile(depth=1)
+    scenes = [render_scene(i, width, height) for i in range(cameras)]
+    pubs = [(driver.create_publisher(Image, f"{n}/image_raw", qos), driver.create_publisher(CameraInfo, f"{n}/camera_info", qos))
+            for n in names]
+
+    def publish() -> None:
+        header = Header(stamp=driver.get_clock().now().to_msg(), frame_id="bench_optical")
+        for (image_pub, info_pub), scene in zip(pubs, scenes):
+            info_pub.publish(camera_info(scene.K, scene.rgb.shape[:2], header))
+            image_pub.publish(numpy_to_image(scene.rgb, "rgb8", header))
+
+    driver.create_timer(1.0 / rate, publish)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(driver)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        time.sleep(warmup)
+        before, t0 = [c.stats.copy() for c in node.cameras], time.monotonic()
+        time.sleep(seconds)
+        after, t1 = [c.stats.copy() for c in node.cameras], time.monotonic()
+    finally:
+        stop.set()
+        spinner.join(5)
+        executor.shutdown(timeout_sec=1)
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.shutdown(context=context)
+    per_camera = [(a.published - b.published) / (t1 - t0) for a, b in zip(after, before)]
+    return {"cameras": cameras, "aggregate_fps": round(sum(per_camera), 3), "per_camera_fps": [round(f, 3) for f in per_camera],
+            "skipped": sum(sum(a.rejected.values()) - sum(b.rejected.values()) for a, b in zip(after, before))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default=None, help="pipeline folder; default: tiny random models (processing_res 64)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--processing-res", type=int, default=None, help="the pipeline's grid (default: its own)")
+    p.add_argument("--size", default="320x240", help="camera image WIDTHxHEIGHT")
+    p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--rate", type=float, default=150.0, help="frames/s each camera publishes (above what the model keeps up with)")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds before counting")
+    p.add_argument("--seconds", type=float, default=15.0, help="seconds counted per run")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    width, height = (int(v) for v in args.size.split("x"))
+    warnings.filterwarnings("ignore", message="SharpDepth: degenerate final fit")  # random tiny weights
+    if args.model:
+        pipeline = SharpDepthPipeline.from_pretrained(args.model, device=args.device, processing_res=args.processing_res)
+    else:
+        from sharpdepth_core.models import tiny
+
+        pipeline = tiny.tiny_pipeline(processing_res=args.processing_res or 64).to(args.device)
+    results = [run(pipeline, n, width, height, args.rate, args.warmup, args.seconds, args.device) for n in args.cameras]
+    label = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
+    print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11}  ({label}, {args.model or 'tiny models'}, {args.size})")
+    for r in results:
+        print(f"{r['cameras']:>8} {r['aggregate_fps']:>19.2f} {r['aggregate_fps'] / r['cameras']:>11.2f}")
+    print(json.dumps({"bench": "cameras", "device": label, "model": args.model or "tiny", "size": args.size,
+                      "processing_res": pipeline.processing_res, "load_average": os.getloadavg()[0], "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Several cameras, one node (`cameras`), over real rclpy with tiny real models: the newest frame of
+each camera runs as one batch per image size, each camera's outputs (depth, camera_info, cloud,
+difference) go out on its own namespace and equal a single-camera node's on the same frames, and a
+camera that stops publishing does not stall the others."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, pinhole_info, stamp_ns, wait_for
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.synthetic import render_scene
+from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros.node import SharpDepthNode
+from sharpdepth_ros.replay import ReplayPublisher
+
+pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
+
+OUTPUTS = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/difference": Image}
+W, H = 48, 36
+SIDE_HW = (30, 40)  # a camera of another size: a batch of its own
+
+
+class Gated(SharpDepthPipeline):
+    """The real pipeline; records each call's batch size and, while `gate` is clear, waits before running."""
+
+    def __call__(self, image, K=None, seed=None, **settings):
+        self.batches.append(image.shape[0])
+        assert self.gate.wait(30)
+        return super().__call__(image, K=K, seed=seed, **settings)
+
+
+def _topics(namespace: str) -> dict:
+    return {f"/{namespace}/{t}": kind for t, kind in OUTPUTS.items()}
+
+
+@pytest.fixture(scope="module")
+def system(ros_context, tiny_pipeline_dir):
+    loaded = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
+    pipeline = Gated(loaded.student, loaded.metric_model, processing_res=64)
+    pipeline.batches, pipeline.gate = [], threading.Event()
+    params = dict(publish_difference=True, publish_colored=False)
+    multi = SharpDepthNode(pipeline, context=ros_context, namespace="robot",
+                           parameter_overrides=node_parameters(tiny_pipeline_dir, cameras=["front", "rear", "side"], **params))
+    single = SharpDepthNode(context=ros_context, namespace="single", parameter_overrides=node_parameters(tiny_pipeline_dir, **params))
+    sent = []  # (camera index within the tick, stamp, frame)
+    replay = ReplayPublisher(
+        context=ros_context, namespace="robot", timer=False, on_frame=lambda h, f: sent.append((stamp_ns(h), f)),
+        parameter_overrides=[Parameter("cameras", value=["front", "rear"]), Parameter("scenes", value=6),
+                             Parameter("width", value=W), Parameter("height", value=H), Parameter("seed", value=5)],
+    )
+    topics = {**_topics("robot/front"), **_topics("robot/rear"), **_topics("robot/side"), **_topics("single"),
+              "/diagnostics": DiagnosticArray}
+    probe = Probe(ros_context, topics, name="cameras_probe")
+    inject = {ns: (probe.node.create_publisher(Image, f"/{ns}/image_raw", 5), probe.node.create_publisher(CameraInfo, f"/{ns}/camera_info", 5),
+                   camera) for ns, camera in (("robot/side", multi.cameras[2]), ("single", single.cameras[0]))}
+    with Spinner(ros_context, multi, single, replay, probe.node):
+        wait_for(lambda: probe.connected() and replay.count_subscribers("/robot/front/image_raw") >= 1
+                 and replay.count_subscribers("/robot/rear/image_raw") >= 1
+                 and all(p.get_subscription_count() >= 1 for *pubs, _ in inject.values() for p in pubs), 20, "discovery")
+        yield multi, pipeline, replay, probe, sent, inject
+    for node in (multi, single, replay, probe.node):
+        node.destroy_node()
+
+
+def _send(inject, namespace: str, rgb: np.ndarray, K: np.ndarray, stamp: int, frame_id: str) -> None:
+    """camera_info, then (once the node has it) the image."""
+    image_pub, info_pub, camera = inject[namespace]
+    hdr = header(stamp, frame_id)
+    info_pub.publish(pinhole_info(K, rgb.shape[:2], hdr))
+    wait_for(lambda: frame_id in camera.infos and stamp_ns(camera.infos[frame_id].header) == stamp, 10, f"{namespace}'s camera_info")
+    image_pub.publish(encode_image(rgb, "rgb8", hdr=hdr))
+
+
+def _outputs(probe, namespace: str, stamp: int) -> dict:
+    depth = image_to_numpy(probe.by_stamp(f"/{namespace}/depth/image", stamp))
+    info = probe.by_stamp(f"/{namespace}/depth/camera_info", stamp)
+    xyz, rgb = point_cloud_to_numpy(probe.by_stamp(f"/{namespace}/points", stamp))
+    difference = image_to_numpy(probe.by_stamp(f"/{namespace}/depth/difference", stamp))
+    return {"depth": depth, "K": np.reshape(info.k, (3, 3)), "xyz": xyz, "rgb": rgb, "difference": difference}
+
+
+def test_each_camera_gets_its_own_outputs_equal_to_a_single_camera_nodes(system):
+    """Front and rear (one size) run as one batch of 2, side (another size) as a batch of 1, in one
+    step; each camera's outputs equal the single-camera node's on the same frame and K (seeded)."""
+    multi, pipeline, replay, probe, sent, inject = system
+    side = render_scene(11, SIDE_HW[1], SIDE_HW[0])
+    _send(inject, "robot/side", side.rgb, side.K, 10**9 + 1, "side_cam")  # held at the gate: the next frames queue up
+    wait_for(lambda: pipeline.batches == [1], 30, "the first model call")
+    assert replay.publish_next()
+    _send(inject, "robot/side", side.rgb, side.K, 10**9 + 2, "side_cam")
+    wait_for(lambda: all(c.pending is not None for c in multi.cameras), 30, "a frame waiting on every camera")
+    pipeline.gate.set()
+    (front_stamp, front), (rear_stamp, rear) = sent
+    assert front_stamp == rear_stamp and (front.index, rear.index) == (5, 6)  # the source's frames dealt in turn
+    frames = {"robot/front": (front.rgb, front.K, front_stamp), "robot/rear": (rear.rgb, rear.K, rear_stamp),
+              "robot/side": (side.rgb, side.K, 10**9 + 2)}
+    for namespace, (_, _, stamp) in frames.items():
+        wait_for(lambda: probe.has(_topics(namespace), stamp), 60, f"all outputs of {namespace}")
+    assert pipeline.batches == [1, 2, 1]  # front + rear together; side, another size, on its own
+
+    for i, (namespace, (rgb, K, stamp)) in enumerate(frames.items()):
+        _send(inject, "single", rgb, K, 2 * 10**9 + i, f"single_{i}")
+        wait_for(lambda: probe.has(_topics("single"), 2 * 10**9 + i), 60, f"the single-camera node's output for {namespace}")
+        got, alone = _outputs(probe, namespace, stamp), _outputs(probe, "single", 2 * 10**9 + i)
+        assert got["depth"].shape == rgb.shape[:2] and np.isfinite(got["depth"]).all()
+        # equal up to float rounding: a batch of 2 blocks the convolutions differently (measured ~5e-7 relative)
+        np.testing.assert_allclose(got["depth"], alone["depth"], rtol=1e-5)
+        np.testing.assert_allclose(got["difference"], alone["difference"], atol=1e-5)
+        np.testing.assert_allclose(got["K"], K)
+        np.testing.assert_allclose(got["xyz"], alone["xyz"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["rgb"], rgb)
+    front_depth = _outputs(probe, "robot/front", front_stamp)["depth"]
+    assert not np.allclose(front_depth, _outputs(probe, "robot/rear", rear_stamp)["depth"], rtol=1e-2)  # not cross-wired
+
+
+def test_a_camera_that_stops_does_not_stall_the_others_and_each_is_counted(system):
+    multi, pipeline, _, probe, _, inject = system
+    pipeline.gate.set()
+    front, rear, side = multi.cameras
+    multi.report()  # the next report counts from here
+    with multi._lock:
+        rear_before, side_before = rear.stats.copy(), side.stats.copy()
+    scene = render_scene(3, SIDE_HW[1], SIDE_HW[0])
+    for stamp in range(3 * 10**9, 3 * 10**9 + 3):  # only side publishes now: front and rear are silent
+        _send(inject, "robot/side", scene.rgb, scene.K, stamp, "side_cam")
+        wait_for(lambda: probe.by_stamp("/robot/side/depth/image", stamp) is not None, 60, f"side's depth {stamp}")
+    with multi._lock:
+        assert side.stats.published - side_before.published == 3
+        assert (rear.stats.received, rear.stats.published) == (rear_before.received, rear_before.published)
+    total = multi.stats
+    assert total.published == sum(c.stats.published for c in multi.cameras) >= 6
+
+    t0 = len(probe.messages["/diagnostics"])
+    multi.report()
+    wait_for(lambda: any(len(m.status) == 3 for m in probe.messages["/diagnostics"][t0:]), 10, "per-camera diagnostics")
+    array = next(m for m in probe.messages["/diagnostics"][t0:] if len(m.status) == 3)
+    names = [s.name for s in array.status]
+    assert names == [f"/robot/sharpdepth: {c}: depth" for c in ("front", "rear", "side")]
+    rear_values, side_values = ({kv.key: kv.value for kv in status.values} for status in array.status[1:])
+    assert float(side_values["output_hz"]) > 0 and float(rear_values["output_hz"]) == float(rear_values["input_hz"]) == 0
+
+
+@pytest.mark.parametrize("cameras", [["front", "front"], ["front camera"], ["/abs"], ["ok", "9lives"]])
+def test_bad_camera_lists_are_refused_at_start(ros_context, tiny_pipeline_dir, cameras):
+    with pytest.raises(InvalidParameterValueException, match="cameras .*distinct namespaces relative to the node's"):
+        SharpDepthNode(context=ros_context, namespace="bad", parameter_overrides=node_parameters(tiny_pipeline_dir, cameras=cameras))
