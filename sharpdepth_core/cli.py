@@ -3,7 +3,7 @@ adds its parser and sets `func`); `main` dispatches and turns expected errors in
 
     sharpdepth predict INPUT... --out DIR [--model DIR | --student P [--metric NAME]] [--ply]
     sharpdepth predict FRAMES/ --out DIR --sequence [--poses POSES.json --intrinsics fx,fy,cx,cy]
-    sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt]
+    sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt | --engine aoti]
 
 Everything that can be checked without the models (arguments, devices, the output folder) is
 checked before they load, so a mistake costs a second, not a model load.
