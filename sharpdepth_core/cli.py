@@ -3,7 +3,7 @@ adds its parser and sets `func`); `main` dispatches and turns expected errors in
 
     sharpdepth predict INPUT... --out DIR [--model DIR | --student P [--metric NAME]] [--ply]
     sharpdepth predict FRAMES/ --out DIR --sequence [--poses POSES.json --intrinsics fx,fy,cx,cy]
-    sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt]
+    sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt | --engine aoti]
 
 Everything that can be checked without the models (arguments, devices, the output folder) is
 checked before they load, so a mistake costs a second, not a model load.
@@ -31,6 +31,7 @@ OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_dept
 # predict's record of the files it wrote in an output folder: only those are ever overwritten.
 PREDICT_RECORD = ".sharpdepth-predict.json"
 SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
+ENGINE_CHOICES = ("pytorch", "onnx", "tensorrt", "aoti")  # engines.ENGINES, without importing torch for --help
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
 # predict's exit status: a script can tell a complete run from a partial one without reading stderr.
 EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
@@ -108,6 +109,9 @@ def add_predict(sub) -> None:
                    "flicker from the noise; -1: fresh noise per image)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help=_device_help())
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="pytorch",
+                   help="what runs the UNet and VAE: pytorch (default), or onnx / tensorrt / aoti on --engine-dir")
+    p.add_argument("--engine-dir", type=Path, metavar="DIR", help="the folder `sharpdepth export` wrote, for --engine")
     p.add_argument("--threads", type=positive_int, default=default_threads(), metavar="N",
                    help=f"CPU threads for PyTorch (default: half the cores available, here {default_threads()}); "
                    "use all cores only on an otherwise idle machine (README: Images)")
@@ -332,8 +336,16 @@ def load_predict_pipeline(args, device):
     """The pipeline predict runs (on `args.threads` CPU threads), with a note when its depth means little."""
     import torch
 
+    from .engines import exported_engine
+    from .models import EMBEDDED_DIR
+
+    if args.engine_dir and args.engine == "pytorch":
+        raise ValueError("--engine-dir goes with --engine onnx, tensorrt or aoti")
     torch.set_num_threads(args.threads)
     pipe = _load_pipeline(args, device)
+    if args.engine != "pytorch":
+        student = args.student or (args.model or EMBEDDED_DIR) / "student"
+        pipe.engine = exported_engine(args.engine, args.engine_dir, student, pipe.processing_res, pipe.device)
     if pipe.untrained:
         print("sharpdepth predict: WARNING: these are UNTRAINED random-weight models; the depth means nothing", file=sys.stderr)
     if pipe.synthetic_only:
@@ -516,14 +528,20 @@ def run_predict(args) -> int:
 def add_export(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="ONNX graphs of the student UNet and the VAE (and TensorRT engines) for engine onnx / tensorrt",
+        help="ONNX graphs (and TensorRT engines) or AOTInductor packages of the student UNet and the VAE, for "
+        "engine onnx / tensorrt / aoti",
         description="Writes unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to --out (a new or empty "
-        "folder, or with --overwrite an earlier export); with --tensorrt also builds the TensorRT engines for the "
-        "processing grids of --input-size. export.json records the student's weight hash and, for --fixed, the "
-        "processing_res: the node refuses an export made for another model or grid at start-up.",
+        "folder, or with --overwrite an earlier export of the same kind); with --tensorrt also builds the TensorRT engines "
+        "for the processing grids of --input-size. --engine aoti writes compiled AOTInductor packages (unet.pt2, ...) "
+        "for the one --input-size grid and --device instead: native code, trusted like any binary. export.json records "
+        "the student's weight hash and, for a fixed grid, the processing_res: the node refuses an export made for "
+        "another model or grid at start-up.",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="export folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (nothing else is ever deleted)")
+    p.add_argument("--engine", choices=("onnx", "aoti"), default="onnx",
+                   help="onnx: ONNX graphs for engines onnx and tensorrt (default); aoti: AOTInductor packages compiled "
+                   "now for one grid (--input-size) and --device, loaded by engine aoti without compiling")
     models = p.add_argument_group("model (default: the embedded models)")
     models.add_argument("--model", type=Path, metavar="DIR", help="a SharpDepth pipeline folder (its student/ is exported)")
     models.add_argument("--student", metavar="PATH_OR_ID", help="a SharpDepth release / Lotus-G diffusers folder or hub id")
@@ -535,10 +553,10 @@ def add_export(sub) -> None:
                    help="longer edge(s) of the processing grid (default: the model's, from its pipeline.json, else 768; "
                    "--fixed takes one)")
     p.add_argument("--fixed", action="store_true", help="fixed H/W graphs for the --input-size grid (default: dynamic H/W)")
-    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic)")
+    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic; 1 for --engine aoti)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a CUDA GPU)")
     p.add_argument("--tensorrt-cache", type=Path, metavar="DIR", help="engine cache folder (default: DIR/tensorrt)")
-    p.add_argument("--device", default="auto", help=f"where to trace: {_device_help()}")
+    p.add_argument("--device", default="auto", help=f"where to trace (aoti: to compile for): {_device_help()}")
     p.set_defaults(func=run_export)
 
 
@@ -553,10 +571,10 @@ def parse_size(value: str) -> tuple[int, int]:
     return h, w
 
 
-def export_folder(out: Path, overwrite: bool) -> Path:
+def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
     """The absolute export folder, checked before any model loads: new, empty, or (with `overwrite`)
-    an earlier export (export.json) holding nothing sharpdepth export did not write."""
-    from .export import EXPORT_EXTRAS, GRAPHS, MANIFEST
+    an earlier export of format `fmt` (export.json) holding nothing sharpdepth export did not write."""
+    from .export import FORMAT_EXTRAS, FORMATS, GRAPHS, MANIFEST
     from .models.hub import foreign_entries, refusal
 
     out = Path(os.path.abspath(out.expanduser()))
@@ -568,11 +586,24 @@ def export_folder(out: Path, overwrite: bool) -> Path:
             raise ValueError(f"--out {out}: not empty and not an earlier export (no {MANIFEST}); choose a new or empty folder")
         if not overwrite:
             raise ValueError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
-        foreign = foreign_entries(out, {MANIFEST, *(f"{g}.onnx" for g in GRAPHS)}, EXPORT_EXTRAS)
+        earlier = _manifest_format(out / MANIFEST)
+        if earlier not in (None, fmt):
+            raise ValueError(f"--out {out}: holds an earlier {earlier} export, and --overwrite replaces one of the same kind: "
+                             f"write the {fmt} export to another folder")
+        foreign = foreign_entries(out, {MANIFEST, *(f"{g}.{FORMATS[fmt]}" for g in GRAPHS)}, FORMAT_EXTRAS[fmt])
         if foreign:
             raise refusal(out, foreign, "sharpdepth export did not write")
     check_writable(out)
     return out
+
+
+def _manifest_format(path: Path) -> str | None:
+    """The format an export.json names (manifests from before AOTI: onnx); None when unreadable."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw.get("format", "onnx") if isinstance(raw, dict) else None
 
 
 def _model_processing_res(args) -> int:
@@ -591,7 +622,7 @@ def _model_processing_res(args) -> int:
 
 def run_export(args) -> int:
     from .engines import TensorRTEngine, check_device
-    from .export import export_onnx, student_weights_sha256
+    from .export import export_aoti, export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
     from .preprocessing import check_processing_res, plan_resize
 
@@ -599,15 +630,19 @@ def run_export(args) -> int:
         raise ValueError("--model and --student exclude each other")
     if args.model and not args.model.is_dir():
         raise ValueError(f"--model {args.model}: no such folder")
-    if (args.fixed or args.tensorrt) and not args.input_size:
-        raise ValueError("--fixed and --tensorrt need --input-size WxH (the camera's image size)")
-    if args.fixed and args.processing_res and len(args.processing_res) != 1:
-        raise ValueError("--fixed exports one processing grid: give one --processing-res")
+    aoti = args.engine == "aoti"
+    if aoti and args.tensorrt:
+        raise ValueError("--tensorrt builds engines from ONNX graphs: it goes without --engine aoti")
+    fixed = args.fixed or aoti
+    if (fixed or args.tensorrt) and not args.input_size:
+        raise ValueError("--fixed, --tensorrt and --engine aoti need --input-size WxH (the camera's image size)")
+    if fixed and args.processing_res and len(args.processing_res) != 1:
+        raise ValueError("--fixed and --engine aoti export one processing grid: give one --processing-res")
     for res in args.processing_res or ():
         check_processing_res(res, "--processing-res")
     input_hw = parse_size(args.input_size) if args.input_size else None
     device = check_device(args.device)
-    out = export_folder(args.out, args.overwrite)
+    out = export_folder(args.out, args.overwrite, args.engine)
     if args.tensorrt:
         from .engines import import_tensorrt
 
@@ -616,12 +651,13 @@ def run_export(args) -> int:
     student_dir = resolve_model_dir(args.student or Path(args.model or EMBEDDED_DIR) / "student", DiffusionDepthModel.what)
     student = DiffusionDepthModel.from_pretrained(student_dir, device=device)
     grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
-    manifest = export_onnx(
-        student, out, precision=args.precision, vae_precision=args.vae_precision,
-        image_hw=grids[0] if args.fixed else None, batch=args.batch,
-        processing_res=resolutions[0] if args.fixed else None, input_hw=input_hw if args.fixed else None,
-        student_sha256=student_weights_sha256(student_dir),
-    )
+    common = dict(precision=args.precision, vae_precision=args.vae_precision, processing_res=resolutions[0] if fixed else None,
+                  input_hw=input_hw if fixed else None, student_sha256=student_weights_sha256(student_dir))
+    if aoti:
+        print(f"sharpdepth export: compiling AOTInductor packages on {device} (minutes for full-size models)", file=sys.stderr)
+        manifest = export_aoti(student, out, image_hw=grids[0], batch=args.batch or 1, **common)
+    else:
+        manifest = export_onnx(student, out, image_hw=grids[0] if args.fixed else None, batch=args.batch, **common)
     shape = "dynamic H/W" if manifest.image_hw is None else "fixed {}x{} (HxW)".format(*manifest.image_hw)
     for name, info in manifest.graphs.items():
         size = sum((out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20
@@ -631,7 +667,8 @@ def run_export(args) -> int:
         for hw in dict.fromkeys(grids):
             for plan in engine.prebuild(hw, batch=args.batch or 1):
                 print(f"{plan}: TensorRT engine for the {hw[0]}x{hw[1]} (HxW) grid")
-    print(f"sharpdepth export: done; use it with engine 'onnx' or 'tensorrt' and export folder {out}", file=sys.stderr)
+    engines = "'aoti'" if aoti else "'onnx' or 'tensorrt'"
+    print(f"sharpdepth export: done; use it with engine {engines} and export folder {out}", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Inference engines: the four network calls of a SharpDepth frame behind one small interface, so the
-pipeline reads the same on PyTorch, onnxruntime and TensorRT.
+pipeline reads the same on PyTorch, onnxruntime, TensorRT and AOTInductor.
 
 An engine has `unet(z_img, z_depth) -> x0 latent`, `encode_image(rgb01) -> latent`,
 `encode_depth(d_n) -> latent`, `decode_depth(z) -> d_n`, and `device` / `downsample_factor`.
@@ -12,9 +12,12 @@ TensorRT never wait for the host inside a call (onnxruntime's `run` is blocking 
 - "tensorrt" (`TensorRTEngine`): TensorRT engines built from those graphs, one per graph and input
   shape, cached on disk under a name holding the GPU, TensorRT version, shape, precision and the
   ONNX file's hash. tensorrt is imported only when this engine is asked for.
+- "aoti" (`AotiEngine`): the AOTInductor packages of `sharpdepth export --engine aoti`, compiled
+  ahead of time for one (batch, grid) shape: no compilation at start-up.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -25,12 +28,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .export import GRAPHS, ExportManifest, StudentUNet
+from .export import GRAPHS, ExportManifest, StudentUNet, check_export_matches, student_weights_sha256
 from .files import write_bytes
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel
 
-ENGINES = ("pytorch", "onnx", "tensorrt")
+ENGINES = ("pytorch", "onnx", "tensorrt", "aoti")
 log = logging.getLogger(__name__)
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
 
@@ -210,15 +213,25 @@ class CudaGraphed:
         return graph, static_in, static_out
 
 
-# --- exported graphs (onnxruntime, TensorRT) -----------------------------------------------------
+# --- exported graphs (onnxruntime, TensorRT, AOTInductor) ----------------------------------------
 
 
 class _GraphEngine:
     """The four calls on top of the three exported graphs (`_run(graph, x)` is the runtime's)."""
 
     name: str
+    format: str = "onnx"  # the export.json format this engine runs
     manifest: ExportManifest
     device: torch.device
+
+    def _load_manifest(self, folder: Path) -> ExportManifest:
+        """The folder's manifest, refused in one line when it is an export of another format."""
+        manifest = ExportManifest.load(folder)
+        if manifest.format != self.format:
+            engines = "aoti" if manifest.format == "aoti" else "onnx or tensorrt"
+            raise ValueError(f"engine {self.name!r}: export {folder} holds {manifest.format} files, not {self.format}; "
+                             f"use engine {engines}, or export again with --engine {self.format}")
+        return manifest
 
     @property
     def downsample_factor(self) -> int:
@@ -266,7 +279,7 @@ class OnnxEngine(_GraphEngine):
         except ImportError as exc:
             raise ImportError("engine 'onnx' needs onnxruntime: pip install onnxruntime (onnxruntime-gpu for CUDA)") from exc
         self.folder, self.device = Path(folder), torch.device(device)
-        self.manifest = ExportManifest.load(self.folder)
+        self.manifest = self._load_manifest(self.folder)
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError(
@@ -414,7 +427,7 @@ class TensorRTEngine(_GraphEngine):
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.folder = Path(folder)
-        self.manifest = ExportManifest.load(self.folder)
+        self.manifest = self._load_manifest(self.folder)
         self.cache_dir = Path(cache_dir) if cache_dir else self.folder / "tensorrt"
         self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
         self._graphs: dict[tuple[str, tuple[int, ...]], _TrtGraph] = {}
@@ -452,6 +465,65 @@ class TensorRTEngine(_GraphEngine):
         return self._graph(graph, tuple(x.shape))(x)
 
 
+# --- AOTInductor ------------------------------------------------------------------------------
+
+
+class AotiEngine(_GraphEngine):
+    """The AOTInductor packages of an export folder (`sharpdepth export --engine aoti`): compiled code
+    for one input shape per graph (other shapes are refused in one line: a package would run them
+    wrongly, not fail) on the device type and torch version it was compiled with.
+
+    A package is a shared library: loading it runs its code. Each is loaded from bytes whose SHA-256
+    matches export.json, so a package replaced or damaged after the export is refused; the folder as a
+    whole (export.json included) must be trusted like any binary.
+    """
+
+    name = "aoti"
+    format = "aoti"
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        import io
+
+        from torch._inductor import aoti_load_package
+
+        self.folder, self.device = Path(folder), torch.device(device)
+        self.manifest = self._load_manifest(self.folder)
+        made = f"export {self.folder} was compiled for {self.manifest.device} with torch {self.manifest.versions.get('torch')}"
+        if self.manifest.device != self.device.type:
+            raise ValueError(f"engine 'aoti': {made}, but the pipeline runs on {self.device}: export again with --device {self.device}")
+        if self.manifest.versions.get("torch") != torch.__version__:
+            raise ValueError(f"engine 'aoti': {made}, but this is torch {torch.__version__}: export again with this torch")
+        self.packages = {}
+        for graph in GRAPHS:
+            info = self.manifest.graphs[graph]
+            data = (self.folder / info.file).read_bytes()
+            if hashlib.sha256(data).hexdigest() != info.sha256:
+                raise ValueError(f"engine 'aoti': {self.folder / info.file} is not the package export.json records "
+                                 "(SHA-256 differs); not loading it: export again")
+            index = self.device.index if self.device.index is not None else -1
+            self.packages[graph] = aoti_load_package(io.BytesIO(data), device_index=index)
+
+    def _run(self, graph: str, x: Tensor) -> Tensor:
+        return self.packages[graph](x)
+
+
+def exported_engine(
+    name: str, export_dir: str | Path | None, student_dir: str | Path, processing_res: int,
+    device: str | torch.device, cache_dir: str | Path | None = None,
+) -> DepthEngine:
+    """The engine `name` on an export folder for a pipeline of the student in `student_dir` (a folder
+    or hub id) at `processing_res`; an export of another student or grid is refused in one line
+    before any graph loads (`check_export_matches`)."""
+    from .models import resolve_model_dir
+
+    if export_dir:
+        check_export_matches(
+            ExportManifest.load(export_dir), export_dir, processing_res,
+            lambda: student_weights_sha256(resolve_model_dir(student_dir, "student model")),
+        )
+    return load_engine(name, export_dir=export_dir, device=device, cache_dir=cache_dir)
+
+
 def load_engine(
     name: str,
     student: DiffusionDepthModel | None = None,
@@ -460,8 +532,8 @@ def load_engine(
     fast: FastPath | None = None,
     cache_dir: str | Path | None = None,
 ) -> DepthEngine:
-    """The engine `name` ("pytorch", "onnx", "tensorrt"): pytorch wraps `student` (with `fast`
-    options); onnx and tensorrt run an export folder written by `sharpdepth export`."""
+    """The engine `name` ("pytorch", "onnx", "tensorrt", "aoti"): pytorch wraps `student` (with `fast`
+    options); the others run an export folder written by `sharpdepth export`."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "pytorch":
@@ -472,4 +544,6 @@ def load_engine(
         raise ValueError(f"engine {name!r} needs an export folder: write one with `sharpdepth export --out DIR`")
     if name == "onnx":
         return OnnxEngine(export_dir, device or "cpu")
+    if name == "aoti":
+        return AotiEngine(export_dir, device or "cpu")
     return TensorRTEngine(export_dir, cache_dir, device or "cuda")

@@ -1,5 +1,7 @@
-"""ONNX export of the three networks a SharpDepth frame runs: the student UNet, the VAE encoder and
-the VAE decoder (docs/METHOD.md, "Cost of a frame"), for onnxruntime and TensorRT.
+"""Export of the three networks a SharpDepth frame runs: the student UNet, the VAE encoder and the VAE
+decoder (docs/METHOD.md, "Cost of a frame"), as ONNX graphs for onnxruntime and TensorRT, or as
+AOTInductor packages (compiled ahead of time: a node starts in seconds, not after minutes of
+torch.compile).
 
 Graphs (inputs and outputs float32 whatever the precision inside, so every runtime feeds them alike):
 - `unet.onnx`: x [B, 8, h, w] = concat(z_img, z_depth) -> x0 latent [B, 4, h, w]; t = 999, the
@@ -7,7 +9,10 @@ Graphs (inputs and outputs float32 whatever the precision inside, so every runti
 - `vae_encoder.onnx`: x [B, 3, H, W] in [-1, 1] (2·rgb - 1, or d_n on 3 channels) -> posterior mean
   latent times the scaling factor [B, 4, H/8, W/8].
 - `vae_decoder.onnx`: latent [B, 4, h, w] -> normalised depth [B, 1, 8h, 8w] (mean of the 3 channels).
-`export.json` (the manifest) records precision, shapes and a SHA-256 per file; a graph over 2 GB
+`<graph>.pt2` (AOTInductor): the same three modules through `torch.export` and
+`torch._inductor.aoti_compile_and_package`, for one (batch, grid) shape and one device type.
+`export.json` (the manifest) records its format (onnx / aoti), precision, shapes and a SHA-256 per
+file; a package is native code, so `AotiEngine` loads none whose bytes differ from that hash. A graph over 2 GB
 keeps its weights in one `<graph>.onnx.data` file beside it. It also records what a user of the export
 must match (`check_export_matches`): for a fixed grid, the camera size and processing_res it was made
 for, and the SHA-256 of the exported student's weight files, so that a node started with another
@@ -38,15 +43,17 @@ from .models.hub import Extra, replacing_dir, to_dtype
 from .models.student import DiffusionDepthModel, vae_dtype
 
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
+FORMATS = {"onnx": "onnx", "aoti": "pt2"}  # export.json's format -> the graphs' file suffix
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MANIFEST = "export.json"
-# What an earlier export folder may hold besides the graphs and the manifest: the TensorRT engine
+# What an earlier ONNX export folder may hold besides the graphs and the manifest: the TensorRT engine
 # cache (`TensorRTEngine`'s default place: engine plans named by `EngineKey.filename` and their
 # interrupted writes, nothing else) and the external weights file of a graph over 2 GB.
 EXPORT_EXTRAS = (
     Extra("tensorrt", files=tuple(p for g in GRAPHS for p in (f"{g}-*.plan", f"{TEMP_PREFIX}{g}-*.plan.*.tmp"))),
     *(Extra(f"{g}.onnx.data") for g in GRAPHS),
 )
+FORMAT_EXTRAS = {"onnx": EXPORT_EXTRAS, "aoti": ()}
 OPSET = 17
 FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data
@@ -59,12 +66,13 @@ class StudentUNet(nn.Module):
     embedding) lives on the module, so the graph has no host-side inputs: what ONNX needs, and what
     a CUDA graph needs (a Python timestep would be a host-to-device copy inside the capture). It calls
     the student's own UNet keyword and x0 hooks, so it computes exactly `student(z_img, z_depth)`.
+    The timestep is [t], the tensor diffusers makes of the student's int t (a 0-d one fails AOTInductor's lowering).
     """
 
     def __init__(self, student: DiffusionDepthModel):
         super().__init__()
         self.student = student
-        self.register_buffer("timestep", torch.tensor(TIMESTEP, device=student.device), persistent=False)
+        self.register_buffer("timestep", torch.tensor([TIMESTEP], device=student.device), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[0], x.shape[1] // 2
@@ -120,13 +128,15 @@ class ExportManifest:
     downsample_factor: int
     latent_channels: int
     scaling_factor: float
-    opset: int = OPSET
+    opset: int | None = OPSET  # ONNX only
     exporter: str = "torch.onnx.export (TorchScript tracing)"
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     input_hw: tuple[int, int] | None = None  # the camera size a fixed grid was planned for
     processing_res: int | None = None  # the processing_res a fixed grid was planned with
     student_sha256: str | None = None  # `student_weights_sha256` of the exported student, when known
+    format: str = "onnx"  # a key of FORMATS; manifests written before AOTI have no such field: onnx
+    device: str | None = None  # aoti: the device type the packages were compiled for
 
     def input_shape(self, graph: str) -> tuple[int | None, ...]:
         """The graph's input shape; None where the dimension is dynamic."""
@@ -143,7 +153,7 @@ class ExportManifest:
     def load(cls, folder: str | Path) -> "ExportManifest":
         path = Path(folder) / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no ONNX export manifest; run `sharpdepth export` to create the folder")
+            raise FileNotFoundError(f"{path}: no export manifest; run `sharpdepth export` to create the folder")
         try:
             raw = json.loads(path.read_text())
             if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
@@ -185,13 +195,15 @@ _MANIFEST_FIELDS = {
     "downsample_factor": (_positive_int, "a positive integer"),
     "latent_channels": (_positive_int, "a positive integer"),
     "scaling_factor": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"), "a positive number"),
-    "opset": (_positive_int, "a positive integer"),
+    "opset": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
     "exporter": (lambda v: isinstance(v, str), "a string"),
     "versions": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),
     "format_version": (_positive_int, "a positive integer"),
     "input_hw": (lambda v: v is None or _hw(v), "null or [H, W]"),
     "processing_res": (lambda v: v is None or _positive_int(v), "null or a positive integer"),
     "student_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "format": (lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
+    "device": (lambda v: v is None or v in ("cpu", "cuda"), "null, cpu or cuda"),
 }
 _GRAPH_FIELDS = {
     "file": (_file_name, "a file name in the export folder"),
@@ -241,7 +253,7 @@ def export_onnx(
     student_sha256: str | None = None,
 ) -> ExportManifest:
     """Write unet.onnx, vae_encoder.onnx, vae_decoder.onnx and export.json to `folder`, replacing an
-    earlier export there (never a folder holding anything else: `models.hub.replacing_dir`).
+    earlier ONNX export there (never a folder holding anything else: `models.hub.replacing_dir`).
 
     precision: the UNet's ("fp32" or "fp16"). vae_precision: the VAE's; by default the UNet's, except
     that fp16 keeps the VAE in fp32 when its config asks for upcasting (SD-2's VAE overflows in fp16).
@@ -250,6 +262,58 @@ def export_onnx(
     processing_res and camera size; `student_weights_sha256` of the student's folder).
     The student is not modified (reduced-precision graphs are traced from copies).
     """
+    graphs, manifest = _export_plan(student, "onnx", precision, vae_precision, image_hw, batch, processing_res, input_hw, student_sha256)
+    manifest.opset = opset
+    trace_hw = manifest.image_hw or _general_trace_hw(student)
+    with replacing_dir(folder, also=EXPORT_EXTRAS) as tmp, torch.no_grad():
+        for name, (module, info) in graphs.items():
+            example = _example(manifest, info, trace_hw, student.device)
+            _export_graph(module.eval(), example, tmp / info.file, info, dynamic_hw=image_hw is None, dynamic_batch=batch is None, opset=opset)
+            manifest.graphs[name] = info
+        manifest.save(tmp)
+    return manifest
+
+
+def export_aoti(
+    student: DiffusionDepthModel,
+    folder: str | Path,
+    image_hw: tuple[int, int],
+    batch: int = 1,
+    precision: str = "fp32",
+    vae_precision: str | None = None,
+    processing_res: int | None = None,
+    input_hw: tuple[int, int] | None = None,
+    student_sha256: str | None = None,
+) -> ExportManifest:
+    """Write unet.pt2, vae_encoder.pt2, vae_decoder.pt2 (AOTInductor packages) and export.json to
+    `folder`, replacing an earlier AOTI export there (as `export_onnx`, whose arguments these are).
+
+    A package is compiled for exactly one input shape (`batch`, the padded grid `image_hw`) and the
+    device type the student is on; the compile (C++ or CUDA code generation, a minute for the tiny
+    models on one CPU core) happens here once instead of at every node start.
+    """
+    if image_hw is None or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"an AOTInductor export is for one (batch, grid) shape: give image_hw and a positive batch, got {image_hw!r}, {batch!r}")
+    from torch._inductor import aoti_compile_and_package
+
+    graphs, manifest = _export_plan(student, "aoti", precision, vae_precision, image_hw, batch, processing_res, input_hw, student_sha256)
+    manifest.opset, manifest.exporter, manifest.device = None, "torch.export + AOTInductor", student.device.type
+    with replacing_dir(folder) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # torch's own pytree deprecation, raised inside the packager: nothing this code can change
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        for name, (module, info) in graphs.items():
+            example = _example(manifest, info, manifest.image_hw, student.device)
+            program = torch.export.export(module.eval(), (example,), strict=False)
+            aoti_compile_and_package(program, package_path=str(tmp / info.file))
+            info.sha256 = _sha256(tmp / info.file)
+            manifest.graphs[name] = info
+        manifest.save(tmp)
+    return manifest
+
+
+def _export_plan(student, fmt, precision, vae_precision, image_hw, batch, processing_res, input_hw, student_sha256):
+    """The arguments both exporters take, checked: the modules to export (of the student, or of a
+    converted copy) with their GraphInfo, and the manifest to fill in."""
     if not isinstance(student, DiffusionDepthModel):
         raise ValueError(f"export needs a DiffusionDepthModel, got {type(student).__name__}")
     for name, p in (("precision", precision), ("vae_precision", vae_precision)):
@@ -264,11 +328,11 @@ def export_onnx(
     if image_hw is not None:
         image_hw = check_image_hw(image_hw, factor)
     model = _converted(student.eval(), PRECISIONS[precision], PRECISIONS[vae_precision])
-    c = int(student.vae.config.latent_channels)
+    c, suffix = int(student.vae.config.latent_channels), FORMATS[fmt]
     graphs = {
-        "unet": (StudentUNet(model), GraphInfo("unet.onnx", precision, "x", "x0", 2 * c, True)),
-        "vae_encoder": (VaeEncoder(model.vae), GraphInfo("vae_encoder.onnx", vae_precision, "x", "latent", 3, False)),
-        "vae_decoder": (VaeDecoder(model.vae), GraphInfo("vae_decoder.onnx", vae_precision, "latent", "depth", c, True)),
+        "unet": (StudentUNet(model), GraphInfo(f"unet.{suffix}", precision, "x", "x0", 2 * c, True)),
+        "vae_encoder": (VaeEncoder(model.vae), GraphInfo(f"vae_encoder.{suffix}", vae_precision, "x", "latent", 3, False)),
+        "vae_decoder": (VaeDecoder(model.vae), GraphInfo(f"vae_decoder.{suffix}", vae_precision, "latent", "depth", c, True)),
     }
     manifest = ExportManifest(
         graphs={},
@@ -277,21 +341,20 @@ def export_onnx(
         downsample_factor=factor,
         latent_channels=c,
         scaling_factor=float(student.vae.config.scaling_factor),
-        opset=opset,
         versions=_versions(),
         input_hw=tuple(input_hw) if input_hw else None,
         processing_res=processing_res,
         student_sha256=student_sha256,
+        format=fmt,
     )
-    trace_hw = image_hw or _general_trace_hw(student)
-    with replacing_dir(folder, also=EXPORT_EXTRAS) as tmp, torch.no_grad():
-        for name, (module, info) in graphs.items():
-            hw = (trace_hw[0] // factor, trace_hw[1] // factor) if info.latent_input else trace_hw
-            example = torch.randn(batch or 1, info.input_channels, *hw, generator=torch.Generator().manual_seed(0))
-            _export_graph(module.eval(), example.to(student.device), tmp / info.file, info, dynamic_hw=image_hw is None, dynamic_batch=batch is None, opset=opset)
-            manifest.graphs[name] = info
-        manifest.save(tmp)
-    return manifest
+    return graphs, manifest
+
+
+def _example(manifest: ExportManifest, info: GraphInfo, image_hw: tuple[int, int], device: torch.device) -> Tensor:
+    """A seeded input of the graph's shape at `image_hw` (the latent grid for latent inputs)."""
+    f = manifest.downsample_factor
+    hw = (image_hw[0] // f, image_hw[1] // f) if info.latent_input else image_hw
+    return torch.randn(manifest.batch or 1, info.input_channels, *hw, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def student_weights_sha256(folder: str | Path) -> str:

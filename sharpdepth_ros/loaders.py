@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sharpdepth_core.engines import DeviceUnavailable, check_device, load_engine
+from sharpdepth_core.engines import DeviceUnavailable, check_device, exported_engine
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
@@ -41,23 +41,17 @@ def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
 
 
 def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
-    """onnx / tensorrt: the same pipeline, its networks run from a `sharpdepth export` folder (the
-    metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
-    (`sharpdepth export --tensorrt`), so the first frame may take minutes. An export made for another
-    processing grid or of another student is refused here, in one line, instead of every frame."""
-    from sharpdepth_core.export import ExportManifest, check_export_matches, student_weights_sha256
-    from sharpdepth_core.models import resolve_model_dir
-
+    """onnx / tensorrt / aoti: the same pipeline, its networks run from a `sharpdepth export` folder
+    (the metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
+    (`sharpdepth export --tensorrt`), so the first frame may take minutes; AOTI packages are compiled
+    at export. An export made for another processing grid or of another student is refused here, in
+    one line, instead of every frame."""
     pipe = load_pytorch_pipeline(settings)
-    if settings["engine_dir"]:
-        student = settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student"
-        check_export_matches(
-            ExportManifest.load(settings["engine_dir"]), settings["engine_dir"], pipe.processing_res,
-            lambda: student_weights_sha256(resolve_model_dir(student, "student model")),
-        )
-    pipe.engine = load_engine(
+    pipe.engine = exported_engine(
         settings["engine"],
-        export_dir=settings["engine_dir"] or None,
+        settings["engine_dir"] or None,
+        settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student",
+        pipe.processing_res,
         device=pipe.device,
         cache_dir=settings["engine_cache"] or None,
     )
@@ -70,6 +64,7 @@ PIPELINE_LOADERS: dict[str, Callable[[dict], object]] = {
     "pytorch": load_pytorch_pipeline,
     "onnx": load_exported_pipeline,
     "tensorrt": load_exported_pipeline,
+    "aoti": load_exported_pipeline,
 }
 
 

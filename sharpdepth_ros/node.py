@@ -82,8 +82,8 @@ PARAMETERS = {
     "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
                                     "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
                                     f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR, read_only=True)),
-    "engine": ("pytorch", descriptor("inference engine: pytorch, onnx or tensorrt", STR, read_only=True)),
-    "engine_dir": ("", descriptor("onnx/tensorrt: the folder written by `sharpdepth export`", STR, read_only=True)),
+    "engine": ("pytorch", descriptor("inference engine: pytorch, onnx, tensorrt or aoti (AOTInductor packages: no compilation at start)", STR, read_only=True)),
+    "engine_dir": ("", descriptor("onnx/tensorrt/aoti: the folder written by `sharpdepth export`", STR, read_only=True)),
     "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
     "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
     "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),

@@ -383,6 +383,8 @@ def test_cli_export_tensorrt_without_tensorrt_fails_before_exporting(tmp_path, c
     ({"graphs.unet.input_channels": -8}, "graphs.unet.input_channels: expected a positive integer"),
     ({"latent_channels": None}, "latent_channels: expected a positive integer"),
     ({"downsample_factor": "del"}, "downsample_factor: missing"),
+    ({"format": "tflite"}, "format: expected one of onnx, aoti"),
+    ({"device": "tpu"}, "device: expected null, cpu or cuda"),
 ])
 def test_a_damaged_manifest_is_one_line_naming_the_field(dynamic_fp32, tmp_path, change, message):
     """export.json is read field by field (types and ranges) before anything uses it: a damaged one is a

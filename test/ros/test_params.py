@@ -125,7 +125,7 @@ def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
     [
         ("device", "gpu0", "device 'gpu0' is not auto, cpu, cuda, cuda:N or mps"),
         ("device", "cpu:0", "device 'cpu:0' is not auto, cpu, cuda, cuda:N or mps"),
-        ("engine", "openvino", "engine 'openvino' is not available (available: pytorch, onnx, tensorrt)"),
+        ("engine", "openvino", "engine 'openvino' is not available (available: pytorch, onnx, tensorrt, aoti)"),
         ("metric_backend", "midas", "metric_backend 'midas' is not one of"),
         ("dtype", "float64", "dtype 'float64' is not one of"),
         ("image_transport", "theora", "image_transport 'theora'"),
@@ -233,6 +233,21 @@ def test_onnx_engine_parameter_runs_the_exported_networks_and_matches_pytorch(ti
     assert (a.difference - b.difference).abs().max() < 1e-3
     span = float(a.depth.max() - a.depth.min())
     assert (a.depth - b.depth).abs().max() < 1e-3 * max(span, 1e-6)
+
+
+def test_aoti_engine_parameter_loads_aoti_packages_only(tiny_pipeline_dir, tmp_path, capfd):
+    """`engine: aoti` goes through the exported-pipeline loader to AotiEngine, which refuses an ONNX
+    export folder in one line (the packages themselves are built and compared in test/core/test_aoti.py)."""
+    from sharpdepth_core.export import export_onnx
+    from sharpdepth_core.models import DiffusionDepthModel
+
+    assert PIPELINE_LOADERS["aoti"] is PIPELINE_LOADERS["onnx"]
+    export_onnx(DiffusionDepthModel.from_pretrained(Path(tiny_pipeline_dir) / "student"), tmp_path / "onnx")
+    with pytest.raises(ValueError, match="engine 'aoti': export .* holds onnx files, not aoti; use engine onnx or tensorrt"):
+        PIPELINE_LOADERS["aoti"](_settings(model=str(tiny_pipeline_dir), engine="aoti", engine_dir=str(tmp_path / "onnx")))
+    assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tiny_pipeline_dir}", "-p", "engine:=aoti"]) == 1
+    err = capfd.readouterr().err
+    assert "engine 'aoti' needs an export folder" in err and "Traceback" not in err
 
 
 def test_exported_engine_without_a_folder_is_one_line_and_exit_code_1(tiny_pipeline_dir, capfd):
