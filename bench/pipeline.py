@@ -235,7 +235,8 @@ def run_frame(pipe: SharpDepthPipeline, rgb, device: torch.device, res: int):
     t0 = time.perf_counter()
     out = pipe(rgb, seed=0, processing_res=res)
     t1 = time.perf_counter()
-    xyz = unproject(out.depth[0, 0], out.K[0]).cpu()  # the cloud leaves the GPU for the message
+    with torch.profiler.record_function("stage:point_cloud"):
+        xyz = unproject(out.depth[0, 0], out.K[0]).cpu()  # the cloud leaves the GPU for the message
     t2 = time.perf_counter()
     t = out.timings
     stages = {
@@ -263,6 +264,70 @@ def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
         diff = (out.depth.float().cpu() - ref).abs()
         row["depth_diff_vs_reference"] = {"max_rel": float(diff.max()) / span, "mean_rel": float(diff.mean()) / span}
     return row, out
+
+
+# --- profile -----------------------------------------------------------------------------------
+
+# Host synchronisations are counted from the profiler's CUDA runtime calls (not set_sync_debug_mode,
+# which misses explicit torch.cuda.synchronize): cudaDeviceSynchronize is the pipeline's own per-stage
+# timing barrier (_Clock), the others are the data-dependent waits (.item(), .cpu(), .tolist(), a
+# blocking copy) that would remain without the timing.
+TIMING_SYNCS = ("cudaDeviceSynchronize",)
+DATA_SYNCS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def stage_of(event) -> str:
+    """The pipeline stage (a `stage:` record_function range, pipeline._Clock) an event ran under."""
+    while event is not None:
+        if event.name.startswith("stage:"):
+            return event.name[len("stage:"):]
+        event = event.cpu_parent
+    return "other"
+
+
+def profile(pipe, setting: str, res: int, rgb, device: torch.device, warmup: int, frames: int, top: int) -> dict:
+    """Top ops per stage over `frames` profiled frames: CUDA kernel time on CUDA, self CPU time on CPU."""
+    from torch.profiler import ProfilerActivity
+
+    cuda = device.type == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(warmup):
+            run_frame(pipe, rgb, device, res)
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+            for _ in range(frames):
+                run_frame(pipe, rgb, device, res)
+    wall, ops, syncs = {}, {}, {name: 0 for name in TIMING_SYNCS + DATA_SYNCS}
+    for e in prof.events():
+        if e.name.startswith("stage:"):
+            wall[e.name[6:]] = wall.get(e.name[6:], 0.0) + e.cpu_time_total
+            continue
+        if e.name in syncs:
+            syncs[e.name] += 1
+        stage = ops.setdefault(stage_of(e), {})
+        for name, us in ([(k.name, k.duration) for k in e.kernels] if cuda else [(e.name, e.self_cpu_time_total)]):
+            time_us, calls = stage.get(name, (0.0, 0))
+            stage[name] = (time_us + us, calls + 1)
+    stages = {}
+    for name in sorted(wall, key=lambda k: -wall[k]) + ["other"] * ("other" in ops):  # other: outside the stages (resizing)
+        by_op = sorted(ops.get(name, {}).items(), key=lambda kv: -kv[1][0])
+        stages[name] = {"wall_ms": wall.get(name, 0.0) / frames / 1e3, "op_ms": sum(t for _, (t, _) in by_op) / frames / 1e3,
+                        "top": [{"name": n, "ms": t / frames / 1e3, "calls": c / frames} for n, (t, c) in by_op[:top]]}
+    host_syncs = ({"timing": sum(syncs[n] for n in TIMING_SYNCS) / frames, "data": sum(syncs[n] for n in DATA_SYNCS) / frames,
+                   "by_call": {n: c / frames for n, c in syncs.items()}} if cuda else "n/a (CPU)")
+    return {"setting": setting, "res": res, "frames": frames, "time": "CUDA kernel" if cuda else "self CPU",
+            "stages": stages, "host_syncs_per_frame": host_syncs}
+
+
+def profile_table(result: dict) -> str:
+    lines = [f"profile: {result['setting']} @ {result['res']}, {result['time']} time per frame, top ops per stage"]
+    for stage, s in result["stages"].items():
+        lines.append(f"  {stage:<12} wall {s['wall_ms']:8.2f} ms, ops {s['op_ms']:8.2f} ms")
+        lines += [f"      {op['ms']:8.3f} ms  x{op['calls']:<5g} {op['name'][:90]}" for op in s["top"]]
+    syncs = result["host_syncs_per_frame"]
+    lines.append("host synchronisations per frame: " + (syncs if isinstance(syncs, str) else
+                 f"{syncs['data']:g} data-dependent + {syncs['timing']:g} per-stage timing barriers ({syncs['by_call']})"))
+    return "\n".join(lines)
 
 
 def log(msg: str) -> None:
@@ -310,6 +375,10 @@ def parse_args(argv, cuda: bool) -> argparse.Namespace:
                         help="TensorRT VAE precision (SD-2's VAE is documented to overflow in fp16: measure before trusting)")
     parser.add_argument("--workdir", type=Path, help="keep ONNX exports and TensorRT engines here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: profile the first setting at the first resolution (torch.profiler), "
+                             "top ops per stage and host synchronisations per frame")
+    parser.add_argument("--top", type=int, default=5, help="ops listed per stage with --profile")
     args = parser.parse_args(argv)
     if min(args.frames, args.threads) < 1 or args.warmup < 0 or min(args.resolutions) < 8:
         parser.error("--frames and --threads must be >= 1, --warmup >= 0, resolutions >= 8")
@@ -374,6 +443,8 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {args.threads} thread(s)"
     log(f"device: {name}; config {args.config}")
+    if args.profile:
+        return main_profile(args, device, name)
     rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
     peak = "bf16" if cuda else "fp32"
     log("matmul rates: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
@@ -399,6 +470,25 @@ def main(argv=None) -> None:
         "flops": {str(r): f for r, f in flops.items()}, "flops_full_size": {str(r): f for r, f in flops_full.items()},
         "results": rows, "skipped": skipped, "targets": reached,
     }
+    line = json.dumps(result)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+
+
+def main_profile(args: argparse.Namespace, device: torch.device, name: str) -> None:
+    setting, res = args.settings[0], args.resolutions[0]
+    student, metric = build_models(args.config, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe, why = make_pipeline(setting, student, metric, device, args.workdir or Path(tmp), args.trt_vae_precision)
+        if pipe is None:
+            sys.exit(f"bench/pipeline.py --profile: {setting} cannot run here: {why}")
+        result = profile(pipe, setting, res, render_scene(0, width=args.width, height=args.height).rgb, device,
+                         args.warmup, args.frames, args.top)
+    result = {"bench": "pipeline-profile", "device": name, "config": args.config, "input": [args.width, args.height],
+              "torch": torch.__version__, **result}
+    print(f"SharpDepth profile, {args.width}x{args.height} input, config {args.config}, on {name}")
+    print(profile_table(result))
     line = json.dumps(result)
     if args.json:
         args.json.write_text(line + "\n")

@@ -82,7 +82,8 @@ def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: f
 
 
 class _Clock:
-    """Seconds per stage (summed when a stage repeats); waits for the GPU only on CUDA."""
+    """Seconds per stage (summed when a stage repeats); waits for the GPU only on CUDA. Each stage is
+    also a `record_function` range, so a profiler (bench/pipeline.py --profile) can group ops by stage."""
 
     def __init__(self, device: torch.device):
         self.device, self.timings = device, {}
@@ -96,7 +97,8 @@ class _Clock:
     def __call__(self, stage: str) -> Iterator[None]:
         self._sync()
         t = time.perf_counter()
-        yield
+        with torch.profiler.record_function(f"stage:{stage}"):
+            yield
         self._sync()
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
 

@@ -15,3 +15,21 @@ def test_cpu_bench_compares_like_with_like_and_reports_every_figure():
     assert result["colours"]["max_channel_diff"] <= 5  # the built-in table reproduces matplotlib's inferno
     assert set(result["threads_ms"]) == {f"{n} thread(s), {m}" for n in (1, 2) for m in ("idle", "shared")}
     assert all(v["median_ms"] > 0 for v in result["placement"].values())
+
+
+def test_pipeline_profile_reports_top_ops_of_every_stage(tmp_path):
+    out = tmp_path / "profile.json"
+    run = subprocess.run([sys.executable, "bench/pipeline.py", "--profile", "--config", "small", "--settings", "latent", "--resolutions", "64",
+                          "--frames", "1", "--warmup", "1", "--width", "96", "--height", "64", "--json", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["setting"] == "latent" and result["res"] == 64 and result["host_syncs_per_frame"] == "n/a (CPU)"
+    stages = result["stages"]
+    # every stage the pipeline times is a profiler range; the latent map needs no first decode
+    assert {"metric", "encode", "affine_pass", "sharpen_pass", "decode", "difference", "fit", "point_cloud"} <= set(stages)
+    for name, stage in stages.items():
+        assert stage["top"] and all(op["ms"] >= 0 and op["calls"] > 0 for op in stage["top"]), name
+        if name != "other":
+            assert stage["wall_ms"] > 0 and 0 < stage["op_ms"] <= stage["wall_ms"] * 1.01, name
+    assert any(op["name"].startswith("aten::") for op in stages["sharpen_pass"]["top"])
