@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
-"""Several cameras on one node: aggregate depth frames/s for 1, 2, 4 cameras (`cameras` parameter).
+"""Several cameras on one node: aggregate depth frames/s, latency and GPU memory for 1, 2, 4 cameras.
 
 Each run starts a SharpDepth node with N camera namespaces and a driver node in the same process
 that publishes every camera's image + camera_info at `--rate` Hz (faster than the model: the node
 always has a new frame of every camera, so it runs the N newest frames as one batch per step). After
 a warm-up it counts the depth images published over `--seconds`: aggregate frames/s (all cameras)
-and per camera. Over real rclpy on loopback, on a private DDS domain. Prints a table and one JSON line.
+and per camera, and the latency from each image's stamp to its depth image reaching a subscriber in
+the driver (median and p95; the stamp is the publish time, so queueing in the node counts), and on
+CUDA the peak GPU memory allocated. Over real rclpy on loopback, on a private DDS domain. Prints a
+table and one JSON line.
 
 The target (issue 20, part 5): 4 cameras batched give at least one camera's aggregate frames/s; it is
 meant for a GPU (a batch fills it); on a CPU a batch costs about N times one frame.
 
     .venv/bin/python bench/cameras.py                         # tiny random models, CPU, 1 thread
     .venv/bin/python bench/cameras.py --model PIPELINE_DIR --device cuda --size 640x480 --processing-res 768
+    .venv/bin/python bench/cameras.py --config full --device cuda --size 640x480 --processing-res 768   # random weights
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import threading
 import time
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -34,7 +40,7 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from sharpdepth_core.pipeline import SharpDepthPipeline  # noqa: E402
+from sharpdepth_core.pipeline import DEFAULT_PROCESSING_RES, SharpDepthPipeline  # noqa: E402
 from sharpdepth_core.synthetic import render_scene  # noqa: E402
 from sharpdepth_ros.conversions import camera_info, numpy_to_image  # noqa: E402
 from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
@@ -60,6 +66,16 @@ def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: fl
             info_pub.publish(camera_info(scene.K, scene.rgb.shape[:2], header))
             image_pub.publish(numpy_to_image(scene.rgb, "rgb8", header))
 
+    latencies: list[float] = []
+
+    def received(msg: Image) -> None:
+        if counting.is_set():
+            stamp = msg.header.stamp
+            latencies.append(driver.get_clock().now().nanoseconds * 1e-9 - (stamp.sec + stamp.nanosec * 1e-9))
+
+    counting = threading.Event()
+    for n in names:
+        driver.create_subscription(Image, f"{n}/depth/image", received, qos)
     driver.create_timer(1.0 / rate, publish)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -74,8 +90,12 @@ def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: fl
     spinner.start()
     try:
         time.sleep(warmup)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
         before, t0 = [c.stats.copy() for c in node.cameras], time.monotonic()
+        counting.set()
         time.sleep(seconds)
+        counting.clear()
         after, t1 = [c.stats.copy() for c in node.cameras], time.monotonic()
     finally:
         stop.set()
@@ -85,14 +105,21 @@ def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: fl
         driver.destroy_node()
         rclpy.shutdown(context=context)
     per_camera = [(a.published - b.published) / (t1 - t0) for a, b in zip(after, before)]
+    latency = sorted(latencies)
     return {"cameras": cameras, "aggregate_fps": round(sum(per_camera), 3), "per_camera_fps": [round(f, 3) for f in per_camera],
-            "skipped": sum(sum(a.rejected.values()) - sum(b.rejected.values()) for a, b in zip(after, before))}
+            "skipped": sum(sum(a.rejected.values()) - sum(b.rejected.values()) for a, b in zip(after, before)),
+            "latency_s": {"median": statistics.median(latency), "p95": latency[int(0.95 * (len(latency) - 1))], "frames": len(latency)}
+            if latency else None,
+            "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default=None, help="pipeline folder; default: tiny random models (processing_res 64)")
+    p.add_argument("--model", default=None, help="pipeline folder; default: random models of --config")
+    p.add_argument("--config", choices=("small", "full"), default="small",
+                   help="without --model: small (tiny models, processing_res 64) or full (SD-2 UNet/VAE + ViT-L metric "
+                        "model, bench/pipeline.py's, random weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--processing-res", type=int, default=None, help="the pipeline's grid (default: its own)")
     p.add_argument("--size", default="320x240", help="camera image WIDTHxHEIGHT")
@@ -101,23 +128,37 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before counting")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds counted per run")
     p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
+    p.add_argument("--json", type=Path, help="also write the JSON result to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
     warnings.filterwarnings("ignore", message="SharpDepth: degenerate final fit")  # random tiny weights
     if args.model:
         pipeline = SharpDepthPipeline.from_pretrained(args.model, device=args.device, processing_res=args.processing_res)
+    elif args.config == "full":
+        from pipeline import full_metric, full_student  # bench/pipeline.py
+
+        pipeline = SharpDepthPipeline(full_student(args.device), full_metric(args.device), untrained=True,
+                                      processing_res=args.processing_res or DEFAULT_PROCESSING_RES)
     else:
         from sharpdepth_core.models import tiny
 
         pipeline = tiny.tiny_pipeline(processing_res=args.processing_res or 64).to(args.device)
     results = [run(pipeline, n, width, height, args.rate, args.warmup, args.seconds, args.device) for n in args.cameras]
     label = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
-    print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11}  ({label}, {args.model or 'tiny models'}, {args.size})")
+    model = args.model or f"{args.config} random models"
+    print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11} {'latency ms median':>18} {'p95':>8} {'GPU MiB':>8}"
+          f"  ({label}, {model}, {args.size})")
     for r in results:
-        print(f"{r['cameras']:>8} {r['aggregate_fps']:>19.2f} {r['aggregate_fps'] / r['cameras']:>11.2f}")
-    print(json.dumps({"bench": "cameras", "device": label, "model": args.model or "tiny", "size": args.size,
-                      "processing_res": pipeline.processing_res, "load_average": os.getloadavg()[0], "results": results}))
+        lat = r["latency_s"] or {"median": float("nan"), "p95": float("nan")}
+        mem = f"{r['gpu_peak_mib']:.0f}" if r["gpu_peak_mib"] is not None else "-"
+        print(f"{r['cameras']:>8} {r['aggregate_fps']:>19.2f} {r['aggregate_fps'] / r['cameras']:>11.2f} "
+              f"{1e3 * lat['median']:>18.1f} {1e3 * lat['p95']:>8.1f} {mem:>8}")
+    line = json.dumps({"bench": "cameras", "device": label, "model": model, "size": args.size,
+                       "processing_res": pipeline.processing_res, "load_average": os.getloadavg()[0], "results": results})
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
 
 
 if __name__ == "__main__":
