@@ -28,12 +28,12 @@ from sharpdepth_core.synthetic import render_scene
 FAST_DIFFERENCE = "exact"
 
 
-def difference_accuracy(n: int, first_seed: int = 110_000) -> dict:
+def difference_accuracy(n: int, first_seed: int = 110_000, device: str = "cpu") -> dict:
     """The difference-map methods on trained models: the embedded pipeline on n held-out val scenes of
     its own camera (the nano report scores other seeds). Per method: AbsRel, δ1, DBE of the final
     depth, |Δdepth| against exact (seed 0) and the CPU time ratio; the exact path's spread over two
     noise seeds is the yardstick a shortcut must stay within."""
-    pipe = SharpDepthPipeline.from_pretrained()
+    pipe = SharpDepthPipeline.from_pretrained(device=device)
     camera = pipe.camera or {"width": 128, "height": 96, "K": None, "style": "indoor"}
     K = None if camera["K"] is None else np.array(camera["K"])
     scenes = [render_scene(first_seed + i, camera["width"], camera["height"], K=K, style=camera["style"]) for i in range(n)]
@@ -45,7 +45,7 @@ def difference_accuracy(n: int, first_seed: int = 110_000) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)
         for name, (method, seed) in runs.items():
             t = time.perf_counter()
-            depths[name] = [pipe(sc.rgb, seed=seed, difference=method).depth[0, 0].numpy() for sc in scenes]
+            depths[name] = [pipe(sc.rgb, seed=seed, difference=method).depth[0, 0].cpu().numpy() for sc in scenes]
             seconds[name] = time.perf_counter() - t
     gt = np.stack([sc.depth for sc in scenes])
     out = {}
@@ -78,15 +78,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=30, help="held-out val scenes")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady time ratios on a shared machine)")
+    parser.add_argument("--device", default="cpu", help="cuda: the same on the GPU (its kernels may move the figures)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     if min(args.scenes, args.threads) < 1:
         parser.error("--scenes and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     print(f"[bench] difference-map accuracy on {args.scenes} held-out scenes", file=sys.stderr, flush=True)
-    accuracy = difference_accuracy(args.scenes)
+    accuracy = difference_accuracy(args.scenes, device=args.device)
     print(accuracy_table(accuracy))
-    line = json.dumps({"bench": "difference_accuracy", "torch": torch.__version__, "threads": args.threads, **accuracy})
+    line = json.dumps({"bench": "difference_accuracy", "torch": torch.__version__, "threads": args.threads, "device": args.device, **accuracy})
     if args.json:
         args.json.write_text(line + "\n")
     print(line)
