@@ -18,11 +18,15 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
+
+if TYPE_CHECKING:  # torch loads only when a command runs: --help stays fast
+    import torch
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # What predict writes per image (<name> + suffix); an input folder's files named like these are skipped.
