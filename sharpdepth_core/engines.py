@@ -7,7 +7,8 @@ Tensors go in and come out as float32 torch tensors on `device`. The PyTorch fas
 TensorRT never wait for the host inside a call (onnxruntime's `run` is blocking by design).
 
 - "pytorch" (`TorchEngine`): the student's own modules. Without options it *is* `student(...)` and
-  `student.codec.*`; `FastPath` adds fp16/bf16, channels_last, torch.compile and CUDA graphs.
+  `student.codec.*`; `FastPath` adds fp16/bf16 and channels_last (its torch.compile and CUDA graphs
+  apply to the pipeline's whole frame, `compiled`).
 - "onnx" (`OnnxEngine`): the graphs of `sharpdepth_core.export` through onnxruntime.
 - "tensorrt" (`TensorRTEngine`): TensorRT engines built from those graphs, one per graph and input
   shape, cached on disk under a name holding the GPU, TensorRT version, shape, precision and the
@@ -35,6 +36,7 @@ from .models.student import DiffusionDepthModel
 
 ENGINES = ("pytorch", "onnx", "tensorrt", "aoti")
 log = logging.getLogger(__name__)
+FRAME_RECOMPILE_LIMIT = 64  # compiled frames kept per pipeline function (`compiled`)
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
 
 
@@ -85,16 +87,18 @@ class DepthEngine(Protocol):
 
 @dataclass(frozen=True)
 class FastPath:
-    """Speed options of the PyTorch engine. None of them changes the algorithm; reduced precision
-    changes the numbers (bench/pipeline.py reports by how much against fp32).
+    """Speed options of the PyTorch path. None of them changes the algorithm; reduced precision
+    changes the numbers (bench/speed_accuracy.py measures by how much on trained models).
 
-    dtype / vae_dtype: the UNet's / VAE's weights and arithmetic (None keeps them as loaded).
+    dtype / vae_dtype: the UNet's and the metric model's / the VAE's weights and arithmetic (None keeps
+    them as loaded).
     channels_last: NHWC activations (faster convolutions on tensor cores).
-    compile: torch.compile each call with fullgraph=True and static shapes (compile_backend
-    "inductor"; "eager" only traces, which is how the CPU tests check that the calls compile without
-    graph breaks: inductor's C++ code generation takes minutes on CPU).
-    cuda_graphs: capture each call once per input shape and replay it (CUDA only): one launch per
-    network instead of hundreds of kernel launches.
+    compile: torch.compile the pipeline's whole frame with fullgraph=True and static shapes
+    (compile_backend "inductor"; "eager" only traces, which is how the CPU tests check that a frame
+    compiles without graph breaks or host synchronisations: inductor's C++ code generation takes
+    minutes on CPU).
+    cuda_graphs: capture the frame once per input shape and replay it (CUDA only): one launch per
+    frame instead of thousands of kernel launches.
     """
 
     dtype: torch.dtype | None = None
@@ -115,7 +119,7 @@ class FastPath:
 class TorchEngine:
     """The student's own modules. Without `fast` every call is the reference call, looked up at call
     time (`student(...)`, `student.codec.*`); `fast` converts the modules in place (the engine then
-    owns the student) and wraps the calls."""
+    owns the student) to its precision and memory format."""
 
     name = "pytorch"
 
@@ -145,9 +149,8 @@ class TorchEngine:
 
     @staticmethod
     def _fast_calls(student: DiffusionDepthModel, fast: FastPath) -> dict[str, Callable[..., Tensor]]:
-        device = student.device
-        if fast.cuda_graphs and device.type != "cuda":
-            raise ValueError(f"FastPath.cuda_graphs needs the model on a CUDA device; it is on {device}")
+        """The calls on the student converted to `fast`'s precision and memory format (compiling and
+        CUDA graphs apply to the pipeline's whole frame: `compiled`)."""
         fmt = torch.channels_last if fast.channels_last else torch.contiguous_format
         if fast.dtype is not None:
             to_dtype(student.unet, fast.dtype)
@@ -156,21 +159,29 @@ class TorchEngine:
         student.unet.to(memory_format=fmt)
         student.vae.to(memory_format=fmt)
         net, codec = StudentUNet(student), student.codec
+        device = student.device
 
         def unet(z_img: Tensor, z_depth: Tensor) -> Tensor:
             return net(torch.cat([z_img, z_depth], dim=1).to(device).contiguous(memory_format=fmt))
 
-        calls = {
+        return {
             "unet": unet,
             "encode_image": lambda rgb01: codec.encode_image(rgb01.contiguous(memory_format=fmt)),
             "encode_depth": lambda d_n: codec.encode_depth(d_n.contiguous(memory_format=fmt)),
             "decode_depth": lambda z: codec.decode_depth(z.contiguous(memory_format=fmt)),
         }
-        if fast.compile:  # default mode: CUDA graphs are captured below, around the compiled code
-            calls = {k: torch.compile(f, fullgraph=True, dynamic=False, backend=fast.compile_backend) for k, f in calls.items()}
-        if fast.cuda_graphs:
-            calls = {k: CudaGraphed(f) for k, f in calls.items()}
-        return calls
+
+
+def compiled(fn: Callable[..., Tensor | tuple[Tensor, ...]], fast: FastPath) -> Callable[..., Tensor | tuple[Tensor, ...]]:
+    """`fn` compiled whole (fullgraph, static shapes: a graph break or a wait for the device inside is
+    an error, not a slow path) when `fast.compile`, and captured as a CUDA graph per input signature
+    when `fast.cuda_graphs` (compile's default mode: the capture is ours, around the compiled code)."""
+    if fast.compile:
+        # one compiled graph per (grid, batch, method, K given): a multi-camera node passes dynamo's default
+        # of 8 per function, after which it would run the frame uncompiled without saying so
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FRAME_RECOMPILE_LIMIT)
+        fn = torch.compile(fn, fullgraph=True, dynamic=False, backend=fast.compile_backend)
+    return CudaGraphed(fn) if fast.cuda_graphs else fn
 
 
 class CudaGraphed:
@@ -178,29 +189,29 @@ class CudaGraphed:
 
     First call for a signature: warm-up on a side stream (cuDNN autotuning, lazy compilation), then
     capture with static input buffers. Later calls copy the inputs into those buffers, replay, and
-    return a copy of the static output (the next replay overwrites it). The function must not
-    synchronise with the host, which the engines' calls guarantee (tensor timestep and conditioning).
+    return copies of the static outputs (a tensor or a tuple of tensors; the next replay overwrites
+    them). The function must not synchronise with the host, which the pipeline's frame guarantees.
     """
 
     WARMUP = 3
 
-    def __init__(self, fn: Callable[..., Tensor]):
+    def __init__(self, fn: Callable[..., Tensor | tuple[Tensor, ...]]):
         self.fn = fn
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor]] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[Tensor], Tensor | tuple[Tensor, ...]]] = {}
 
     @torch.no_grad()
-    def __call__(self, *args: Tensor) -> Tensor:
-        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+    def __call__(self, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
+        key = tuple((tuple(a.shape), a.stride(), a.dtype, a.device) for a in args)
         if key not in self._graphs:
             self._graphs[key] = self._capture(args)
         graph, static_in, static_out = self._graphs[key]
         for buf, a in zip(static_in, args):
             buf.copy_(a)
         graph.replay()
-        return static_out.clone()
+        return static_out.clone() if isinstance(static_out, Tensor) else tuple(t.clone() for t in static_out)
 
     def _capture(self, args: tuple[Tensor, ...]):
-        static_in = [a.clone() for a in args]
+        static_in = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device).copy_(a) for a in args]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -32,9 +32,11 @@ def noise_schedule(num_steps: int = 1000, beta_start: float = 0.00085, beta_end:
     return _alphas_cumprod(num_steps, beta_start, beta_end).clone()
 
 
-def add_noise(x0: Tensor, noise: Tensor, t: int = TIMESTEP, alphas_cumprod: Tensor | None = None) -> Tensor:
-    """Forward diffusion `sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε` (at t = 999 it is almost pure ε)."""
-    ab = (noise_schedule() if alphas_cumprod is None else alphas_cumprod)[t].item()
+def add_noise(x0: Tensor, noise: Tensor, alpha_bar: float | None = None) -> Tensor:
+    """Forward diffusion to the student's timestep, `sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε` (at t = 999 almost pure ε).
+    alpha_bar: ᾱ_999 of the model's schedule, a Python float so that no call reads it from the device;
+    None: the SD-2 schedule's."""
+    ab = float(noise_schedule()[TIMESTEP]) if alpha_bar is None else alpha_bar
     return ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
 
 

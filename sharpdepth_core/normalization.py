@@ -5,17 +5,19 @@ import torch
 from torch import Tensor
 
 
-def normalize_depth(depth: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
+def normalize_depth(depth: Tensor, eps: float = 1e-6, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """`d_n = 2 (d - min) / (max - min) - 1` per image over all pixels, clipped to [-1, 1].
 
     depth: [B, 1, H, W] (or [B, C, H, W]; min/max are taken per image over C, H, W).
     Returns (d_n, d_min, d_max) with d_min/d_max shaped [B, 1, 1, 1] for `denormalize_depth`.
     Constant depth (max - min < eps) maps to 0 everywhere, the midpoint, rather than dividing by 0.
-    Non-finite input raises: a NaN here would silently poison every later stage.
+    Non-finite input raises: a NaN here would silently poison every later stage. check=False skips
+    that test, which waits for the device: for callers that test the input themselves later (the
+    pipeline reports it with the frame's result).
     """
     if depth.ndim != 4:
         raise ValueError(f"depth must be [B, C, H, W], got shape {tuple(depth.shape)}")
-    if not torch.isfinite(depth).all():
+    if check and not torch.isfinite(depth).all():
         raise ValueError("depth contains NaN or inf; cannot normalise")
     flat = depth.flatten(1)
     d_min = flat.amin(dim=1).view(-1, 1, 1, 1)

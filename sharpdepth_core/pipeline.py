@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
-from .engines import DepthEngine, TorchEngine
+from .engines import DepthEngine, FastPath, TorchEngine, compiled
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, Extra, read_config, replacing_dir
+from .models.hub import CheckpointError, Extra, read_config, replacing_dir, to_dtype
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .normalization import normalize_depth
-from .preprocessing import Resize, check_processing_res, resize_and_pad, unpad_and_resize
+from .preprocessing import Resize, check_processing_res, plan_resize, to_grid, unpad_and_resize
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
@@ -48,12 +49,13 @@ class SharpDepthOutput:
     fallback: list[bool] = field(default_factory=list)  # per image: degenerate fit, depth = metric_depth
 
 
-def as_image_batch(image) -> Tensor:
-    """uint8 HxWx3 numpy, or a [B, 3, H, W] / [3, H, W] tensor (float in [0, 1] or uint8) -> float [B, 3, H, W]."""
+def as_image_batch(image, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 HxWx3 numpy, or a [B, 3, H, W] / [3, H, W] tensor (float in [0, 1] or uint8) -> float [B, 3, H, W]
+    on `device` (uint8 crosses to the device before it is widened: a quarter of the bytes)."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"numpy image must be uint8 HxWx3 RGB, got {image.dtype} of shape {image.shape}")
-        return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float() / 255
+        image = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
     if not isinstance(image, Tensor):
         raise ValueError(f"image must be a uint8 HxWx3 numpy array or a [B, 3, H, W] tensor, got {type(image).__name__}")
     if image.ndim == 3:
@@ -61,50 +63,66 @@ def as_image_batch(image) -> Tensor:
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image tensor must be [B, 3, H, W], got shape {tuple(image.shape)}")
     if image.dtype == torch.uint8:
-        return image.float() / 255
+        return image.to(device).float() / 255
     if not image.is_floating_point():
         raise ValueError(f"image tensor must be float in [0, 1] or uint8, got {image.dtype}")
     image = image.float()
     if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
         raise ValueError("image tensor values must be finite and in [0, 1]")
-    return image
+    return image.to(device)
 
 
-def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: float = FIT_THRESHOLD) -> tuple[Tensor, list[bool]]:
+def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: float = FIT_THRESHOLD) -> tuple[Tensor, Tensor]:
     """`s d̂_n + b` with (s, b) the least-squares fit onto the metric depth over pixels where
     e < threshold and the metric depth is valid. A degenerate fit (too few pixels, scale <= 0)
-    returns the metric depth for that image; the list says which images fell back."""
+    returns the metric depth for that image; the [B] bool tensor says which images fell back (a
+    tensor, so that the frame never waits for the device to say)."""
     mask = (e < threshold) & torch.isfinite(metric_depth) & (metric_depth > 0)
     fit = fit_scale_shift(d_hat_n, metric_depth, mask=mask)
     usable = fit.usable.view(-1, 1, 1, 1)
     depth = torch.where(usable, apply_scale_shift(d_hat_n, fit), metric_depth)
-    return depth, [not u for u in fit.usable.tolist()]
+    return depth, ~fit.usable
 
 
 class _Clock:
-    """Seconds per stage (summed when a stage repeats); waits for the GPU only on CUDA. Each stage is
-    also a `record_function` range, so a profiler (bench/pipeline.py --profile) can group ops by stage."""
+    """Seconds per stage (summed when a stage repeats) without waiting for the device inside a frame: on
+    CUDA each stage is a pair of CUDA events, read after the frame's one synchronisation (`total`);
+    elsewhere the host's clock. Each stage is also a `record_function` range, so a profiler
+    (bench/pipeline.py --profile) can group ops by stage."""
 
     def __init__(self, device: torch.device):
-        self.device, self.timings = device, {}
-        self._start = time.perf_counter()
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[str, object, object]] = []
+        self._wall = time.perf_counter()
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        self._sync()
-        t = time.perf_counter()
+        start = self._mark()
         with torch.profiler.record_function(f"stage:{stage}"):
             yield
-        self._sync()
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
+        self._marks.append((stage, start, self._mark()))
 
     def total(self) -> dict[str, float]:
-        self._sync()
-        return {**self.timings, "total": time.perf_counter() - self._start}
+        """The stage times and the wall time since the clock started, once the device has finished."""
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
+        timings: dict[str, float] = {}
+        for stage, start, end in self._marks:
+            seconds = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+            timings[stage] = timings.get(stage, 0.0) + seconds
+        return {**timings, "total": time.perf_counter() - self._wall}
+
+
+def _no_clock(stage: str):
+    """The clock of a compiled frame: its stages are fused, so only the whole frame is timed."""
+    return nullcontext()
 
 
 class SharpDepthPipeline:
@@ -123,7 +141,10 @@ class SharpDepthPipeline:
       (a small decoder trained to reproduce the VAE's depth output, `light_decoder`), or "latent"
       (|ẑ_a - z_d| on the latent grid, no decode at all); a call may override it.
     untrained: the weights are random (tiny models), so anything showing the output must say so.
-    engine: runs the UNet and VAE calls (`engines`; default the student's own modules). camera: the
+    engine: runs the UNet and VAE calls (`engines`; default the student's own modules). fast: the
+    PyTorch speed options (`engines.FastPath`): the student's and the metric model's precision and
+    memory format (converted in place), and compiling each frame whole and replaying it as one CUDA
+    graph (no host synchronisation inside a frame; stage times then only for the whole frame). camera: the
     camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
     distilled_from: what a trained student learned from (`pipeline.json`, written by the trainer): its
     teachers, and `embedded`, true when they are the embedded synthetic-scene models.
@@ -143,14 +164,26 @@ class SharpDepthPipeline:
         light_decoder: LightDepthDecoder | None = None,
         camera: dict | None = None,
         distilled_from: dict | None = None,
+        fast: FastPath | None = None,
     ):
-        self.student, self.metric_model = student, metric_model
+        if fast is not None and engine is not None:
+            raise ValueError("fast applies to the PyTorch engine it makes; an exported engine has its own precision")
+        if fast is not None and fast.dtype is not None:
+            to_dtype(metric_model, fast.dtype)
+        if fast is not None and fast.channels_last:
+            metric_model.to(memory_format=torch.channels_last)
+        self.student, self.metric_model, self.fast = student, metric_model, fast
         self.processing_res = check_processing_res(processing_res)
         self.difference_fit_first = difference_fit_first
         self.pass_k_to_metric = pass_k_to_metric
         self.metric_at_input_res = metric_at_input_res
         self.untrained = untrained
-        self.engine = engine if engine is not None else TorchEngine(student)
+        self.engine = engine if engine is not None else TorchEngine(student, fast)
+        if fast is not None and fast.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"FastPath.cuda_graphs needs the models on a CUDA device; they are on {self.device}")
+        self._alpha_bar = float(student.alphas_cumprod[TIMESTEP])
+        self._seeded_noise: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._compiled: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
         self.light_decoder = light_decoder
         self.difference = self._checked_difference(difference)
         self.camera = camera
@@ -179,6 +212,7 @@ class SharpDepthPipeline:
         self.metric_model.to(device)
         if self.light_decoder is not None:
             self.light_decoder.to(device)
+        self._compiled.clear()  # compiled and captured for the old device
         return self
 
     @torch.no_grad()
@@ -190,39 +224,20 @@ class SharpDepthPipeline:
         res = self.processing_res if processing_res is None else check_processing_res(processing_res)
         method = self.difference if difference is None else self._checked_difference(difference)
         clock = _Clock(self.device)
-        image = as_image_batch(image).to(self.device)
-        K = check_intrinsics(K, image.shape[0], self.device)
-        engine = self.engine
-        x, plan = resize_and_pad(image, res, engine.downsample_factor)  # the processing grid
-
-        # 1. metric depth d = f_D(I): on the grid image (reference), or on the input, then resized
-        with clock("metric"):
-            d, metric_depth, metric_K = self._metric_depth(image, x, plan, K, res)
-
-        # 2. z_i = enc(I), z_d = enc(norm(d)) (the image latent serves both passes)
-        with clock("encode"):
-            d_n, _, _ = normalize_depth(d)
-            z_i, z_d = engine.encode_image(x), engine.encode_depth(d_n)
-        eps1, eps2 = self._noise(z_i, seed)
-
-        # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1)
-        with clock("affine_pass"):
-            z_a = engine.unet(z_i, eps1)
-
-        # 4. difference map e = |dec(ẑ_a) - d_n| / max, and its latent-grid version ê (nearest)
-        e, e_hat = self._difference_map(method, z_a, z_d, d_n, clock)
-
-        # 5-6. noise-aware gating, sharpening pass: ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2) + (1 - ê) ⊙ z_d)
-        with clock("sharpen_pass"):
-            z_gated = gate(z_d, e_hat, add_noise(z_a, eps2, TIMESTEP, self.student.alphas_cumprod))
-            z = engine.unet(z_i, z_gated)
-        with clock("decode"):
-            d_hat_n = engine.decode_depth(z)
-
-        # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5
-        with clock("fit"):
-            d_hat_n, e = unpad_and_resize(d_hat_n, plan), unpad_and_resize(e, plan).clamp(0, 1)
-            depth, fallback = fit_to_metric(d_hat_n, metric_depth, e)
+        image = as_image_batch(image, self.device)
+        K = check_intrinsics(K, image.shape[0])  # on the host: checking it on the device would wait for it
+        K = None if K is None else K.to(self.device)
+        plan = plan_resize(tuple(image.shape[-2:]), res, self.engine.downsample_factor)  # the processing grid
+        eps1, eps2 = self._noise(image.shape[0], plan, seed)
+        inputs = (image, eps1, eps2) if K is None else (image, eps1, eps2, K)
+        if self.fast is not None and self.fast.compile:
+            with clock("frame"):
+                depth, metric_depth, e, flags, metric_K = self._compiled_frame(plan, method)(*inputs)
+        else:
+            depth, metric_depth, e, flags, metric_K = self._frame(*inputs, plan=plan, method=method, clock=clock)
+        fallback, finite = flags.tolist()  # the frame's one wait for the device, after all of it is queued
+        if not all(finite):
+            raise ValueError("the metric backend's depth contains NaN or inf; cannot normalise")
         if any(fallback):
             which = [i for i, f in enumerate(fallback) if f]
             warnings.warn(
@@ -240,29 +255,87 @@ class SharpDepthPipeline:
             fallback=fallback,
         )
 
+    def _frame(self, image: Tensor, eps1: Tensor, eps2: Tensor, K: Tensor | None = None, *, plan: Resize, method: str,
+               clock) -> tuple[Tensor, ...]:
+        """Steps 1-8 on the device: tensors in, tensors out, and never a wait for the device, so that the
+        whole frame compiles as one graph and replays as one CUDA graph (`fast`). Returns (depth, f_D's
+        depth, e, [fallback; f_D finite] per image, K)."""
+        # 1. metric depth d = f_D(I): on the grid image (reference), or on the input, then resized
+        with clock("metric"):
+            x, d, metric_depth, metric_K = self._metric_stage(image, K, plan)
+        return (*self._sharpen(x, d, metric_depth, eps1, eps2, plan=plan, method=method, clock=clock), metric_K)
+
+    def _sharpen(self, x: Tensor, d: Tensor, metric_depth: Tensor, eps1: Tensor, eps2: Tensor, *, plan: Resize,
+                 method: str, clock) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Steps 2-8, from the grid image and f_D's depth to the sharpened metric depth."""
+        engine = self.engine
+        # 2. z_i = enc(I), z_d = enc(norm(d)) (the image latent serves both passes); f_D's finiteness is
+        # reported with the result rather than checked here, which would wait for the device
+        with clock("encode"):
+            d_n, _, _ = normalize_depth(d, check=False)
+            z_i, z_d = engine.encode_image(x), engine.encode_depth(d_n)
+
+        # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1)
+        with clock("affine_pass"):
+            z_a = engine.unet(z_i, eps1)
+
+        # 4. difference map e = |dec(ẑ_a) - d_n| / max, and its latent-grid version ê (nearest)
+        e, e_hat = self._difference_map(method, z_a, z_d, d_n, clock)
+
+        # 5-6. noise-aware gating, sharpening pass: ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2) + (1 - ê) ⊙ z_d)
+        with clock("sharpen_pass"):
+            z_gated = gate(z_d, e_hat, add_noise(z_a, eps2, alpha_bar=self._alpha_bar))
+            z = engine.unet(z_i, z_gated)
+        with clock("decode"):
+            d_hat_n = engine.decode_depth(z)
+
+        # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5
+        with clock("fit"):
+            d_hat_n, e = unpad_and_resize(d_hat_n, plan), unpad_and_resize(e, plan).clamp(0, 1)
+            depth, fallback = fit_to_metric(d_hat_n, metric_depth, e)
+        return depth, metric_depth, e, torch.stack([fallback, torch.isfinite(d).flatten(1).all(1)])
+
+    def _compiled_frame(self, plan: Resize, method: str) -> Callable[..., tuple[Tensor, ...]]:
+        """The frame compiled (and on CUDA captured) once per grid and method: whole, or from the encodes on
+        for a metric backend whose shapes are not fixed per camera (`MetricBackend.static_shapes`)."""
+        key = (plan, method)
+        if key not in self._compiled:
+            if self.metric_model.static_shapes:
+                self._compiled[key] = compiled(partial(self._frame, plan=plan, method=method, clock=_no_clock), self.fast)
+            else:
+                sharpen = compiled(partial(self._sharpen, plan=plan, method=method, clock=_no_clock), self.fast)
+
+                def frame(image: Tensor, eps1: Tensor, eps2: Tensor, K: Tensor | None = None) -> tuple[Tensor, ...]:
+                    x, d, metric_depth, metric_K = self._metric_stage(image, K, plan)
+                    return (*sharpen(x, d, metric_depth, eps1, eps2), metric_K)
+
+                self._compiled[key] = frame
+        return self._compiled[key]
+
     @torch.no_grad()
     def metric_depth(self, image, K=None, processing_res: int | None = None) -> Tensor:
         """f_D's depth at the input size, exactly as a full call with the same arguments computes it
         (same grid, same K use): the teacher's output beside SharpDepth's, for comparisons."""
         res = self.processing_res if processing_res is None else check_processing_res(processing_res)
-        image = as_image_batch(image).to(self.device)
+        image = as_image_batch(image, self.device)
         K = check_intrinsics(K, image.shape[0], self.device)
-        x, plan = resize_and_pad(image, res, self.engine.downsample_factor)
-        return self._metric_depth(image, x, plan, K, res)[1]
+        return self._metric_stage(image, K, plan_resize(tuple(image.shape[-2:]), res, self.engine.downsample_factor))[2]
 
-    def _metric_depth(self, image: Tensor, x: Tensor, plan: Resize, K: Tensor | None, res: int | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(d on the processing grid, f_D's depth at the input size, the K f_D stands for at the input size).
+    def _metric_stage(self, image: Tensor, K: Tensor | None, plan: Resize) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(the grid image, d on the grid, f_D's depth at the input size, the K f_D stands for at the input size).
 
         Reference order: f_D sees the resized and padded grid image (K scaled to the grid), its depth
         is normalised there, and brought back to the input size (bilinear, no antialias) for the fit.
         """
+        x = to_grid(image, plan)
+        k = K if self.pass_k_to_metric else None
         if self.metric_at_input_res:
-            metric = self.metric_model(image, K if self.pass_k_to_metric else None)
-            d, _ = resize_and_pad(metric.depth, res, self.engine.downsample_factor)
-            return d, metric.depth, metric.K
-        K_grid = None if K is None or not self.pass_k_to_metric else scale_intrinsics(K, plan.input_hw, plan.resized_hw)
-        metric = self.metric_model(x, K_grid)
-        return metric.depth, unpad_and_resize(metric.depth, plan), scale_intrinsics(metric.K, plan.resized_hw, plan.input_hw)
+            metric = self.metric_model.predict(image, k)
+            d = to_grid(metric.depth, plan)
+            return x, d, metric.depth, metric.K
+        K_grid = None if k is None else scale_intrinsics(k, plan.input_hw, plan.resized_hw)
+        metric = self.metric_model.predict(x, K_grid)
+        return x, metric.depth, unpad_and_resize(metric.depth, plan), scale_intrinsics(metric.K, plan.resized_hw, plan.input_hw)
 
     def _difference_map(self, method: str, z_a: Tensor, z_d: Tensor, d_n: Tensor, clock: _Clock) -> tuple[Tensor, Tensor]:
         """e on the processing grid and ê on the latent grid, made by `method` (see the class)."""
@@ -278,15 +351,20 @@ class SharpDepthPipeline:
             e = difference_map(d_tilde, d_n, fit_first=self.difference_fit_first)
             return e, downsample_to_latent(e, latent_hw)
 
-    @staticmethod
-    def _noise(like: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
-        """ε1 (affine pass) and ε2 (gating). Seeded: drawn once on the CPU and shared by every image
-        of the batch, so an image's result depends on neither the device nor its batch mates."""
+    def _noise(self, batch: int, plan: Resize, seed: int | None) -> tuple[Tensor, Tensor]:
+        """ε1 (affine pass) and ε2 (gating) on the latent grid. Seeded: drawn on the CPU and shared by every
+        image of the batch, so an image's result depends on neither the device nor its batch mates; kept
+        on the device for the next frame with the same seed and grid (no copy from the host per frame)."""
+        shape = (self.student.vae.config.latent_channels, *(n // self.engine.downsample_factor for n in plan.padded_hw))
         if seed is None:
-            return torch.randn_like(like), torch.randn_like(like)
-        g = torch.Generator().manual_seed(int(seed))
-        shape = (1, *like.shape[1:])
-        return tuple(torch.randn(shape, generator=g).to(like.device, like.dtype).expand_as(like) for _ in range(2))
+            return tuple(torch.randn((batch, *shape), device=self.device) for _ in range(2))
+        key = (int(seed), shape, self.device)
+        if key not in self._seeded_noise:
+            g = torch.Generator().manual_seed(int(seed))
+            if len(self._seeded_noise) >= 8:  # a handful of grids (cameras) at a time
+                self._seeded_noise.clear()
+            self._seeded_noise[key] = tuple(torch.randn((1, *shape), generator=g).to(self.device) for _ in range(2))
+        return tuple(eps.expand(batch, *shape) for eps in self._seeded_noise[key])
 
     @classmethod
     def from_pretrained(

@@ -56,13 +56,18 @@ def plan_resize(input_hw: tuple[int, int], processing_res: int | None, multiple:
 def resize_and_pad(x: Tensor, processing_res: int | None, multiple: int = 8) -> tuple[Tensor, Resize]:
     """[B, C, H, W] -> processing grid. Bilinear with antialias (no torchvision), replicate padding."""
     plan = plan_resize(tuple(x.shape[-2:]), processing_res, multiple)
+    return to_grid(x, plan), plan
+
+
+def to_grid(x: Tensor, plan: Resize) -> Tensor:
+    """[B, C, H, W] at plan.input_hw -> the processing grid of `plan` (see `resize_and_pad`)."""
     if plan.resized_hw != plan.input_hw:
         x = F.interpolate(x, size=plan.resized_hw, mode="bilinear", align_corners=False, antialias=True)
     pad_h = plan.padded_hw[0] - plan.resized_hw[0]
     pad_w = plan.padded_hw[1] - plan.resized_hw[1]
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, plan
+    return x
 
 
 def unpad_and_resize(x: Tensor, plan: Resize) -> Tensor:

@@ -163,6 +163,8 @@ class DepthAnythingBackend(MetricBackend):
 class UniDepthBackend(MetricBackend):
     """UniDepth V1/V2 through its own `infer`, one image at a time (its documented call)."""
 
+    static_shapes = False  # `infer` loops over images and builds dicts: it is run eagerly before the compiled rest
+
     def __init__(self, model: nn.Module, version: int):
         super().__init__()
         if version not in (1, 2):

@@ -26,14 +26,21 @@ class MetricPrediction:
 
 
 class MetricBackend(nn.Module):
-    """Common validation; subclasses implement `_predict` (inputs checked, no autograd)."""
+    """Common validation; subclasses implement `_predict` (inputs checked, no autograd).
+
+    static_shapes: the model's work depends only on the input's shape, so a frame can be compiled
+    and replayed as a CUDA graph through it (false for a backend that loops or branches on values)."""
 
     name: str
+    static_shapes = True
 
     def forward(self, image01: Tensor, K: Tensor | None = None) -> MetricPrediction:
         if not isinstance(image01, Tensor) or image01.ndim != 4 or image01.shape[1] != 3:
             raise ValueError(f"metric backend: image must be a [B, 3, H, W] tensor, got {getattr(image01, 'shape', type(image01))}")
-        K = check_intrinsics(K, image01.shape[0], image01.device)
+        return self.predict(image01, check_intrinsics(K, image01.shape[0], image01.device))
+
+    def predict(self, image01: Tensor, K: Tensor | None) -> MetricPrediction:
+        """`forward` on inputs the caller has checked: checking K on the device would wait for it."""
         with torch.no_grad():
             pred = self._predict(image01, K)
         return MetricPrediction(pred.depth.float(), pred.K.float())

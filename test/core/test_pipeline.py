@@ -123,7 +123,7 @@ def test_final_fit_uses_only_pixels_with_low_difference():
     d_hat_n[..., 8:] += 3.0  # ...except on the right half, where the difference map is high
     e[..., 8:] = 0.9
     depth, fallback = fit_to_metric(d_hat_n, metric, e)
-    assert fallback == [False]
+    assert fallback.tolist() == [False]
     assert torch.allclose(depth[..., :8], metric[..., :8], atol=1e-5)  # exact where e < 0.5
     all_pixels, _ = fit_to_metric(d_hat_n, metric, torch.zeros_like(e))
     assert (all_pixels[..., :8] - metric[..., :8]).abs().max() > 0.5  # a fit on every pixel is pulled away
@@ -134,9 +134,9 @@ def test_degenerate_fits_return_the_metric_depth():
     few = torch.ones_like(metric)
     few[..., 0, :10] = 0.0  # 10 < 16 usable pixels
     depth, fallback = fit_to_metric((metric - 3) / 2, metric, few)
-    assert fallback == [True] and torch.equal(depth, metric)
+    assert fallback.tolist() == [True] and torch.equal(depth, metric)
     depth, fallback = fit_to_metric(-metric, metric, torch.zeros_like(metric))  # inverted: scale < 0
-    assert fallback == [True] and torch.equal(depth, metric)
+    assert fallback.tolist() == [True] and torch.equal(depth, metric)
 
 
 def test_pipeline_reports_and_warns_about_a_fallback(pipe):
