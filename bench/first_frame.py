@@ -3,7 +3,7 @@ node. Each engine runs in a fresh Python process (imports, model load, any compi
 then a second frame for the steady state), timed from the moment the process is spawned:
 
   eager          the PyTorch engine as loaded (the reference calls)
-  compile        the PyTorch engine with torch.compile (FastPath(compile=True), inductor), with an
+  compile        the pipeline's frame with torch.compile (FastPath(compile=True), inductor), with an
                  empty inductor cache (a first start) and again with the cache it left (a restart)
   aoti           the AOTInductor packages of `sharpdepth export --engine aoti`, written once before
                  (that export's time is reported on its own line)
@@ -35,7 +35,7 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from sharpdepth_core.engines import FastPath, TorchEngine, exported_engine
+    from sharpdepth_core.engines import FastPath, exported_engine
     from sharpdepth_core.models import EMBEDDED_DIR
     from sharpdepth_core.pipeline import SharpDepthPipeline
     from sharpdepth_core.synthetic import render_scene
@@ -43,10 +43,9 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     stamps["imported"] = time.time()
     model = Path(args.model or EMBEDDED_DIR)
-    pipe = SharpDepthPipeline.from_pretrained(model, device=args.device)
-    if args.child.startswith("compile"):
-        pipe.engine = TorchEngine(pipe.student, FastPath(compile=True))
-    elif args.child == "aoti":
+    fast = FastPath(compile=True) if args.child.startswith("compile") else None
+    pipe = SharpDepthPipeline.from_pretrained(model, device=args.device, fast=fast)
+    if args.child == "aoti":
         pipe.engine = exported_engine("aoti", args.export, model / "student", pipe.processing_res, pipe.device)
     stamps["loaded"] = time.time()
     w, h = args.input_size

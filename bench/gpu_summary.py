@@ -32,7 +32,7 @@ def figures(name: str, result: dict) -> list[str]:
     if name == "profile":
         top = [f"{stage} {s['wall_ms']:.1f} ms ({s['top'][0]['name'][:50] if s['top'] else '-'})" for stage, s in list(result["stages"].items())[:3]]
         syncs = result["host_syncs_per_frame"]
-        syncs = syncs if isinstance(syncs, str) else f"{syncs['data']:g} data-dependent + {syncs['timing']:g} timing"
+        syncs = syncs if isinstance(syncs, str) else f"{syncs['total']:g} per frame"
         return [f"{result['setting']} @ {result['res']}: " + "; ".join(top), f"host syncs per frame: {syncs}"]
     if name == "accuracy":
         return [f"{m}: AbsRel {v['abs_rel']:.4f}, DBE acc {v['dbe_acc']:.2f}, within spread {v.get('within_spread', '-')}"

@@ -198,11 +198,8 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
         if setting == "torch-fast" and not cuda:
             return None, "needs CUDA (CUDA graphs; inductor compiles for minutes on CPU)"
         fast = FastPath.fastest(device) if setting == "torch-fast" else FastPath(torch.bfloat16, torch.bfloat16, channels_last=True)
-        metric_bf16 = copy.deepcopy(metric).to(torch.bfloat16)
-        if fast.channels_last:
-            metric_bf16.to(memory_format=torch.channels_last)
-        s = copy.deepcopy(student)
-        return SharpDepthPipeline(s, metric_bf16, untrained=True, engine=TorchEngine(s, fast), **difference_options(FAST_DIFFERENCE, s, device)), None
+        s = copy.deepcopy(student)  # fast converts the models in place
+        return SharpDepthPipeline(s, copy.deepcopy(metric), untrained=True, fast=fast, **difference_options(FAST_DIFFERENCE, s, device)), None
     if setting == "onnx":
         import onnxruntime as ort
 
@@ -238,10 +235,12 @@ def run_frame(pipe: SharpDepthPipeline, rgb, device: torch.device, res: int):
     with torch.profiler.record_function("stage:point_cloud"):
         xyz = unproject(out.depth[0, 0], out.K[0]).cpu()  # the cloud leaves the GPU for the message
     t2 = time.perf_counter()
-    t = out.timings
+    t = out.timings  # a compiled frame is fused: it has no stages, only its total (the columns show "-")
+    nan = float("nan")
     stages = {
-        "metric": t["metric"], "encode": t["encode"], "unet": t["affine_pass"] + t["sharpen_pass"], "decode": t["decode"],
-        "difference": t["difference"], "fit": t["fit"], "point_cloud": t2 - t1, "total": t2 - t0,
+        "metric": t.get("metric", nan), "encode": t.get("encode", nan), "unet": t.get("affine_pass", nan) + t.get("sharpen_pass", nan),
+        "decode": t.get("decode", nan), "difference": t.get("difference", nan), "fit": t.get("fit", nan),
+        "point_cloud": t2 - t1, "total": t2 - t0,
     }
     return out, stages, xyz
 
@@ -269,11 +268,10 @@ def measure(pipe, setting: str, res: int, rgb, device, warmup: int, frames: int,
 # --- profile -----------------------------------------------------------------------------------
 
 # Host synchronisations are counted from the profiler's CUDA runtime calls (not set_sync_debug_mode,
-# which misses explicit torch.cuda.synchronize): cudaDeviceSynchronize is the pipeline's own per-stage
-# timing barrier (_Clock), the others are the data-dependent waits (.item(), .cpu(), .tolist(), a
-# blocking copy) that would remain without the timing.
-TIMING_SYNCS = ("cudaDeviceSynchronize",)
-DATA_SYNCS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+# which misses explicit synchronisations). Expected per frame: the uploads of the image (and K) before the
+# frame's work is queued, reading its per-image flags (fallback, f_D finite) and its clock's CUDA events
+# after all of it is queued, and the point cloud's copy to the host. Anything more is a wait inside the frame.
+SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
 def stage_of(event) -> str:
@@ -297,7 +295,7 @@ def profile(pipe, setting: str, res: int, rgb, device: torch.device, warmup: int
         with torch.profiler.profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
             for _ in range(frames):
                 run_frame(pipe, rgb, device, res)
-    wall, ops, syncs = {}, {}, {name: 0 for name in TIMING_SYNCS + DATA_SYNCS}
+    wall, ops, syncs = {}, {}, {name: 0 for name in SYNC_CALLS}
     for e in prof.events():
         if e.name.startswith("stage:"):
             wall[e.name[6:]] = wall.get(e.name[6:], 0.0) + e.cpu_time_total
@@ -313,8 +311,8 @@ def profile(pipe, setting: str, res: int, rgb, device: torch.device, warmup: int
         by_op = sorted(ops.get(name, {}).items(), key=lambda kv: -kv[1][0])
         stages[name] = {"wall_ms": wall.get(name, 0.0) / frames / 1e3, "op_ms": sum(t for _, (t, _) in by_op) / frames / 1e3,
                         "top": [{"name": n, "ms": t / frames / 1e3, "calls": c / frames} for n, (t, c) in by_op[:top]]}
-    host_syncs = ({"timing": sum(syncs[n] for n in TIMING_SYNCS) / frames, "data": sum(syncs[n] for n in DATA_SYNCS) / frames,
-                   "by_call": {n: c / frames for n, c in syncs.items()}} if cuda else "n/a (CPU)")
+    host_syncs = ({"total": sum(syncs.values()) / frames, "by_call": {n: c / frames for n, c in syncs.items()}}
+                  if cuda else "n/a (CPU)")
     return {"setting": setting, "res": res, "frames": frames, "time": "CUDA kernel" if cuda else "self CPU",
             "stages": stages, "host_syncs_per_frame": host_syncs}
 
@@ -326,7 +324,7 @@ def profile_table(result: dict) -> str:
         lines += [f"      {op['ms']:8.3f} ms  x{op['calls']:<5g} {op['name'][:90]}" for op in s["top"]]
     syncs = result["host_syncs_per_frame"]
     lines.append("host synchronisations per frame: " + (syncs if isinstance(syncs, str) else
-                 f"{syncs['data']:g} data-dependent + {syncs['timing']:g} per-stage timing barriers ({syncs['by_call']})"))
+                 f"{syncs['total']:g} (expected: image upload before the frame, flags and clock after it, the cloud; {syncs['by_call']})"))
     return "\n".join(lines)
 
 
@@ -350,7 +348,7 @@ def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
         peak = flops[r["res"]][FRAME_FLOPS[r["difference"]]] * r["fps"] / rate
         diff = f"{r['depth_diff_vs_reference']['max_rel']:.1e}" if "depth_diff_vs_reference" in r else "-"
         lines.append(
-            f"{r['setting']:<11} {r['res']:>4} " + " ".join(f"{1e3 * s[k]:>8.1f}" for k in STAGES)
+            f"{r['setting']:<11} {r['res']:>4} " + " ".join(f"{1e3 * s[k]:>8.1f}" if s[k] == s[k] else f"{'-':>8}" for k in STAGES)
             + f" {1e3 * s['total']:>8.1f} {r['fps']:>7.2f} {x_same:>9} {x_top:>9} {100 * peak:>6.1f}% {diff:>8}"
         )
     lines.append("stage columns and total in ms per frame (means); x ref@res: speed-up over `reference` at the same resolution; "

@@ -379,13 +379,14 @@ class SharpDepthPipeline:
         processing_res: int | None = None,
         difference: str = "exact",
         metric_at_input_res: bool = False,
+        fast: FastPath | None = None,
     ) -> "SharpDepthPipeline":
         """Either a pipeline folder (`student/`, `pipeline.json`, and `metric/` unless pipeline.json
         names the metric weights; default: the embedded models), or components: `student` (folder or
         hub id, e.g. jingheya/lotus-depth-g-v1-0) and `metric` (a backend name) with `metric_path`
         (default: that backend's usual hub id). A student saved by the trainer has a pipeline.json
         beside it that supplies the metric backend and the processing resolution it was trained at.
-        processing_res, difference, metric_at_input_res: the pipeline's defaults (see the class)."""
+        processing_res, difference, metric_at_input_res, fast: see the class."""
         if student is None:
             folder = Path(path) if path is not None else EMBEDDED_DIR
             if not folder.is_dir():
@@ -415,6 +416,7 @@ class SharpDepthPipeline:
             light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
             camera=config.get("camera"),
             distilled_from=config.get("distilled_from"),
+            fast=fast,
         )
 
     def config(self) -> dict:
