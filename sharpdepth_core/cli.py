@@ -24,6 +24,7 @@ import numpy as np
 
 from .checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
+from .speed import SPEEDS
 
 if TYPE_CHECKING:  # torch loads only when a command runs: --help stays fast
     import torch
@@ -105,9 +106,13 @@ def add_predict(sub) -> None:
     p.add_argument("--metric-at-input-resolution", action="store_true",
                    help="run f_D on the full-size input and resize its depth onto the grid (default: on the grid "
                    "image, the reference code's order; this option is a named departure from it)")
-    p.add_argument("--difference", choices=("exact", "light", "latent"), default="exact",
-                   help="how the difference map is made: exact (VAE decode, the reference; default), light (the small "
-                   "decoder in the pipeline folder's light_decoder/), latent (from the latents, no decode)")
+    p.add_argument("--speed", choices=SPEEDS, default="exact",
+                   help="exact (default): the reference computation; fast: the cheaper settings whose measured accuracy "
+                   "cost stays within +2%% AbsRel and +5%% DBE (on a GPU also bf16, one compiled CUDA graph per frame, "
+                   "minutes of compiling at the first image); the costs are in docs/METHOD.md, Speed presets")
+    p.add_argument("--difference", choices=("exact", "light", "latent"),
+                   help="how the difference map is made (default: the --speed preset's): exact (VAE decode, the reference), "
+                   "light (the small decoder in the pipeline folder's light_decoder/), latent (from the latents, no decode)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed (default 0: the same noise draw for every image, so the frames of a video do not "
                    "flicker from the noise; -1: fresh noise per image)")
@@ -286,13 +291,16 @@ def _load_pipeline(args, device):
     import torch
 
     from . import models
+    from .engines import FastPath
     from .models.hub import quiet_loading
     from .pipeline import SharpDepthPipeline
 
     quiet_loading()  # one progress bar: ours
     dtype = getattr(torch, DTYPES[args.dtype])
-    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, difference=args.difference,
+    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, speed=args.speed, difference=args.difference,
                    metric_at_input_res=args.metric_at_input_resolution)
+    if args.engine != "pytorch":  # the exported networks run as exported: the preset's algorithm choices only
+        options["fast"] = FastPath()
     if args.student:
         return SharpDepthPipeline.from_pretrained(student=args.student, metric=args.metric, metric_path=args.metric_path, **options)
     return SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)

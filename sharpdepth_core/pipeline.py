@@ -28,15 +28,18 @@ from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
 from .models.hub import CheckpointError, Extra, read_config, replacing_dir, to_dtype
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
+from .models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from .normalization import normalize_depth
+from .speed import fast_path, preset
 from .preprocessing import Resize, check_processing_res, plan_resize, to_grid, unpad_and_resize
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
-# what an earlier save may hold besides what a new one writes: a light decoder (the files its save writes)
-EARLIER_SAVE = (Extra(LIGHT_DECODER_DIR, files=("config.json", "*.safetensors")),)
+DEPTH_ENCODERS = ("vae", "light")
+# what an earlier save may hold besides what a new one writes: light networks (the files their saves write)
+EARLIER_SAVE = tuple(Extra(name, files=("config.json", "*.safetensors")) for name in (LIGHT_DECODER_DIR, LIGHT_ENCODER_DIR))
 
 
 @dataclass
@@ -140,6 +143,8 @@ class SharpDepthPipeline:
     - difference: how e is made: "exact" (VAE decode of the affine pass, the reference), "light"
       (a small decoder trained to reproduce the VAE's depth output, `light_decoder`), or "latent"
       (|ẑ_a - z_d| on the latent grid, no decode at all); a call may override it.
+    - depth_encoder: what encodes f_D's normalised depth into z_d: "vae" (the reference) or "light" (a
+      small encoder trained to reproduce the VAE's encode, `light_encoder`).
     untrained: the weights are random (tiny models), so anything showing the output must say so.
     engine: runs the UNet and VAE calls (`engines`; default the student's own modules). fast: the
     PyTorch speed options (`engines.FastPath`): the student's and the metric model's precision and
@@ -162,6 +167,8 @@ class SharpDepthPipeline:
         metric_at_input_res: bool = False,
         difference: str = "exact",
         light_decoder: LightDepthDecoder | None = None,
+        depth_encoder: str = "vae",
+        light_encoder: LightDepthEncoder | None = None,
         camera: dict | None = None,
         distilled_from: dict | None = None,
         fast: FastPath | None = None,
@@ -184,8 +191,14 @@ class SharpDepthPipeline:
         self._alpha_bar = float(student.alphas_cumprod[TIMESTEP])
         self._seeded_noise: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._compiled: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
-        self.light_decoder = light_decoder
+        self.light_decoder, self.light_encoder = light_decoder, light_encoder
         self.difference = self._checked_difference(difference)
+        if depth_encoder not in DEPTH_ENCODERS:
+            raise ValueError(f"depth_encoder must be one of {', '.join(DEPTH_ENCODERS)}, got {depth_encoder!r}")
+        if depth_encoder == "light" and light_encoder is None:
+            raise ValueError("depth_encoder 'light' needs a light depth encoder (light_encoder/ in the pipeline folder; "
+                             "train one with train/light_encoder.py)")
+        self.depth_encoder = depth_encoder
         self.camera = camera
         self.distilled_from = distilled_from
 
@@ -210,8 +223,9 @@ class SharpDepthPipeline:
     def to(self, device: str | torch.device) -> "SharpDepthPipeline":
         self.student.to(device)
         self.metric_model.to(device)
-        if self.light_decoder is not None:
-            self.light_decoder.to(device)
+        for light in (self.light_decoder, self.light_encoder):
+            if light is not None:
+                light.to(device)
         self._compiled.clear()  # compiled and captured for the old device
         return self
 
@@ -273,7 +287,8 @@ class SharpDepthPipeline:
         # reported with the result rather than checked here, which would wait for the device
         with clock("encode"):
             d_n, _, _ = normalize_depth(d, check=False)
-            z_i, z_d = engine.encode_image(x), engine.encode_depth(d_n)
+            z_i = engine.encode_image(x)
+            z_d = engine.encode_depth(d_n) if self.depth_encoder == "vae" else self.light_encoder(d_n)
 
         # 3. affine pass on pure noise: ẑ_a = G(z_i, ε1)
         with clock("affine_pass"):
@@ -377,7 +392,9 @@ class SharpDepthPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         processing_res: int | None = None,
-        difference: str = "exact",
+        speed: str = "exact",
+        difference: str | None = None,
+        depth_encoder: str | None = None,
         metric_at_input_res: bool = False,
         fast: FastPath | None = None,
     ) -> "SharpDepthPipeline":
@@ -386,7 +403,9 @@ class SharpDepthPipeline:
         hub id, e.g. jingheya/lotus-depth-g-v1-0) and `metric` (a backend name) with `metric_path`
         (default: that backend's usual hub id). A student saved by the trainer has a pipeline.json
         beside it that supplies the metric backend and the processing resolution it was trained at.
-        processing_res, difference, metric_at_input_res, fast: see the class."""
+        speed: a preset (`speed.SPEEDS`) giving difference, depth_encoder and fast where they are None; a
+        light network the `fast` preset names but the folder lacks is left out with a warning. processing_res,
+        difference, depth_encoder, metric_at_input_res, fast: see the class."""
         if student is None:
             folder = Path(path) if path is not None else EMBEDDED_DIR
             if not folder.is_dir():
@@ -404,7 +423,14 @@ class SharpDepthPipeline:
             raise ValueError("a metric backend name is needed (e.g. 'depth-anything-v2'): --metric / metric_backend")
         if metric_path is None:
             metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
-        light = Path(student).parent / LIGHT_DECODER_DIR if config else None
+        lights = {name: Path(student).parent / name for name in (LIGHT_DECODER_DIR, LIGHT_ENCODER_DIR)} if config else {}
+        light_decoder, light_encoder = (cls._load_light(lights.get(name), kind, device)
+                                        for name, kind in ((LIGHT_DECODER_DIR, LightDepthDecoder), (LIGHT_ENCODER_DIR, LightDepthEncoder)))
+        choice = preset(speed)
+        if difference is None:
+            difference = choice.difference if choice.difference != "light" or light_decoder else cls._left_out(speed, LIGHT_DECODER_DIR, "exact")
+        if depth_encoder is None:
+            depth_encoder = choice.depth_encoder if choice.depth_encoder != "light" or light_encoder else cls._left_out(speed, LIGHT_ENCODER_DIR, "vae")
         return cls(
             DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
@@ -413,11 +439,23 @@ class SharpDepthPipeline:
             untrained=bool(config.get("untrained", False)),
             difference=difference,
             metric_at_input_res=metric_at_input_res,
-            light_decoder=LightDepthDecoder.load(light, device=device) if light and light.is_dir() else None,
+            light_decoder=light_decoder,
+            depth_encoder=depth_encoder,
+            light_encoder=light_encoder,
             camera=config.get("camera"),
             distilled_from=config.get("distilled_from"),
-            fast=fast,
+            fast=fast if fast is not None else fast_path(choice, device),
         )
+
+    @staticmethod
+    def _load_light(folder: Path | None, kind, device):
+        return kind.load(folder, device=device) if folder is not None and folder.is_dir() else None
+
+    @staticmethod
+    def _left_out(speed: str, folder: str, instead: str) -> str:
+        warnings.warn(f"speed {speed}: the pipeline folder has no {folder}/, so that part of the preset runs as {instead}",
+                      RuntimeWarning, stacklevel=3)
+        return instead
 
     def config(self) -> dict:
         """What `pipeline.json` records."""
@@ -438,8 +476,9 @@ class SharpDepthPipeline:
         with replacing_dir(path, also=EARLIER_SAVE) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
-            if self.light_decoder is not None:
-                self.light_decoder.save_pretrained(tmp / LIGHT_DECODER_DIR)
+            for name, light in ((LIGHT_DECODER_DIR, self.light_decoder), (LIGHT_ENCODER_DIR, self.light_encoder)):
+                if light is not None:
+                    light.save_pretrained(tmp / name)
             (tmp / PIPELINE_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
         return Path(path)
 

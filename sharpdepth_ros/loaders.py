@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sharpdepth_core.engines import DeviceUnavailable, check_device, exported_engine
+from sharpdepth_core.engines import DeviceUnavailable, FastPath, check_device, exported_engine
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
@@ -24,9 +24,10 @@ def resolve_device(name: str) -> str:
         raise ValueError(f"device '{name}' is not available: {exc.reason}; use device:=cpu or auto") from None
 
 
-def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
+def load_pytorch_pipeline(settings: dict, fast: FastPath | None = None) -> SharpDepthPipeline:
     """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
-    embedded models) or on a student + metric backend."""
+    embedded models) or on a student + metric backend, at the `speed` preset (`fast`: instead of the
+    preset's PyTorch options)."""
     device = resolve_device(settings["device"])
     return SharpDepthPipeline.from_pretrained(
         None if settings["student"] else (settings["model"] or EMBEDDED_DIR),
@@ -36,7 +37,9 @@ def load_pytorch_pipeline(settings: dict) -> SharpDepthPipeline:
         device=device,
         dtype=DTYPES[settings["dtype"]],
         processing_res=settings["processing_res"] or None,
-        difference=settings["difference_map"],
+        speed=settings["speed"],
+        difference=settings["difference_map"] or None,
+        fast=fast,
     )
 
 
@@ -46,7 +49,7 @@ def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
     (`sharpdepth export --tensorrt`), so the first frame may take minutes; AOTI packages are compiled
     at export. An export made for another processing grid or of another student is refused here, in
     one line, instead of every frame."""
-    pipe = load_pytorch_pipeline(settings)
+    pipe = load_pytorch_pipeline(settings, fast=FastPath())  # the networks run as exported: the preset's algorithm only
     pipe.engine = exported_engine(
         settings["engine"],
         settings["engine_dir"] or None,
@@ -66,6 +69,17 @@ PIPELINE_LOADERS: dict[str, Callable[[dict], object]] = {
     "tensorrt": load_exported_pipeline,
     "aoti": load_exported_pipeline,
 }
+
+
+def _speed_parts(pipeline) -> str:
+    """What a preset turned on, as it ended up (a light network the folder lacks is left out)."""
+    fast = getattr(pipeline, "fast", None)
+    parts = [f"difference {getattr(pipeline, 'difference', '?')}", f"depth encoder {getattr(pipeline, 'depth_encoder', '?')}"]
+    if fast is not None and fast.dtype is not None:
+        parts.append(str(fast.dtype).removeprefix("torch."))
+    if fast is not None and fast.compile:
+        parts.append("compiled frame" + (" + CUDA graph" if fast.cuda_graphs else ""))
+    return ", ".join(parts)
 
 
 def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
@@ -90,6 +104,7 @@ def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
         f"device {getattr(pipeline, 'device', 'unknown')}",
         f"dtype {str(getattr(student, 'dtype', 'unknown')).removeprefix('torch.')}",
         f"processing grid {grid} px (longer edge)",
+        f"speed {settings['speed']}" + (f" ({_speed_parts(pipeline)})" if settings["speed"] != "exact" else ""),
         f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),
         f"{torch.get_num_threads()} CPU thread(s)",
     ]

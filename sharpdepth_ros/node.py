@@ -41,6 +41,7 @@ from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
 from sharpdepth_core.limits import MAX_PROCESSING_RES
+from sharpdepth_core.speed import SPEEDS
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -101,9 +102,12 @@ PARAMETERS = {
     "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
                                                "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "
                                                "camera); false: reference behaviour, and images need no camera_info", BOOL)),
-    "difference_map": ("exact", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
-                                           "pipeline folder's light_decoder/) or latent (no decode); see bench/RESULTS.md",
-                                           STR, read_only=True)),
+    "speed": ("exact", descriptor("exact (the reference computation) or fast (the cheaper settings whose measured accuracy cost "
+                                  "stays within +2% AbsRel and +5% DBE; on a GPU also bf16 and one compiled CUDA graph per frame, "
+                                  "minutes of compiling at the first frame): docs/METHOD.md, Speed presets", STR, read_only=True)),
+    "difference_map": ("", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
+                                      "pipeline folder's light_decoder/) or latent (no decode); '' = the speed preset's",
+                                      STR, read_only=True)),
     "fov_deg": (60.0, descriptor("horizontal field of view of the pinhole K assumed for depth/camera_info and the cloud when "
                                  "no camera_info arrives (use_camera_intrinsics false, or none within 2 s)", FLOAT,
                                  floating=(1.0, 179.0))),
@@ -119,7 +123,9 @@ PARAMETERS = {
 
 def validate(name: str, value) -> str | None:
     """Why `value` is not acceptable for parameter `name` (ranges are checked by the descriptors)."""
-    if name == "difference_map" and value not in DIFFERENCE_METHODS:
+    if name == "speed" and value not in SPEEDS:
+        return f"speed '{value}' is not one of {', '.join(SPEEDS)}"
+    if name == "difference_map" and value and value not in DIFFERENCE_METHODS:
         return f"difference_map '{value}' is not one of {', '.join(DIFFERENCE_METHODS)}"
     if name == "metric_backend" and value and value not in METRIC_BACKENDS:
         return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"

@@ -476,7 +476,7 @@ def test_subcommands_are_registered_in_one_place():
         parser.parse_args([])  # a subcommand is required
     args = parser.parse_args(["predict", "a.png", "--out", "o"])
     assert args.command == "predict" and args.seed == 0 and args.func.__name__ == "run_predict"
-    assert args.processing_res is None and args.difference == "exact" and args.metric_at_input_resolution is False
+    assert args.processing_res is None and args.difference is None and args.speed == "exact" and args.metric_at_input_resolution is False
     assert args.threads == default_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
 
 

@@ -129,6 +129,8 @@ def test_the_parameter_service_refuses_with_the_reason(node, ros_context):
         ("metric_backend", "midas", "metric_backend 'midas' is not one of"),
         ("dtype", "float64", "dtype 'float64' is not one of"),
         ("image_transport", "theora", "image_transport 'theora'"),
+        ("speed", "turbo", "speed 'turbo' is not one of exact, fast"),
+        ("difference_map", "blurry", "difference_map 'blurry' is not one of"),
     ],
 )
 def test_bad_startup_values_fail_before_loading_a_model(ros_context, name, value, reason):
@@ -254,3 +256,21 @@ def test_exported_engine_without_a_folder_is_one_line_and_exit_code_1(tiny_pipel
     assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tiny_pipeline_dir}", "-p", "engine:=onnx"]) == 1
     err = capfd.readouterr().err
     assert "engine 'onnx' needs an export folder" in err and "Traceback" not in err
+
+
+def test_speed_parameter_loads_the_preset_and_says_so(tiny_pipeline_dir):
+    """speed fast on the CPU: the preset's cheaper algorithm in fp32 (no bf16, no compiling there); a light
+    network the folder lacks is left out with a warning; difference_map, when set, overrides the preset."""
+    from sharpdepth_core.speed import FAST
+    from sharpdepth_ros.loaders import describe
+
+    with pytest.warns(RuntimeWarning, match="no light_encoder/"):
+        fast = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir), speed="fast"))
+    assert fast.difference == FAST.difference and fast.depth_encoder == "vae" and fast.fast is None
+    line, _ = describe(_settings(model=str(tiny_pipeline_dir), speed="fast"), fast, supplied=False)
+    assert f"speed fast (difference {FAST.difference}, depth encoder vae)" in line
+    with pytest.warns(RuntimeWarning, match="no light_encoder/"):
+        mixed = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir), speed="fast", difference_map="exact"))
+    assert mixed.difference == "exact"
+    exact = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir)))
+    assert (exact.difference, exact.depth_encoder, exact.fast) == ("exact", "vae", None)

@@ -9,8 +9,9 @@ scheduler: a stage starts when a lane is free and the stage it reads has finishe
   gates                 the regime's three gates on the val seeds; no distillation unless they hold
   distill               SharpDepth with train/distill.py on target-camera images (no GT): the full
                         method twice (seeds 0 and 1: the run-to-run spread) and the five ablations
-  light_decoder         train/light_decoder.py for the full run's pipeline (the fast difference map)
-  ship                  full run + f_G teacher + light decoder -> sharpdepth_core/weights/nano
+  light_decoder         train/light_decoder.py for the full run's pipeline (the light difference map)
+  light_encoder         train/light_encoder.py for the full run's pipeline (the fast preset's z_d encode)
+  ship                  full run + f_G teacher + light decoder and encoder -> sharpdepth_core/weights/nano
   report                bench/nano_report.py on the held-out eval seeds -> bench/NANO_REPORT.md
 Budgets are steps (the same models on a busy machine, only later); wall-clock minutes per stage go to
 out/nano/timings.json and into the report.
@@ -37,13 +38,15 @@ from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
 from sharpdepth_core.embedded import EMBEDDED_DIR as EMBEDDED  # noqa: E402
 
 PY = sys.executable
-STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800}  # distillation: configs/sharpdepth.yaml
+STEPS = {"vae": 1200, "f_D": 16000, "f_G": 2600, "light_decoder": 800, "light_encoder": 1500}  # distillation: configs/sharpdepth.yaml
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NANO_THREADS": "1", "PYTHONUNBUFFERED": "1",
               "NANO_OUT": str(OUT)}
 SHARD_SIZE = "4MB"  # the shipped UNets are ~12 MB: stored as shards, every file in git stays small
 LANES = 2  # processes side by side: one per core
-OUTPUTS = {"vae": ["vae"], "f_D": ["f_D"], "f_G": ["f_G"], "distill": ["runs", "depth_cache"], "light_decoder": ["light_decoder"]}
-NEEDED_BY = {"vae": ["f_G"], "f_G": ["distill"], "f_D": ["distill"], "distill": ["light_decoder"], "light_decoder": []}
+OUTPUTS = {"vae": ["vae"], "f_D": ["f_D"], "f_G": ["f_G"], "distill": ["runs", "depth_cache"], "light_decoder": ["light_decoder"],
+           "light_encoder": ["light_encoder"]}
+NEEDED_BY = {"vae": ["f_G"], "f_G": ["distill"], "f_D": ["distill"], "distill": ["light_decoder", "light_encoder"], "light_decoder": [],
+             "light_encoder": []}
 
 
 def redo_set(stages: list[str]) -> set[str]:
@@ -59,7 +62,7 @@ def redo_set(stages: list[str]) -> set[str]:
 
 def done(stage: str) -> bool:
     marker = {"vae": "vae/config.json", "f_D": "f_D/config.json", "f_G": "f_G/unet/config.json",
-              "light_decoder": "light_decoder/config.json"}.get(stage)
+              "light_decoder": "light_decoder/config.json", "light_encoder": "light_encoder/config.json"}.get(stage)
     return marker is not None and (OUT / marker).is_file()
 
 
@@ -135,7 +138,8 @@ def ship() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(OUT / "runs" / "full" / "pipeline", tmp)
     shutil.copytree(OUT / "f_G", tmp / "teacher")
-    shutil.copytree(OUT / "light_decoder", tmp / "light_decoder")
+    for light in ("light_decoder", "light_encoder"):
+        shutil.copytree(OUT / light, tmp / light)
     config = json.loads((tmp / "pipeline.json").read_text())
     (tmp / "pipeline.json").write_text(json.dumps({**config, "camera": camera()}, indent=2) + "\n")
     for unet in (tmp / "student" / "unet", tmp / "teacher" / "unet"):  # files under 5 MiB in git: diffusers' shards
@@ -187,10 +191,11 @@ def main() -> int:
     for n in todo:  # a run that was interrupted starts again from its own start
         shutil.rmtree(OUT / "runs" / n, ignore_errors=True)
     jobs = [(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"], args.scale), None) for n in todo]
-    if not done("light_decoder"):  # needs the full run's student: queued right after it
-        light = [PY, "train/light_decoder.py", "--model", str(OUT / "runs" / "full" / "pipeline"), "--data", str(OUT / "data" / "distill"),
-                 "--resolution", str(H), str(W), "--out", str(OUT / "light_decoder"), "--steps", str(steps["light_decoder"])]
-        jobs.insert(min(LANES, len(jobs)), ("light_decoder", light, "distill_full"))
+    for light_stage in ("light_encoder", "light_decoder"):  # they need the full run's pipeline: queued right after it
+        if not done(light_stage):
+            light = [PY, f"train/{light_stage}.py", "--model", str(OUT / "runs" / "full" / "pipeline"), "--data", str(OUT / "data" / "distill"),
+                     "--resolution", str(H), str(W), "--out", str(OUT / light_stage), "--steps", str(steps[light_stage])]
+            jobs.insert(min(LANES, len(jobs)), (light_stage, light, "distill_full"))
     run_lanes(jobs, timings)
     timings["training (this invocation)"] = round(time.perf_counter() - t_all, 1)
     timings_file.write_text(json.dumps(timings, indent=2))
