@@ -7,8 +7,10 @@ always has a new frame of every camera, so it runs the N newest frames as one ba
 a warm-up it counts the depth images published over `--seconds`: aggregate frames/s (all cameras)
 and per camera, and the latency from each image's stamp to its depth image reaching a subscriber in
 the driver (median and p95; the stamp is the publish time, so queueing in the node counts), and on
-CUDA the peak GPU memory allocated. Over real rclpy on loopback, on a private DDS domain. Prints a
-table and one JSON line.
+CUDA the peak GPU memory allocated. Over real rclpy on loopback, on a private DDS domain. Beside each
+run, in the same process, the pipeline alone on the same N frames as one batch (uint8 in, depth on the
+host, as the node calls it): the node's frames/s as a share of the pipeline's is what the node itself
+costs (issue 20's target: within 15 %). Prints a table and one JSON line.
 
 The target (issue 20, part 5): 4 cameras batched give at least one camera's aggregate frames/s; it is
 meant for a GPU (a batch fills it); on a CPU a batch costs about N times one frame.
@@ -16,6 +18,7 @@ meant for a GPU (a batch fills it); on a CPU a batch costs about N times one fra
     .venv/bin/python bench/cameras.py                         # tiny random models, CPU, 1 thread
     .venv/bin/python bench/cameras.py --model PIPELINE_DIR --device cuda --size 640x480 --processing-res 768
     .venv/bin/python bench/cameras.py --config full --device cuda --size 640x480 --processing-res 768   # random weights
+    .venv/bin/python bench/cameras.py --config full --device cuda --size 640x480 --processing-res 768 --speed fast
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402  (after the environment above)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -41,9 +45,22 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from sharpdepth_core.pipeline import DEFAULT_PROCESSING_RES, SharpDepthPipeline  # noqa: E402
+from sharpdepth_core.speed import FAST, SPEEDS, fast_path  # noqa: E402
 from sharpdepth_core.synthetic import render_scene  # noqa: E402
 from sharpdepth_ros.conversions import camera_info, numpy_to_image  # noqa: E402
 from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
+
+
+def pipeline_alone(pipeline, scenes: list, seconds: float, device: str) -> float:
+    """Frames/s of the pipeline on these scenes as one batch, called as the node calls it, after one warm-up call."""
+    images = torch.from_numpy(np.stack([sc.rgb for sc in scenes])).permute(0, 3, 1, 2).contiguous()
+    K = np.stack([sc.K for sc in scenes])
+    pipeline(images, K=K, seed=0).depth.cpu()
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or calls < 2:
+        pipeline(images, K=K, seed=0).depth.cpu()  # the depth on the host, as the node publishes it
+        calls += 1
+    return calls * len(scenes) / (time.perf_counter() - t0)
 
 
 def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: float, seconds: float, device: str) -> dict:
@@ -106,7 +123,9 @@ def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: fl
         rclpy.shutdown(context=context)
     per_camera = [(a.published - b.published) / (t1 - t0) for a, b in zip(after, before)]
     latency = sorted(latencies)
+    alone = pipeline_alone(pipeline, scenes, min(seconds, 5.0), device)
     return {"cameras": cameras, "aggregate_fps": round(sum(per_camera), 3), "per_camera_fps": [round(f, 3) for f in per_camera],
+            "pipeline_fps": round(alone, 3), "node_share_of_pipeline": round(sum(per_camera) / alone, 3),
             "skipped": sum(sum(a.rejected.values()) - sum(b.rejected.values()) for a, b in zip(after, before)),
             "latency_s": {"median": statistics.median(latency), "p95": latency[int(0.95 * (len(latency) - 1))], "frames": len(latency)}
             if latency else None,
@@ -122,6 +141,7 @@ def main() -> None:
                         "model, bench/pipeline.py's, random weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--processing-res", type=int, default=None, help="the pipeline's grid (default: its own)")
+    p.add_argument("--speed", choices=SPEEDS, default="exact", help="the speed preset (random light networks with --config)")
     p.add_argument("--size", default="320x240", help="camera image WIDTHxHEIGHT")
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rate", type=float, default=150.0, help="frames/s each camera publishes (above what the model keeps up with)")
@@ -134,27 +154,26 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     warnings.filterwarnings("ignore", message="SharpDepth: degenerate final fit")  # random tiny weights
     if args.model:
-        pipeline = SharpDepthPipeline.from_pretrained(args.model, device=args.device, processing_res=args.processing_res)
-    elif args.config == "full":
-        from pipeline import full_metric, full_student  # bench/pipeline.py
-
-        pipeline = SharpDepthPipeline(full_student(args.device), full_metric(args.device), untrained=True,
-                                      processing_res=args.processing_res or DEFAULT_PROCESSING_RES)
+        pipeline = SharpDepthPipeline.from_pretrained(args.model, device=args.device, processing_res=args.processing_res,
+                                                      speed=args.speed)
     else:
-        from sharpdepth_core.models import tiny
+        from pipeline import build_models, fast_preset_options  # bench/pipeline.py
 
-        pipeline = tiny.tiny_pipeline(processing_res=args.processing_res or 64).to(args.device)
+        student, metric = build_models(args.config, torch.device(args.device))
+        speed = {} if args.speed == "exact" else {"fast": fast_path(FAST, args.device), **fast_preset_options(student, args.device)}
+        pipeline = SharpDepthPipeline(student, metric, untrained=True,
+                                      processing_res=args.processing_res or (DEFAULT_PROCESSING_RES if args.config == "full" else 64), **speed)
     results = [run(pipeline, n, width, height, args.rate, args.warmup, args.seconds, args.device) for n in args.cameras]
     label = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
     model = args.model or f"{args.config} random models"
-    print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11} {'latency ms median':>18} {'p95':>8} {'GPU MiB':>8}"
-          f"  ({label}, {model}, {args.size})")
+    print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11} {'pipeline alone':>15} {'node/pipeline':>14} "
+          f"{'latency ms median':>18} {'p95':>8} {'GPU MiB':>8}  ({label}, {model}, speed {args.speed}, {args.size})")
     for r in results:
         lat = r["latency_s"] or {"median": float("nan"), "p95": float("nan")}
         mem = f"{r['gpu_peak_mib']:.0f}" if r["gpu_peak_mib"] is not None else "-"
         print(f"{r['cameras']:>8} {r['aggregate_fps']:>19.2f} {r['aggregate_fps'] / r['cameras']:>11.2f} "
-              f"{1e3 * lat['median']:>18.1f} {1e3 * lat['p95']:>8.1f} {mem:>8}")
-    line = json.dumps({"bench": "cameras", "device": label, "model": model, "size": args.size,
+              f"{r['pipeline_fps']:>15.2f} {r['node_share_of_pipeline']:>14.2f} {1e3 * lat['median']:>18.1f} {1e3 * lat['p95']:>8.1f} {mem:>8}")
+    line = json.dumps({"bench": "cameras", "device": label, "model": model, "speed": args.speed, "size": args.size,
                        "processing_res": pipeline.processing_res, "load_average": os.getloadavg()[0], "results": results})
     if args.json:
         args.json.write_text(line + "\n")

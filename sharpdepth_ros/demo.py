@@ -8,13 +8,16 @@ overview picture (image, ground truth, f_D, SharpDepth, difference map, point cl
 camera: the replay's sequence mode walks through the first scene's room, its poses go into the bag
 with the frames (scrub it in Foxglove), and each pair of consecutive frames is scored with the
 temporal alignment error (TAE, ground-truth depth and poses) for f_D and SharpDepth (sequence.png).
+With `--cameras N` one node serves N cameras (`/camera/cam0`, ...; its `cameras` parameter): each
+frame is N scenes at once, run as one batch, each camera's outputs on its own namespace, scored and
+recorded per camera (the walk goes to the first camera).
 
 Models: the embedded weights (sharpdepth_core/weights/nano) when they are there, or the models a
 `--config` parameters file names; otherwise tiny random-weight models, announced as such: their
 numbers only show that the plumbing works. Scenes are rendered with the camera the models were
 trained for when their pipeline.json names one (the embedded models: 128x96, 67.5°).
 
-    python -m sharpdepth_ros.demo --out out/demo [--frames 8] [--sequence-frames 6] [--config my_params.yaml]
+    python -m sharpdepth_ros.demo --out out/demo [--frames 8] [--sequence-frames 6] [--cameras 1] [--config my_params.yaml]
 """
 from __future__ import annotations
 
@@ -54,17 +57,21 @@ from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # n
 from sharpdepth_ros.replay import ReplayPublisher, stamp_ns, synthetic_scene, synthetic_sequence  # noqa: E402
 
 NS = "/camera"
-TOPICS = {
-    f"{NS}/image_raw": Image,
-    f"{NS}/camera_info": CameraInfo,
-    f"{NS}/depth/image": Image,
-    f"{NS}/depth/camera_info": CameraInfo,
-    f"{NS}/points": PointCloud2,
-    f"{NS}/depth/colored": Image,
-    f"{NS}/depth/difference": Image,
-    **({"/diagnostics": DiagnosticArray} if DiagnosticArray else {}),
-}
-SEQUENCE_TOPICS = {f"{NS}/pose": PoseStamped}  # the moving camera's ground-truth pose, stamped as its frame
+CAMERA_TOPICS = {"image_raw": Image, "camera_info": CameraInfo, "depth/image": Image, "depth/camera_info": CameraInfo,
+                 "points": PointCloud2, "depth/colored": Image, "depth/difference": Image}
+
+
+def camera_ns(name: str) -> str:
+    """A camera's namespace: the node's own for the one camera (""), else under it (the `cameras` parameter)."""
+    return f"{NS}/{name}" if name else NS
+
+
+def topics_of(cameras: list[str]) -> dict[str, type]:
+    return {**{f"{camera_ns(c)}/{t}": kind for c in cameras for t, kind in CAMERA_TOPICS.items()},
+            **({"/diagnostics": DiagnosticArray} if DiagnosticArray else {})}
+
+
+TOPICS = topics_of([""])
 # The report of the embedded models on 100 held-out scenes (bench/nano_report.py; the model card's
 # table): the headline figures, printed before the demo's own few frames. Absent outside a checkout.
 NANO_REPORT = Path(__file__).resolve().parents[1] / "bench" / "nano_report.json"
@@ -80,7 +87,7 @@ FRAME_TABLE = (
     ("DBE compl [px]", "f_D", 6, ".2f", "f_D_dbe_compl"),
     ("", "valid", 7, ".1%", "valid"),
 )
-OUTPUTS = (f"{NS}/depth/image", f"{NS}/depth/camera_info", f"{NS}/points", f"{NS}/depth/difference")
+OUTPUTS = ("depth/image", "depth/camera_info", "points", "depth/difference")  # under each camera's namespace
 UNTRAINED_BANNER = """
 ==========================================================================================
   UNTRAINED MODELS. {why}
@@ -186,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     settings, why_untrained = untrained_fallback(node_settings(args.config), workdir)
-    settings.update({"publish_difference": True, "publish_colored": True, "publish_points": True})
+    cameras = [""] if args.cameras == 1 else [f"cam{k}" for k in range(args.cameras)]
+    settings.update({"publish_difference": True, "publish_colored": True, "publish_points": True, "cameras": cameras})
     if args.processing_res is not None:
         settings["processing_res"] = args.processing_res
     if args.device is not None:
@@ -197,9 +205,10 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     context = Context()
     rclpy.init(context=context, domain_id=1 + os.getpid() % 101)  # a private DDS domain
     stop, spinner, recorder = threading.Event(), None, None
-    sent: dict[int, int] = {}
+    sent: dict[int, list[int]] = {}  # stamp -> the scene each camera was sent, in camera order
     walk: list[int] = []  # the moving camera's stamps, in order
-    topics = {**TOPICS, **(SEQUENCE_TOPICS if args.sequence_frames else {})}
+    walker_ns = camera_ns(cameras[0])
+    topics = {**topics_of(cameras), **({f"{walker_ns}/pose": PoseStamped} if args.sequence_frames else {})}
     nodes: list[Node] = []
     bag_tmp = workdir / "sharpdepth_demo"
     try:
@@ -216,8 +225,9 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
             print(f"scenes: {args.width}x{args.height}, {args.fov_deg:g}° horizontal field of view (the models' camera, from their pipeline.json)")
         replay = ReplayPublisher(
             context=context, namespace=NS.strip("/"), timer=False,
-            on_frame=lambda header, frame: sent.__setitem__(stamp_ns(header), frame.index),
-            parameter_overrides=[Parameter("scenes", value=args.frames), Parameter("width", value=args.width),
+            on_frame=lambda header, frame: sent.setdefault(stamp_ns(header), []).append(frame.index),
+            parameter_overrides=[Parameter("scenes", value=args.frames * len(cameras)), Parameter("cameras", value=cameras),
+                                 Parameter("width", value=args.width),
                                  Parameter("height", value=args.height), Parameter("seed", value=args.seed),
                                  Parameter("style", value=args.style), Parameter("loop", value=False),
                                  Parameter("synthetic_fov_deg", value=args.fov_deg)],
@@ -231,41 +241,45 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
                 parameter_overrides=[Parameter("sequence", value=args.sequence_frames), Parameter("width", value=args.width),
                                      Parameter("height", value=args.height), Parameter("seed", value=args.seed),
                                      Parameter("style", value=args.style), Parameter("loop", value=False),
-                                     Parameter("rate", value=SEQUENCE_RATE_HZ), Parameter("synthetic_fov_deg", value=args.fov_deg)],
+                                     Parameter("rate", value=SEQUENCE_RATE_HZ), Parameter("synthetic_fov_deg", value=args.fov_deg),
+                                     Parameter("cameras", value=cameras[:1])],
             )
             nodes.append(walker)
         recorder_node = rclpy.create_node("demo_recorder", context=context)
         nodes.append(recorder_node)
-        recorder = BagRecorder(recorder_node, bag_tmp, topics, keep=OUTPUTS)
+        recorder = BagRecorder(recorder_node, bag_tmp, topics, keep=tuple(f"{camera_ns(c)}/{t}" for c in cameras for t in OUTPUTS))
         executor = SingleThreadedExecutor(context=context)
         for n in nodes:
             executor.add_node(n)
         spinner = threading.Thread(target=_spin, args=(executor, stop), daemon=True)
         spinner.start()
-        if not _wait(lambda: all(recorder_node.count_publishers(t) for t in topics) and node.count_publishers(f"{NS}/image_raw"), 30):
+        if not _wait(lambda: all(recorder_node.count_publishers(t) for t in topics)
+                     and all(node.count_publishers(f"{camera_ns(c)}/image_raw") for c in cameras), 30):
             print("demo: the nodes did not discover each other within 30 s (is loopback multicast blocked?)", file=sys.stderr)
             return 1
 
         rows = []
-        print_table_header()
+        table = frame_table(cameras)
+        print_table_header(table)
         for i in range(args.frames):
             model_s = node.stats.stage_s.get("model", 0.0)
             t0 = time.perf_counter()
             replay.publish_next()
             stamp = max(sent)
-            if not _outputs_arrive(stamp, recorder, node, args.timeout, f"frame {i}"):
-                return 1
-            row = score_and_draw(i, sent[stamp], stamp, recorder, node, args, out)
-            row["e2e_ms"] = 1e3 * (recorder.arrival[(f"{NS}/depth/image", stamp)] - t0)
-            row["model_ms"] = 1e3 * (node.stats.stage_s.get("model", 0.0) - model_s)
-            rows.append(row)
-            print(" ".join(f"{row[key]:>{width}{fmt}}" for _, _, width, fmt, key in FRAME_TABLE), flush=True)
+            for k, camera_name in enumerate(cameras):
+                if not _outputs_arrive(stamp, recorder, node, args.timeout, f"frame {i}", camera_ns(camera_name)):
+                    return 1
+                row = score_and_draw(i, sent[stamp][k], stamp, recorder, node, args, out, camera_name)
+                row["e2e_ms"] = 1e3 * (recorder.arrival[(f"{camera_ns(camera_name)}/depth/image", stamp)] - t0)
+                row["model_ms"] = 1e3 * (node.stats.stage_s.get("model", 0.0) - model_s)  # the batch's, for every camera
+                rows.append(row)
+                print(" ".join(f"{row[key]:>{width}{fmt}}" for _, _, width, fmt, key in table), flush=True)
         for t in range(args.sequence_frames):
             walker.publish_next()
-            if not _outputs_arrive(walk[-1], recorder, node, args.timeout, f"moving-camera frame {t}"):
+            if not _outputs_arrive(walk[-1], recorder, node, args.timeout, f"moving-camera frame {t}", walker_ns):
                 return 1
         node.report()  # the statistics line, and /diagnostics into the bag
-        _wait(lambda: recorder.counts[f"{NS}/depth/colored"] >= args.frames + args.sequence_frames
+        _wait(lambda: recorder.counts[f"{walker_ns}/depth/colored"] >= args.frames + args.sequence_frames
               and all(recorder.counts[t] for t in topics), 5)  # the last messages into the bag
     finally:
         stop.set()
@@ -280,7 +294,7 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     shutil.rmtree(bag, ignore_errors=True)
     shutil.move(str(bag_tmp), bag)  # the finished bag appears at once, never half written
     write_overview(rows, out, untrained)
-    sequence = score_sequence([recorder.kept[f"{NS}/depth/image"][s] for s in walk], node, args, out, untrained) if walk else None
+    sequence = score_sequence([recorder.kept[f"{walker_ns}/depth/image"][s] for s in walk], node, args, out, untrained) if walk else None
     embedded = not untrained and not (settings.get("model") or settings.get("student"))
     summarise(rows, node, recorder, bag, out, untrained, embedded, sequence)
     if untrained:
@@ -288,18 +302,24 @@ def _run(args: argparse.Namespace, out: Path, workdir: Path) -> int:
     return 0
 
 
-def _outputs_arrive(stamp: int, recorder: BagRecorder, node: SharpDepthNode, timeout: float, what: str) -> bool:
-    """Whether the node's outputs for the frame of `stamp` reach the recorder in time (a line if not)."""
-    if _wait(lambda: all(stamp in recorder.kept[t] for t in OUTPUTS), timeout):
+def _outputs_arrive(stamp: int, recorder: BagRecorder, node: SharpDepthNode, timeout: float, what: str, ns: str) -> bool:
+    """Whether the node's outputs on camera namespace `ns` for the frame of `stamp` reach the recorder in
+    time (a line if not)."""
+    if _wait(lambda: all(stamp in recorder.kept[f"{ns}/{t}"] for t in OUTPUTS), timeout):
         return True
-    print(f"demo: no output for {what} within {timeout:.0f} s (last problem: {node.last_rejection or 'none'})", file=sys.stderr)
+    print(f"demo: no output for {what} on {ns} within {timeout:.0f} s (last problem: {node.last_rejection or 'none'})", file=sys.stderr)
     return False
 
 
-def print_table_header() -> None:
-    """FRAME_TABLE's two header lines, each group's header centred over its columns."""
+def frame_table(cameras: list[str]) -> tuple:
+    """FRAME_TABLE, with a camera column when there are several."""
+    return FRAME_TABLE if cameras == [""] else (("", "camera", 6, "", "camera"), *FRAME_TABLE)
+
+
+def print_table_header(table: tuple = FRAME_TABLE) -> None:
+    """The frame table's two header lines, each group's header centred over its columns."""
     groups, line = [], []
-    for group, name, width, _, _ in FRAME_TABLE:
+    for group, name, width, _, _ in table:
         if groups and groups[-1][0] == group:
             groups[-1][1] += width + 1
         else:
@@ -315,25 +335,28 @@ def scene_fov(camera: dict | None) -> float:
     return float(camera.get("hfov_deg", 0.0)) if camera else 0.0
 
 
-def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, node: SharpDepthNode, args, out: Path) -> dict:
+def score_and_draw(i: int, scene_seed: int, stamp: int, recorder: BagRecorder, node: SharpDepthNode, args, out: Path,
+                   camera: str = "") -> dict:
     """AbsRel, δ1 and DBE of SharpDepth and of its metric teacher f_D against the scene's ground truth;
     pictures. f_D's depth comes from the node's own pipeline, computed as a frame computes it."""
     scene = synthetic_scene(scene_seed, args.width, args.height, args.style, args.fov_deg)  # the frame the replay sent
-    depth = image_to_numpy(recorder.kept[f"{NS}/depth/image"][stamp])
-    difference = image_to_numpy(recorder.kept[f"{NS}/depth/difference"][stamp])
-    xyz, rgb = point_cloud_to_numpy(recorder.kept[f"{NS}/points"][stamp])
+    ns = camera_ns(camera)
+    depth = image_to_numpy(recorder.kept[f"{ns}/depth/image"][stamp])
+    difference = image_to_numpy(recorder.kept[f"{ns}/depth/difference"][stamp])
+    xyz, rgb = point_cloud_to_numpy(recorder.kept[f"{ns}/points"][stamp])
     metric = teacher_depth(node, scene)
-    row = {"frame": i, "scene": scene_seed}
+    row = {"frame": i, "scene": scene_seed, **({"camera": camera} if camera else {})}
+    stem = f"frame_{i:02d}" + (f"_{camera}" if camera else "")
     for name, pred in (("", depth), ("f_D_", metric)):
         valid = np.isfinite(pred) & (pred > 0)
         m = depth_metrics(pred, scene.depth, valid) if valid.any() else {"abs_rel": float("nan"), "delta1": float("nan")}
         acc, compl = boundary_error(np.where(valid, pred, 0.01).clip(0.01), scene.depth)
         row.update({f"{name}abs_rel": m["abs_rel"], f"{name}delta1": m["delta1"], f"{name}dbe_acc": acc, f"{name}dbe_compl": compl})
     row["valid"] = float((np.isfinite(depth) & (depth > 0)).mean())
-    save_png(out / f"frame_{i:02d}_depth.png", colorize_depth(depth))  # its own range: the structure
-    save_png(out / f"frame_{i:02d}_difference.png", colorize_difference(difference))
+    save_png(out / f"{stem}_depth.png", colorize_depth(depth))  # its own range: the structure
+    save_png(out / f"{stem}_difference.png", colorize_difference(difference))
     cloud = render_point_cloud(xyz, rgb, size=depth.shape)
-    save_png(out / f"frame_{i:02d}_cloud.png", cloud)
+    save_png(out / f"{stem}_cloud.png", cloud)
     row["pictures"] = {"image": scene.rgb, "ground truth": scene.depth, "f_D": metric, "SharpDepth": depth,
                        "difference map e": difference, "point cloud": cloud}
     return row
@@ -422,7 +445,7 @@ def write_overview(rows: list[dict], out: Path, untrained: bool) -> None:
             if name in ("f_D", "SharpDepth") and np.isfinite(row[("f_D_" if name == "f_D" else "") + "abs_rel"]):
                 key = "f_D_" if name == "f_D" else ""
                 ax.set_xlabel(f"AbsRel {row[key + 'abs_rel']:.3f}, DBE {row[key + 'dbe_acc']:.1f}/{row[key + 'dbe_compl']:.1f}", fontsize=7)
-        axes[r, 0].set_ylabel(f"scene {row['scene']}", fontsize=8)
+        axes[r, 0].set_ylabel(f"scene {row['scene']}" + (f", {row['camera']}" if "camera" in row else ""), fontsize=8)
         _colour_bar(fig, shown, axes[r, 1:4].tolist(), "depth [m]")
     if untrained:
         fig.suptitle("UNTRAINED random-weight models: plumbing check only", color="red")
@@ -460,11 +483,14 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
     def mean(key: str) -> float:
         return float(np.nanmean([r[key] for r in rows]))
 
+    keys = ("abs_rel", "delta1", "dbe_acc", "dbe_compl", "f_D_abs_rel", "f_D_delta1", "f_D_dbe_acc", "f_D_dbe_compl", "e2e_ms")
+    cameras = sorted({r["camera"] for r in rows if "camera" in r})
     summary = {
         "untrained_models": untrained,
         "frames": [{k: v for k, v in r.items() if k != "pictures"} for r in rows],
-        **{f"mean_{k}": mean(k) for k in ("abs_rel", "delta1", "dbe_acc", "dbe_compl", "f_D_abs_rel", "f_D_delta1",
-                                          "f_D_dbe_acc", "f_D_dbe_compl", "e2e_ms")},
+        **{f"mean_{k}": mean(k) for k in keys},
+        **({"cameras": {c: {f"mean_{k}": float(np.nanmean([r[k] for r in rows if r.get("camera") == c])) for k in keys}
+                        for c in cameras}} if cameras else {}),
         "node_ms_per_frame": stages,
         "recorder_ms_per_frame": 1e3 * recorder.busy_s / max(len(rows), 1),
         "messages_recorded": recorder.counts,
@@ -481,6 +507,10 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
                 "do not compare the two models on it)" + (": the report above is the measure" if report else ""),
                 {label: {m: summary[f"mean_{key}{m}"] for m in ("abs_rel", "delta1", "dbe_acc", "dbe_compl")}
                  for label, key in (("f_D", "f_D_"), ("SharpDepth", ""))}, note)
+    for c in cameras:
+        m = summary["cameras"][c]
+        print(f"{c}: SharpDepth AbsRel {m['mean_abs_rel']:.3f} (f_D {m['mean_f_D_abs_rel']:.3f}), end-to-end {m['mean_e2e_ms']:.0f} ms "
+              f"(outputs on {camera_ns(c)}/...)")
     if sequence:
         print(f"moving camera: {sequence['frames']} frames walking through scene {sequence['scene']}'s room; TAE between "
               f"consecutive frames (ground-truth poses), a small sample (bench/temporal.py is the measure): "
@@ -489,7 +519,8 @@ def summarise(rows: list[dict], node: SharpDepthNode, recorder: BagRecorder, bag
           + f"; the demo's in-process recorder {summary['recorder_ms_per_frame']:.1f} ms/frame (not the node's)")
     mcap = next(bag.glob("*.mcap"))
     print(f"bag: {mcap} ({sum(recorder.counts.values())} messages on {len(recorder.counts)} topics; Foxglove, or `ros2 bag play {bag}`)")
-    print(f"pictures: {out}/overview.png{', sequence.png' if sequence else ''} and frame_XX_{{depth,difference,cloud}}.png; "
+    print(f"pictures: {out}/overview.png{', sequence.png' if sequence else ''} and frame_XX{'_camN' if cameras else ''}"
+          "_{depth,difference,cloud}.png; "
           f"numbers: {out}/summary.json")
 
 
@@ -509,9 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processing-res", type=int, help="override the processing resolution")
     parser.add_argument("--device", help="override the device (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one frame's outputs")
+    parser.add_argument("--cameras", type=int, default=1,
+                        help="cameras served by the one node (default 1; N > 1: namespaces /camera/cam0 ... cam{N-1}, "
+                        "each frame one batch of N scenes, outputs and scores per camera)")
     args = parser.parse_args(argv)
-    if args.frames < 1 or (args.width is not None and args.width < 8) or (args.height is not None and args.height < 8):
-        parser.error("--frames must be >= 1 and --width/--height >= 8")
+    if args.frames < 1 or not 1 <= args.cameras <= 16 or (args.width is not None and args.width < 8) or (args.height is not None and args.height < 8):
+        parser.error("--frames must be >= 1, --cameras from 1 to 16 and --width/--height >= 8")
     if args.sequence_frames < 0 or args.sequence_frames == 1:
         parser.error("--sequence-frames must be 0 (none) or >= 2 (TAE compares consecutive frames)")
     try:

@@ -141,3 +141,34 @@ def test_a_one_frame_sequence_is_refused_before_anything_runs(tmp_path, capsys):
         demo.main(["--out", str(tmp_path / "o"), "--sequence-frames", "1"])
     assert exit_.value.code == 2 and "--sequence-frames must be 0 (none) or >= 2" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_drives_several_cameras_through_one_node(tmp_path, capsys):
+    """--cameras 2: one node, two namespaces, each frame two scenes in one batch; each camera's outputs on
+    its own topics, in the bag and scored; each camera's depth is what a one-camera run gives its scene."""
+    folder = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "tiny")
+    config = tmp_path / "params.yaml"
+    config.write_text(f"/**/sharpdepth:\n  ros__parameters:\n    model: {folder}\n    device: cpu\n")
+    common = ["--width", "64", "--height", "48", "--seed", "4", "--config", str(config), "--sequence-frames", "2"]
+    assert demo.main(["--out", str(tmp_path / "two"), "--frames", "2", "--cameras", "2", *common]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [(f["camera"], f["scene"]) for f in summary["frames"]] == [("cam0", 4), ("cam1", 5), ("cam0", 6), ("cam1", 7)]
+    assert set(summary["cameras"]) == {"cam0", "cam1"} and "cam1: SharpDepth AbsRel" in printed
+    assert summary["cameras"]["cam1"]["mean_abs_rel"] == pytest.approx((summary["frames"][1]["abs_rel"] + summary["frames"][3]["abs_rel"]) / 2)
+    assert (tmp_path / "two" / "frame_01_cam1_depth.png").is_file()
+
+    from rosbags.highlevel import AnyReader
+
+    (mcap,) = (tmp_path / "two" / "sharpdepth_demo").glob("*.mcap")
+    with AnyReader([mcap]) as reader:
+        counts = Counter(c.topic for c, _, _ in reader.messages())
+    for topic in demo.CAMERA_TOPICS:
+        assert counts[f"/camera/cam0/{topic}"] == 2 + 2 and counts[f"/camera/cam1/{topic}"] == 2, topic  # the walk: cam0
+    assert counts["/camera/cam0/pose"] == 2 and "/camera/depth/image" not in counts
+
+    assert demo.main(["--out", str(tmp_path / "one"), "--frames", "4", *common]) == 0
+    alone = json.loads((tmp_path / "one" / "summary.json").read_text())["frames"]
+    for batched in summary["frames"]:  # the same scene alone: the same scores
+        single = next(f for f in alone if f["scene"] == batched["scene"])
+        assert batched["abs_rel"] == pytest.approx(single["abs_rel"], rel=1e-5) and batched["dbe_compl"] == pytest.approx(single["dbe_compl"], rel=1e-5)
