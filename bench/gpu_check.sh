@@ -1,16 +1,17 @@
 #!/bin/bash
-# Issue 20's figures in one command (≤ 8 minutes on one GPU, every step bounded by `timeout` so the
-# rest still runs): the CUDA tests, bench/pipeline.py at 512/768/1024, the fast path, a profile, the
-# fast settings' accuracy on the embedded models, the AOTI time to first frame and the node end to
-# end for 1, 2 and 4 cameras. Writes each step's output to $OUT/<step>.txt, then the summary table
-# and $OUT/summary.json (bench/gpu_summary.py) that go into bench/RESULTS.md.
+# Issue 20's figures in one command (about 8 minutes on one GPU, every step bounded by `timeout` so the
+# rest still runs): the CUDA tests, bench/pipeline.py at 512/768/1024 (reference and eager settings),
+# the fast path (torch-fast: the exact algorithm, bf16, the frame compiled and replayed as one CUDA
+# graph) and the `fast` speed preset at 768, a profile with host synchronisations per frame, the VAE's
+# variants, the fast settings' accuracy on the embedded trained models, the time to the first frame
+# (eager, torch.compile, AOTI) and the node end to end for 1, 2 and 4 cameras. Writes each step's
+# output to $OUT/<step>.txt, then the summary table and $OUT/summary.json (bench/gpu_summary.py) that
+# go into bench/RESULTS.md.
 #
 # The GPU machine needs only python3 with torch+CUDA: the rest is installed from .whl/ (prepared
 # with bench/wheels.sh on a machine with network), no network. From the project's root:
 #     bash bench/gpu_check.sh                            # GPU: full-size configs (random weights)
 #     DEVICE=cpu QUICK=1 PY=.venv/bin/python bash bench/gpu_check.sh   # CPU: tiny configs, a check of the script
-# The `fast` speed preset is not implemented yet: the fast settings that exist are measured instead
-# (torch-bf16, torch-fast, and the light / latent difference maps).
 set -u
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; QUICK=${QUICK:-0}; OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"; : > "$OUT/status.txt"
@@ -32,20 +33,21 @@ step() {  # step NAME SECONDS COMMAND...: output in $OUT/NAME.txt, exit status (
 
 B="$PY bench/pipeline.py"
 if [ "$QUICK" = 1 ]; then  # tiny configs, a few frames: checks the script, not the GPU
-    PIPE="--config small --frames 1 --warmup 1"; RES="64"; RES_FAST=64; SCENES=3
-    CAMERAS="--cameras 1 2 4 --warmup 2 --seconds 3"; FIRST="--input-size 320x240"; T=300
+    PIPE="--config small --frames 1 --warmup 1"; RES="64"; RES_FAST=64; SCENES=3; VAE="--config small --resolution 128 --calls 1"
+    CAMERAS="--cameras 1 2 4 --warmup 2 --seconds 3"; FIRST="--input-size 320x240"; ACC="latent e"; T=300
 else
-    PIPE="--config full --frames 5 --warmup 2"; RES="512 768 1024"; RES_FAST=768; SCENES=30
-    CAMERAS="--config full --size 640x480 --processing-res 768 --cameras 1 2 4 --warmup 5 --seconds 10"
-    FIRST="--input-size 640x480"; T=0
+    PIPE="--config full --frames 5 --warmup 2"; RES="512 768 1024"; RES_FAST=768; SCENES=30; VAE="--config full --resolution 768"
+    CAMERAS="--config full --size 640x480 --processing-res 768 --cameras 1 2 4 --warmup 5 --seconds 8"
+    FIRST="--input-size 640x480"; ACC="bf16 compiled light e latent e light z_d fast"; T=0
 fi
 lim() { echo $(( $1 > T ? $1 : T )); }  # QUICK on a CPU is slower per step than the GPU run it stands for
 
-step tests "$(lim 60)" $PY -m pytest -q -p no:cacheprovider test/core/test_engines.py test/ros/test_params.py -k "cuda or tensorrt or fast"
-step pipeline "$(lim 90)" $B $PIPE --settings reference torch-bf16 latent light --resolutions $RES --json "$OUT/pipeline.json"
-step fast "$(lim 100)" $B $PIPE --settings torch-fast torch-bf16 --resolutions $RES_FAST --json "$OUT/fast.json"
-step profile "$(lim 40)" $B $PIPE --profile --settings torch-bf16 --resolutions $RES_FAST --json "$OUT/profile.json"
-step accuracy "$(lim 45)" $PY bench/difference_accuracy.py --scenes $SCENES --device "$DEVICE" --json "$OUT/accuracy.json"
-step first_frame "$(lim 80)" $PY bench/first_frame.py --device "$DEVICE" $FIRST --workdir "$OUT/first_frame"
-step cameras "$(lim 80)" $PY bench/cameras.py --device "$DEVICE" $CAMERAS --json "$OUT/cameras.json"
+step tests "$(lim 45)" $PY -m pytest -q -p no:cacheprovider test/core/test_engines.py test/core/test_fast_frame.py test/ros/test_params.py -k "cuda or gpu or tensorrt or fast"
+step pipeline "$(lim 70)" $B $PIPE --settings reference torch-bf16 latent light --resolutions $RES --json "$OUT/pipeline.json"
+step fast "$(lim 120)" $B $PIPE --settings torch-fast fast --resolutions $RES_FAST --json "$OUT/fast.json"
+step profile "$(lim 30)" $B $PIPE --profile --settings torch-bf16 --resolutions $RES_FAST --json "$OUT/profile.json"
+step vae "$(lim 50)" $PY bench/vae.py $VAE --device "$DEVICE" --variants "bf16 cl" "bf16 cl cudnn-benchmark" "bf16 cl plain-attention" "bf16 cl compile" "bf16 cl compile graph" --json "$OUT/vae.json"
+step accuracy "$(lim 60)" $PY bench/speed_accuracy.py --split eval --scenes $SCENES --settings $ACC --device "$DEVICE" --json "$OUT/accuracy.json"
+step first_frame "$(lim 60)" $PY bench/first_frame.py --device "$DEVICE" $FIRST --workdir "$OUT/first_frame"
+step cameras "$(lim 60)" $PY bench/cameras.py --device "$DEVICE" $CAMERAS --json "$OUT/cameras.json"
 $PY bench/gpu_summary.py "$OUT"

@@ -35,8 +35,12 @@ def figures(name: str, result: dict) -> list[str]:
         syncs = syncs if isinstance(syncs, str) else f"{syncs['total']:g} per frame"
         return [f"{result['setting']} @ {result['res']}: " + "; ".join(top), f"host syncs per frame: {syncs}"]
     if name == "accuracy":
-        return [f"{m}: AbsRel {v['abs_rel']:.4f}, DBE acc {v['dbe_acc']:.2f}, within spread {v.get('within_spread', '-')}"
+        return [f"{m}: AbsRel {v['abs_rel']:.4f} ({100 * v['cost']['abs_rel']:+.1f} %), DBE {v['dbe_acc']:.2f} / {v['dbe_compl']:.2f} "
+                f"({100 * v['cost']['dbe_acc']:+.1f} / {100 * v['cost']['dbe_compl']:+.1f} %), within budget {v['within_budget']}"
                 for m, v in result["methods"].items()]
+    if name == "vae":
+        return [f"{r['variant']}: frame {r['frame_ms']:.1f} ms ({r['speedup']:.2f}x fp32), mean Δ {r['difference_vs_fp32']['mean']:.1e}"
+                for r in result["results"]] + [f"fastest at bf16's level: {result['fastest_at_bf16_level']}"]
     if name == "first_frame":
         return [f"{run}: first depth {r['first_depth_s']:.1f} s, next frame {r['second_frame_s']:.3f} s" for run, r in result["runs"].items()]
     if name == "cameras":
@@ -44,8 +48,8 @@ def figures(name: str, result: dict) -> list[str]:
         for r in result["results"]:
             lat = r.get("latency_s") or {"median": float("nan"), "p95": float("nan")}
             mem = f", GPU {r['gpu_peak_mib']:.0f} MiB" if r.get("gpu_peak_mib") is not None else ""
-            out.append(f"{r['cameras']} camera(s): {r['aggregate_fps']:.2f} frames/s, latency median {1e3 * lat['median']:.0f} ms"
-                       f" p95 {1e3 * lat['p95']:.0f} ms{mem}")
+            out.append(f"{r['cameras']} camera(s): {r['aggregate_fps']:.2f} frames/s ({r['node_share_of_pipeline']:.2f} of the pipeline "
+                       f"alone), latency median {1e3 * lat['median']:.0f} ms p95 {1e3 * lat['p95']:.0f} ms{mem}")
         return out
     return []
 

@@ -33,3 +33,22 @@ def test_pipeline_profile_reports_top_ops_of_every_stage(tmp_path):
         if name != "other":
             assert stage["wall_ms"] > 0 and 0 < stage["op_ms"] <= stage["wall_ms"] * 1.01, name
     assert any(op["name"].startswith("aten::") for op in stages["sharpen_pass"]["top"])
+
+
+def test_vae_bench_times_every_variant_or_says_why_not(tmp_path):
+    out = tmp_path / "vae.json"
+    run = subprocess.run([sys.executable, "bench/vae.py", "--config", "small", "--device", "cpu", "--resolution", "128", "--calls", "1",
+                          "--warmup", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["results"]}
+    assert list(rows) == ["fp32", "bf16", "bf16 cl", "bf16 cl plain-attention"] and result["grid"] == [96, 128]
+    skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
+    assert skipped["bf16 cl compile graph"] == "needs CUDA (CUDA graphs)" and "--compile-on-cpu" in skipped["bf16 cl compile"]
+    assert set(rows) | set(skipped) == {"fp32", "bf16", "bf16 cl", "bf16 cl cudnn-benchmark", "bf16 cl plain-attention", "bf16 cl compile",
+                                        "bf16 cl compile max-autotune-no-cudagraphs", "bf16 cl compile max-autotune", "bf16 cl compile graph"}
+    assert rows["fp32"]["difference_vs_fp32"] == {"max": 0.0, "mean": 0.0} and rows["fp32"]["speedup"] == 1.0
+    assert 1e-4 < rows["bf16"]["difference_vs_fp32"]["mean"] < 0.1  # bf16 rounding: visible, small
+    for r in rows.values():
+        assert r["frame_ms"] == r["ms"]["encode_image"] + r["ms"]["encode_depth"] + 2 * r["ms"]["decode_depth"]
+    assert result["fastest_at_bf16_level"] in rows

@@ -1,0 +1,194 @@
+"""The VAE's calls under each speed variant, side by side: what helps its full-resolution layers.
+
+A frame makes four VAE calls (encode the image, encode f_D's depth, decode twice); at 768 they are
+about 70 % of a full-size frame's FLOPs (bench/RESULTS.md). This bench times the three kinds of call
+as the pipeline makes them (`DepthCodec` through the PyTorch engine) at one processing grid, for:
+
+  fp32                        eager, the reference
+  bf16                        bf16 weights and arithmetic, eager
+  bf16 cl                     + channels_last (NHWC) activations
+  bf16 cl cudnn-benchmark     + torch.backends.cudnn.benchmark (cuDNN picks each convolution's algorithm by trial)
+  bf16 cl plain-attention     diffusers' AttnProcessor in the mid-block (materialises the score matrix)
+                              instead of the default SDPA one: what SDPA buys
+  bf16 cl compile             torch.compile, default mode (and max-autotune-no-cudagraphs, max-autotune)
+  bf16 cl compile graph       the default-mode compiled call captured as a CUDA graph (engines.CudaGraphed)
+
+Per variant: ms per call of each kind, ms per frame (2 encodes + 2 decodes), speed-up over fp32,
+the outputs' relative difference from fp32 (max and mean over the three calls), and on CUDA the
+peak memory. CUDA-only variants are reported as skipped on a CPU, with the reason; inductor's C++
+compile takes minutes on a CPU, so compiled variants run there only with --compile-on-cpu. The last
+line names the fastest variant whose difference stays at bf16's own level (mean within 2x bf16
+eager's): what FastPath should adopt. Prints a table and one JSON line.
+
+    .venv/bin/python bench/vae.py --config small --resolution 256          # CPU check of the bench
+    python bench/vae.py --config full --device cuda                        # the GPU figures (bench/gpu_check.sh)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sharpdepth_core.engines import CudaGraphed, FastPath, TorchEngine
+from sharpdepth_core.preprocessing import plan_resize
+
+from pipeline import build_models, sync  # bench/pipeline.py
+
+CALLS = ("encode_image", "encode_depth", "decode_depth")
+BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def variants(cuda: bool, compile_on_cpu: bool) -> dict[str, dict | str]:
+    """name -> options (fast: FastPath, cudnn_benchmark, plain_attention, compile mode, graph), or why it cannot run here."""
+    out: dict[str, dict | str] = {
+        "fp32": {}, "bf16": {"fast": FastPath(**BF16)}, "bf16 cl": {"fast": FastPath(**BF16, channels_last=True)},
+        "bf16 cl cudnn-benchmark": {"fast": FastPath(**BF16, channels_last=True), "cudnn_benchmark": True} if cuda else "needs CUDA (cuDNN)",
+        "bf16 cl plain-attention": {"fast": FastPath(**BF16, channels_last=True), "plain_attention": True},
+    }
+    for mode in COMPILE_MODES:
+        name = f"bf16 cl compile{'' if mode == 'default' else ' ' + mode}"
+        if cuda or (compile_on_cpu and mode == "default"):
+            out[name] = {"fast": FastPath(**BF16, channels_last=True), "compile": mode}
+        else:
+            out[name] = ("needs CUDA (autotuning benchmarks GPU kernels)" if mode != "default"
+                         else "inductor compiles for minutes on a CPU: pass --compile-on-cpu")
+    out["bf16 cl compile graph"] = ({"fast": FastPath(**BF16, channels_last=True), "compile": "default", "graph": True} if cuda
+                                    else "needs CUDA (CUDA graphs)")
+    return out
+
+
+def calls_of(student, options: dict) -> dict[str, Callable]:
+    """The three VAE calls of a copy of the student, converted and wrapped as `options` say."""
+    student = copy.deepcopy(student)
+    engine = TorchEngine(student, options.get("fast"))
+    if options.get("plain_attention"):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        student.vae.set_attn_processor(AttnProcessor())
+    fns = {name: getattr(engine, name) for name in CALLS}
+    if "compile" in options:
+        mode = None if options["compile"] == "default" else options["compile"]
+        fns = {k: torch.compile(f, fullgraph=True, dynamic=False, mode=mode) for k, f in fns.items()}
+    if options.get("graph"):
+        fns = {k: CudaGraphed(f) for k, f in fns.items()}
+    return fns
+
+
+def measure(fns: dict[str, Callable], inputs: dict[str, torch.Tensor], device: torch.device, warmup: int, calls: int) -> tuple[dict, dict]:
+    """(ms per call of each kind, the outputs of the first timed call)."""
+    ms, outputs = {}, {}
+    with torch.no_grad():
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn(inputs[name])
+            sync(device)
+            outputs[name] = fn(inputs[name]).float()
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn(inputs[name])
+            sync(device)
+            ms[name] = 1e3 * (time.perf_counter() - t) / calls
+    return ms, outputs
+
+
+def relative_difference(outputs: dict, reference: dict) -> dict[str, float]:
+    """Max and mean |Δ| over the three calls, each relative to its reference output's mean magnitude."""
+    rel = [(outputs[k] - reference[k]).abs() / reference[k].abs().mean().clamp_min(1e-12) for k in CALLS]
+    return {"max": max(float(r.max()) for r in rel), "mean": sum(float(r.mean()) for r in rel) / len(rel)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    student, _ = build_models(args.config, device)
+    plan = plan_resize((args.height, args.width), args.resolution, student.codec.downsample_factor)
+    (h, w), f, c = plan.padded_hw, student.codec.downsample_factor, student.vae.config.latent_channels
+    g = torch.Generator().manual_seed(0)
+    inputs = {"encode_image": torch.rand(1, 3, h, w, generator=g), "encode_depth": torch.rand(1, 1, h, w, generator=g) * 2 - 1,
+              "decode_depth": torch.randn(1, c, h // f, w // f, generator=g)}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    rows, skipped, reference = [], [], None
+    for name, options in variants(cuda, args.compile_on_cpu).items():
+        if args.variants and name not in ("fp32", "bf16", *args.variants):  # fp32: the reference; bf16: the difference level
+            continue
+        if isinstance(options, str):
+            skipped.append({"variant": name, "reason": options})
+            continue
+        print(f"[bench] {name}", file=sys.stderr, flush=True)
+        torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark"))
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            ms, outputs = measure(calls_of(student, options), inputs, device, args.warmup, args.calls)
+        except Exception as exc:  # a variant that fails here is reported, not fatal
+            skipped.append({"variant": name, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
+        finally:
+            torch.backends.cudnn.benchmark = False
+        reference = reference or outputs
+        frame = ms["encode_image"] + ms["encode_depth"] + 2 * ms["decode_depth"]  # a frame: both encodes, two decodes
+        rows.append({"variant": name, "ms": ms, "frame_ms": frame, "difference_vs_fp32": relative_difference(outputs, reference),
+                     "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None})
+    fp32 = rows[0]["frame_ms"]
+    for r in rows:
+        r["speedup"] = fp32 / r["frame_ms"]
+    bf16 = next(r for r in rows if r["variant"] == "bf16")["difference_vs_fp32"]["mean"]
+    at_bf16_level = [r for r in rows if r["variant"] != "fp32" and r["difference_vs_fp32"]["mean"] <= 2 * bf16]
+    best = min(at_bf16_level, key=lambda r: r["frame_ms"])["variant"] if at_bf16_level else None
+    label = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    return {"bench": "vae", "device": label, "config": args.config, "grid": [h, w], "calls": args.calls, "torch": torch.__version__,
+            "results": rows, "skipped": skipped, "fastest_at_bf16_level": best}
+
+
+def table(result: dict) -> str:
+    h, w = result["grid"]
+    lines = [f"VAE calls at a {w}x{h} grid, config {result['config']}, {result['device']} (ms per call, mean of {result['calls']})",
+             f"{'variant':<38} {'enc image':>9} {'enc depth':>9} {'decode':>8} {'frame':>8} {'x fp32':>7} {'max Δ':>8} {'mean Δ':>8} {'MiB':>7}"]
+    for r in result["results"]:
+        ms, d = r["ms"], r["difference_vs_fp32"]
+        mem = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
+        lines.append(f"{r['variant']:<38} {ms['encode_image']:>9.2f} {ms['encode_depth']:>9.2f} {ms['decode_depth']:>8.2f} "
+                     f"{r['frame_ms']:>8.2f} {r['speedup']:>7.2f} {d['max']:>8.1e} {d['mean']:>8.1e} {mem:>7}")
+    lines += [f"skipped {s['variant']}: {s['reason']}" for s in result["skipped"]]
+    lines.append("frame: 2 encodes + 2 decodes; Δ: output difference from fp32, relative to its mean magnitude; "
+                 f"fastest at bf16's own difference level: {result['fastest_at_bf16_level']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=("small", "full"), default="full" if torch.cuda.is_available() else "small")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resolution", type=int, default=768, help="processing resolution (longer edge of the grid)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--calls", type=int, default=10, help="timed calls of each kind per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, autotuning, capture)")
+    p.add_argument("--compile-on-cpu", action="store_true", help="also run the default-mode compiled variant on a CPU (minutes)")
+    p.add_argument("--variants", nargs="+", choices=tuple(variants(True, True)), help="only these (default: all; fp32 always, "
+                   "the reference); max-autotune's kernel search takes minutes")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    args = p.parse_args(argv)
+    if min(args.calls, args.threads) < 1 or args.warmup < 0:
+        p.error("--calls and --threads must be >= 1, --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    print(table(result))
+    line = json.dumps(result)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
