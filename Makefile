@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/cpu.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/difference_accuracy.py
+	$(BIN)/python bench/vae.py
+	$(BIN)/python bench/speed_accuracy.py
 
 clean:
 	rm -rf $(VENV) build install log out .pytest_cache

@@ -238,7 +238,7 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "SharpDepth: " in line]
     assert line.startswith("[INFO]")
     assert line.endswith(f"SharpDepth: model {tiny_pipeline_dir}; metric backend depth-anything-v2, device cpu, dtype float32, "
-                         "processing grid 96 px (longer edge), engine pytorch, 2 CPU thread(s)")  # the grid frames will use
+                         "processing grid 96 px (longer edge), speed exact, engine pytorch, 2 CPU thread(s)")  # the grid frames will use
     assert node_module.PARAMETERS["num_threads"][0] == 1  # the default: measured not to collapse on a shared CPU
 
     # model '' is the embedded synthetic-scene models, and a model distilled from them is no better on real
