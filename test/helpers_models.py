@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +18,16 @@ def scene_image(seed: int = 0, width: int = 64, height: int = 48) -> tuple[np.nd
 
     scene = render_scene(seed, width=width, height=height)
     return scene.rgb, scene.K
+
+
+def image_folder(folder: Path, count: int = 4, width: int = 64, height: int = 48) -> Path:
+    """A folder of `count` synthetic-room PNGs (seeds 0..count-1): training data for the scripts' tests."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(scene_image(i, width=width, height=height)[0]).save(folder / f"{i}.png")
+    return folder
 
 
 def card_figure(name: str) -> float:

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from helpers_models import scene_image
+from helpers_models import image_folder, scene_image
 from sharpdepth_core.gating import latent_difference
 from sharpdepth_core.models import load_metric_model, tiny
 from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
@@ -80,10 +79,7 @@ def test_light_decoder_is_trained_saved_beside_the_student_and_found(pipe, tmp_p
     import light_decoder as script
 
     folder = pipe.save_pretrained(tmp_path / "pipeline")
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        Image.fromarray(scene_image(i, width=64, height=48)[0]).save(images / f"{i}.png")
+    images = image_folder(tmp_path / "images")
     assert script.main(["--model", str(folder), "--data", str(images), "--steps", "3", "--batch", "2"]) == 0
     decoder = LightDepthDecoder.load(folder / LIGHT_DECODER_DIR)
     z = torch.randn(1, 4, 6, 8)

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers_models import scene_image
+from helpers_models import image_folder, scene_image
 from sharpdepth_core.models import tiny
 from sharpdepth_core.models.hub import CheckpointError
 from sharpdepth_core.models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
@@ -59,10 +58,7 @@ def test_an_encoder_equal_to_the_vae_gives_the_reference_output(pipe):
 
 def test_trained_gt_free_saved_beside_the_student_and_found(pipe, tmp_path):
     folder = pipe.save_pretrained(tmp_path / "pipeline")
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        Image.fromarray(scene_image(i, width=64, height=48)[0]).save(images / f"{i}.png")
+    images = image_folder(tmp_path / "images")
     assert script.main(["--model", str(folder), "--data", str(images), "--steps", "3", "--batch", "2"]) == 0
     encoder = LightDepthEncoder.load(folder / LIGHT_ENCODER_DIR)
     loaded = SharpDepthPipeline.from_pretrained(folder, depth_encoder="light")
@@ -78,10 +74,7 @@ def test_trained_gt_free_saved_beside_the_student_and_found(pipe, tmp_path):
                                            (["--channels", "8", "16"], "--channels needs 4 widths for the VAE's x8")])
 def test_bad_arguments_are_one_line_and_write_nothing(pipe, tmp_path, capsys, argv, message):
     folder = pipe.save_pretrained(tmp_path / "pipeline")
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        Image.fromarray(scene_image(i, width=64, height=48)[0]).save(images / f"{i}.png")
+    images = image_folder(tmp_path / "images")
     assert script.main(["--model", str(folder), "--data", str(images), "--steps", "2", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"light_encoder.py: error: {message}"
