@@ -316,6 +316,9 @@ class SharpDepthPipeline:
         key = (plan, method)
         if key not in self._compiled:
             if self.metric_model.static_shapes:
+                # transformers' models install output hooks on their first call, under a lock dynamo cannot
+                # trace: that first call is made here, eagerly, on a blank grid image
+                self.metric_model.predict(torch.zeros(1, 3, *plan.padded_hw, device=self.device), None)
                 self._compiled[key] = compiled(partial(self._frame, plan=plan, method=method, clock=_no_clock), self.fast)
             else:
                 sharpen = compiled(partial(self._sharpen, plan=plan, method=method, clock=_no_clock), self.fast)

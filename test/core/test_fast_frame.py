@@ -20,8 +20,8 @@ TRACED = dict(compile=True, compile_backend="eager")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16, channels_last=True)
 
 
-def pipe(fast: FastPath | None = None, **options) -> SharpDepthPipeline:
-    p = tiny.tiny_pipeline(0)
+def pipe(fast: FastPath | None = None, metric: str = "depth-anything-v2", **options) -> SharpDepthPipeline:
+    p = tiny.tiny_pipeline(0, metric=metric)
     return SharpDepthPipeline(p.student, p.metric_model, processing_res=64, untrained=True, fast=fast, **options)
 
 
@@ -64,10 +64,12 @@ def test_the_traced_frame_is_the_eager_frame_bit_for_bit(frames, precision):
         assert not torch.equal(outputs(traced, rgb)["depth"], outputs(pipe(), rgb)["depth"])
 
 
-def test_the_compiled_frame_is_the_reference_frame_in_fp32(frames):
-    """FastPath() without options is the reference computation; compiled, still."""
+@pytest.mark.parametrize("metric", ["depth-anything-v2", "depth-pro"])
+def test_the_compiled_frame_is_the_reference_frame_in_fp32(frames, metric):
+    """FastPath() without options is the reference computation; compiled whole, metric model included, still."""
     rgb, K, _ = frames
-    assert_identical(outputs(pipe(FastPath(**TRACED)), rgb, K), outputs(pipe(), rgb, K))
+    assert_identical(outputs(pipe(FastPath(**TRACED), metric), rgb, K), outputs(pipe(metric=metric), rgb, K))
+    assert_identical(outputs(pipe(FastPath(**TRACED), metric), rgb), outputs(pipe(metric=metric), rgb))  # K predicted
 
 
 def test_a_wait_for_the_device_inside_the_frame_is_an_error(frames, monkeypatch):
