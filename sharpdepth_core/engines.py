@@ -211,7 +211,7 @@ class CudaGraphed:
         return static_out.clone() if isinstance(static_out, Tensor) else tuple(t.clone() for t in static_out)
 
     def _capture(self, args: tuple[Tensor, ...]):
-        static_in = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device).copy_(a) for a in args]
+        static_in = [a.contiguous().clone() for a in args]  # own buffers (an expanded input's would overlap)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (none here)")
 
 
 @pytest.fixture(scope="module")
