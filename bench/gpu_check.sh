@@ -34,19 +34,19 @@ step() {  # step NAME SECONDS COMMAND...: output in $OUT/NAME.txt, exit status (
 B="$PY bench/pipeline.py"
 if [ "$QUICK" = 1 ]; then  # tiny configs, a few frames: checks the script, not the GPU
     PIPE="--config small --frames 1 --warmup 1"; RES="64"; RES_FAST=64; SCENES=3; VAE="--config small --resolution 128 --calls 1"
-    CAMERAS="--cameras 1 2 4 --warmup 2 --seconds 3"; FIRST="--input-size 320x240"; ACC="latent e"; T=300
+    CAMERAS="--cameras 1 2 4 --warmup 2 --seconds 3"; FIRST="--input-size 320x240"; ACC="latent-difference"; T=300
 else
     PIPE="--config full --frames 5 --warmup 2"; RES="512 768 1024"; RES_FAST=768; SCENES=30; VAE="--config full --resolution 768"
     CAMERAS="--config full --size 640x480 --processing-res 768 --cameras 1 2 4 --warmup 5 --seconds 8"
-    FIRST="--input-size 640x480"; ACC="bf16 compiled light e latent e light z_d fast"; T=0
+    FIRST="--input-size 640x480"; ACC="bf16-compiled light-difference latent-difference light-encoder fast"; T=0
 fi
 lim() { echo $(( $1 > T ? $1 : T )); }  # QUICK on a CPU is slower per step than the GPU run it stands for
 
-step tests "$(lim 45)" $PY -m pytest -q -p no:cacheprovider test/core/test_engines.py test/core/test_fast_frame.py test/ros/test_params.py -k "cuda or gpu or tensorrt or fast"
+step tests "$(lim 45)" $PY -m pytest -q -p no:cacheprovider test/core/test_engines.py test/core/test_fast_frame.py test/ros/test_params.py -k "cuda or gpu or tensorrt"
 step pipeline "$(lim 70)" $B $PIPE --settings reference torch-bf16 latent light --resolutions $RES --json "$OUT/pipeline.json"
 step fast "$(lim 120)" $B $PIPE --settings torch-fast fast --resolutions $RES_FAST --json "$OUT/fast.json"
 step profile "$(lim 30)" $B $PIPE --profile --settings torch-bf16 --resolutions $RES_FAST --json "$OUT/profile.json"
-step vae "$(lim 50)" $PY bench/vae.py $VAE --device "$DEVICE" --variants "bf16 cl" "bf16 cl cudnn-benchmark" "bf16 cl plain-attention" "bf16 cl compile" "bf16 cl compile graph" --json "$OUT/vae.json"
+step vae "$(lim 50)" $PY bench/vae.py $VAE --device "$DEVICE" --variants bf16-cl bf16-cl-cudnn-benchmark bf16-cl-plain-attention bf16-cl-compile bf16-cl-compile-graph --json "$OUT/vae.json"
 step accuracy "$(lim 60)" $PY bench/speed_accuracy.py --split eval --scenes $SCENES --settings $ACC --device "$DEVICE" --json "$OUT/accuracy.json"
 step first_frame "$(lim 60)" $PY bench/first_frame.py --device "$DEVICE" $FIRST --workdir "$OUT/first_frame"
 step cameras "$(lim 60)" $PY bench/cameras.py --device "$DEVICE" $CAMERAS --json "$OUT/cameras.json"

@@ -5,14 +5,14 @@ from its metric teacher). Random full-size weights cannot say how a trained mode
 `bench/pipeline.py`'s job. Prints a table and one JSON line.
 
 Settings:
-  exact          fp32, eager: the reference ("exact, seed 1": the spread)
-  bf16           UNet, VAE and metric model in bf16, channels_last (FastPath), eager
-  compiled       the frame compiled whole by inductor, fp32 (on CUDA also replayed as a CUDA graph)
-  bf16 compiled  both: the GPU fast path
-  light e        the difference map from the light depth decoder (difference="light")
-  latent e       the difference map from the latents, no first decode (difference="latent")
-  light z_d      the light depth encoder instead of the VAE's encode of f_D's depth (depth_encoder="light")
-  fast           the `fast` speed preset (sharpdepth_core/speed.py) as a whole
+  exact              fp32, eager: the reference ("exact, seed 1": the spread)
+  bf16               UNet, VAE and metric model in bf16, channels_last (FastPath), eager
+  compiled           the frame compiled whole by inductor, fp32 (on CUDA also replayed as a CUDA graph)
+  bf16-compiled      both: the GPU fast path
+  light-difference   the difference map from the light depth decoder (difference="light")
+  latent-difference  the difference map from the latents, no first decode (difference="latent")
+  light-encoder      the light depth encoder instead of the VAE's encode of f_D's depth (depth_encoder="light")
+  fast               the `fast` speed preset (sharpdepth_core/speed.py) as a whole
 
 A setting's cost is its relative change of AbsRel and of both DBEs against exact (all lower-better);
 it qualifies for the `fast` preset when every cost is within speed.BUDGET (AbsRel +2 %, DBE +5 %).
@@ -43,11 +43,11 @@ from sharpdepth_core.speed import BUDGET, FAST, Preset, fast_path
 from sharpdepth_core.synthetic import render_scene
 
 SPLITS = {"val": 110_000, "eval": 100_000}  # train/nano/common.py: val for choices, eval held out
-SETTINGS = ("bf16", "compiled", "bf16 compiled", "light e", "latent e", "light z_d", "fast")
+SETTINGS = ("bf16", "compiled", "bf16-compiled", "light-difference", "latent-difference", "light-encoder", "fast")
 COSTS = ("abs_rel", "dbe_acc", "dbe_compl")
 # a cheaper setting's place in a preset (the preset field it sets)
-COMPONENTS = {"bf16": ("bf16", True), "compiled": ("compiled", True), "light e": ("difference", "light"),
-              "latent e": ("difference", "latent"), "light z_d": ("depth_encoder", "light")}
+COMPONENTS = {"bf16": ("bf16", True), "compiled": ("compiled", True), "light-difference": ("difference", "light"),
+              "latent-difference": ("difference", "latent"), "light-encoder": ("depth_encoder", "light")}
 
 
 def pipeline_for(setting: str, device: str, preset: Preset = FAST) -> SharpDepthPipeline | None:
@@ -55,10 +55,10 @@ def pipeline_for(setting: str, device: str, preset: Preset = FAST) -> SharpDepth
     cuda = torch.device(device).type == "cuda"
     bf16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16, channels_last=True)
     options = {
-        "exact": {}, "light e": {"difference": "light"}, "latent e": {"difference": "latent"},
-        "light z_d": {"depth_encoder": "light"}, "bf16": {"fast": FastPath(**bf16)},
+        "exact": {}, "light-difference": {"difference": "light"}, "latent-difference": {"difference": "latent"},
+        "light-encoder": {"depth_encoder": "light"}, "bf16": {"fast": FastPath(**bf16)},
         "compiled": {"fast": FastPath(compile=True, cuda_graphs=cuda)},
-        "bf16 compiled": {"fast": FastPath(**bf16, compile=True, cuda_graphs=cuda)},
+        "bf16-compiled": {"fast": FastPath(**bf16, compile=True, cuda_graphs=cuda)},
         "fast": {"difference": preset.difference, "depth_encoder": preset.depth_encoder,
                  "fast": fast_path(preset, "cuda") if (preset.bf16 or preset.compiled) else None},
     }[setting]
@@ -79,7 +79,7 @@ def choose_fast(methods: dict) -> Preset:
     """The `fast` preset's candidates: every cheaper setting within the budget on its own (of the
     difference maps the cheaper, latent, over light). Deterministic from a run's JSON."""
     fields = {}
-    for name in ("bf16", "compiled", "light z_d", "light e", "latent e"):
+    for name in ("bf16", "compiled", "light-encoder", "light-difference", "latent-difference"):
         if name in methods and within_budget(methods[name]):
             field, value = COMPONENTS[name]
             fields[field] = value
@@ -151,11 +151,11 @@ def table(result: dict) -> str:
     lines = [f"fast settings on the embedded models, {result['scenes']} {result['split']} scenes (seeds {result['first_seed']}..), "
              f"{result['device']}; cost: relative change against exact (budget AbsRel +{100 * BUDGET['abs_rel']:.0f} %, "
              f"DBE +{100 * BUDGET['dbe_acc']:.0f} %)",
-             f"{'setting':<14} {'AbsRel':>7} {'δ1':>6} {'DBE acc':>8} {'compl':>6} {'ΔAbsRel':>8} {'ΔDBE acc':>9} {'Δcompl':>7} "
+             f"{'setting':<17} {'AbsRel':>7} {'δ1':>6} {'DBE acc':>8} {'compl':>6} {'ΔAbsRel':>8} {'ΔDBE acc':>9} {'Δcompl':>7} "
              f"{'mean|Δd| m':>11} {'time/exact':>10} {'budget':>7}"]
     for name, m in result["methods"].items():
         c, t = m["cost"], m["time_vs_exact"]
-        lines.append(f"{name:<14} {m['abs_rel']:>7.4f} {m['delta1']:>6.3f} {m['dbe_acc']:>8.2f} {m['dbe_compl']:>6.2f} "
+        lines.append(f"{name:<17} {m['abs_rel']:>7.4f} {m['delta1']:>6.3f} {m['dbe_acc']:>8.2f} {m['dbe_compl']:>6.2f} "
                      f"{100 * c['abs_rel']:>+7.1f}% {100 * c['dbe_acc']:>+8.1f}% {100 * c['dbe_compl']:>+6.1f}% "
                      f"{m['mean_abs_diff_m']:>11.4f} {'-' if t is None else f'{t:.2f}':>10} {'yes' if m['within_budget'] else 'no':>7}")
     if "fast_preset" in result:

@@ -6,12 +6,12 @@ as the pipeline makes them (`DepthCodec` through the PyTorch engine) at one proc
 
   fp32                        eager, the reference
   bf16                        bf16 weights and arithmetic, eager
-  bf16 cl                     + channels_last (NHWC) activations
-  bf16 cl cudnn-benchmark     + torch.backends.cudnn.benchmark (cuDNN picks each convolution's algorithm by trial)
-  bf16 cl plain-attention     diffusers' AttnProcessor in the mid-block (materialises the score matrix)
+  bf16-cl                     + channels_last (NHWC) activations
+  bf16-cl-cudnn-benchmark     + torch.backends.cudnn.benchmark (cuDNN picks each convolution's algorithm by trial)
+  bf16-cl-plain-attention     diffusers' AttnProcessor in the mid-block (materialises the score matrix)
                               instead of the default SDPA one: what SDPA buys
-  bf16 cl compile             torch.compile, default mode (and max-autotune-no-cudagraphs, max-autotune)
-  bf16 cl compile graph       the default-mode compiled call captured as a CUDA graph (engines.CudaGraphed)
+  bf16-cl-compile             torch.compile, default mode (and -max-autotune-no-cudagraphs, -max-autotune)
+  bf16-cl-compile-graph       the default-mode compiled call captured as a CUDA graph (engines.CudaGraphed)
 
 Per variant: ms per call of each kind, ms per frame (2 encodes + 2 decodes), speed-up over fp32,
 the outputs' relative difference from fp32 (max and mean over the three calls), and on CUDA the
@@ -48,18 +48,18 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
 def variants(cuda: bool, compile_on_cpu: bool) -> dict[str, dict | str]:
     """name -> options (fast: FastPath, cudnn_benchmark, plain_attention, compile mode, graph), or why it cannot run here."""
     out: dict[str, dict | str] = {
-        "fp32": {}, "bf16": {"fast": FastPath(**BF16)}, "bf16 cl": {"fast": FastPath(**BF16, channels_last=True)},
-        "bf16 cl cudnn-benchmark": {"fast": FastPath(**BF16, channels_last=True), "cudnn_benchmark": True} if cuda else "needs CUDA (cuDNN)",
-        "bf16 cl plain-attention": {"fast": FastPath(**BF16, channels_last=True), "plain_attention": True},
+        "fp32": {}, "bf16": {"fast": FastPath(**BF16)}, "bf16-cl": {"fast": FastPath(**BF16, channels_last=True)},
+        "bf16-cl-cudnn-benchmark": {"fast": FastPath(**BF16, channels_last=True), "cudnn_benchmark": True} if cuda else "needs CUDA (cuDNN)",
+        "bf16-cl-plain-attention": {"fast": FastPath(**BF16, channels_last=True), "plain_attention": True},
     }
     for mode in COMPILE_MODES:
-        name = f"bf16 cl compile{'' if mode == 'default' else ' ' + mode}"
+        name = f"bf16-cl-compile{'' if mode == 'default' else '-' + mode}"
         if cuda or (compile_on_cpu and mode == "default"):
             out[name] = {"fast": FastPath(**BF16, channels_last=True), "compile": mode}
         else:
             out[name] = ("needs CUDA (autotuning benchmarks GPU kernels)" if mode != "default"
                          else "inductor compiles for minutes on a CPU: pass --compile-on-cpu")
-    out["bf16 cl compile graph"] = ({"fast": FastPath(**BF16, channels_last=True), "compile": "default", "graph": True} if cuda
+    out["bf16-cl-compile-graph"] = ({"fast": FastPath(**BF16, channels_last=True), "compile": "default", "graph": True} if cuda
                                     else "needs CUDA (CUDA graphs)")
     return out
 

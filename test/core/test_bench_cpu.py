@@ -42,11 +42,11 @@ def test_vae_bench_times_every_variant_or_says_why_not(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["results"]}
-    assert list(rows) == ["fp32", "bf16", "bf16 cl", "bf16 cl plain-attention"] and result["grid"] == [96, 128]
+    assert list(rows) == ["fp32", "bf16", "bf16-cl", "bf16-cl-plain-attention"] and result["grid"] == [96, 128]
     skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
-    assert skipped["bf16 cl compile graph"] == "needs CUDA (CUDA graphs)" and "--compile-on-cpu" in skipped["bf16 cl compile"]
-    assert set(rows) | set(skipped) == {"fp32", "bf16", "bf16 cl", "bf16 cl cudnn-benchmark", "bf16 cl plain-attention", "bf16 cl compile",
-                                        "bf16 cl compile max-autotune-no-cudagraphs", "bf16 cl compile max-autotune", "bf16 cl compile graph"}
+    assert skipped["bf16-cl-compile-graph"] == "needs CUDA (CUDA graphs)" and "--compile-on-cpu" in skipped["bf16-cl-compile"]
+    assert set(rows) | set(skipped) == {"fp32", "bf16", "bf16-cl", "bf16-cl-cudnn-benchmark", "bf16-cl-plain-attention", "bf16-cl-compile",
+                                        "bf16-cl-compile-max-autotune-no-cudagraphs", "bf16-cl-compile-max-autotune", "bf16-cl-compile-graph"}
     assert rows["fp32"]["difference_vs_fp32"] == {"max": 0.0, "mean": 0.0} and rows["fp32"]["speedup"] == 1.0
     assert 1e-4 < rows["bf16"]["difference_vs_fp32"]["mean"] < 0.1  # bf16 rounding: visible, small
     for r in rows.values():

@@ -34,11 +34,11 @@ def test_choose_fast_takes_the_settings_within_budget_and_drops_the_costliest():
         m = {"cost": {"abs_rel": abs_rel, "dbe_acc": dbe, "dbe_compl": dbe}}
         return {**m, "within_budget": speed_accuracy.within_budget(m)}
 
-    methods = {"bf16": row(0.001), "compiled": row(0.0), "light e": row(0.01), "latent e": row(0.015, 0.049),
-               "light z_d": row(0.03)}
+    methods = {"bf16": row(0.001), "compiled": row(0.0), "light-difference": row(0.01), "latent-difference": row(0.015, 0.049),
+               "light-encoder": row(0.03)}
     chosen = speed_accuracy.choose_fast(methods)
     assert chosen == Preset(difference="latent", depth_encoder="vae", bf16=True, compiled=True)  # latent over light; z_d over budget
-    methods["latent e"] = row(0.0, 0.051)  # DBE over its 5 %
+    methods["latent-difference"] = row(0.0, 0.051)  # DBE over its 5 %
     assert speed_accuracy.choose_fast(methods).difference == "light"
     assert speed_accuracy.drop_costliest(chosen, methods) == Preset(difference="exact", bf16=True, compiled=True)
     assert BUDGET == {"abs_rel": 0.02, "dbe_acc": 0.05, "dbe_compl": 0.05}
@@ -65,14 +65,14 @@ def test_the_embedded_pipeline_at_each_speed():
 
 def test_the_bench_reports_costs_against_the_exact_path(tmp_path):
     out = tmp_path / "acc.json"
-    run = subprocess.run([sys.executable, "bench/speed_accuracy.py", "--split", "val", "--scenes", "2", "--settings", "latent e",
-                          "light z_d", "fast", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "bench/speed_accuracy.py", "--split", "val", "--scenes", "2", "--settings", "latent-difference",
+                          "light-encoder", "fast", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     methods = result["methods"]
-    assert set(methods) == {"exact", "exact, seed 1", "f_D", "latent e", "light z_d", "fast"}
+    assert set(methods) == {"exact", "exact, seed 1", "f_D", "latent-difference", "light-encoder", "fast"}
     assert methods["exact"]["cost"] == {"abs_rel": 0.0, "dbe_acc": 0.0, "dbe_compl": 0.0} and methods["exact"]["max_abs_diff_m"] == 0
-    assert methods["latent e"]["mean_abs_diff_m"] > 0 and methods["f_D"]["mean_abs_diff_m"] > methods["latent e"]["mean_abs_diff_m"]
+    assert methods["latent-difference"]["mean_abs_diff_m"] > 0 and methods["f_D"]["mean_abs_diff_m"] > methods["latent-difference"]["mean_abs_diff_m"]
     for m in methods.values():
         assert m["within_budget"] == all(m["cost"][k] <= BUDGET[k] for k in BUDGET)
     assert "fast preset measured (chosen on these scenes)" in run.stdout
