@@ -15,10 +15,13 @@ as the pipeline makes them (`DepthCodec` through the PyTorch engine) at one proc
 
 Per variant: ms per call of each kind, ms per frame (2 encodes + 2 decodes), speed-up over fp32,
 the outputs' relative difference from fp32 (max and mean over the three calls), and on CUDA the
-peak memory. CUDA-only variants are reported as skipped on a CPU, with the reason; inductor's C++
-compile takes minutes on a CPU, so compiled variants run there only with --compile-on-cpu. The last
+peak memory the calls take above the weights (activations, workspaces, CUDA graph pools).
+CUDA-only variants are reported as skipped on a CPU, with the reason; inductor's C++ compile takes
+minutes on a CPU, so compiled variants run there only with --compile-on-cpu. The last
 line names the fastest variant whose difference stays at bf16's own level (mean within 2x bf16
-eager's): what FastPath should adopt. Prints a table and one JSON line.
+eager's): what FastPath should adopt. Prints a table and one JSON line. A SIGTERM (the `timeout` of
+bench/gpu_check.sh) ends the run early with the variants measured so far reported, the others
+named as skipped, and exit status 143.
 
     .venv/bin/python bench/vae.py --config small --resolution 256          # CPU check of the bench
     python bench/vae.py --config full --device cuda                        # the GPU figures (bench/gpu_check.sh)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +40,7 @@ from pathlib import Path
 import torch
 
 from sharpdepth_core.engines import CudaGraphed, FastPath, TorchEngine
+from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 
 from pipeline import build_models, sync  # bench/pipeline.py
@@ -43,6 +48,15 @@ from pipeline import build_models, sync  # bench/pipeline.py
 CALLS = ("encode_image", "encode_depth", "decode_depth")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+class Stopped(BaseException):
+    """Raised by main's SIGTERM handler wherever the run is (a compile can take minutes): not an
+    Exception, so a variant's failure handling does not swallow it."""
+
+
+def stop(signum, frame) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def variants(cuda: bool, compile_on_cpu: bool) -> dict[str, dict | str]:
@@ -82,21 +96,31 @@ def calls_of(student, options: dict) -> dict[str, Callable]:
 
 
 def measure(fns: dict[str, Callable], inputs: dict[str, torch.Tensor], device: torch.device, warmup: int, calls: int) -> tuple[dict, dict]:
-    """(ms per call of each kind, the outputs of the first timed call)."""
+    """(row: ms per call of each kind and per frame, the calls' peak memory; the outputs of the first
+    timed call). The peak counts from what is allocated before the first call (the weights, this
+    variant's and earlier ones'): activations, workspaces, compiled buffers, CUDA graph pools."""
     ms, outputs = {}, {}
+    cuda = device.type == "cuda"
+    if cuda:
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
         for name, fn in fns.items():
             for _ in range(warmup):
                 fn(inputs[name])
             sync(device)
-            outputs[name] = fn(inputs[name]).float()
+            # a copy: under max-autotune's CUDA graphs the next call overwrites this output and reading it then is an error
+            outputs[name] = fn(inputs[name]).to(torch.float32, copy=True)
             sync(device)
             t = time.perf_counter()
             for _ in range(calls):
                 fn(inputs[name])
             sync(device)
             ms[name] = 1e3 * (time.perf_counter() - t) / calls
-    return ms, outputs
+    frame = ms["encode_image"] + ms["encode_depth"] + 2 * ms["decode_depth"]  # a frame: both encodes, two decodes
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else None
+    return {"ms": ms, "frame_ms": frame, "peak_mib": peak}, outputs
 
 
 def relative_difference(outputs: dict, reference: dict) -> dict[str, float]:
@@ -115,37 +139,35 @@ def run(args: argparse.Namespace) -> dict:
     inputs = {"encode_image": torch.rand(1, 3, h, w, generator=g), "encode_depth": torch.rand(1, 1, h, w, generator=g) * 2 - 1,
               "decode_depth": torch.randn(1, c, h // f, w // f, generator=g)}
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    rows, skipped, reference = [], [], None
+    rows, skipped, reference, stopped = [], [], None, None
     for name, options in variants(cuda, args.compile_on_cpu).items():
         if args.variants and name not in ("fp32", "bf16", *args.variants):  # fp32: the reference; bf16: the difference level
             continue
-        if isinstance(options, str):
-            skipped.append({"variant": name, "reason": options})
-            continue
-        print(f"[bench] {name}", file=sys.stderr, flush=True)
-        torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark"))
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
         try:
-            ms, outputs = measure(calls_of(student, options), inputs, device, args.warmup, args.calls)
+            if isinstance(options, str) or stopped or (reference is None and name != "fp32"):  # fp32 comes first
+                why = options if isinstance(options, str) else f"not run: {stopped or 'no fp32 reference'}"
+                skipped.append({"variant": name, "reason": why})
+                continue
+            print(f"[bench] {name}", file=sys.stderr, flush=True)
+            torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark"))
+            row, outputs = measure(calls_of(student, options), inputs, device, args.warmup, args.calls)
+            reference = outputs if name == "fp32" else reference
+            rows.append({"variant": name, **row, "difference_vs_fp32": relative_difference(outputs, reference)})
+        except Stopped as exc:
+            stopped = f"stopped by {exc} during the {name!r} variant"
+            skipped.append({"variant": name, "reason": stopped})
         except Exception as exc:  # a variant that fails here is reported, not fatal
             skipped.append({"variant": name, "reason": f"{type(exc).__name__}: {exc}"[:300]})
-            continue
         finally:
             torch.backends.cudnn.benchmark = False
-        reference = reference or outputs
-        frame = ms["encode_image"] + ms["encode_depth"] + 2 * ms["decode_depth"]  # a frame: both encodes, two decodes
-        rows.append({"variant": name, "ms": ms, "frame_ms": frame, "difference_vs_fp32": relative_difference(outputs, reference),
-                     "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None})
-    fp32 = rows[0]["frame_ms"]
     for r in rows:
-        r["speedup"] = fp32 / r["frame_ms"]
-    bf16 = next(r for r in rows if r["variant"] == "bf16")["difference_vs_fp32"]["mean"]
-    at_bf16_level = [r for r in rows if r["variant"] != "fp32" and r["difference_vs_fp32"]["mean"] <= 2 * bf16]
+        r["speedup"] = rows[0]["frame_ms"] / r["frame_ms"]
+    bf16 = [r["difference_vs_fp32"]["mean"] for r in rows if r["variant"] == "bf16"]
+    at_bf16_level = [r for r in rows if r["variant"] != "fp32" and bf16 and r["difference_vs_fp32"]["mean"] <= 2 * bf16[0]]
     best = min(at_bf16_level, key=lambda r: r["frame_ms"])["variant"] if at_bf16_level else None
     label = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     return {"bench": "vae", "device": label, "config": args.config, "grid": [h, w], "calls": args.calls, "torch": torch.__version__,
-            "results": rows, "skipped": skipped, "fastest_at_bf16_level": best}
+            "results": rows, "skipped": skipped, "fastest_at_bf16_level": best, "stopped": stopped}
 
 
 def table(result: dict) -> str:
@@ -158,8 +180,8 @@ def table(result: dict) -> str:
         lines.append(f"{r['variant']:<38} {ms['encode_image']:>9.2f} {ms['encode_depth']:>9.2f} {ms['decode_depth']:>8.2f} "
                      f"{r['frame_ms']:>8.2f} {r['speedup']:>7.2f} {d['max']:>8.1e} {d['mean']:>8.1e} {mem:>7}")
     lines += [f"skipped {s['variant']}: {s['reason']}" for s in result["skipped"]]
-    lines.append("frame: 2 encodes + 2 decodes; Δ: output difference from fp32, relative to its mean magnitude; "
-                 f"fastest at bf16's own difference level: {result['fastest_at_bf16_level']}")
+    lines.append("frame: 2 encodes + 2 decodes; Δ: output difference from fp32, relative to its mean magnitude; MiB: the calls' "
+                 f"peak memory above the weights (CUDA); fastest at bf16's own difference level: {result['fastest_at_bf16_level']}")
     return "\n".join(lines)
 
 
@@ -182,12 +204,16 @@ def main(argv=None) -> None:
     if min(args.calls, args.threads) < 1 or args.warmup < 0:
         p.error("--calls and --threads must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, stop)
     result = run(args)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(table(result))
     line = json.dumps(result)
     if args.json:
-        args.json.write_text(line + "\n")
+        write_text(args.json, line + "\n")
     print(line)
+    if result["stopped"]:
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """bench/cpu.py: its "before" versions (diffusers' walking .device/.dtype, matplotlib colours) are the
 code they replaced, so the comparison is fair: same depth, colours within a few levels."""
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,29 @@ def test_vae_bench_times_every_variant_or_says_why_not(tmp_path):
     for r in rows.values():
         assert r["frame_ms"] == r["ms"]["encode_image"] + r["ms"]["encode_depth"] + 2 * r["ms"]["decode_depth"]
     assert result["fastest_at_bf16_level"] in rows
+
+
+def test_vae_bench_stopped_by_sigterm_reports_what_it_measured(tmp_path):
+    """gpu_check.sh bounds the step with `timeout` (SIGTERM): the variants measured before it still count."""
+    out = tmp_path / "vae.json"
+    bench = subprocess.Popen([sys.executable, "bench/vae.py", "--config", "small", "--device", "cpu", "--resolution", "768", "--calls", "3",
+                              "--warmup", "1", "--json", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = []
+    for line in bench.stderr:  # fp32 and bf16 are measured once the third variant starts (seconds of work left)
+        progress.append(line)
+        if line.strip() == "[bench] bf16-cl":
+            bench.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = bench.communicate(timeout=300)
+    assert bench.returncode == 128 + signal.SIGTERM, "".join(progress)[-2000:] + stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == result  # the line bench/gpu_summary.py reads
+    order = ["fp32", "bf16", "bf16-cl", "bf16-cl-plain-attention"]  # the variants a CPU runs, in order
+    measured = [r["variant"] for r in result["results"]]
+    assert measured == order[:len(measured)] and len(measured) >= 2
+    skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
+    in_flight = order[len(measured)]
+    assert result["stopped"] == f"stopped by SIGTERM during the {in_flight!r} variant" == skipped[in_flight]
+    assert all(skipped[v] == f"not run: {result['stopped']}" for v in order[len(measured) + 1:])
+    assert skipped["bf16-cl-compile-graph"] == "needs CUDA (CUDA graphs)"  # what cannot run here still says why
+    assert result["fastest_at_bf16_level"] in measured[1:]
