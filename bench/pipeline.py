@@ -38,6 +38,7 @@ import copy
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +60,8 @@ from sharpdepth_core.preprocessing import plan_resize
 from sharpdepth_core.synthetic import render_scene
 
 from sharpdepth_core.speed import FAST, fast_path
+
+from timing import STOPPED_EXIT, Stopped, stop_on_sigterm  # bench/timing.py
 
 SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "fast", "onnx", "tensorrt")
 RESOLUTIONS = (512, 768, 1024)
@@ -403,40 +406,53 @@ def parse_args(argv, cuda: bool) -> argparse.Namespace:
     return args
 
 
-def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict]]:
-    """(rows, skipped): every setting at every resolution on one synthetic frame, `reference` first
-    (the Δdepth baseline); a setting that fails to build or run is reported, not fatal."""
+def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[dict], str | None]:
+    """(rows, skipped, stopped): every setting at every resolution on one synthetic frame, `reference`
+    first (the Δdepth baseline); a setting that fails to build or run is reported, not fatal; a SIGTERM
+    ends the run with what was measured (`stopped` says where)."""
     scene = render_scene(0, width=args.width, height=args.height)
     student, metric = build_models(args.config, device)
-    rows, skipped = [], []
+    rows, skipped, stopped = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         reference_out: dict[int, SharpDepthOutput] = {}
-        for setting in ["reference"] + [s for s in args.settings if s != "reference"]:
+        order = ["reference"] + [s for s in args.settings if s != "reference"]
+        for i, setting in enumerate(order):
             try:
-                pipe, why = make_pipeline(setting, student, metric, device, workdir, args.trt_vae_precision)
-            except Exception as exc:
-                pipe, why = None, f"{type(exc).__name__}: {exc}"[:300]
-            if pipe is None:
-                skipped.append({"setting": setting, "reason": why})
-                log(f"{setting}: skipped ({why})")
-                continue
-            for res in args.resolutions:
-                try:
-                    row, out = measure(pipe, setting, res, scene.rgb, device, args.warmup, args.frames, reference_out.get(res))
-                except Exception as exc:
-                    skipped.append({"setting": setting, "res": res, "reason": f"{type(exc).__name__}: {exc}"[:300]})
-                    log(f"{setting} @ {res}: failed ({type(exc).__name__}: {exc})")
-                    continue
-                if setting == "reference":
-                    reference_out[res] = out
-                rows.append(row)
-                log(f"{setting} @ {res}: {1e3 * row['s']['total']:.1f} ms/frame")
-            del pipe
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows, skipped
+                measure_setting(setting, args, device, workdir, student, metric, scene, reference_out, rows, skipped)
+            except Stopped as exc:
+                stopped = f"stopped by {exc} during {setting!r}"
+                skipped += [{"setting": s, "reason": stopped if s == setting else f"not run: {stopped}"} for s in order[i:]]
+                break
+    return rows, skipped, stopped
+
+
+def measure_setting(setting: str, args, device, workdir: Path, student, metric, scene, reference_out: dict,
+                    rows: list, skipped: list) -> None:
+    """One setting at every resolution: its rows appended, what could not run to `skipped`."""
+    try:
+        pipe, why = make_pipeline(setting, student, metric, device, workdir, args.trt_vae_precision)
+    except Exception as exc:
+        pipe, why = None, f"{type(exc).__name__}: {exc}"[:300]
+    if pipe is None:
+        skipped.append({"setting": setting, "reason": why})
+        log(f"{setting}: skipped ({why})")
+        return
+    for res in args.resolutions:
+        try:
+            row, out = measure(pipe, setting, res, scene.rgb, device, args.warmup, args.frames, reference_out.get(res))
+        except Exception as exc:
+            skipped.append({"setting": setting, "res": res, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+            log(f"{setting} @ {res}: failed ({type(exc).__name__}: {exc})")
+            continue
+        if setting == "reference":
+            reference_out[res] = out
+        rows.append(row)
+        log(f"{setting} @ {res}: {1e3 * row['s']['total']:.1f} ms/frame")
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def targets(rows: list[dict], args: argparse.Namespace, cuda: bool) -> dict | None:
@@ -478,7 +494,9 @@ def main(argv=None) -> None:
     grids = {r: plan_resize((args.height, args.width), r).padded_hw for r in args.resolutions}
     flops = {r: count_flops(args.config, (args.height, args.width), g) for r, g in grids.items()}
     flops_full = flops if args.config == "full" else {r: count_flops("full", (args.height, args.width), g) for r, g in grids.items()}
-    rows, skipped = run_settings(args, device)
+    stop_on_sigterm()  # gpu_check.sh's timeout: what was measured is still reported
+    rows, skipped, stopped = run_settings(args, device)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     print(f"SharpDepth inference, {args.width}x{args.height} input, config {args.config}, on {name}")
     print("measured matmul rate: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))
@@ -495,12 +513,14 @@ def main(argv=None) -> None:
         "bench": "pipeline", "device": name, "config": args.config, "input": [args.width, args.height],
         "torch": torch.__version__, "load_average_1min": os.getloadavg()[0], "matmul_flops_per_s": rates, "peak_rate": peak,
         "flops": {str(r): f for r, f in flops.items()}, "flops_full_size": {str(r): f for r, f in flops_full.items()},
-        "results": rows, "skipped": skipped, "targets": reached,
+        "results": rows, "skipped": skipped, "targets": reached, "stopped": stopped,
     }
     line = json.dumps(result)
     if args.json:
         args.json.write_text(line + "\n")
     print(line)
+    if stopped:
+        sys.exit(STOPPED_EXIT)
 
 
 def main_profile(args: argparse.Namespace, device: torch.device, name: str) -> None:

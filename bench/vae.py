@@ -44,19 +44,11 @@ from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 
 from pipeline import build_models, sync  # bench/pipeline.py
+from timing import STOPPED_EXIT, Stopped, stop_on_sigterm  # bench/timing.py
 
 CALLS = ("encode_image", "encode_depth", "decode_depth")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
-
-
-class Stopped(BaseException):
-    """Raised by main's SIGTERM handler wherever the run is (a compile can take minutes): not an
-    Exception, so a variant's failure handling does not swallow it."""
-
-
-def stop(signum, frame) -> None:
-    raise Stopped(signal.Signals(signum).name)
 
 
 def variants(cuda: bool, compile_on_cpu: bool) -> dict[str, dict | str]:
@@ -204,7 +196,7 @@ def main(argv=None) -> None:
     if min(args.calls, args.threads) < 1 or args.warmup < 0:
         p.error("--calls and --threads must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, stop)
+    stop_on_sigterm()
     result = run(args)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(table(result))
@@ -213,7 +205,7 @@ def main(argv=None) -> None:
         write_text(args.json, line + "\n")
     print(line)
     if result["stopped"]:
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(STOPPED_EXIT)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,24 @@ def test_vae_bench_stopped_by_sigterm_reports_what_it_measured(tmp_path):
     assert all(skipped[v] == f"not run: {result['stopped']}" for v in order[len(measured) + 1:])
     assert skipped["bf16-cl-compile-graph"] == "needs CUDA (CUDA graphs)"  # what cannot run here still says why
     assert result["fastest_at_bf16_level"] in measured[1:]
+
+
+def test_pipeline_bench_stopped_by_sigterm_reports_what_it_measured(tmp_path):
+    """The same for bench/pipeline.py (gpu_check.sh's `fast` step may run out of time while compiling)."""
+    out = tmp_path / "pipeline.json"
+    bench = subprocess.Popen([sys.executable, "bench/pipeline.py", "--config", "small", "--settings", "reference", "latent", "light",
+                              "--resolutions", "64", "512", "--frames", "1", "--warmup", "1", "--json", str(out)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = []
+    for line in bench.stderr:
+        progress.append(line)
+        if line.startswith("[bench] reference @ 512"):  # latent and light at two resolutions still to come
+            bench.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = bench.communicate(timeout=300)
+    assert bench.returncode == 128 + signal.SIGTERM, "".join(progress)[-2000:] + stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == result
+    assert [(r["setting"], r["res"]) for r in result["results"]][:2] == [("reference", 64), ("reference", 512)]
+    skipped = {s["setting"]: s["reason"] for s in result["skipped"]}
+    assert result["stopped"].startswith("stopped by SIGTERM during") and skipped["light"] in (result["stopped"], f"not run: {result['stopped']}")
