@@ -220,12 +220,16 @@ class SharpDepthNode(Node):
         # first: destroy_node needs them, also for a node whose start failed (rclpy destroys it at shutdown)
         self._lock = threading.Condition()
         self._publishing = threading.Lock()  # held while outputs go out; shutdown waits for it
+        self._handoff = threading.Condition()  # the worker's finished batch to the publisher (`_outbox`)
+        self._outbox: tuple | None = None
         self._declare_parameters()
         self.pipeline = self._load_pipeline(pipeline)
         self._init_state()
         image_topics = self._connect()
         self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
+        self._publisher = threading.Thread(target=self._publish_batches, name="sharpdepth-publish", daemon=True)
         self._worker.start()
+        self._publisher.start()
         self.get_logger().info("SharpDepth ready: " + "; ".join(
             f"{topic} -> {self.resolve_topic_name(c.topic('depth/image'))}, {self.resolve_topic_name(c.topic('points'))}"
             for c, topic in zip(self.cameras, image_topics)))
@@ -506,9 +510,32 @@ class SharpDepthNode(Node):
         K = None if group[0].K is None else np.stack([f.K for f in group])
         out = self.pipeline(images, K=K, seed=None if settings["seed"] < 0 else settings["seed"],
                             processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
+        # on the host before the hand-over: the publisher's copies would otherwise queue behind the next
+        # batch's work on the device
+        host = HostOutputs(_on_host(out.depth), _on_host(getattr(out, "difference", None)), out.timings,
+                           list(getattr(out, "fallback", None) or []))
         model_s = time.perf_counter() - t1
-        for i, frame in enumerate(group):
-            self._guarded([frame.camera], self._publish_frame, frame, out, i, model_s, settings)
+        with self._handoff:  # one batch is published while the next is computed: wait for the previous one
+            while self._outbox is not None and not self._stop:
+                self._handoff.wait()
+            self._outbox = (group, host, model_s, settings)
+            self._handoff.notify_all()
+
+    def _publish_batches(self) -> None:
+        """The publishing thread: each batch the worker hands over, camera by camera, while the worker
+        computes the next (on a GPU the model and the host's conversions and clouds then overlap)."""
+        while True:
+            with self._handoff:
+                while not self._stop and self._outbox is None:
+                    self._handoff.wait()
+                if self._stop:
+                    return
+                group, out, model_s, settings = self._outbox
+            for i, frame in enumerate(group):
+                self._guarded([frame.camera], self._publish_frame, frame, out, i, model_s, settings)
+            with self._handoff:
+                self._outbox = None
+                self._handoff.notify_all()
 
     def _publish_frame(self, frame: Frame, out, i: int, model_s: float, settings: dict) -> None:
         """Image `i` of the batch's outputs on its camera's topics, and its counters."""
@@ -520,7 +547,7 @@ class SharpDepthNode(Node):
         depth[depth <= 0] = np.nan  # REP 118: invalid is NaN
         if frame.seen is not None and frame.seen.shape == depth.shape:
             depth[~frame.seen] = np.nan  # rectified pixels the camera did not see
-        difference = getattr(out, "difference", None)
+        difference = out.difference
         cpu0 = time.thread_time()
         if not self._publish(frame, depth, None if difference is None else difference[i], settings):
             return
@@ -530,7 +557,7 @@ class SharpDepthNode(Node):
         stats = frame.camera.stats
         with self._lock:
             stats.published += 1
-            stats.fallbacks += int(bool(getattr(out, "fallback", None)) and out.fallback[i])
+            stats.fallbacks += int(bool(out.fallback) and out.fallback[i])
             for k, v in stages.items():
                 stats.stage_s[k] = stats.stage_s.get(k, 0.0) + v
 
@@ -635,11 +662,29 @@ class SharpDepthNode(Node):
         with self._lock:
             self._stop = True
             self._lock.notify_all()
+        with self._handoff:
+            self._handoff.notify_all()
         with self._publishing:  # a publication in progress ends; none starts after `_stop`
             pass
+        if getattr(self, "_publisher", None) is not None:
+            self._publisher.join(timeout=SHUTDOWN_GRACE_S)
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()
+
+
+@dataclass
+class HostOutputs:
+    """A batch's outputs as the publisher reads them: depth and difference on the host."""
+
+    depth: object  # [B, 1, H, W]
+    difference: object | None
+    timings: dict[str, float]
+    fallback: list[bool]
+
+
+def _on_host(x):
+    return x.detach().cpu() if isinstance(x, torch.Tensor) else x
 
 
 def _image_of(x) -> np.ndarray:

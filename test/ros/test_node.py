@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,57 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
     assert node_module.main(argv) == 1
     err = capfd.readouterr().err
     assert "set processing_res to 56" in err and "Traceback" not in err
+
+
+class Timed(SharpDepthPipeline):
+    """The real pipeline; records when each call starts and ends."""
+
+    def __call__(self, *args, **kwargs):
+        start = time.monotonic()
+        out = super().__call__(*args, **kwargs)
+        self.calls.append((start, time.monotonic()))
+        return out
+
+
+def test_a_batch_is_published_while_the_next_is_computed(ros_context, tiny_pipeline_dir, monkeypatch):
+    """The worker hands each batch's outputs (on the host) to the publishing thread and takes the next
+    frame at once: with a slow publication (0.3 s, standing for clouds of large images), the next model
+    call runs during it, and every frame still goes out, in order."""
+    loaded = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
+    pipeline = Timed(loaded.student, loaded.metric_model, processing_res=64)
+    pipeline.calls = []
+    node = SharpDepthNode(pipeline, context=ros_context, namespace="overlap",
+                          parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
+    publications = []
+    real_publish = node._publish
+
+    def slow_publish(frame, depth, difference, settings):
+        start = time.monotonic()
+        time.sleep(0.3)
+        done = real_publish(frame, depth, difference, settings)
+        publications.append((threading.current_thread().name, stamp_ns(frame.header), start, time.monotonic()))
+        return done
+
+    monkeypatch.setattr(node, "_publish", slow_publish)
+    probe = Probe(ros_context, {"/overlap/depth/image": Image}, name="overlap_probe")
+    image_pub = probe.node.create_publisher(Image, "/overlap/image_raw", 5)
+    info_pub = probe.node.create_publisher(CameraInfo, "/overlap/camera_info", 5)
+    scene = render_scene(6, W, H)
+    try:
+        with Spinner(ros_context, node, probe.node):
+            wait_for(lambda: probe.connected() and image_pub.get_subscription_count() and info_pub.get_subscription_count(), 20, "discovery")
+            for stamp in (41, 42, 43):
+                hdr = header(stamp, "overlap_cam")
+                info_pub.publish(pinhole_info(scene.K, (H, W), hdr))
+                wait_for(lambda: "overlap_cam" in node.cameras[0].infos, 10, "the CameraInfo")
+                calls = len(pipeline.calls)
+                image_pub.publish(encode_image(scene.rgb, "rgb8", hdr=hdr))
+                wait_for(lambda: len(pipeline.calls) > calls, 30, f"the model call of frame {stamp}")
+            wait_for(lambda: len(probe.messages["/overlap/depth/image"]) == 3, 30, "three depth images")
+    finally:
+        node.destroy_node()
+        probe.node.destroy_node()
+    assert [stamp_ns(m.header) for m in probe.messages["/overlap/depth/image"]] == [41, 42, 43]
+    assert {name for name, *_ in publications} == {"sharpdepth-publish"}
+    # frames 42 and 43 were computed while 41 and 42 went out
+    assert all(pipeline.calls[i + 1][1] < publications[i][3] for i in range(2)), (pipeline.calls, publications)
