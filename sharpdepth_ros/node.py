@@ -4,7 +4,9 @@ A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline` (loaded by `
 are converted in `conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
 owns (never in executor callbacks, where `torch.compile` and long calls misbehave): the image
 callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
-them. Bad input of any kind costs one throttled log line and that frame, never the node.
+them. A second thread publishes each batch's outputs while the worker computes the next, so the
+model and the host's conversions and clouds overlap. Bad input of any kind costs one throttled log
+line and that frame, never the node.
 
 Several cameras (`cameras`: namespaces relative to the node's) share one node and one model: each
 step takes the newest frame of every camera that has one and runs them as one batch per image size,
