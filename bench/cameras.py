@@ -2,8 +2,10 @@
 """Several cameras on one node: aggregate depth frames/s, latency and GPU memory for 1, 2, 4 cameras.
 
 Each run starts a SharpDepth node with N camera namespaces and a driver node in the same process
-that publishes every camera's image + camera_info at `--rate` Hz (faster than the model: the node
-always has a new frame of every camera, so it runs the N newest frames as one batch per step). After
+that publishes every camera's image + camera_info at `--rate` Hz (default 1.5 times the rate the
+pipeline alone keeps up with: the node always has a new frame of every camera, so it runs the N
+newest frames as one batch per step, and the in-process publisher does not crowd the CPU). The node
+runs with its defaults (cloud and coloured depth published, as a robot would). After
 a warm-up it counts the depth images published over `--seconds`: aggregate frames/s (all cameras)
 and per camera, and the latency from each image's stamp to its depth image reaching a subscriber in
 the driver (median and p95; the stamp is the publish time, so queueing in the node counts), and on
@@ -63,17 +65,20 @@ def pipeline_alone(pipeline, scenes: list, seconds: float, device: str) -> float
     return calls * len(scenes) / (time.perf_counter() - t0)
 
 
-def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: float, seconds: float, device: str) -> dict:
-    """Aggregate and per-camera depth frames/s of one node serving `cameras` cameras."""
+def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: float, seconds: float, device: str,
+        threads: int) -> dict:
+    """Aggregate and per-camera depth frames/s of one node serving `cameras` cameras, beside the pipeline alone."""
+    scenes = [render_scene(i, width, height) for i in range(cameras)]
+    alone = pipeline_alone(pipeline, scenes, min(seconds, 5.0), device)
+    rate = rate or 1.5 * alone / cameras  # batches/s the pipeline keeps up with, and half again
     context = Context()
     rclpy.init(context=context)
     names = [f"cam{i}" for i in range(cameras)]
     node = SharpDepthNode(pipeline, context=context, namespace="bench", parameter_overrides=[
-        Parameter("cameras", value=names), Parameter("device", value=device), Parameter("publish_points", value=False),
-        Parameter("publish_colored", value=False), Parameter("stats_period", value=3600.0)])
+        Parameter("cameras", value=names), Parameter("device", value=device), Parameter("num_threads", value=threads),
+        Parameter("stats_period", value=3600.0)])
     driver = rclpy.create_node("bench_driver", namespace="bench", context=context)
     qos = QoSProfile(depth=1)
-    scenes = [render_scene(i, width, height) for i in range(cameras)]
     pubs = [(driver.create_publisher(Image, f"{n}/image_raw", qos), driver.create_publisher(CameraInfo, f"{n}/camera_info", qos))
             for n in names]
 
@@ -123,8 +128,7 @@ def run(pipeline, cameras: int, width: int, height: int, rate: float, warmup: fl
         rclpy.shutdown(context=context)
     per_camera = [(a.published - b.published) / (t1 - t0) for a, b in zip(after, before)]
     latency = sorted(latencies)
-    alone = pipeline_alone(pipeline, scenes, min(seconds, 5.0), device)
-    return {"cameras": cameras, "aggregate_fps": round(sum(per_camera), 3), "per_camera_fps": [round(f, 3) for f in per_camera],
+    return {"cameras": cameras, "rate_hz": round(rate, 2), "aggregate_fps": round(sum(per_camera), 3), "per_camera_fps": [round(f, 3) for f in per_camera],
             "pipeline_fps": round(alone, 3), "node_share_of_pipeline": round(sum(per_camera) / alone, 3),
             "skipped": sum(sum(a.rejected.values()) - sum(b.rejected.values()) for a, b in zip(after, before)),
             "latency_s": {"median": statistics.median(latency), "p95": latency[int(0.95 * (len(latency) - 1))], "frames": len(latency)}
@@ -144,7 +148,8 @@ def main() -> None:
     p.add_argument("--speed", choices=SPEEDS, default="exact", help="the speed preset (random light networks with --config)")
     p.add_argument("--size", default="320x240", help="camera image WIDTHxHEIGHT")
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--rate", type=float, default=150.0, help="frames/s each camera publishes (above what the model keeps up with)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="frames/s each camera publishes (default 0: 1.5 times what the pipeline alone keeps up with)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before counting")
     p.add_argument("--seconds", type=float, default=15.0, help="seconds counted per run")
     p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
@@ -163,7 +168,7 @@ def main() -> None:
         speed = {} if args.speed == "exact" else {"fast": fast_path(FAST, args.device), **fast_preset_options(student, args.device)}
         pipeline = SharpDepthPipeline(student, metric, untrained=True,
                                       processing_res=args.processing_res or (DEFAULT_PROCESSING_RES if args.config == "full" else 64), **speed)
-    results = [run(pipeline, n, width, height, args.rate, args.warmup, args.seconds, args.device) for n in args.cameras]
+    results = [run(pipeline, n, width, height, args.rate, args.warmup, args.seconds, args.device, args.threads) for n in args.cameras]
     label = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
     model = args.model or f"{args.config} random models"
     print(f"{'cameras':>8} {'aggregate frames/s':>19} {'per camera':>11} {'pipeline alone':>15} {'node/pipeline':>14} "
