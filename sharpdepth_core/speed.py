@@ -44,9 +44,9 @@ def preset(speed: str) -> Preset:
 
 
 def fast_path(choice: Preset, device: str | torch.device) -> FastPath | None:
-    """The PyTorch speed options of a preset on a device. Only CUDA gets them: CPUs without native bf16
-    emulate it (4x slower than fp32 here, bench/RESULTS.md) and inductor compiles for minutes on a CPU,
-    so a CPU runs the preset's cheaper algorithm in fp32, eagerly."""
+    """The PyTorch speed options of a preset on a device. Only CUDA gets them: bf16 helps a CPU only where it
+    has native bf16 (on one without, it ran 4.3x slower than fp32: bench/RESULTS.md) and inductor
+    compiles for minutes on a CPU, so a CPU runs the preset's cheaper algorithm in fp32, eagerly."""
     import torch
 
     from .engines import FastPath
