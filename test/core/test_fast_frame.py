@@ -20,8 +20,8 @@ TRACED = dict(compile=True, compile_backend="eager")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16, channels_last=True)
 
 
-def pipe(fast: FastPath | None = None, metric: str = "depth-anything-v2", **options) -> SharpDepthPipeline:
-    p = tiny.tiny_pipeline(0, metric=metric)
+def pipe(fast: FastPath | None = None, metric: str = "depth-anything-v2", device: str = "cpu", **options) -> SharpDepthPipeline:
+    p = tiny.tiny_pipeline(0, metric=metric).to(device)  # on the device first: CUDA graphs are checked at construction
     return SharpDepthPipeline(p.student, p.metric_model, processing_res=64, untrained=True, fast=fast, **options)
 
 
@@ -134,13 +134,13 @@ def test_fast_options_are_checked():
 @needs_cuda
 def test_compiled_and_graphed_frame_matches_eager_bf16_on_the_gpu(frames):
     rgb, K, _ = frames
-    eager = pipe(FastPath(**BF16)).to("cuda")
-    fast = pipe(FastPath.fastest("cuda")).to("cuda")
+    eager = pipe(FastPath(**BF16), device="cuda")
+    fast = pipe(FastPath.fastest("cuda"), device="cuda")
     want = outputs(eager, rgb, K)
     first, again = outputs(fast, rgb, K), outputs(fast, rgb, K)  # capture, then replay
-    for k in want:
-        span = want[k].abs().max().clamp_min(1e-6)
-        assert ((first[k] - want[k]).abs().max() / span) < 0.05, k  # inductor's fused bf16 kernels round differently
+    for k in want:  # inductor's fused bf16 kernels keep fp32 between ops: close, not equal
+        assert ((first[k] - want[k]).abs().mean() / want[k].abs().mean().clamp_min(1e-6)) < 0.05, k
         assert torch.equal(again[k], first[k]), k  # a replay is the capture
+    assert torch.equal(first["K"], want["K"])  # the given K, untouched
     other = outputs(fast, frames[2][1].permute(1, 2, 0).numpy())  # new inputs into the same graph
     assert not torch.equal(other["depth"], first["depth"])
