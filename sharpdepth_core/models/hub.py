@@ -243,7 +243,7 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
 
 
 def load_own_model(model_cls, path_or_id, what: str, **kwargs):
-    """A diffusers ModelMixin this project defines and saved (small-conv f_D, the light decoder): the
+    """A diffusers ModelMixin this project defines and saved (small-conv f_D, the light depth decoder and encoder): the
     folder's config must name `model_cls`, weights are safetensors and every tensor is accounted for."""
     folder = resolve_model_dir(path_or_id, what)
     config = folder / model_cls.config_name
