@@ -42,7 +42,10 @@ from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.speed import BUDGET, FAST, Preset, fast_path
 from sharpdepth_core.synthetic import render_scene
 
-SPLITS = {"val": 110_000, "eval": 100_000}  # train/nano/common.py: val for choices, eval held out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
+from common import SEEDS  # noqa: E402  (train/nano/common.py: the small-scale regime's seed ranges)
+
+SPLITS = {split: SEEDS[split][0] for split in ("val", "eval")}  # val for choices, eval held out
 SETTINGS = ("bf16", "compiled", "bf16-compiled", "light-difference", "latent-difference", "light-encoder", "fast")
 COSTS = ("abs_rel", "dbe_acc", "dbe_compl")
 # a cheaper setting's place in a preset (the preset field it sets)
@@ -59,10 +62,9 @@ def pipeline_for(setting: str, device: str, preset: Preset = FAST) -> SharpDepth
         "light-encoder": {"depth_encoder": "light"}, "bf16": {"fast": FastPath(**bf16)},
         "compiled": {"fast": FastPath(compile=True, cuda_graphs=cuda)},
         "bf16-compiled": {"fast": FastPath(**bf16, compile=True, cuda_graphs=cuda)},
-        "fast": {"difference": preset.difference, "depth_encoder": preset.depth_encoder,
-                 "fast": fast_path(preset, "cuda") if (preset.bf16 or preset.compiled) else None},
+        "fast": {"difference": preset.difference, "depth_encoder": preset.depth_encoder, "fast": fast_path(preset, "cuda")},
     }[setting]
-    if "fast" in options and options["fast"] is not None and not cuda:
+    if options.get("fast") is not None and not cuda:
         options["fast"] = replace(options["fast"], cuda_graphs=False)  # the same kernels, without the capture
     try:
         return SharpDepthPipeline.from_pretrained(device=device, **options)

@@ -30,8 +30,8 @@ from .models.hub import CheckpointError, Extra, read_config, replacing_dir, to_d
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from .normalization import normalize_depth
-from .speed import fast_path, preset
 from .preprocessing import Resize, check_processing_res, plan_resize, to_grid, unpad_and_resize
+from .speed import fast_path, preset
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
@@ -426,14 +426,12 @@ class SharpDepthPipeline:
             raise ValueError("a metric backend name is needed (e.g. 'depth-anything-v2'): --metric / metric_backend")
         if metric_path is None:
             metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
-        lights = {name: Path(student).parent / name for name in (LIGHT_DECODER_DIR, LIGHT_ENCODER_DIR)} if config else {}
-        light_decoder, light_encoder = (cls._load_light(lights.get(name), kind, device)
-                                        for name, kind in ((LIGHT_DECODER_DIR, LightDepthDecoder), (LIGHT_ENCODER_DIR, LightDepthEncoder)))
+        beside = Path(student).parent if config else None  # a saved pipeline keeps its light networks beside the student
+        light_decoder = _load_light(beside, LIGHT_DECODER_DIR, LightDepthDecoder, device)
+        light_encoder = _load_light(beside, LIGHT_ENCODER_DIR, LightDepthEncoder, device)
         choice = preset(speed)
-        if difference is None:
-            difference = choice.difference if choice.difference != "light" or light_decoder else cls._left_out(speed, LIGHT_DECODER_DIR, "exact")
-        if depth_encoder is None:
-            depth_encoder = choice.depth_encoder if choice.depth_encoder != "light" or light_encoder else cls._left_out(speed, LIGHT_ENCODER_DIR, "vae")
+        difference = difference or _preset_part(speed, choice.difference, light_decoder, LIGHT_DECODER_DIR, "exact")
+        depth_encoder = depth_encoder or _preset_part(speed, choice.depth_encoder, light_encoder, LIGHT_ENCODER_DIR, "vae")
         return cls(
             DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
@@ -449,16 +447,6 @@ class SharpDepthPipeline:
             distilled_from=config.get("distilled_from"),
             fast=fast if fast is not None else fast_path(choice, device),
         )
-
-    @staticmethod
-    def _load_light(folder: Path | None, kind, device):
-        return kind.load(folder, device=device) if folder is not None and folder.is_dir() else None
-
-    @staticmethod
-    def _left_out(speed: str, folder: str, instead: str) -> str:
-        warnings.warn(f"speed {speed}: the pipeline folder has no {folder}/, so that part of the preset runs as {instead}",
-                      RuntimeWarning, stacklevel=3)
-        return instead
 
     def config(self) -> dict:
         """What `pipeline.json` records."""
@@ -489,6 +477,20 @@ class SharpDepthPipeline:
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
                  "untrained": bool, "camera": dict, "distilled_from": dict}
+
+
+def _load_light(beside: Path | None, name: str, kind, device):
+    """The light network `beside/name` when that folder exists, else None."""
+    return kind.load(beside / name, device=device) if beside is not None and (beside / name).is_dir() else None
+
+
+def _preset_part(speed: str, wanted: str, light, folder: str, instead: str) -> str:
+    """A preset's choice, or `instead` (with a warning) when it names a light network the folder lacks."""
+    if wanted != "light" or light is not None:
+        return wanted
+    warnings.warn(f"speed {speed}: the pipeline folder has no {folder}/, so that part of the preset runs as {instead}",
+                  RuntimeWarning, stacklevel=3)  # the caller of from_pretrained
+    return instead
 
 
 def config_beside_student(student) -> dict:
