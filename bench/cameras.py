@@ -50,12 +50,12 @@ from sharpdepth_core.pipeline import DEFAULT_PROCESSING_RES, SharpDepthPipeline 
 from sharpdepth_core.speed import FAST, SPEEDS, fast_path  # noqa: E402
 from sharpdepth_core.synthetic import render_scene  # noqa: E402
 from sharpdepth_ros.conversions import camera_info, numpy_to_image  # noqa: E402
-from sharpdepth_ros.node import SharpDepthNode  # noqa: E402
+from sharpdepth_ros.node import SharpDepthNode, image_batch  # noqa: E402
 
 
 def pipeline_alone(pipeline, scenes: list, seconds: float, device: str) -> float:
     """Frames/s of the pipeline on these scenes as one batch, called as the node calls it, after one warm-up call."""
-    images = torch.from_numpy(np.stack([sc.rgb for sc in scenes])).permute(0, 3, 1, 2).contiguous()
+    images = image_batch([sc.rgb for sc in scenes])
     K = np.stack([sc.K for sc in scenes])
     pipeline(images, K=K, seed=0).depth.cpu()
     calls, t0 = 0, time.perf_counter()

@@ -506,9 +506,7 @@ class SharpDepthNode(Node):
         """One model call for frames of one size (a batch: the seeded noise is the same for every image,
         so each camera's depth is what it would be alone), then each camera's outputs."""
         t1 = time.perf_counter()
-        # uint8 [B, 3, H, W], contiguous: a camera alone then gets exactly the depth `pipeline(rgb)` gives
-        # (measured; the permuted view's layout rounds differently in the convolutions)
-        images = torch.from_numpy(np.stack([f.rgb for f in group])).permute(0, 3, 1, 2).contiguous()
+        images = image_batch([f.rgb for f in group])
         K = None if group[0].K is None else np.stack([f.K for f in group])
         out = self.pipeline(images, K=K, seed=None if settings["seed"] < 0 else settings["seed"],
                             processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
@@ -673,6 +671,12 @@ class SharpDepthNode(Node):
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()
+
+
+def image_batch(rgbs: list[np.ndarray]) -> torch.Tensor:
+    """HxWx3 uint8 images -> uint8 [B, 3, H, W], contiguous: a camera alone then gets exactly the depth
+    `pipeline(rgb)` gives (measured; the permuted view's layout rounds differently in the convolutions)."""
+    return torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass
