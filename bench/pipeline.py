@@ -38,7 +38,6 @@ import copy
 import json
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -61,7 +60,7 @@ from sharpdepth_core.synthetic import render_scene
 
 from sharpdepth_core.speed import FAST, fast_path
 
-from timing import STOPPED_EXIT, Stopped, stop_on_sigterm  # bench/timing.py
+from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
 
 SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "fast", "onnx", "tensorrt")
 RESOLUTIONS = (512, 768, 1024)
@@ -412,19 +411,17 @@ def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[d
     ends the run with what was measured (`stopped` says where)."""
     scene = render_scene(0, width=args.width, height=args.height)
     student, metric = build_models(args.config, device)
-    rows, skipped, stopped = [], [], None
+    rows, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         reference_out: dict[int, SharpDepthOutput] = {}
         order = ["reference"] + [s for s in args.settings if s != "reference"]
-        for i, setting in enumerate(order):
-            try:
-                measure_setting(setting, args, device, workdir, student, metric, scene, reference_out, rows, skipped)
-            except Stopped as exc:
-                stopped = f"stopped by {exc} during {setting!r}"
-                skipped += [{"setting": s, "reason": stopped if s == setting else f"not run: {stopped}"} for s in order[i:]]
-                break
+        finished, stopped = until_stopped(
+            order, lambda setting: measure_setting(setting, args, device, workdir, student, metric, scene, reference_out, rows, skipped))
+    if stopped and finished < len(order):
+        stopped += f" during {order[finished]!r}"
+        skipped += [{"setting": s, "reason": stopped if k == 0 else f"not run: {stopped}"} for k, s in enumerate(order[finished:])]
     return rows, skipped, stopped
 
 
@@ -494,9 +491,7 @@ def main(argv=None) -> None:
     grids = {r: plan_resize((args.height, args.width), r).padded_hw for r in args.resolutions}
     flops = {r: count_flops(args.config, (args.height, args.width), g) for r, g in grids.items()}
     flops_full = flops if args.config == "full" else {r: count_flops("full", (args.height, args.width), g) for r, g in grids.items()}
-    stop_on_sigterm()  # gpu_check.sh's timeout: what was measured is still reported
-    rows, skipped, stopped = run_settings(args, device)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    rows, skipped, stopped = run_settings(args, device)  # gpu_check.sh's timeout: what was measured is still reported
 
     print(f"SharpDepth inference, {args.width}x{args.height} input, config {args.config}, on {name}")
     print("measured matmul rate: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in rates.items()))

@@ -8,17 +8,29 @@ from collections.abc import Callable
 
 
 class Stopped(BaseException):
-    """Raised by `stop_on_sigterm`'s handler wherever the bench is (a compile can take minutes): not an
-    Exception, so a setting's failure handling does not swallow it."""
+    """Raised by the SIGTERM handler of `until_stopped` wherever the step is (a compile can take
+    minutes): not an Exception, so a step's own failure handling does not swallow it."""
 
 
 def _stop(signum, frame) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises Stopped: the bench reports what it measured, then exits 143."""
+def until_stopped(items: list, step: Callable[[object], None]) -> tuple[int, str | None]:
+    """`step(item)` for each item until a SIGTERM (bench/gpu_check.sh's `timeout`): (items finished,
+    None or "stopped by SIGTERM"). Afterwards SIGTERM is ignored, so the report of what was measured
+    always gets out; the bench then exits with STOPPED_EXIT."""
     signal.signal(signal.SIGTERM, _stop)
+    finished = 0
+    try:
+        for item in items:
+            step(item)
+            finished += 1
+    except Stopped as exc:
+        return finished, f"stopped by {exc}"
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return finished, None
 
 
 STOPPED_EXIT = 128 + signal.SIGTERM

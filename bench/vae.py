@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 
 from pipeline import build_models, sync  # bench/pipeline.py
-from timing import STOPPED_EXIT, Stopped, stop_on_sigterm  # bench/timing.py
+from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
 
 CALLS = ("encode_image", "encode_depth", "decode_depth")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16)
@@ -131,27 +130,34 @@ def run(args: argparse.Namespace) -> dict:
     inputs = {"encode_image": torch.rand(1, 3, h, w, generator=g), "encode_depth": torch.rand(1, 1, h, w, generator=g) * 2 - 1,
               "decode_depth": torch.randn(1, c, h // f, w // f, generator=g)}
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    rows, skipped, reference, stopped = [], [], None, None
-    for name, options in variants(cuda, args.compile_on_cpu).items():
-        if args.variants and name not in ("fp32", "bf16", *args.variants):  # fp32: the reference; bf16: the difference level
-            continue
+    everything = variants(cuda, args.compile_on_cpu)
+    names = [n for n in everything if not args.variants or n in ("fp32", "bf16", *args.variants)]  # fp32: the reference
+    rows, skipped, reference = [], [], None  # bf16: the difference level
+
+    def step(name: str) -> None:
+        nonlocal reference
+        options = everything[name]
+        if isinstance(options, str) or (reference is None and name != "fp32"):  # fp32 comes first
+            skipped.append({"variant": name, "reason": options if isinstance(options, str) else "not run: no fp32 reference"})
+            return
+        print(f"[bench] {name}", file=sys.stderr, flush=True)
         try:
-            if isinstance(options, str) or stopped or (reference is None and name != "fp32"):  # fp32 comes first
-                why = options if isinstance(options, str) else f"not run: {stopped or 'no fp32 reference'}"
-                skipped.append({"variant": name, "reason": why})
-                continue
-            print(f"[bench] {name}", file=sys.stderr, flush=True)
             torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark"))
             row, outputs = measure(calls_of(student, options), inputs, device, args.warmup, args.calls)
             reference = outputs if name == "fp32" else reference
             rows.append({"variant": name, **row, "difference_vs_fp32": relative_difference(outputs, reference)})
-        except Stopped as exc:
-            stopped = f"stopped by {exc} during the {name!r} variant"
-            skipped.append({"variant": name, "reason": stopped})
         except Exception as exc:  # a variant that fails here is reported, not fatal
             skipped.append({"variant": name, "reason": f"{type(exc).__name__}: {exc}"[:300]})
         finally:
             torch.backends.cudnn.benchmark = False
+
+    finished, stopped = until_stopped(names, step)
+    if stopped and finished < len(names):
+        stopped += f" during the {names[finished]!r} variant"
+        for k, name in enumerate(names[finished:]):
+            options = everything[name]
+            why = stopped if k == 0 else options if isinstance(options, str) else f"not run: {stopped}"
+            skipped.append({"variant": name, "reason": why})
     for r in rows:
         r["speedup"] = rows[0]["frame_ms"] / r["frame_ms"]
     bf16 = [r["difference_vs_fp32"]["mean"] for r in rows if r["variant"] == "bf16"]
@@ -196,9 +202,7 @@ def main(argv=None) -> None:
     if min(args.calls, args.threads) < 1 or args.warmup < 0:
         p.error("--calls and --threads must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
-    stop_on_sigterm()
-    result = run(args)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    result = run(args)  # a SIGTERM (gpu_check.sh's timeout) ends it with what was measured
     print(table(result))
     line = json.dumps(result)
     if args.json:

@@ -100,3 +100,27 @@ def test_pipeline_bench_stopped_by_sigterm_reports_what_it_measured(tmp_path):
     assert [(r["setting"], r["res"]) for r in result["results"]][:2] == [("reference", 64), ("reference", 512)]
     skipped = {s["setting"]: s["reason"] for s in result["skipped"]}
     assert result["stopped"].startswith("stopped by SIGTERM during") and skipped["light"] in (result["stopped"], f"not run: {result['stopped']}")
+
+
+def test_a_sigterm_at_any_point_of_the_steps_ends_in_a_report():
+    """bench/timing.until_stopped: a SIGTERM that lands between two steps (not inside one) is caught too,
+    and a later one cannot cut the report that follows (the race a fresh clone's run once hit)."""
+    import os
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from timing import until_stopped
+
+    done = []
+
+    def step(item: int) -> None:
+        done.append(item)
+        if item == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered as this step ends
+
+    try:
+        finished, stopped = until_stopped([0, 1, 2], step)
+        assert done == [0, 1] and finished in (1, 2) and stopped == "stopped by SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert until_stopped([3], done.append) == (1, None) and done[-1] == 3
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
