@@ -587,7 +587,7 @@ def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
     """The absolute export folder, checked before any model loads: new, empty, or (with `overwrite`)
     an earlier export of format `fmt` (export.json) holding nothing sharpdepth export did not write."""
     from .export import FORMAT_EXTRAS, FORMATS, GRAPHS, MANIFEST
-    from .models.hub import foreign_entries, refusal
+    from .files import foreign_entries, refusal
 
     out = Path(os.path.abspath(out.expanduser()))
     if out.exists() and not out.is_dir():

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .export import GRAPHS, ExportManifest, StudentUNet, check_export_matches, student_weights_sha256
-from .files import write_bytes
+from .files import read_recorded, write_recorded
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel
 
@@ -391,14 +391,20 @@ def build_engine(trt, onnx_path: Path, input_name: str, shape: tuple[int, ...], 
 
 
 def cached_engine(trt, key: EngineKey, onnx_path: Path, input_name: str, cache_dir: Path) -> bytes:
-    """The serialized engine for `key`: read from `cache_dir`, else built and written there atomically."""
+    """The serialized engine for `key`: read from `cache_dir` when it is one this project built (its hash
+    recorded beside it and unchanged), else built and written there with that record. A file of that
+    name that is not such a plan (damaged, replaced, the user's) is refused, never read or overwritten."""
     path = cache_dir / key.filename()
-    if path.is_file():
-        return path.read_bytes()
+    if path.exists() or path.is_symlink():
+        plan = read_recorded(path)
+        if plan is None:
+            raise RuntimeError(f"{path}: not a TensorRT engine this project built (no matching {path.name}.sha256 record); "
+                               "move it away and the engine is built again")
+        return plan
     log.warning("building TensorRT engine %s (once; minutes for the full-size UNet)", path.name)
     plan = build_engine(trt, onnx_path, input_name, key.input_shape, fp16=key.precision == "fp16")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, plan)
+    write_recorded(path, plan)
     return plan
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .files import TEMP_PREFIX
+from .files import RECORD_SUFFIX, Extra, is_recorded, replacing_dir
 from .gating import TIMESTEP
-from .models.hub import Extra, replacing_dir, to_dtype
+from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel, vae_dtype
 
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
@@ -47,10 +47,11 @@ FORMATS = {"onnx": "onnx", "aoti": "pt2"}  # export.json's format -> the graphs'
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 MANIFEST = "export.json"
 # What an earlier ONNX export folder may hold besides the graphs and the manifest: the TensorRT engine
-# cache (`TensorRTEngine`'s default place: engine plans named by `EngineKey.filename` and their
-# interrupted writes, nothing else) and the external weights file of a graph over 2 GB.
+# cache (`TensorRTEngine`'s default place: engine plans named by `EngineKey.filename`, each with the
+# record of its hash that proves the project built it, nothing else) and the external weights file of a
+# graph over 2 GB.
 EXPORT_EXTRAS = (
-    Extra("tensorrt", files=tuple(p for g in GRAPHS for p in (f"{g}-*.plan", f"{TEMP_PREFIX}{g}-*.plan.*.tmp"))),
+    Extra("tensorrt", files=tuple(p for g in GRAPHS for p in (f"{g}-*.plan", f"{g}-*.plan{RECORD_SUFFIX}")), owned=is_recorded),
     *(Extra(f"{g}.onnx.data") for g in GRAPHS),
 )
 FORMAT_EXTRAS = {"onnx": EXPORT_EXTRAS, "aoti": ()}

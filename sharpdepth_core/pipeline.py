@@ -23,10 +23,11 @@ from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
 from .engines import DepthEngine, FastPath, TorchEngine, compiled
+from .files import Extra, replacing_dir
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, Extra, read_config, replacing_dir, to_dtype
+from .models.hub import CheckpointError, read_config, to_dtype
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from .normalization import normalize_depth

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
 from .embedded import EMBEDDED_DIR
+from .files import TEMP_PREFIX, foreign_entries, honour_umask, is_scratch, refusal, remove_scratch, scratch_dir
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
 from .normalization import normalize_depth
@@ -180,11 +181,9 @@ def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
     """Refuse, before training, a run whose writing would replace what it did not write: a `pipeline/`
     that is not a pipeline folder, or (starting afresh) the checkpoints of an earlier run, which
     rotation would delete and `--resume latest` would mix with this run's."""
-    from .files import TEMP_PREFIX
-
     out = Path(cfg.output_dir)
     pipeline = out / "pipeline"
-    held = [p for p in pipeline.iterdir() if not p.name.startswith(TEMP_PREFIX)] if pipeline.is_dir() else []
+    held = [p for p in pipeline.iterdir() if not is_scratch(p)] if pipeline.is_dir() else []
     if (pipeline.exists() and not pipeline.is_dir()) or (held and not (pipeline / "pipeline.json").is_file()):
         raise FileExistsError(f"{pipeline} exists and is not a pipeline folder; a finished run writes its pipeline there: "
                               "move it, or choose another output_dir")
@@ -382,23 +381,25 @@ def pipeline_config(cfg: TrainConfig) -> dict:
 
 
 def _delete_checkpoint(folder: Path) -> None:
-    """Renamed first: a deletion cut short leaves an `.old-` folder, never a step folder without its state."""
-    doomed = folder.with_name(f".old-{folder.name}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    folder.rename(doomed)
+    """Moved into a marked scratch folder first: a deletion cut short leaves a scratch folder (removed by
+    the next save), never a step folder without its state."""
+    doomed = scratch_dir(folder.parent)
+    folder.rename(doomed / folder.name)
     shutil.rmtree(doomed)
 
 
 def _save_checkpoint(run: _Run, state: TrainState) -> Path:
     """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N
     of this trainer's own checkpoints; anything else in the folder is left alone."""
-    from .models.hub import honour_umask
-
     acc, out = run.acc, Path(run.cfg.output_dir) / "checkpoints"
     final = out / f"step-{state.step:07d}"
-    tmp = out / f".tmp-{final.name}"
+    scratch = out / f"{TEMP_PREFIX}partial-{final.name}"  # one name every process can know
+    tmp = scratch / final.name
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for leftover in out.iterdir():  # a crashed save's, recognised by its marker: never a user's folder
+            remove_scratch(leftover)
+        scratch_dir(out, scratch.name)
     acc.wait_for_everyone()
     saved = {**dataclasses.asdict(state), "skipped_images": _total(acc, state.skipped_images),
              "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
@@ -411,13 +412,14 @@ def _save_checkpoint(run: _Run, state: TrainState) -> Path:
             honour_umask(tmp)
     except Exception as exc:  # a full disk, mostly; torch and safetensors each say so in their own words
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         raise _unsaved(run, final, exc) from exc
     acc.wait_for_everyone()
     if acc.is_main_process:
         if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
             _delete_checkpoint(final)
         tmp.rename(final)
+        shutil.rmtree(scratch)
         for old in _checkpoints(Path(run.cfg.output_dir))[: -run.cfg.keep_checkpoints]:
             _delete_checkpoint(old)
     acc.wait_for_everyone()
@@ -495,18 +497,17 @@ def _check_pipeline_folder(run: _Run) -> None:
     """The final save's own rule (`replacing_dir`), before the first step rather than after the last: an
     existing `<output_dir>/pipeline/` may hold only what this run's pipeline save writes (learnt from a
     save of the untrained pipeline to a temporary folder) and what an earlier save may add."""
-    import tempfile
-
-    from .files import TEMP_PREFIX
-    from .models.hub import foreign_entries, refusal
     from .pipeline import EARLIER_SAVE
 
     pipeline, refused = Path(run.cfg.output_dir) / "pipeline", None
-    held = pipeline.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in pipeline.iterdir())
+    held = pipeline.is_dir() and any(not is_scratch(p) for p in pipeline.iterdir())
     if held and run.acc.is_main_process:
-        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=run.cfg.output_dir) as scratch:
-            written = _pipeline(run).save_pretrained(Path(scratch) / "pipeline")
+        scratch = scratch_dir(Path(run.cfg.output_dir))
+        try:
+            written = _pipeline(run).save_pretrained(scratch / "pipeline")
             produced = {f"{p.relative_to(written).as_posix()}{'/' if p.is_dir() else ''}" for p in written.rglob("*")}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         foreign = foreign_entries(pipeline, produced, EARLIER_SAVE)
         refused = refusal(pipeline, foreign, "a finished run's pipeline does not hold") if foreign else None
     if _total(run.acc, int(refused is not None)):  # every process stops, not only the one that looked

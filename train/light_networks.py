@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 from sharpdepth_core.data import MixingSampler, TrainingImages, open_source
-from sharpdepth_core.models.hub import quiet_loading, replacing_dir
+from sharpdepth_core.files import replacing_dir
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.pipeline import DEFAULT_PROCESSING_RES, SharpDepthPipeline
 
 Pairs = Callable[[SharpDepthPipeline, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]

@@ -10,16 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
-
-from ..files import TEMP_PREFIX as _OWN_TEMP  # every temporary entry the project makes starts with it
 
 T = TypeVar("T")
 
@@ -257,17 +250,6 @@ def load_own_model(model_cls, path_or_id, what: str, **kwargs):
     )
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux), else by setting it back at once."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
 def to_dtype(model, dtype):
     """`model.to(dtype)` in place, without the warning diffusers' ModelMixin.to prints on every dtype
     cast ("modules ... should be kept in float32: []") even when the model keeps none in float32;
@@ -277,141 +259,3 @@ def to_dtype(model, dtype):
     if getattr(model, "_keep_in_fp32_modules", None):
         return model.to(dtype)
     return torch.nn.Module.to(model, dtype)
-
-
-def honour_umask(folder: Path) -> None:
-    """Give a written folder the modes the umask asks for: safetensors writes weights 0600 and
-    tempfile.mkdtemp makes folders 0700 whatever the umask, so a saved model would be unreadable to
-    the user's group (a robot's other accounts)."""
-    mask = _umask()
-    for path in [folder, *folder.rglob("*")]:
-        if path.is_symlink():
-            continue
-        mode = (0o777 if path.is_dir() else 0o666) & ~mask
-        if path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
-
-
-@dataclass(frozen=True)
-class Extra:
-    """A top-level entry that an earlier save of some kind may hold besides what a new save writes
-    (an engine cache, external weights): a plain file (`files` None), or a folder of plain files
-    whose names match one of the glob patterns in `files`, nothing deeper. Anything of that name
-    that does not fit, in kind or content, is the user's."""
-
-    name: str
-    files: tuple[str, ...] | None = None
-
-    def foreign(self, root: Path) -> list[str]:
-        """What in `root / name` does not fit (paths relative to `root`, folders marked '/')."""
-        entry = root / self.name
-        if self.files is None:
-            return [] if entry.is_file() and not entry.is_symlink() else sorted(_tree(root, entry))
-        if entry.is_symlink() or not entry.is_dir():
-            return sorted(_tree(root, entry))
-        return sorted(
-            name for p in entry.iterdir()
-            if p.is_symlink() or not p.is_file() or not any(fnmatchcase(p.name, pattern) for pattern in self.files)
-            for name in _tree(root, p)
-        )
-
-
-def foreign_entries(path: Path, produced: Collection[str], also: Collection[Extra] = ()) -> list[str]:
-    """Everything in the folder `path`, at any depth, that is neither in `produced` (relative paths,
-    folders marked '/') nor fits one of the `also` descriptions: what a replacing save must not delete."""
-    extras = {e.name: e for e in also}
-    foreign = []
-    for p in sorted(path.iterdir()):
-        if p.name.startswith(_OWN_TEMP):  # a crashed earlier save's leftovers
-            continue
-        if p.name in extras:
-            foreign += extras[p.name].foreign(path)
-        else:
-            foreign += sorted(name for name in _tree(path, p) if name not in produced)
-    return foreign
-
-
-def refusal(path: Path, foreign: list[str], what: str = "this save does not write") -> ValueError:
-    """The one-line refusal to replace a folder holding the user's entries, naming them."""
-    shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-    return ValueError(f"{path}: refusing to replace a non-empty folder that the project did not write (it holds {shown}, "
-                      f"which {what}); choose a new or empty folder, or move those files away")
-
-
-@contextmanager
-def replacing_dir(path: str | Path, also: Collection[Extra] = ()) -> Iterator[Path]:
-    """Write a folder in a temporary place, then put it at `path`: a crash never leaves half a model.
-
-    An existing `path` is replaced only when it is empty or an earlier save of the same kind: it holds
-    every top-level file this write produced (the writer's own files: pipeline.json, export.json,
-    config.json and weights, ...), and every file and folder in it, at any depth, is one this write
-    also produced or fits one of the `also` descriptions (what an earlier save of this kind may hold
-    besides, e.g. an engine cache: names *and* kinds and contents). Anything else is refused with a
-    ValueError naming the folder and what is in the way, and nothing in it is touched: the project
-    never deletes what it did not write. An existing folder keeps its place (and inode: the current
-    directory or a symlinked folder stays valid); its entries are swapped.
-    """
-    path = Path(os.path.abspath(Path(path).expanduser()))  # "." and "x/.." have no usable name
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
-    existed = path.is_dir()
-    if existed:
-        tmp = Path(tempfile.mkdtemp(prefix=_OWN_TEMP + "partial-", dir=path))
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_OWN_TEMP}partial-", dir=path.parent))
-    try:
-        yield tmp
-        honour_umask(tmp)
-        if existed:
-            _swap_entries(path, tmp, also)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_entries(path: Path, new: Path, also: Collection[str]) -> None:
-    """Move `new`'s entries into `path` in place of its old ones (checked as `replacing_dir` says)."""
-    old = [p for p in path.iterdir() if p != new]
-    leftovers = [p for p in old if p.name.startswith(_OWN_TEMP)]  # from a crashed earlier save
-    old = [p for p in old if p not in leftovers]
-    if old:
-        foreign = foreign_entries(path, _tree(new), also)
-        if foreign:
-            raise refusal(path, foreign)
-        missing = sorted(p.name for p in new.iterdir() if p.is_file() and not (path / p.name).is_file())
-        if missing:
-            raise ValueError(
-                f"{path}: refusing to replace a non-empty folder that the project did not write (it lacks "
-                f"{', '.join(missing[:5])}, so it is no earlier save of this kind); choose a new or empty folder, "
-                "or move those files away"
-            )
-    for entry in leftovers:
-        _remove(entry)
-    trash = Path(tempfile.mkdtemp(prefix=_OWN_TEMP + "old-", dir=path))
-    for entry in old:
-        entry.rename(trash / entry.name)
-    for entry in new.iterdir():
-        entry.rename(path / entry.name)
-    _remove(trash)  # kept if a rename above failed: the earlier save stays recoverable
-
-
-def _tree(root: Path, entry: Path | None = None) -> set[str]:
-    """Relative paths of `entry` (default: everything in `root`) and all it holds, folders marked '/'."""
-    entries = [entry] if entry is not None else list(root.iterdir())
-    names = set()
-    for e in entries:
-        if e.is_dir() and not e.is_symlink():
-            names.add(e.relative_to(root).as_posix() + "/")
-            names |= {p.relative_to(root).as_posix() + ("/" if p.is_dir() and not p.is_symlink() else "") for p in e.rglob("*")}
-        else:
-            names.add(e.relative_to(root).as_posix())
-    return names
-
-
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry, ignore_errors=True)
-    else:
-        entry.unlink(missing_ok=True)

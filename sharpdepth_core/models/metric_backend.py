@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import check_intrinsics
-from .hub import replacing_dir
+from ..files import replacing_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..files import write_bytes
 from ..gating import TIMESTEP
 from .codec import DepthCodec
-from .hub import CheckpointError, load_component, read_config, replacing_dir, require_subfolders, resolve_model_dir, weight_files
+from ..files import replacing_dir
+from .hub import CheckpointError, load_component, read_config, require_subfolders, resolve_model_dir, weight_files
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 

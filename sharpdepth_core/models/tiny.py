@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-from .hub import replacing_dir
+from ..files import replacing_dir
 from .student import DiffusionDepthModel, empty_prompt_embedding
 
 TEXT_DIM = 32

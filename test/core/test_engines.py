@@ -252,10 +252,14 @@ def test_tensorrt_build_profile_flags_and_disk_cache_with_a_stand_in(export_dir,
     assert plan == b"PLAN" and trt.builds == 1 and trt.parsed == [str(onnx_path)]
     assert [p.shapes for p in trt.profiles] == [("x", (1, 8, 6, 8), (1, 8, 6, 8), (1, 8, 6, 8))]  # min = opt = max
     assert trt.flags == (["FP16"] if precision == "fp16" else [])
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [key.filename()]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [key.filename(), key.filename() + ".sha256"]
     assert cached_engine(trt, key, onnx_path, "x", tmp_path / "cache") == b"PLAN" and trt.builds == 1  # from disk
     cached_engine(trt, key_for(precision, (1, 8, 8, 10)), onnx_path, "x", tmp_path / "cache")
     assert trt.builds == 2  # another shape, another engine
+    (tmp_path / "cache" / key.filename()).write_bytes(b"REPLACED")  # damaged or replaced: never read, never overwritten
+    with pytest.raises(RuntimeError, match=rf"{key.filename()}: not a TensorRT engine this project built"):
+        cached_engine(trt, key, onnx_path, "x", tmp_path / "cache")
+    assert (tmp_path / "cache" / key.filename()).read_bytes() == b"REPLACED" and trt.builds == 2
 
 
 def test_tensorrt_build_failures_leave_no_cache_file(export_dir, tmp_path):

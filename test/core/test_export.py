@@ -16,7 +16,7 @@ import torch
 
 from sharpdepth_core.export import GRAPHS, MANIFEST, ExportManifest, _sha256, _single_data_file, export_onnx, student_weights_sha256
 from sharpdepth_core.models import DiffusionDepthModel, tiny
-from sharpdepth_core.models.hub import replacing_dir
+from sharpdepth_core.files import replacing_dir, write_recorded
 
 # onnxruntime fp32 against PyTorch fp32: the issue's bound
 FP32_REL = 1e-3
@@ -91,7 +91,7 @@ def test_fixed_shape_export_has_static_inputs_and_replaces_an_earlier_export(stu
     folder = tmp_path / "fixed"
     shutil.copytree(dynamic_fp32[0], folder)
     (folder / "tensorrt").mkdir()  # an engine cache, which the export also counts as its own
-    (folder / "tensorrt" / "unet-fp32-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan").write_bytes(b"stale engine")
+    write_recorded(folder / "tensorrt" / "unet-fp32-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan", b"stale engine")
     manifest = export_onnx(student, folder, image_hw=(48, 64), batch=1)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx"])
     shapes = {g: [d.dim_value for d in onnx.load(str(folder / f"{g}.onnx")).graph.input[0].type.tensor_type.shape.dim] for g in GRAPHS}
@@ -258,6 +258,9 @@ def test_cli_export_refuses_a_folder_it_did_not_write_before_loading(dynamic_fp3
     ("tensorrt/mine/notes.txt", "tensorrt/mine/"),
     ("tensorrt/int8_calibration.cache", "tensorrt/int8_calibration.cache"),
     ("unet.onnx.data/notes.txt", "unet.onnx.data/"),  # a folder where the export writes a file
+    ("tensorrt/unet-myplan.plan", "tensorrt/unet-myplan.plan"),  # named like a plan, but no plan it built
+    (".sharpdepth-notes/thesis.txt", ".sharpdepth-notes/"),  # named like a leftover, but no scratch folder
+    (".sharpdepth-predict.json", ".sharpdepth-predict.json"),
 ])
 def test_overwrite_refuses_user_entries_in_the_engine_cache_and_extras(student, dynamic_fp32, tmp_path, capsys, user_entry, named):
     """An overwrite replaces only what an earlier export records (names and kinds, engine plans in its
@@ -268,7 +271,7 @@ def test_overwrite_refuses_user_entries_in_the_engine_cache_and_extras(student, 
     shutil.copytree(dynamic_fp32[0], earlier)
     plan = earlier / "tensorrt" / "unet-fp16-1x8x6x8-nvidia-h200-sm90-trt10.9-0123456789ab.plan"
     plan.parent.mkdir()
-    plan.write_bytes(b"an engine")
+    write_recorded(plan, b"an engine")
     user = earlier / user_entry
     user.parent.mkdir(parents=True, exist_ok=True)
     user.write_text("a user's file")
@@ -286,8 +289,8 @@ def test_overwrite_replaces_an_engine_cache_of_plans_only(student, dynamic_fp32,
     shutil.copytree(dynamic_fp32[0], earlier)
     cache = earlier / "tensorrt"
     cache.mkdir()
-    (cache / "vae_decoder-fp32-1x4x6x8-cpu-sm0-trt10-0123456789ab.plan").write_bytes(b"stale engine")
-    (cache / f".sharpdepth-unet-fp16-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan.{os.getpid()}-00ff00ff00ff.tmp").write_bytes(b"half")
+    write_recorded(cache / "vae_decoder-fp32-1x4x6x8-cpu-sm0-trt10-0123456789ab.plan", b"stale engine")
+    write_recorded(cache / "unet-fp16-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan", b"another")
     export_onnx(student, earlier)
     assert not cache.exists() and ExportManifest.load(earlier).graphs.keys() == set(GRAPHS)
 

@@ -49,3 +49,57 @@ def test_written_files_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
+# --- replacing a folder: what counts as the project's own leftovers (issue 26 A, B) ------------------
+
+
+def _earlier_save(folder):
+    with files.replacing_dir(folder) as tmp:
+        (tmp / "model.json").write_text("1")
+    return folder
+
+
+@pytest.mark.parametrize("user_entry", [".sharpdepth-notes/thesis.txt", ".sharpdepth-predict.json",
+                                        ".sharpdepth-partial-abcdefgh/thesis.txt", ".sharpdepth-old-x/.sharpdepth-scratch"])
+def test_a_users_entry_named_like_a_leftover_is_refused_and_kept(tmp_path, user_entry):
+    """A name proves nothing: only a scratch folder holding the marker written for its own name is a
+    crashed save's leftover. Anything else named `.sharpdepth-*` is the user's, named and never deleted."""
+    folder = _earlier_save(tmp_path / "model")
+    user = folder / user_entry
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text("a user's thesis")
+    with pytest.raises(ValueError, match=rf"refusing to replace .*it holds {user_entry.split('/')[0]}"):
+        with files.replacing_dir(folder) as tmp:
+            (tmp / "model.json").write_text("2")
+    assert user.read_text() == "a user's thesis" and (folder / "model.json").read_text() == "1"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["model.json", user_entry.split("/")[0]])
+
+
+def test_a_crashed_saves_scratch_folder_is_removed_and_nothing_is_left(tmp_path):
+    folder = _earlier_save(tmp_path / "model")
+    leftover = files.scratch_dir(folder)  # what a save killed half-way leaves
+    (leftover / "new").mkdir()
+    (leftover / "new" / "model.json").write_text("half")
+    assert files.is_scratch(leftover) and not files.is_scratch(folder)
+    forged = folder / ".sharpdepth-partial-forged"  # a marker for another name proves nothing
+    forged.mkdir()
+    (forged / files.SCRATCH_MARK).write_text((leftover / files.SCRATCH_MARK).read_text())
+    assert not files.is_scratch(forged)
+    forged.rename(tmp_path / "forged")
+    with files.replacing_dir(folder) as tmp:
+        (tmp / "model.json").write_text("2")
+    assert [p.name for p in folder.iterdir()] == ["model.json"] and (folder / "model.json").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged", "model"]  # no scratch beside it either
+
+
+def test_a_recorded_file_is_the_projects_only_while_its_content_is_unchanged(tmp_path):
+    plan = tmp_path / "unet-fp16-1x8x6x8-gpu-sm90-trt10-0123456789ab.plan"
+    files.write_recorded(plan, b"an engine")
+    record = plan.with_name(plan.name + ".sha256")
+    assert files.read_recorded(plan) == b"an engine" and files.is_recorded(plan) and files.is_recorded(record)
+    plan.write_bytes(b"mine")
+    assert files.read_recorded(plan) is None and not files.is_recorded(plan) and not files.is_recorded(record)
+    mine = tmp_path / "unet-myplan.plan"
+    mine.write_text("mine")
+    assert not files.is_recorded(mine)

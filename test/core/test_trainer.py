@@ -691,6 +691,14 @@ def test_a_pipeline_folder_the_final_save_would_refuse_stops_the_run_before_its_
     assert "\n" not in str(err.value) and steps == []  # before the first step
     assert (pipeline / "student" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "logs", "pipeline"]  # no scratch left
+    (pipeline / "student" / "notes.txt").unlink()
+    (pipeline / ".sharpdepth-mine").mkdir()  # named like the project's scratch, but the user's (issue 26 A)
+    (pipeline / ".sharpdepth-mine" / "thesis.txt").write_text("mine")
+    reset_accelerate()
+    with pytest.raises(ValueError, match=r"it holds \.sharpdepth-mine/, \.sharpdepth-mine/thesis.txt, which a finished"):
+        train(dataclasses.replace(cfg, max_steps=3), resume="latest")
+    assert steps == [] and (pipeline / ".sharpdepth-mine" / "thesis.txt").read_text() == "mine"
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]  # checkpoint scratch gone
     # The same rule for a fresh run's output folder; an empty pipeline/ is fine, as the save finds it.
     reset_accelerate()
     other = tmp_path / "other" / "pipeline"
