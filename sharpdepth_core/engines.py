@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .export import GRAPHS, ExportManifest, StudentUNet, check_export_matches, student_weights_sha256
+from .export import AOTI_SHAPE_KEY, GRAPHS, ExportManifest, StudentUNet, check_export_matches, shape_text, student_weights_sha256
 from .files import read_recorded, write_recorded
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel
@@ -270,8 +270,7 @@ class _GraphEngine:
         if x.ndim == 4 and not self.manifest.graphs[graph].latent_input and (x.shape[-2] % f or x.shape[-1] % f):
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of {f} for the VAE (pad it first)")
         if x.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, x.shape)):
-            shape = "x".join("?" if e is None else str(e) for e in expected)
-            raise ValueError(f"{self.name} engine: {graph} takes input [{shape}], got {tuple(x.shape)} (export again for this shape)")
+            raise ValueError(f"{self.name} engine: {graph} takes input [{shape_text(expected)}], got {tuple(x.shape)} (export again for this shape)")
         return self._run(graph, x.detach().to(self.device, torch.float32).contiguous())
 
     def _run(self, graph: str, x: Tensor) -> Tensor:
@@ -518,7 +517,15 @@ class AotiEngine(_GraphEngine):
                 raise ValueError(f"engine 'aoti': {self.folder / info.file} is not the package export.json records "
                                  "(SHA-256 differs); not loading it: export again")
             index = self.device.index if self.device.index is not None else -1
-            self.packages[graph] = aoti_load_package(io.BytesIO(data), device_index=index)
+            try:
+                self.packages[graph] = aoti_load_package(io.BytesIO(data), device_index=index)
+            except Exception as exc:  # torch's loader speaks of zip members and codecs: say what it means here
+                raise ValueError(f"engine 'aoti': {self.folder / info.file} is not a loadable AOTInductor package "
+                                 f"({type(exc).__name__}: {str(exc)[:120]}); export again") from exc
+            compiled, recorded = self.packages[graph].get_metadata().get(AOTI_SHAPE_KEY), shape_text(self.manifest.input_shape(graph))
+            if compiled != recorded:  # run on another shape, a package reads past its input instead of failing
+                raise ValueError(f"engine 'aoti': {self.folder / info.file} was compiled for input "
+                                 f"{compiled or 'an unrecorded shape (an older export)'}, but export.json says {recorded}: export again")
 
     def _run(self, graph: str, x: Tensor) -> Tensor:
         return self.packages[graph](x)

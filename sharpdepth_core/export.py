@@ -56,6 +56,7 @@ EXPORT_EXTRAS = (
 )
 FORMAT_EXTRAS = {"onnx": EXPORT_EXTRAS, "aoti": ()}
 OPSET = 17
+AOTI_SHAPE_KEY = "sharpdepth_input_shape"  # an AOTI package's own record of the one input shape it was compiled for
 FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data
 
@@ -305,11 +306,18 @@ def export_aoti(
         for name, (module, info) in graphs.items():
             example = _example(manifest, info, manifest.image_hw, student.device)
             program = torch.export.export(module.eval(), (example,), strict=False)
-            aoti_compile_and_package(program, package_path=str(tmp / info.file))
+            # The shape goes into the package itself: export.json can be edited, the hashed package cannot.
+            metadata = {AOTI_SHAPE_KEY: shape_text(tuple(example.shape))}
+            aoti_compile_and_package(program, package_path=str(tmp / info.file), inductor_configs={"aot_inductor.metadata": metadata})
             info.sha256 = _sha256(tmp / info.file)
             manifest.graphs[name] = info
         manifest.save(tmp)
     return manifest
+
+
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """A graph's input shape as the manifest and the messages write it: 1x3x96x128 (? for a dynamic axis)."""
+    return "x".join("?" if s is None else str(s) for s in shape)
 
 
 def _export_plan(student, fmt, precision, vae_precision, image_hw, batch, processing_res, input_hw, student_sha256):

@@ -100,6 +100,38 @@ def test_a_package_that_differs_from_export_json_is_never_loaded(aoti_dir, tmp_p
     assert len(loaded) == 2  # unet and vae_encoder, which match; never the changed vae_decoder
 
 
+def test_a_package_is_never_run_on_a_grid_it_was_not_compiled_for(aoti_dir, tmp_path):
+    """export.json edited to another grid (issue 26 J): each package's own record of its compiled input
+    shape is checked against the manifest before any frame; run on another shape it would read past its input."""
+    folder = Path(shutil.copytree(aoti_dir, tmp_path / "export"))
+    raw = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**raw, "image_hw": [24, 32], "processing_res": None}))
+    with pytest.raises(ValueError, match=r"engine 'aoti': .*unet.pt2 was compiled for input 1x8x6x8, but export.json says "
+                                         r"1x8x3x4: export again"):
+        AotiEngine(folder)
+
+
+@pytest.mark.parametrize("tamper", ["pickle instead", "member added"])
+def test_a_rehashed_package_that_torch_cannot_load_is_refused_in_plain_words(aoti_dir, tmp_path, tamper):
+    """Whoever can write the folder can re-hash a changed package (the README says so); torch's loader
+    then fails in its own words (zip internals, a temporary path): one line naming the file (issue 26 Q)."""
+    import pickle
+    import zipfile
+
+    folder = Path(shutil.copytree(aoti_dir, tmp_path / "export"))
+    if tamper == "pickle instead":
+        (folder / "unet.pt2").write_bytes(pickle.dumps({"x": 1}))
+    else:
+        with zipfile.ZipFile(folder / "unet.pt2", "a") as z:
+            root = z.namelist()[0].split("/")[0]
+            z.writestr(f"{root}/data/aotinductor/model/extra.cpp", pickle.dumps({"x": 1}))
+    raw = json.loads((folder / MANIFEST).read_text())
+    raw["graphs"]["unet"]["sha256"] = _sha256(folder / "unet.pt2")
+    (folder / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"^engine 'aoti': .*unet.pt2 is not a loadable AOTInductor package \(RuntimeError: .*\); export again$"):
+        AotiEngine(folder)
+
+
 @pytest.mark.parametrize("change,message", [
     ({"device": "cuda"}, "was compiled for cuda with torch .*, but the pipeline runs on cpu: export again with --device cpu"),
     ({"versions": {"torch": "1.0.0"}}, "compiled for cpu with torch 1.0.0, but this is torch .*: export again with this torch"),
