@@ -153,7 +153,9 @@ class SharpDepthPipeline:
     graph (no host synchronisation inside a frame; stage times then only for the whole frame). camera: the
     camera the models were trained for, where known (`pipeline.json`; the embedded models have one).
     distilled_from: what a trained student learned from (`pipeline.json`, written by the trainer): its
-    teachers, and `embedded`, true when they are the embedded synthetic-scene models.
+    teachers, and `embedded`, true when they are the embedded synthetic-scene models. light_folder: where
+    light networks that are not passed in are found when a call first needs one (a saved pipeline's
+    folder): a setting that never uses them never reads them, so a damaged one cannot stop it.
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class SharpDepthPipeline:
         camera: dict | None = None,
         distilled_from: dict | None = None,
         fast: FastPath | None = None,
+        light_folder: Path | None = None,
     ):
         if fast is not None and engine is not None:
             raise ValueError("fast applies to the PyTorch engine it makes; an exported engine has its own precision")
@@ -192,11 +195,13 @@ class SharpDepthPipeline:
         self._alpha_bar = float(student.alphas_cumprod[TIMESTEP])
         self._seeded_noise: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._compiled: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
-        self.light_decoder, self.light_encoder = light_decoder, light_encoder
+        self.light_decoder, self.light_encoder, self.light_folder = light_decoder, light_encoder, light_folder
         self.difference = self._checked_difference(difference)
         if depth_encoder not in DEPTH_ENCODERS:
             raise ValueError(f"depth_encoder must be one of {', '.join(DEPTH_ENCODERS)}, got {depth_encoder!r}")
-        if depth_encoder == "light" and light_encoder is None:
+        if depth_encoder == "light" and self.light_encoder is None:
+            self.light_encoder = self._load_light(LIGHT_ENCODER_DIR, LightDepthEncoder)
+        if depth_encoder == "light" and self.light_encoder is None:
             raise ValueError("depth_encoder 'light' needs a light depth encoder (light_encoder/ in the pipeline folder; "
                              "train one with train/light_encoder.py)")
         self.depth_encoder = depth_encoder
@@ -213,9 +218,16 @@ class SharpDepthPipeline:
         if method not in DIFFERENCE_METHODS:
             raise ValueError(f"difference must be one of {', '.join(DIFFERENCE_METHODS)}, got {method!r}")
         if method == "light" and self.light_decoder is None:
+            self.light_decoder = self._load_light(LIGHT_DECODER_DIR, LightDepthDecoder)
+        if method == "light" and self.light_decoder is None:
             raise ValueError("difference 'light' needs a light depth decoder (light_decoder/ in the pipeline folder; "
                              "train one with train/light_decoder.py)")
         return method
+
+    def _load_light(self, name: str, kind):
+        """The light network `light_folder/name` (loaded when first needed), or None where there is none."""
+        folder = None if self.light_folder is None else self.light_folder / name
+        return kind.load(folder, device=self.device) if folder is not None and folder.is_dir() else None
 
     @property
     def device(self) -> torch.device:
@@ -428,11 +440,9 @@ class SharpDepthPipeline:
         if metric_path is None:
             metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
         beside = Path(student).parent if config else None  # a saved pipeline keeps its light networks beside the student
-        light_decoder = _load_light(beside, LIGHT_DECODER_DIR, LightDepthDecoder, device)
-        light_encoder = _load_light(beside, LIGHT_ENCODER_DIR, LightDepthEncoder, device)
         choice = preset(speed)
-        difference = difference or _preset_part(speed, choice.difference, light_decoder, LIGHT_DECODER_DIR, "exact")
-        depth_encoder = depth_encoder or _preset_part(speed, choice.depth_encoder, light_encoder, LIGHT_ENCODER_DIR, "vae")
+        difference = difference or _preset_part(speed, choice.difference, beside, LIGHT_DECODER_DIR, "exact")
+        depth_encoder = depth_encoder or _preset_part(speed, choice.depth_encoder, beside, LIGHT_ENCODER_DIR, "vae")
         return cls(
             DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
@@ -441,9 +451,8 @@ class SharpDepthPipeline:
             untrained=bool(config.get("untrained", False)),
             difference=difference,
             metric_at_input_res=metric_at_input_res,
-            light_decoder=light_decoder,
             depth_encoder=depth_encoder,
-            light_encoder=light_encoder,
+            light_folder=beside,
             camera=config.get("camera"),
             distilled_from=config.get("distilled_from"),
             fast=fast if fast is not None else fast_path(choice, device),
@@ -468,7 +477,9 @@ class SharpDepthPipeline:
         with replacing_dir(path, also=EARLIER_SAVE) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
-            for name, light in ((LIGHT_DECODER_DIR, self.light_decoder), (LIGHT_ENCODER_DIR, self.light_encoder)):
+            for name, kind, light in ((LIGHT_DECODER_DIR, LightDepthDecoder, self.light_decoder),
+                                      (LIGHT_ENCODER_DIR, LightDepthEncoder, self.light_encoder)):
+                light = light or self._load_light(name, kind)
                 if light is not None:
                     light.save_pretrained(tmp / name)
             (tmp / PIPELINE_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
@@ -480,14 +491,9 @@ _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": in
                  "untrained": bool, "camera": dict, "distilled_from": dict}
 
 
-def _load_light(beside: Path | None, name: str, kind, device):
-    """The light network `beside/name` when that folder exists, else None."""
-    return kind.load(beside / name, device=device) if beside is not None and (beside / name).is_dir() else None
-
-
-def _preset_part(speed: str, wanted: str, light, folder: str, instead: str) -> str:
+def _preset_part(speed: str, wanted: str, beside: Path | None, folder: str, instead: str) -> str:
     """A preset's choice, or `instead` (with a warning) when it names a light network the folder lacks."""
-    if wanted != "light" or light is not None:
+    if wanted != "light" or (beside is not None and (beside / folder).is_dir()):
         return wanted
     warnings.warn(f"speed {speed}: the pipeline folder has no {folder}/, so that part of the preset runs as {instead}",
                   RuntimeWarning, stacklevel=3)  # the caller of from_pretrained

@@ -235,6 +235,9 @@ def load_component(load: Callable[[], T], files: list[Path], what: str) -> T:
 
 
 
+MAX_OWN_WEIGHT = 1e4  # trained weights of the project's small networks are O(1); far beyond is damage
+
+
 def load_own_model(model_cls, path_or_id, what: str, **kwargs):
     """A diffusers ModelMixin this project defines and saved (small-conv f_D, the light depth decoder and encoder): the
     folder's config must name `model_cls`, weights are safetensors and every tensor is accounted for."""
@@ -245,9 +248,13 @@ def load_own_model(model_cls, path_or_id, what: str, **kwargs):
     found = read_config(config, what).get("_class_name")
     if found != model_cls.__name__:
         raise CheckpointError(f"{what}: {config} describes {found!r}, expected {model_cls.__name__!r}")
-    return load_component(
-        lambda: model_cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kwargs), weight_files(folder), what
-    )
+    files = weight_files(folder)
+    model = load_component(lambda: model_cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kwargs), files, what)
+    for name, tensor in model.state_dict().items():
+        if tensor.numel() and (not tensor.isfinite().all() or tensor.abs().max() > MAX_OWN_WEIGHT):
+            raise CheckpointError(f"{what}: {files[0]}: tensor {name} holds NaN, inf or values beyond {MAX_OWN_WEIGHT:.0e}; "
+                                  "not a trained model (train or copy it again)")
+    return model
 
 
 def to_dtype(model, dtype):

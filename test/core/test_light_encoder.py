@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers_models import image_folder, scene_image
-from sharpdepth_core.models import tiny
+from sharpdepth_core.models import EMBEDDED_DIR, tiny
 from sharpdepth_core.models.hub import CheckpointError
 from sharpdepth_core.models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from sharpdepth_core.normalization import normalize_depth
@@ -85,7 +85,7 @@ def test_the_shipped_encoder_reproduces_the_vae_on_validation_scenes():
     """Relative L1 of the latent on 10 val scenes (seeds 110000..; trained on the distillation seeds)
     against predicting each latent's own mean: measured 0.081 against 0.80 when shipped."""
     exact = SharpDepthPipeline.from_pretrained()
-    assert exact.light_encoder is not None
+    encoder = LightDepthEncoder.load(EMBEDDED_DIR / LIGHT_ENCODER_DIR)
     camera = exact.camera
     errors, baseline = [], []
     for i in range(10):
@@ -94,6 +94,31 @@ def test_the_shipped_encoder_reproduces_the_vae_on_validation_scenes():
         d_n, _, _ = normalize_depth(exact.metric_model(image).depth)
         z = exact.student.codec.encode_depth(d_n)
         scale = z.abs().mean()
-        errors.append(float((exact.light_encoder(d_n) - z).abs().mean() / scale))
+        errors.append(float((encoder(d_n) - z).abs().mean() / scale))
         baseline.append(float((z - z.mean()).abs().mean() / scale))
     assert np.mean(errors) < 0.15 and np.mean(errors) < 0.25 * np.mean(baseline), (np.mean(errors), np.mean(baseline))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "nan", "huge"])
+def test_a_damaged_light_network_never_blocks_a_setting_that_does_not_use_it(pipe, tmp_path, damage):
+    """Issue 26 P: `exact` never reads light_encoder/ (nor light_decoder/), so damage there cannot stop it;
+    a setting that does use it is refused at load in one line, NaN and absurd weights included."""
+    from safetensors.torch import save_file
+
+    folder = pipe.save_pretrained(tmp_path / "pipeline")
+    LightDepthEncoder(latent_channels=4, channels=(8, 8)).save_pretrained(folder / LIGHT_ENCODER_DIR)
+    weights = folder / LIGHT_ENCODER_DIR / "diffusion_pytorch_model.safetensors"
+    if damage == "garbage":
+        weights.write_bytes(b"not safetensors")
+    else:
+        state = LightDepthEncoder.load(folder / LIGHT_ENCODER_DIR).state_dict()
+        state["head.weight"] = torch.full_like(state["head.weight"], float("nan") if damage == "nan" else 1e30)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    exact = SharpDepthPipeline.from_pretrained(folder, speed="exact")
+    rgb, _ = scene_image(3)
+    assert exact.light_encoder is None and torch.isfinite(exact(rgb, seed=0).depth).all()
+    with pytest.raises(CheckpointError, match=r"^light depth encoder: .*") as err:
+        SharpDepthPipeline.from_pretrained(folder, speed="fast")
+    assert "\n" not in str(err.value)
+    if damage != "garbage":
+        assert "tensor head.weight holds NaN, inf or values beyond 1e+04" in str(err.value)

@@ -34,7 +34,7 @@ def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loade
     same = {k: v for k, v in teacher.unet.config.items() if k != "_name_or_path"}
     assert same == {k: v for k, v in student.unet.config.items() if k != "_name_or_path"}
     assert not torch.equal(next(teacher.unet.parameters()), next(student.unet.parameters()))  # distilled: moved
-    pipe = SharpDepthPipeline.from_pretrained()  # the embedded default
+    pipe = SharpDepthPipeline.from_pretrained(difference="light")  # the embedded default, with its light decoder
     assert not pipe.untrained and pipe.processing_res == 128 and pipe.light_decoder is not None
     camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]
     assert (camera["width"], camera["height"], camera["style"]) == (128, 96, "indoor")
