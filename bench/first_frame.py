@@ -84,11 +84,15 @@ def spawn(run: str, args, cache: Path) -> dict:
 def export_aoti(args, cache: Path) -> float:
     """`sharpdepth export --engine aoti` for the benchmark's camera size, in its own process; seconds."""
     w, h = args.input_size
+    # --overwrite: a second run into the same --workdir (gpu_check.sh's OUT) replaces the first run's export
     command = [sys.executable, "-m", "sharpdepth_core.cli", "export", "--engine", "aoti", "--out", str(args.workdir / "aoti"),
-               "--input-size", f"{w}x{h}", "--device", args.device, *(["--model", str(args.model)] if args.model else [])]
+               "--overwrite", "--input-size", f"{w}x{h}", "--device", args.device, *(["--model", str(args.model)] if args.model else [])]
     t0 = time.time()
-    subprocess.run(command, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}, check=True,
-                   capture_output=True)
+    done = subprocess.run(command, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"first_frame.py: the aoti export failed (exit {done.returncode}): {last}")
     return time.time() - t0
 
 

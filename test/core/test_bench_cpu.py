@@ -124,3 +124,39 @@ def test_a_sigterm_at_any_point_of_the_steps_ends_in_a_report():
         assert until_stopped([3], done.append) == (1, None) and done[-1] == 3
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_first_frame_exports_into_a_workdir_a_second_time(tmp_path, monkeypatch):
+    """gpu_check.sh reruns with the same OUT (issue 26 I): the second aoti export replaces the first.
+    The compile itself (minutes on CPU) is replaced by a stand-in that applies the real CLI's folder
+    rule (`cli.export_folder`, which refused the rerun) and writes a manifest; a failure is one line."""
+    import argparse
+    import importlib.util
+
+    from sharpdepth_core import cli
+
+    spec = importlib.util.spec_from_file_location("first_frame_bench", REPO / "bench" / "first_frame.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def export(command, **_):
+        out = Path(command[command.index("--out") + 1])
+        try:
+            cli.export_folder(out, "--overwrite" in command, "aoti")
+        except ValueError as exc:
+            return subprocess.CompletedProcess(command, 2, "", f"sharpdepth export: error: {exc}\n")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "export.json").write_text(json.dumps({"format": "aoti"}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", export)
+    args = argparse.Namespace(input_size=(320, 240), workdir=tmp_path / "first_frame", device="cpu", model=None)
+    for _ in range(2):
+        assert bench.export_aoti(args, tmp_path / "cache") >= 0
+    (args.workdir / "aoti" / "notes.txt").write_text("mine")  # not an export's: refused, in one line
+    try:
+        bench.export_aoti(args, tmp_path / "cache")
+    except SystemExit as exc:
+        assert str(exc).startswith("first_frame.py: the aoti export failed (exit 2): sharpdepth export: error: ") and "notes.txt" in str(exc)
+    else:
+        raise AssertionError("a folder holding a user's file was exported into")
