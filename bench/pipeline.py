@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from sharpdepth_core.engines import FastPath, OnnxEngine, TensorRTEngine
+from sharpdepth_core.engines import OnnxEngine, TensorRTEngine
 from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.models import tiny
@@ -58,7 +58,7 @@ from sharpdepth_core.pipeline import SharpDepthOutput, SharpDepthPipeline
 from sharpdepth_core.preprocessing import plan_resize
 from sharpdepth_core.synthetic import render_scene
 
-from sharpdepth_core.speed import FAST, fast_path
+from sharpdepth_core.speed import FAST, FastPath, fast_path
 
 from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
 
@@ -217,7 +217,7 @@ def make_pipeline(setting: str, student, metric, device: torch.device, workdir: 
     if setting in ("torch-bf16", "torch-fast"):
         if setting == "torch-fast" and not cuda:
             return None, "needs CUDA (CUDA graphs; inductor compiles for minutes on CPU)"
-        fast = FastPath.fastest(device) if setting == "torch-fast" else FastPath(torch.bfloat16, torch.bfloat16, channels_last=True)
+        fast = fast_path(FAST, device) if setting == "torch-fast" else FastPath(torch.bfloat16, torch.bfloat16, channels_last=True)
         s = copy.deepcopy(student)  # fast converts the models in place
         return SharpDepthPipeline(s, copy.deepcopy(metric), untrained=True, fast=fast), None
     if setting == "fast":

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sharpdepth_core.engines import FastPath
+from sharpdepth_core.speed import FastPath
 from sharpdepth_core.metrics import depth_scores
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.pipeline import SharpDepthPipeline

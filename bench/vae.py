@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from sharpdepth_core.engines import CudaGraphed, FastPath, TorchEngine
+from sharpdepth_core.engines import CudaGraphed, TorchEngine
+from sharpdepth_core.speed import FastPath
 from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 

@@ -33,8 +33,10 @@ from .export import AOTI_SHAPE_KEY, GRAPHS, ExportManifest, StudentUNet, check_e
 from .files import read_recorded, write_recorded
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel
+from .speed import FastPath
 
-ENGINES = ("pytorch", "onnx", "tensorrt", "aoti")
+EXPORTED_ENGINES = ("onnx", "tensorrt", "aoti")
+ENGINES = ("pytorch", *EXPORTED_ENGINES)
 log = logging.getLogger(__name__)
 FRAME_RECOMPILE_LIMIT = 64  # compiled frames kept per pipeline function (`compiled`)
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
@@ -75,6 +77,7 @@ class DepthEngine(Protocol):
     name: str
     device: torch.device
     downsample_factor: int
+    latent_channels: int
 
     def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor: ...
     def encode_image(self, rgb01: Tensor) -> Tensor: ...
@@ -83,37 +86,6 @@ class DepthEngine(Protocol):
 
 
 # --- PyTorch -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """Speed options of the PyTorch path. None of them changes the algorithm; reduced precision
-    changes the numbers (bench/speed_accuracy.py measures by how much on trained models).
-
-    dtype / vae_dtype: the UNet's and the metric model's / the VAE's weights and arithmetic (None keeps
-    them as loaded).
-    channels_last: NHWC activations (faster convolutions on tensor cores).
-    compile: torch.compile the pipeline's whole frame with fullgraph=True and static shapes
-    (compile_backend "inductor"; "eager" only traces, which is how the CPU tests check that a frame
-    compiles without graph breaks or host synchronisations: inductor's C++ code generation takes
-    minutes on CPU).
-    cuda_graphs: capture the frame once per input shape and replay it (CUDA only): one launch per
-    frame instead of thousands of kernel launches.
-    """
-
-    dtype: torch.dtype | None = None
-    vae_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    compile: bool = False
-    compile_backend: str = "inductor"
-    cuda_graphs: bool = False
-
-    @classmethod
-    def fastest(cls, device: str | torch.device) -> "FastPath":
-        """The project's fast settings for a device: bf16 everywhere (the SD-2 VAE overflows in fp16,
-        not in bf16), channels_last, and on CUDA torch.compile and CUDA graphs."""
-        cuda = torch.device(device).type == "cuda"
-        return cls(torch.bfloat16, torch.bfloat16, channels_last=True, compile=cuda, cuda_graphs=cuda)
 
 
 class TorchEngine:
@@ -134,6 +106,10 @@ class TorchEngine:
     @property
     def downsample_factor(self) -> int:
         return self.student.codec.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.student.vae.config.latent_channels)
 
     def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
         return self.student(z_img, z_depth) if self._calls is None else self._calls["unet"](z_img, z_depth)
@@ -247,6 +223,10 @@ class _GraphEngine:
     @property
     def downsample_factor(self) -> int:
         return self.manifest.downsample_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.manifest.latent_channels
 
     def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
         return self._call("unet", torch.cat([z_img, z_depth], dim=1))
@@ -545,25 +525,15 @@ def exported_engine(
             ExportManifest.load(export_dir), export_dir, processing_res,
             lambda: student_weights_sha256(resolve_model_dir(student_dir, "student model")),
         )
-    return load_engine(name, export_dir=export_dir, device=device, cache_dir=cache_dir)
+    return load_engine(name, export_dir, device, cache_dir)
 
 
-def load_engine(
-    name: str,
-    student: DiffusionDepthModel | None = None,
-    export_dir: str | Path | None = None,
-    device: str | torch.device | None = None,
-    fast: FastPath | None = None,
-    cache_dir: str | Path | None = None,
-) -> DepthEngine:
-    """The engine `name` ("pytorch", "onnx", "tensorrt", "aoti"): pytorch wraps `student` (with `fast`
-    options); the others run an export folder written by `sharpdepth export`."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    if name == "pytorch":
-        if student is None:
-            raise ValueError("engine 'pytorch' needs the student model")
-        return TorchEngine(student, fast)
+def load_engine(name: str, export_dir: str | Path | None, device: str | torch.device | None = None,
+                cache_dir: str | Path | None = None) -> DepthEngine:
+    """The exported engine `name` ("onnx", "tensorrt", "aoti") on a folder written by `sharpdepth export`
+    (the PyTorch engine is the pipeline's own: `SharpDepthPipeline.from_pretrained(engine="pytorch")`)."""
+    if name not in EXPORTED_ENGINES:
+        raise ValueError(f"unknown exported engine {name!r}; choose one of {', '.join(EXPORTED_ENGINES)}")
     if export_dir is None:
         raise ValueError(f"engine {name!r} needs an export folder: write one with `sharpdepth export --out DIR`")
     if name == "onnx":

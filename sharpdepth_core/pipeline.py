@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
-from .engines import DepthEngine, FastPath, TorchEngine, compiled
+from .engines import DepthEngine, TorchEngine, compiled, exported_engine
 from .files import Extra, replacing_dir
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import check_intrinsics, scale_intrinsics
@@ -32,7 +32,7 @@ from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from .normalization import normalize_depth
 from .preprocessing import Resize, check_processing_res, plan_resize, to_grid, unpad_and_resize
-from .speed import fast_path, preset
+from .speed import FastPath, resolve
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 PIPELINE_CONFIG = "pipeline.json"
@@ -160,7 +160,7 @@ class SharpDepthPipeline:
 
     def __init__(
         self,
-        student: DiffusionDepthModel,
+        student: DiffusionDepthModel | None,
         metric_model: MetricBackend,
         processing_res: int | None = DEFAULT_PROCESSING_RES,
         difference_fit_first: bool = False,
@@ -176,9 +176,12 @@ class SharpDepthPipeline:
         distilled_from: dict | None = None,
         fast: FastPath | None = None,
         light_folder: Path | None = None,
+        scheduler=None,
     ):
         if fast is not None and engine is not None:
             raise ValueError("fast applies to the PyTorch engine it makes; an exported engine has its own precision")
+        if student is None and (engine is None or scheduler is None):
+            raise ValueError("without the PyTorch student, a pipeline needs the engine that runs its networks and its noise schedule")
         if fast is not None and fast.dtype is not None:
             to_dtype(metric_model, fast.dtype)
         if fast is not None and fast.channels_last:
@@ -192,7 +195,7 @@ class SharpDepthPipeline:
         self.engine = engine if engine is not None else TorchEngine(student, fast)
         if fast is not None and fast.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"FastPath.cuda_graphs needs the models on a CUDA device; they are on {self.device}")
-        self._alpha_bar = float(student.alphas_cumprod[TIMESTEP])
+        self._alpha_bar = float((scheduler or student.scheduler).alphas_cumprod[TIMESTEP])
         self._seeded_noise: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._compiled: dict[tuple, Callable[..., tuple[Tensor, ...]]] = {}
         self.light_decoder, self.light_encoder, self.light_folder = light_decoder, light_encoder, light_folder
@@ -234,6 +237,8 @@ class SharpDepthPipeline:
         return self.engine.device
 
     def to(self, device: str | torch.device) -> "SharpDepthPipeline":
+        if self.student is None:
+            raise ValueError(f"a pipeline on the {self.engine.name} engine stays on the device its export was loaded for")
         self.student.to(device)
         self.metric_model.to(device)
         for light in (self.light_decoder, self.light_encoder):
@@ -386,7 +391,7 @@ class SharpDepthPipeline:
         """ε1 (affine pass) and ε2 (gating) on the latent grid. Seeded: drawn on the CPU and shared by every
         image of the batch, so an image's result depends on neither the device nor its batch mates; kept
         on the device for the next frame with the same seed and grid (no copy from the host per frame)."""
-        shape = (self.student.vae.config.latent_channels, *(n // self.engine.downsample_factor for n in plan.padded_hw))
+        shape = (self.engine.latent_channels, *(n // self.engine.downsample_factor for n in plan.padded_hw))
         if seed is None:
             return tuple(torch.randn((batch, *shape), device=self.device) for _ in range(2))
         key = (int(seed), shape, self.device)
@@ -413,15 +418,24 @@ class SharpDepthPipeline:
         depth_encoder: str | None = None,
         metric_at_input_res: bool = False,
         fast: FastPath | None = None,
+        engine: str = "pytorch",
+        engine_dir: str | Path | None = None,
+        engine_cache: str | Path | None = None,
     ) -> "SharpDepthPipeline":
-        """Either a pipeline folder (`student/`, `pipeline.json`, and `metric/` unless pipeline.json
+        """The one place a pipeline is assembled: the CLI, the node and the benchmarks only map their
+        settings to these arguments.
+
+        Either a pipeline folder (`student/`, `pipeline.json`, and `metric/` unless pipeline.json
         names the metric weights; default: the embedded models), or components: `student` (folder or
         hub id, e.g. jingheya/lotus-depth-g-v1-0) and `metric` (a backend name) with `metric_path`
         (default: that backend's usual hub id). A student saved by the trainer has a pipeline.json
         beside it that supplies the metric backend and the processing resolution it was trained at.
-        speed: a preset (`speed.SPEEDS`) giving difference, depth_encoder and fast where they are None; a
-        light network the `fast` preset names but the folder lacks is left out with a warning. processing_res,
-        difference, depth_encoder, metric_at_input_res, fast: see the class."""
+        speed: a preset (`speed.SPEEDS`) giving difference, depth_encoder and fast where they are None
+        (`speed.resolve`). engine: "pytorch", or an exported engine ("onnx", "tensorrt", "aoti") on the
+        `sharpdepth export` folder `engine_dir` (TensorRT plans cached in `engine_cache`, default inside
+        it); an export of another student or grid is refused in one line, and the PyTorch student's
+        weights are then never loaded. processing_res, difference, depth_encoder, metric_at_input_res,
+        fast: see the class."""
         if student is None:
             folder = Path(path) if path is not None else EMBEDDED_DIR
             if not folder.is_dir():
@@ -440,22 +454,31 @@ class SharpDepthPipeline:
         if metric_path is None:
             metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
         beside = Path(student).parent if config else None  # a saved pipeline keeps its light networks beside the student
-        choice = preset(speed)
-        difference = difference or _preset_part(speed, choice.difference, beside, LIGHT_DECODER_DIR, "exact")
-        depth_encoder = depth_encoder or _preset_part(speed, choice.depth_encoder, beside, LIGHT_ENCODER_DIR, "vae")
+        exported = engine != "pytorch"
+        settings = resolve(speed, device, beside, exported=exported, difference=difference, depth_encoder=depth_encoder, fast=fast)
+        processing_res = check_processing_res(processing_res or config.get("processing_res", DEFAULT_PROCESSING_RES))
+        if exported:
+            runner = exported_engine(engine, engine_dir, student, processing_res, device, engine_cache)
+            student_model, scheduler = None, DiffusionDepthModel.load_scheduler(student)
+        elif engine_dir:
+            raise ValueError(f"an engine folder ({engine_dir}) goes with an exported engine (onnx, tensorrt or aoti), not {engine!r}")
+        else:
+            runner, student_model, scheduler = None, DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device), None
         return cls(
-            DiffusionDepthModel.from_pretrained(student, dtype=dtype, device=device),
+            student_model,
             load_metric_model(metric, metric_path, device=device, dtype=dtype),
-            processing_res=processing_res or config.get("processing_res", DEFAULT_PROCESSING_RES),
+            processing_res=processing_res,
             difference_fit_first=bool(config.get("difference_fit_first", False)),
             untrained=bool(config.get("untrained", False)),
-            difference=difference,
+            engine=runner,
+            difference=settings.difference,
             metric_at_input_res=metric_at_input_res,
-            depth_encoder=depth_encoder,
+            depth_encoder=settings.depth_encoder,
             light_folder=beside,
             camera=config.get("camera"),
             distilled_from=config.get("distilled_from"),
-            fast=fast if fast is not None else fast_path(choice, device),
+            fast=settings.fast,
+            scheduler=scheduler,
         )
 
     def config(self) -> dict:
@@ -474,6 +497,8 @@ class SharpDepthPipeline:
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
+        if self.student is None:
+            raise ValueError(f"a pipeline on the {self.engine.name} engine has no PyTorch student to save; save the pipeline it was exported from")
         with replacing_dir(path, also=EARLIER_SAVE) as tmp:
             self.student.save_pretrained(tmp / "student")
             self.metric_model.save_pretrained(tmp / "metric")
@@ -489,15 +514,6 @@ class SharpDepthPipeline:
 # pipeline.json fields and their types; anything else in the file is ignored
 _CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
                  "untrained": bool, "camera": dict, "distilled_from": dict}
-
-
-def _preset_part(speed: str, wanted: str, beside: Path | None, folder: str, instead: str) -> str:
-    """A preset's choice, or `instead` (with a warning) when it names a light network the folder lacks."""
-    if wanted != "light" or (beside is not None and (beside / folder).is_dir()):
-        return wanted
-    warnings.warn(f"speed {speed}: the pipeline folder has no {folder}/, so that part of the preset runs as {instead}",
-                  RuntimeWarning, stacklevel=3)  # the caller of from_pretrained
-    return instead
 
 
 def config_beside_student(student) -> dict:

@@ -17,10 +17,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
-from ..files import write_bytes
+from ..files import replacing_dir, write_bytes
 from ..gating import TIMESTEP
 from .codec import DepthCodec
-from ..files import replacing_dir
 from .hub import CheckpointError, load_component, read_config, require_subfolders, resolve_model_dir, weight_files
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
@@ -147,19 +146,23 @@ class DiffusionDepthModel(nn.Module):
             cls.what,
         )
         cls._check_unet(unet, vae.config.latent_channels, str(folder / "unet" / "config.json"))
-        scheduler = load_component(
-            lambda: DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
-            [folder / "scheduler" / "scheduler_config.json"],
-            cls.what,
-        )
-        if scheduler.config.num_train_timesteps <= TIMESTEP:
-            raise CheckpointError(
-                f"{folder / 'scheduler' / 'scheduler_config.json'}: num_train_timesteps {scheduler.config.num_train_timesteps}, "
-                f"need more than {TIMESTEP} (the one-step model runs at t = {TIMESTEP})"
-            )
         prompt_embeds = cls._load_prompt_embeds(folder, unet)
-        model = cls(unet, vae, scheduler, prompt_embeds)
+        model = cls(unet, vae, cls.load_scheduler(folder), prompt_embeds)
         return model.to(device).eval().requires_grad_(False)  # a trainer unfreezes `unet` itself
+
+    @classmethod
+    def load_scheduler(cls, path_or_id: str | Path) -> DDIMScheduler:
+        """The model's noise schedule alone (no weights): what a pipeline whose networks run from an
+        exported engine still needs of the student (ᾱ for the gating)."""
+        folder = resolve_model_dir(path_or_id, cls.what)
+        config = folder / "scheduler" / "scheduler_config.json"
+        require_subfolders(folder, ["scheduler"], cls.what)
+        read_config(config, cls.what)
+        scheduler = load_component(lambda: DDIMScheduler.from_pretrained(folder, subfolder="scheduler"), [config], cls.what)
+        if scheduler.config.num_train_timesteps <= TIMESTEP:
+            raise CheckpointError(f"{config}: num_train_timesteps {scheduler.config.num_train_timesteps}, "
+                                  f"need more than {TIMESTEP} (the one-step model runs at t = {TIMESTEP})")
+        return scheduler
 
     @classmethod
     def _load_prompt_embeds(cls, folder: Path, unet: UNet2DConditionModel) -> Tensor:

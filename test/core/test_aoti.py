@@ -48,7 +48,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_aoti_engine_matches_eager(aoti_dir, student):
-    engine = load_engine("aoti", export_dir=aoti_dir, device="cpu")
+    engine = load_engine("aoti", aoti_dir, "cpu")
     assert isinstance(engine, AotiEngine) and engine.downsample_factor == 8
     g = torch.Generator().manual_seed(3)
     rgb, d_n = torch.rand(1, 3, 48, 64, generator=g), torch.rand(1, 1, 48, 64, generator=g) * 2 - 1

@@ -89,7 +89,7 @@ def test_fp32_fast_path_is_the_same_computation(reference):
 
 def test_bf16_fast_path_converts_the_modules_and_stays_close(reference):
     student = tiny.tiny_student()
-    engine = TorchEngine(student, FastPath.fastest("cpu"))
+    engine = TorchEngine(student, FastPath(torch.bfloat16, torch.bfloat16, channels_last=True))
     assert engine.fast == FastPath(torch.bfloat16, torch.bfloat16, channels_last=True)
     assert student.unet.dtype == torch.bfloat16 and student.vae.dtype == torch.bfloat16
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_bf16_fast_path_converts_the_modules_and_stays_close(reference):
 
 
 def test_onnx_engine_matches_pytorch(export_dir, reference):
-    engine = load_engine("onnx", export_dir=export_dir)
+    engine = load_engine("onnx", export_dir)
     assert isinstance(engine, OnnxEngine) and engine.device == torch.device("cpu") and engine.downsample_factor == 8
     out = frame_calls(engine)
     assert all(rel(out[k], reference[k]) <= 1e-3 for k in reference)
@@ -142,12 +142,12 @@ def test_pipeline_on_the_onnx_engine_matches_pytorch_end_to_end(export_dir):
 
 
 def test_load_engine_errors(export_dir):
-    with pytest.raises(ValueError, match="unknown engine 'openvino'"):
-        load_engine("openvino")
+    with pytest.raises(ValueError, match="unknown exported engine 'openvino'"):
+        load_engine("openvino", export_dir)
     with pytest.raises(ValueError, match="needs an export folder"):
-        load_engine("onnx")
-    with pytest.raises(ValueError, match="needs the student"):
-        load_engine("pytorch")
+        load_engine("onnx", None)
+    with pytest.raises(ValueError, match="unknown exported engine 'pytorch'"):  # the pipeline's own
+        load_engine("pytorch", export_dir)
 
 
 def test_device_names_are_checked_before_anything_loads():
@@ -171,7 +171,7 @@ def test_device_names_are_checked_before_anything_loads():
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the missing-package message cannot be shown")
 def test_tensorrt_missing_says_what_to_install(export_dir):
     with pytest.raises(ImportError, match="pip install tensorrt"):
-        load_engine("tensorrt", export_dir=export_dir)
+        load_engine("tensorrt", export_dir)
 
 
 def test_engine_cache_key_names_everything_an_engine_depends_on():
@@ -275,10 +275,10 @@ def test_tensorrt_build_failures_leave_no_cache_file(export_dir, tmp_path):
 
 @pytest.mark.skipif(not (HAS_TENSORRT and HAS_CUDA), reason="needs tensorrt and a CUDA GPU (neither here)")
 def test_tensorrt_engine_matches_pytorch_and_reuses_its_cache(export_dir, reference, tmp_path):
-    engine = load_engine("tensorrt", export_dir=export_dir, cache_dir=tmp_path)
+    engine = load_engine("tensorrt", export_dir, cache_dir=tmp_path)
     out = frame_calls(engine)
     assert all(rel(out[k], reference[k]) <= 1e-2 for k in reference)  # TF32 allowed in fp32 engines
     files = sorted(tmp_path.iterdir())
     assert len(files) == 3 and all(p.suffix == ".plan" for p in files)
-    again = frame_calls(load_engine("tensorrt", export_dir=export_dir, cache_dir=tmp_path))
+    again = frame_calls(load_engine("tensorrt", export_dir, cache_dir=tmp_path))
     assert sorted(tmp_path.iterdir()) == files and all(rel(again[k], out[k]) <= 1e-6 for k in out)

@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.exc import TorchDynamoException
 
 from helpers_models import scene_image
-from sharpdepth_core.engines import FastPath
+from sharpdepth_core.speed import FAST, FastPath, fast_path
 from sharpdepth_core.models import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
@@ -135,7 +135,7 @@ def test_fast_options_are_checked():
 def test_compiled_and_graphed_frame_matches_eager_bf16_on_the_gpu(frames):
     rgb, K, _ = frames
     eager = pipe(FastPath(**BF16), device="cuda")
-    fast = pipe(FastPath.fastest("cuda"), device="cuda")
+    fast = pipe(fast_path(FAST, "cuda"), device="cuda")
     want = outputs(eager, rgb, K)
     first, again = outputs(fast, rgb, K), outputs(fast, rgb, K)  # capture, then replay
     for k in want:  # inductor's fused bf16 kernels keep fp32 between ops: close, not equal

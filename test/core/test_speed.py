@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharpdepth_core.engines import FastPath
+from sharpdepth_core.speed import FastPath
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.speed import BUDGET, EXACT, FAST, Preset, fast_path, preset
 
