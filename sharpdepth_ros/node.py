@@ -59,7 +59,7 @@ from sharpdepth_ros.conversions import (
     remember,
 )
 from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -240,9 +240,7 @@ class SharpDepthNode(Node):
         """Declare every parameter (each value checked as it is declared: a bad one stops the start)
         and keep the values as declared; later sets are checked the same way and applied once set."""
         self.add_on_set_parameters_callback(self._check_parameters)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        self._settings = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._settings = declare_parameters(self, PARAMETERS)
         if hasattr(self, "add_post_set_parameters_callback"):
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble's rclpy (the floor) has no post-set callback: apply where a set is accepted

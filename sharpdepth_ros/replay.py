@@ -51,7 +51,7 @@ from sharpdepth_core.recordings import (
     truncation,
 )
 from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K, pose_stamped
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 WORLD_FRAME = "world"  # the frame of a synthetic sequence's poses (the room: z up, floor at z = 0)
 Warn = Callable[[str], None]  # where a source says what it skipped or recovered
@@ -259,10 +259,7 @@ class ReplayPublisher(Node):
     def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
         node_kwargs.setdefault("namespace", "camera")  # the node's: image_raw is /camera/image_raw for both
         super().__init__("replay", **node_kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self._params = p
+        self._params = p = declare_parameters(self, PARAMETERS)
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
         self._said: set[str] = set()  # lines already logged (`_first_time`)
