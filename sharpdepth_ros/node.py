@@ -469,10 +469,11 @@ class SharpDepthNode(Node):
         return rgb, info, np.reshape(info.k, (3, 3)), calibrated, seen  # the rectified pinhole: on the image grid
 
     def _refuse_calibration(self, camera: Camera, frame_id: str, message: str, skipped: bool = False) -> None:
-        """One warning per camera (frame_id) every THROTTLE_S seconds; a skipped frame is counted."""
+        """One warning per kind of problem every THROTTLE_S seconds (not per frame_id: 300 random frame_ids
+        with the same bad K are one problem); a skipped frame is counted."""
         now = time.monotonic()
-        key = f"calibration:{camera.name}:{frame_id}"
         text = camera.said(f"camera_info of frame_id '{frame_id}' refused: {message}")
+        key = problem_key("calibration", text)
         with self._lock:
             if skipped:
                 camera.stats.rejected["calibration"] = camera.stats.rejected.get("calibration", 0) + 1
@@ -589,11 +590,10 @@ class SharpDepthNode(Node):
     def _reject(self, camera: Camera, kind: str, message: str) -> None:
         """Count the camera's skipped frame; log each kind of problem at most once every THROTTLE_S seconds.
 
-        The kind of problem is the message with its variable parts (quoted names such as frame_ids
-        and encodings, numbers) blanked: 300 random frame_ids are one problem, not 300.
+        The kind of problem is `problem_key`'s: 300 random frame_ids are one problem, not 300.
         """
         message = camera.said(message)
-        key = kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
+        key = problem_key(kind, message)
         now = time.monotonic()
         with self._lock:
             camera.stats.rejected[kind] = camera.stats.rejected.get(kind, 0) + 1
@@ -669,6 +669,12 @@ class SharpDepthNode(Node):
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()
+
+
+def problem_key(kind: str, message: str) -> str:
+    """The kind of problem a log line is about, for throttling: the message with its variable parts
+    (quoted names such as frame_ids and encodings, numbers) blanked."""
+    return kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
 
 
 def image_batch(rgbs: list[np.ndarray]) -> torch.Tensor:

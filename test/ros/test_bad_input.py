@@ -197,6 +197,36 @@ def test_implausible_intrinsics_are_refused_once_per_camera_and_the_frames_run_w
     assert "its frames get the fov_deg 60 pinhole K and the metric model runs without K" in err
 
 
+def test_calibration_refusals_of_many_frame_ids_are_one_throttled_line(system, capfd):
+    """300 camera_info of random frame_ids with fx = 1e-6 gave 82 WARN lines (the throttle was keyed
+    by frame_id): one kind of problem is one line per THROTTLE_S, whatever the frame_ids; every
+    frame is still published on the fallback pinhole."""
+    node, _, _, probe, pubs = system
+    node._last_log.clear()  # earlier tests refused calibrations less than THROTTLE_S ago
+    capfd.readouterr()
+    published = 0
+    for i in range(12):
+        image, info = _calibration(f"random_{i}_{next(STAMP) % 997}", _set(k=[1e-6, 0, 20, 0, 1e-6, 15, 0, 0, 1], p=[0.0] * 12))(*_frame())
+        pubs["info"].publish(info)
+        wait_for(lambda: info.header.frame_id in node.cameras[0].infos, 10, "the CameraInfo")
+        pubs["image"].publish(image)
+        stamp = stamp_ns(image.header)
+        wait_for(lambda: probe.has([DEPTH], stamp), 60, f"frame {i}'s depth")
+        published += 1
+    err = capfd.readouterr().err
+    assert published == 12
+    assert err.count("refused: camera_info K: fx = 1e-06 px is impossible for 40 px wide images") == 1, err
+
+
+def test_problem_key_blanks_names_and_numbers_only():
+    from sharpdepth_ros.node import problem_key
+
+    a = problem_key("calibration", "camera_info of frame_id 'x1' refused: fx = 1e-06 px is impossible for 40 px wide images")
+    b = problem_key("calibration", "camera_info of frame_id 'other' refused: fx = 2e-07 px is impossible for 64 px wide images")
+    assert a == b == "calibration:camera_info of frame_id # refused: fx = #e-# px is impossible for # px wide images"
+    assert problem_key("input", "front: x") != problem_key("input", "rear: x") != problem_key("model", "rear: x")
+
+
 def test_compressed_input_and_undecodable_bytes(system):
     _, node, _, probe, pubs = system
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(SCENE.rgb[..., ::-1]))
