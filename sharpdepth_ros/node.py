@@ -37,6 +37,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from sharpdepth_core.engines import DEVICE_NAME
+from sharpdepth_core.geometry import fallback_problem
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
@@ -438,7 +439,11 @@ class SharpDepthNode(Node):
 
     @staticmethod
     def _assumed(image_hw: tuple[int, int], header, settings: dict) -> CameraInfo:
-        """The fov_deg pinhole of frames without a usable calibration."""
+        """The fov_deg pinhole of frames without a usable calibration; ValueError for an image of a
+        degenerate aspect ratio (`geometry.fallback_problem`)."""
+        problem = fallback_problem(image_hw, settings["fov_deg"])
+        if problem:
+            raise ValueError(problem)
         h, w = image_hw
         return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header)
 
@@ -446,7 +451,8 @@ class SharpDepthNode(Node):
         """(image, its CameraInfo, K, whether K is calibrated, HxW mask of pixels seen or None).
 
         An implausible K, P, ROI or binning (`geometry.check_calibration`) is refused and the frame
-        gets the fov_deg pinhole, the model running without K; a rectification that cannot be used
+        gets the fov_deg pinhole, the model running without K (skipped where that pinhole cannot
+        describe the image: `geometry.fallback_problem`); a rectification that cannot be used
         (D, R) skips the frame, whose pixels are where the camera model cannot say. Either is one
         throttled line per camera.
         """
@@ -455,6 +461,10 @@ class SharpDepthNode(Node):
         except ValueError as error:
             if not calibrated:
                 raise
+            problem = fallback_problem(rgb.shape[:2], settings["fov_deg"])
+            if problem:
+                self._refuse_calibration(camera, header.frame_id, f"{error}; {problem}; its frames are skipped", skipped=True)
+                return None
             self._refuse_calibration(camera, header.frame_id, f"{error}; its frames get the fov_deg {settings['fov_deg']:g} "
                                      "pinhole K and the metric model runs without K")
             info = self._assumed(rgb.shape[:2], header, settings)
