@@ -147,6 +147,18 @@ def validate(name: str, value) -> str | None:
     return None
 
 
+def processing_res_problem(value: int, pipeline) -> str | None:
+    """Why `pipeline` cannot run at processing_res `value` (0 = its own), or None: an exported engine of
+    a fixed grid runs only the processing_res it was exported for (any other fails every frame)."""
+    engine = getattr(pipeline, "engine", None)
+    manifest = getattr(engine, "manifest", None)
+    if manifest is None or manifest.image_hw is None or value in (0, pipeline.processing_res):
+        return None
+    h, w = manifest.image_hw
+    return (f"processing_res {value}: the {engine.name} engine's export has a fixed {h}x{w} (HxW) grid for processing_res "
+            f"{pipeline.processing_res}, the only value it runs (or 0); export again with --processing-res {value} for another")
+
+
 @dataclass
 class Stats:
     """Counters and per-stage seconds since start; the reporter logs differences between snapshots."""
@@ -307,9 +319,12 @@ class SharpDepthNode(Node):
     # --- parameters -------------------------------------------------------------------------
 
     def _check_parameters(self, params) -> SetParametersResult:
-        """Reject a bad value with its reason (ranges and read-only are the descriptors' part)."""
+        """Reject a bad value with its reason (ranges and read-only are the descriptors' part), and a
+        processing_res the loaded engine cannot run (none is loaded while the parameters are declared)."""
         for p in params:
             reason = validate(p.name, p.value)
+            if not reason and p.name == "processing_res" and getattr(self, "pipeline", None) is not None:
+                reason = processing_res_problem(p.value, self.pipeline)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
