@@ -24,6 +24,9 @@ NOMINAL_HFOV_DEG = 60.0  # the camera assumed when none is given or predicted
 # than the lens does (its r = f theta), so the bound never refuses a real fisheye.
 FOV_RANGE_DEG = (1.0, 179.0)
 MAX_PIXEL_ASPECT = 10.0  # fy / fx: anamorphic lenses and uneven binning reach 2-4
+# longer / shorter image side for the fov_deg pinhole that stands in for a missing calibration: a wide panorama
+# reaches 4-8; a 1x5000 image at 60° horizontally would be seen at 179.96° vertically (points at 2.7 km)
+MAX_FALLBACK_ASPECT = 10.0
 MIN_RECTIFIED_COVERAGE = 0.5  # least share of a rectified image whose pixels come from inside the raw image
 ROTATION_TOLERANCE = 1e-2  # |R Rᵀ - I| and |det R - 1| of a rotation written with a few decimals
 # distortion model (ROS CameraInfo names, OpenCV's models) -> accepted numbers of coefficients in D
@@ -150,6 +153,19 @@ def check_calibration(K, image_hw: tuple[int, int], D=None, R=None, model: str |
     if covered < MIN_RECTIFIED_COVERAGE:
         raise ValueError(f"the rectification (D=[{', '.join(f'{d:g}' for d in D)}]) maps {1 - covered:.0%} of the "
                          f"image outside the camera's view (at most {1 - MIN_RECTIFIED_COVERAGE:.0%} may be)")
+
+
+def fallback_problem(image_hw: tuple[int, int], fov_deg: float) -> str | None:
+    """Why a pinhole of horizontal field of view `fov_deg` cannot stand in for the camera of an image of
+    `image_hw` (no usable calibration), or None: a degenerate aspect ratio gives the other axis an absurd
+    field of view, and the cloud points kilometres out."""
+    h, w = image_hw
+    aspect = max(h, w) / max(min(h, w), 1)
+    if aspect <= MAX_FALLBACK_ASPECT:
+        return None
+    vertical = math.degrees(2 * math.atan(h / w * math.tan(math.radians(fov_deg) / 2)))
+    return (f"a {w}x{h} image (aspect ratio {aspect:.0f}:1, at most {MAX_FALLBACK_ASPECT:g}:1) cannot get the fov_deg "
+            f"{fov_deg:g} pinhole (it would see {vertical:.4g}° vertically); publish a calibration for it")
 
 
 def _focal_for(size: int, fov_deg: float) -> float:

@@ -37,6 +37,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from sharpdepth_core.engines import DEVICE_NAME
+from sharpdepth_core.geometry import fallback_problem
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
@@ -59,7 +60,7 @@ from sharpdepth_ros.conversions import (
     remember,
 )
 from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -144,6 +145,18 @@ def validate(name: str, value) -> str | None:
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
+
+
+def processing_res_problem(value: int, pipeline) -> str | None:
+    """Why `pipeline` cannot run at processing_res `value` (0 = its own), or None: an exported engine of
+    a fixed grid runs only the processing_res it was exported for (any other fails every frame)."""
+    engine = getattr(pipeline, "engine", None)
+    manifest = getattr(engine, "manifest", None)
+    if manifest is None or manifest.image_hw is None or value in (0, pipeline.processing_res):
+        return None
+    h, w = manifest.image_hw
+    return (f"processing_res {value}: the {engine.name} engine's export has a fixed {h}x{w} (HxW) grid for processing_res "
+            f"{pipeline.processing_res}, the only value it runs (or 0); export again with --processing-res {value} for another")
 
 
 @dataclass
@@ -240,9 +253,7 @@ class SharpDepthNode(Node):
         """Declare every parameter (each value checked as it is declared: a bad one stops the start)
         and keep the values as declared; later sets are checked the same way and applied once set."""
         self.add_on_set_parameters_callback(self._check_parameters)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        self._settings = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._settings = declare_parameters(self, PARAMETERS)
         if hasattr(self, "add_post_set_parameters_callback"):
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble's rclpy (the floor) has no post-set callback: apply where a set is accepted
@@ -308,9 +319,12 @@ class SharpDepthNode(Node):
     # --- parameters -------------------------------------------------------------------------
 
     def _check_parameters(self, params) -> SetParametersResult:
-        """Reject a bad value with its reason (ranges and read-only are the descriptors' part)."""
+        """Reject a bad value with its reason (ranges and read-only are the descriptors' part), and a
+        processing_res the loaded engine cannot run (none is loaded while the parameters are declared)."""
         for p in params:
             reason = validate(p.name, p.value)
+            if not reason and p.name == "processing_res" and getattr(self, "pipeline", None) is not None:
+                reason = processing_res_problem(p.value, self.pipeline)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
@@ -440,7 +454,11 @@ class SharpDepthNode(Node):
 
     @staticmethod
     def _assumed(image_hw: tuple[int, int], header, settings: dict) -> CameraInfo:
-        """The fov_deg pinhole of frames without a usable calibration."""
+        """The fov_deg pinhole of frames without a usable calibration; ValueError for an image of a
+        degenerate aspect ratio (`geometry.fallback_problem`)."""
+        problem = fallback_problem(image_hw, settings["fov_deg"])
+        if problem:
+            raise ValueError(problem)
         h, w = image_hw
         return camera_info(pinhole_K(w, h, settings["fov_deg"]), image_hw, header)
 
@@ -448,7 +466,8 @@ class SharpDepthNode(Node):
         """(image, its CameraInfo, K, whether K is calibrated, HxW mask of pixels seen or None).
 
         An implausible K, P, ROI or binning (`geometry.check_calibration`) is refused and the frame
-        gets the fov_deg pinhole, the model running without K; a rectification that cannot be used
+        gets the fov_deg pinhole, the model running without K (skipped where that pinhole cannot
+        describe the image: `geometry.fallback_problem`); a rectification that cannot be used
         (D, R) skips the frame, whose pixels are where the camera model cannot say. Either is one
         throttled line per camera.
         """
@@ -457,6 +476,10 @@ class SharpDepthNode(Node):
         except ValueError as error:
             if not calibrated:
                 raise
+            problem = fallback_problem(rgb.shape[:2], settings["fov_deg"])
+            if problem:
+                self._refuse_calibration(camera, header.frame_id, f"{error}; {problem}; its frames are skipped", skipped=True)
+                return None
             self._refuse_calibration(camera, header.frame_id, f"{error}; its frames get the fov_deg {settings['fov_deg']:g} "
                                      "pinhole K and the metric model runs without K")
             info = self._assumed(rgb.shape[:2], header, settings)
@@ -471,10 +494,11 @@ class SharpDepthNode(Node):
         return rgb, info, np.reshape(info.k, (3, 3)), calibrated, seen  # the rectified pinhole: on the image grid
 
     def _refuse_calibration(self, camera: Camera, frame_id: str, message: str, skipped: bool = False) -> None:
-        """One warning per camera (frame_id) every THROTTLE_S seconds; a skipped frame is counted."""
+        """One warning per kind of problem every THROTTLE_S seconds (not per frame_id: 300 random frame_ids
+        with the same bad K are one problem); a skipped frame is counted."""
         now = time.monotonic()
-        key = f"calibration:{camera.name}:{frame_id}"
         text = camera.said(f"camera_info of frame_id '{frame_id}' refused: {message}")
+        key = problem_key("calibration", text)
         with self._lock:
             if skipped:
                 camera.stats.rejected["calibration"] = camera.stats.rejected.get("calibration", 0) + 1
@@ -591,11 +615,10 @@ class SharpDepthNode(Node):
     def _reject(self, camera: Camera, kind: str, message: str) -> None:
         """Count the camera's skipped frame; log each kind of problem at most once every THROTTLE_S seconds.
 
-        The kind of problem is the message with its variable parts (quoted names such as frame_ids
-        and encodings, numbers) blanked: 300 random frame_ids are one problem, not 300.
+        The kind of problem is `problem_key`'s: 300 random frame_ids are one problem, not 300.
         """
         message = camera.said(message)
-        key = kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
+        key = problem_key(kind, message)
         now = time.monotonic()
         with self._lock:
             camera.stats.rejected[kind] = camera.stats.rejected.get(kind, 0) + 1
@@ -671,6 +694,12 @@ class SharpDepthNode(Node):
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()
+
+
+def problem_key(kind: str, message: str) -> str:
+    """The kind of problem a log line is about, for throttling: the message with its variable parts
+    (quoted names such as frame_ids and encodings, numbers) blanked."""
+    return kind + ":" + re.sub(r"'[^']*'|\d+", "#", message)
 
 
 def image_batch(rgbs: list[np.ndarray]) -> torch.Tensor:

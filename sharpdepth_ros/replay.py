@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,10 @@ from sharpdepth_core.recordings import (
     truncation,
 )
 from sharpdepth_ros.conversions import camera_info, numpy_to_image, pinhole_K, pose_stamped
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run
+from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 WORLD_FRAME = "world"  # the frame of a synthetic sequence's poses (the room: z up, floor at z = 0)
+SUBSCRIBER_WAIT_S = 10.0  # a timer-paced replay waits this long for its subscribers before the first frame
 Warn = Callable[[str], None]  # where a source says what it skipped or recovered
 
 
@@ -252,33 +254,38 @@ class ReplayPublisher(Node):
     camera namespace of `cameras`.
 
     `on_frame(header, frame)` is called after each publication (the demo matches outputs to ground
-    truth with it); `timer=False` leaves pacing to the caller's `publish_next()`. `published` counts
-    ticks (one frame on every camera).
+    truth with it); `timer=False` leaves pacing to the caller's `publish_next()`. Paced by its timer,
+    it waits up to SUBSCRIBER_WAIT_S for a subscriber on every camera's image_raw and camera_info before
+    the first frame (DDS discovery takes a moment: frames published before it are lost). `ticks` counts
+    ticks (one frame on every camera), `sent` the frames published per camera, `heard` those that had a
+    subscriber.
     """
 
     def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
         node_kwargs.setdefault("namespace", "camera")  # the node's: image_raw is /camera/image_raw for both
         super().__init__("replay", **node_kwargs)
-        for name, (default, desc) in PARAMETERS.items():
-            self.declare_parameter(name, default, desc)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self._params = p
+        self._params = p = declare_parameters(self, PARAMETERS)
         self._on_frame = on_frame
         self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
         self._said: set[str] = set()  # lines already logged (`_first_time`)
         self._frames = self._open()
-        self.published = 0
+        self.ticks = 0
+        self.heard = 0
         self.done = False
         self._said_assumed = False
         qos = QoSProfile(depth=5)  # reliable: both sensor-data (best effort) and reliable subscribers match
         names = p["cameras"]
         if camera_names_problem(names):
             raise ValueError(camera_names_problem(names))
+        self._names = names
+        self.sent = [0] * len(names)
         self._cameras = [{"image": self.create_publisher(Image, _topic(name, "image_raw"), qos),
                           "info": self.create_publisher(CameraInfo, _topic(name, "camera_info"), qos),
                           "pose": self.create_publisher(PoseStamped, _topic(name, "pose"), qos) if self._sequence() else None}
                          for name in names]
         self._timer = self.create_timer(1.0 / p["rate"], self.publish_next) if timer else None
+        self._wait_until = time.monotonic() + SUBSCRIBER_WAIT_S if timer else None  # None: not waiting
+        self._said_waiting = False
         topics = ", ".join(self.resolve_topic_name(_topic(name, "image_raw")) for name in names)
         self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {topics}")
 
@@ -329,11 +336,13 @@ class ReplayPublisher(Node):
         """Publish the next frame on every camera; False once the source (or `count`) is exhausted."""
         if self.done:
             return False
-        if self._params["count"] and self.published >= self._params["count"]:
+        if self._waiting():
+            return True
+        if self._params["count"] and self.ticks >= self._params["count"]:
             return self._finish()
         stamp = self.get_clock().now().to_msg()
         sent = unreadable = 0
-        for publishers in self._cameras:
+        for i, publishers in enumerate(self._cameras):
             try:
                 frame = self._next_frame()
             except ValueError as error:  # a recording unreadable past some point: what it gave was played
@@ -342,19 +351,36 @@ class ReplayPublisher(Node):
                 continue
             if frame is None:
                 break
-            self._send(publishers, frame, Header(stamp=stamp, frame_id=self._params["frame_id"]))
+            self.heard += self._send(publishers, frame, Header(stamp=stamp, frame_id=self._params["frame_id"]))
+            self.sent[i] += 1
             sent += 1
         if sent:
-            self.published += 1
+            self.ticks += 1
         elif not unreadable:
             return self._finish()
         return True
+
+    def _waiting(self) -> bool:
+        """Whether the first frame still waits for subscribers (one line when it starts waiting, one if it gives up)."""
+        if self._wait_until is None:
+            return False
+        missing = [c[k].topic_name for c in self._cameras for k in ("image", "info") if not c[k].get_subscription_count()]
+        if missing and time.monotonic() < self._wait_until:
+            if not self._said_waiting:
+                self._said_waiting = True
+                self.get_logger().info(f"waiting up to {SUBSCRIBER_WAIT_S:g} s for a subscriber on {', '.join(missing)} "
+                                       "before the first frame")
+            return True
+        if missing:
+            self.get_logger().warning(f"no subscriber on {', '.join(missing)} after {SUBSCRIBER_WAIT_S:g} s: publishing anyway")
+        self._wait_until = None
+        return False
 
     def _finish(self) -> bool:
         self.done = True
         if self._timer is not None:
             self._timer.cancel()
-        self.get_logger().info(f"replay finished after {self.published} frames")
+        self.get_logger().info(finished_line(self._names, self.sent, self.heard))
         return False
 
     def _next_frame(self) -> Frame | None:
@@ -364,7 +390,8 @@ class ReplayPublisher(Node):
             frame = next(self._frames, None)
         return frame
 
-    def _send(self, publishers: dict, frame: Frame, header: Header) -> None:
+    def _send(self, publishers: dict, frame: Frame, header: Header) -> bool:
+        """Publish `frame` on one camera's topics; whether its image topic had a subscriber."""
         if frame.assumed and not self._said_assumed:
             self._said_assumed = True
             self.get_logger().warning(f"frame {frame.index} of {self._params['source']} has no calibration: camera_info carries "
@@ -377,6 +404,14 @@ class ReplayPublisher(Node):
             publishers["pose"].publish(pose_stamped(frame.pose, Header(stamp=header.stamp, frame_id=WORLD_FRAME)))
         if self._on_frame is not None:
             self._on_frame(header, frame)
+        return publishers["image"].get_subscription_count() > 0
+
+
+def finished_line(cameras: list[str], sent: list[int], heard: int) -> str:
+    """The replay's last line: frames actually published (per camera when there are several), and how
+    many of them had a subscriber (0: nothing listened, the frames went nowhere)."""
+    per_camera = f": {', '.join(f'{c} {n}' for c, n in zip(cameras, sent))}" if len(cameras) > 1 else ""
+    return f"replay finished after {sum(sent)} frames{per_camera} ({heard} with a subscriber)"
 
 
 def _topic(camera: str, name: str) -> str:

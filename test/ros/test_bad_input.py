@@ -197,6 +197,77 @@ def test_implausible_intrinsics_are_refused_once_per_camera_and_the_frames_run_w
     assert "its frames get the fov_deg 60 pinhole K and the metric model runs without K" in err
 
 
+def test_calibration_refusals_of_many_frame_ids_are_one_throttled_line(system, capfd):
+    """300 camera_info of random frame_ids with fx = 1e-6 gave 82 WARN lines (the throttle was keyed
+    by frame_id): one kind of problem is one line per THROTTLE_S, whatever the frame_ids; every
+    frame is still published on the fallback pinhole."""
+    node, _, _, probe, pubs = system
+    node._last_log.clear()  # earlier tests refused calibrations less than THROTTLE_S ago
+    capfd.readouterr()
+    published = 0
+    for i in range(12):
+        image, info = _calibration(f"random_{i}_{next(STAMP) % 997}", _set(k=[1e-6, 0, 20, 0, 1e-6, 15, 0, 0, 1], p=[0.0] * 12))(*_frame())
+        pubs["info"].publish(info)
+        wait_for(lambda: info.header.frame_id in node.cameras[0].infos, 10, "the CameraInfo")
+        pubs["image"].publish(image)
+        stamp = stamp_ns(image.header)
+        wait_for(lambda: probe.has([DEPTH], stamp), 60, f"frame {i}'s depth")
+        published += 1
+    err = capfd.readouterr().err
+    assert published == 12
+    assert err.count("refused: camera_info K: fx = 1e-06 px is impossible for 40 px wide images") == 1, err
+
+
+def test_problem_key_blanks_names_and_numbers_only():
+    from sharpdepth_ros.node import problem_key
+
+    a = problem_key("calibration", "camera_info of frame_id 'x1' refused: fx = 1e-06 px is impossible for 40 px wide images")
+    b = problem_key("calibration", "camera_info of frame_id 'other' refused: fx = 2e-07 px is impossible for 64 px wide images")
+    assert a == b == "calibration:camera_info of frame_id # refused: fx = #e-# px is impossible for # px wide images"
+    assert problem_key("input", "front: x") != problem_key("input", "rear: x") != problem_key("model", "rear: x")
+
+
+def test_a_degenerate_aspect_ratio_does_not_get_the_fallback_pinhole(system, capfd):
+    """A 1x5000 image with fx = fy = 500 (refused: 0.1° wide) got the 60° fov_deg pinhole, 179.96°
+    tall, and published points 2680 m out: such a frame is skipped with one line saying the bound,
+    with a refused calibration and with none (use_camera_intrinsics false) alike."""
+    node, _, _, probe, pubs = system
+    node._last_log.clear()
+    capfd.readouterr()
+    tall = np.zeros((5000, 1, 3), np.uint8)
+    hdr = header(next(STAMP), "tall_cam")
+    pubs["info"].publish(pinhole_info(np.array([[500.0, 0, 0], [0, 500.0, 2499.5], [0, 0, 1]]), (5000, 1), hdr))
+    wait_for(lambda: "tall_cam" in node.cameras[0].infos, 10, "the CameraInfo")
+    before = dict(node.stats.rejected)
+    pubs["image"].publish(encode_image(tall, "rgb8", hdr=hdr))
+    wait_for(lambda: node.stats.rejected.get("calibration", 0) == before.get("calibration", 0) + 1, 30, "the tall frame to be skipped")
+    bound = "a 1x5000 image (aspect ratio 5000:1, at most 10:1) cannot get the fov_deg 60 pinhole (it would see 180° vertically)"
+    assert "camera_info K: fx = 500 px is impossible for 1 px wide images" in node.last_rejection and bound in node.last_rejection
+    assert node.set_parameters([Parameter("use_camera_intrinsics", value=False)])[0].successful
+    try:
+        hdr2 = header(next(STAMP), "tall_uncalibrated")
+        pubs["image"].publish(encode_image(tall, "rgb8", hdr=hdr2))
+        wait_for(lambda: node.stats.rejected.get("input", 0) == before.get("input", 0) + 1, 30, "the uncalibrated tall frame to be skipped")
+        assert node.last_rejection.startswith(bound)
+    finally:
+        assert node.set_parameters([Parameter("use_camera_intrinsics", value=True)])[0].successful
+    image, info = _frame()
+    pubs["info"].publish(info)
+    pubs["image"].publish(image)
+    wait_for(lambda: probe.has([DEPTH], stamp_ns(image.header)), 60, "the next valid frame's depth")
+    assert probe.by_stamp(DEPTH, stamp_ns(hdr)) is None and probe.by_stamp(DEPTH, stamp_ns(hdr2)) is None
+    err = capfd.readouterr().err
+    assert err.count(bound) == 2 and "its frames get the fov_deg" not in err, err
+
+
+def test_fallback_problem_bounds_the_aspect_ratio_both_ways():
+    from sharpdepth_core.geometry import fallback_problem
+
+    assert fallback_problem((480, 4800), 60.0) is None and fallback_problem((4800, 480), 60.0) is None  # 10:1
+    assert "aspect ratio 11:1, at most 10:1" in fallback_problem((100, 1100), 60.0)
+    assert "(it would see 179.8° vertically)" in fallback_problem((1100, 1), 60.0)
+
+
 def test_compressed_input_and_undecodable_bytes(system):
     _, node, _, probe, pubs = system
     ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(SCENE.rgb[..., ::-1]))

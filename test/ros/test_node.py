@@ -258,25 +258,26 @@ def test_startup_line_names_model_backend_device_dtype_grid_engine_and_threads(r
     assert line.startswith("[WARN]") and "(distilled from the embedded synthetic-scene models): not for real cameras" in line
 
 
-def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, capfd):
+def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, capfd, ros_context):
     """export.json records the fixed grid's processing_res and the student's weight hash; the node's
     exported-engine loader checks both before the first frame (which would otherwise be dropped as
-    bad input, like every frame after it)."""
+    bad input, like every frame after it), and the running node refuses a processing_res the fixed
+    grid cannot run (it passed validation, then failed every frame)."""
     from sharpdepth_core.cli import main
     from sharpdepth_core.engines import OnnxEngine
     from helpers_models import scene_image
     from sharpdepth_ros.loaders import load_exported_pipeline
 
     pipeline = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "pipeline")
-    fixed = tmp_path / "fixed56"
-    assert main(["export", "--model", str(pipeline), "--out", str(fixed), "--input-size", "64x48", "--fixed", "--processing-res", "56"]) == 0
+    fixed = tmp_path / "fixed96"
+    assert main(["export", "--model", str(pipeline), "--out", str(fixed), "--input-size", "64x48", "--fixed", "--processing-res", "96"]) == 0
     settings = {name: default for name, (default, _) in node_module.PARAMETERS.items()}
     settings.update(device="cpu", model=str(pipeline), engine="onnx", engine_dir=str(fixed))
-    with pytest.raises(ValueError, match="made with processing_res 56 for 64x48 camera images, but the pipeline runs at "
-                                         "processing_res 64: set processing_res to 56"):
+    with pytest.raises(ValueError, match="made with processing_res 96 for 64x48 camera images, but the pipeline runs at "
+                                         "processing_res 64: set processing_res to 96"):
         load_exported_pipeline(settings)
-    pipe = load_exported_pipeline({**settings, "processing_res": 56})
-    assert isinstance(pipe.engine, OnnxEngine) and pipe.processing_res == 56
+    pipe = load_exported_pipeline({**settings, "processing_res": 96})
+    assert isinstance(pipe.engine, OnnxEngine) and pipe.processing_res == 96
     rgb, _ = scene_image(0)
     assert torch.isfinite(pipe(rgb, seed=0).depth).all()  # and it runs frames of that camera
 
@@ -288,7 +289,35 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
     argv = ["sharpdepth_node", "--ros-args", "-p", f"model:={pipeline}", "-p", "engine:=onnx", "-p", f"engine_dir:={fixed}", "-p", "device:=cpu"]
     assert node_module.main(argv) == 1
     err = capfd.readouterr().err
-    assert "set processing_res to 56" in err and "Traceback" not in err
+    assert "set processing_res to 96" in err and "Traceback" not in err
+
+    from rclpy.parameter import Parameter
+
+    node = SharpDepthNode(context=ros_context, namespace="fixed", parameter_overrides=[
+        Parameter(k, value=v) for k, v in {"model": str(pipeline), "device": "cpu", "engine": "onnx", "engine_dir": str(fixed),
+                                           "processing_res": 96}.items()])
+    try:
+        refused = node.set_parameters([Parameter("processing_res", value=64)])[0]
+        assert not refused.successful and node._settings["processing_res"] == 96
+        assert refused.reason == ("processing_res 64: the onnx engine's export has a fixed 72x96 (HxW) grid for processing_res 96, "
+                                  "the only value it runs (or 0); export again with --processing-res 64 for another")
+        assert all(node.set_parameters([Parameter("processing_res", value=v)])[0].successful for v in (0, 96))
+    finally:
+        node.destroy_node()
+
+
+def test_processing_res_problem_only_for_fixed_grid_exports():
+    from types import SimpleNamespace
+
+    from sharpdepth_ros.node import processing_res_problem
+
+    def pipe(image_hw):
+        return SimpleNamespace(processing_res=56, engine=SimpleNamespace(name="tensorrt", manifest=SimpleNamespace(image_hw=image_hw)))
+
+    assert processing_res_problem(96, pipe(None)) is None  # a dynamic export runs any grid
+    assert processing_res_problem(96, SimpleNamespace(processing_res=56, engine=object())) is None  # pytorch
+    assert processing_res_problem(0, pipe((48, 64))) is None and processing_res_problem(56, pipe((48, 64))) is None
+    assert processing_res_problem(96, pipe((48, 64))).startswith("processing_res 96: the tensorrt engine's export has a fixed 48x64")
 
 
 class Timed(SharpDepthPipeline):

@@ -169,6 +169,47 @@ def test_reliable_input_through_the_documented_qos_overrides(ros_context, tiny_p
         n.destroy_node()
 
 
+LONG_NAME = "a" * 5000
+
+
+@pytest.mark.parametrize(
+    "module_name, arg, line",
+    [
+        ("node", "cameras:=[]", "parameter cameras: expected a list of strings (such as ['front', 'rear']), got [], an empty list"),
+        ("node", "cameras:=5", "parameter cameras: expected a list of strings (such as ['front', 'rear']), got 5 (an integer)"),
+        ("node", "num_threads:=abc", "parameter num_threads: expected an integer, got 'abc' (a string)"),
+        ("node", "fov_deg:=90", "parameter fov_deg: expected a floating-point number (write 60.0, not 60), got 90 (an integer)"),
+        ("node", "publish_points:=1", "parameter publish_points: expected true or false, got 1 (an integer)"),
+        ("node", "max_input_pixels:=[]", "parameter max_input_pixels: expected an integer, got [], an empty list"),
+        ("node", f"cameras:=[{LONG_NAME}]", "cameras: a name of 5000 characters ('aaaaaaaaaaaaaaaaaaaa...'); at most 64"),
+        ("node", 'cameras:=[1, "x"]', "bad command line: failed to initialize rcl: Couldn't parse parameter override rule"),
+        ("replay", "rate:=5", "parameter rate: expected a floating-point number (write 60.0, not 60), got 5 (an integer)"),
+        ("replay", "cameras:=[]", "parameter cameras: expected a list of strings (such as ['front', 'rear']), got [], an empty list"),
+        ("replay", f"cameras:=[{LONG_NAME}]", "cameras: a name of 5000 characters ('aaaaaaaaaaaaaaaaaaaa...'); at most 64"),
+    ],
+)
+def test_a_start_up_value_of_the_wrong_type_is_one_fatal_line_naming_the_parameter_and_type(module_name, arg, line, capfd):
+    """Not rclpy's InvalidParameterTypeException / RCLError traceback, nor a TypeError from an empty
+    list (which rclpy lets through as None for a parameter of any type); nothing is loaded first."""
+    import importlib
+
+    module = importlib.import_module(f"sharpdepth_ros.{module_name}")
+    assert module.main([f"sharpdepth_{module_name}", "--ros-args", "-p", "device:=cpu" if module_name == "node" else "loop:=false",
+                        "-p", arg]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    (fatal,) = [x for x in err.splitlines() if "FATAL" in x]
+    assert line in fatal and len(fatal) < 400, fatal
+
+
+def test_type_problem_passes_the_declared_type_only():
+    from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, type_problem
+
+    assert [type_problem("p", v, k) for v, k in [("a", STR), (3, INT), (3.0, FLOAT), (False, BOOL), (["a"], STR_ARRAY)]] == [None] * 5
+    assert type_problem("p", True, INT) == "parameter p: expected an integer, got True (true or false)"
+    assert type_problem("p", "x" * 100, INT) == f"parameter p: expected an integer, got '{'x' * 36}... (a string)"
+
+
 def test_missing_model_is_one_line_and_exit_code_1(tmp_path, capfd):
     """The console entry point (`ros2 run sharpdepth_ros sharpdepth_node`), in this process."""
     assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tmp_path / 'nowhere'}"]) == 1

@@ -200,3 +200,58 @@ def test_replay_lives_in_the_nodes_namespace_and_says_once_when_K_is_assumed(ros
         replay.destroy_node()
     np.testing.assert_allclose(np.reshape(received[0].k, (3, 3)), pinhole_K(16, 12, 60.0))
     assert capfd.readouterr().err.count("has no calibration: camera_info carries a pinhole K of fov_deg 60 degrees") == 1
+
+
+def _timed_replay(ros_context, namespace: str, **params) -> ReplayPublisher:
+    values = {"scenes": 1, "width": 16, "height": 12, "rate": 20.0, **params}
+    return ReplayPublisher(context=ros_context, namespace=namespace, timer=True,
+                           parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+
+def test_a_timer_paced_replay_waits_for_its_subscriber_and_counts_the_frames_heard(ros_context, capfd):
+    """Started before the node with count 10, the replay said "finished after 10 frames" while the node
+    (still discovering) got nothing, in 2 of 4 tries: it now waits (bounded, said once) for a
+    subscriber on image_raw and camera_info, and its last line says how many frames had one."""
+    import time
+
+    import rclpy
+
+    replay = _timed_replay(ros_context, "waitcam", count=3)
+    listener = rclpy.create_node("wait_listener", context=ros_context)
+    received = {"image": [], "info": []}
+    try:
+        capfd.readouterr()
+        with Spinner(ros_context, replay):
+            time.sleep(0.6)  # 12 ticks at 20 Hz
+            assert replay.sent == [0] and replay.ticks == 0 and not replay.done
+            listener.create_subscription(Image, "/waitcam/image_raw", received["image"].append, 10)
+            listener.create_subscription(CameraInfo, "/waitcam/camera_info", received["info"].append, 10)
+            with Spinner(ros_context, listener):
+                wait_for(lambda: replay.done, 20, "the replay to finish")
+                wait_for(lambda: len(received["image"]) == 3 and len(received["info"]) == 3, 10, "three frames")
+    finally:
+        replay.destroy_node()
+        listener.destroy_node()
+    err = capfd.readouterr().err
+    assert err.count("waiting up to 10 s for a subscriber on /waitcam/image_raw, /waitcam/camera_info before the first frame") == 1
+    assert "replay finished after 3 frames (3 with a subscriber)" in err and "publishing anyway" not in err
+
+
+def test_the_wait_is_bounded_and_the_last_line_counts_each_cameras_frames(ros_context, capfd, monkeypatch):
+    """With nobody listening it publishes after SUBSCRIBER_WAIT_S, says so, and its last line counts
+    the frames published per camera (it counted ticks: "2 frames" for 4), none of them heard."""
+    from sharpdepth_ros import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "SUBSCRIBER_WAIT_S", 0.3)
+    replay = _timed_replay(ros_context, "nobody", count=2, cameras=["left", "right"])
+    try:
+        capfd.readouterr()
+        with Spinner(ros_context, replay):
+            wait_for(lambda: replay.done, 20, "the replay to finish")
+    finally:
+        replay.destroy_node()
+    assert replay.sent == [2, 2] and replay.heard == 0
+    err = capfd.readouterr().err
+    assert err.count("no subscriber on /nobody/left/image_raw, /nobody/left/camera_info, /nobody/right/image_raw, "
+                     "/nobody/right/camera_info after 0.3 s: publishing anyway") == 1, err
+    assert "replay finished after 4 frames: left 2, right 2 (0 with a subscriber)" in err, err
