@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 
 from sharpdepth_core.engines import OnnxEngine, TensorRTEngine
-from sharpdepth_core.export import StudentUNet, VaeDecoder, VaeEncoder, export_onnx
+from sharpdepth_core.export import VaeDecoder, VaeEncoder, export_onnx
+from sharpdepth_core.models.student import StudentUNet
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.models import tiny
 from sharpdepth_core.models.light_decoder import LightDepthDecoder

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
+from .hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
 from .speed import SPEEDS
 
@@ -318,7 +318,7 @@ def _check_model_arguments(args) -> None:
 def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.device, Path, list | None] | None:
     """(images, inputs that gave no image, camera, device, output folder, poses or None): everything
     checked that can be without the models; None (said on stderr) when there is nothing to process."""
-    from .engines import check_device
+    from .devices import check_device
     from .preprocessing import check_processing_res
 
     _check_model_arguments(args)
@@ -633,7 +633,8 @@ def _model_processing_res(args) -> int:
 
 
 def run_export(args) -> int:
-    from .engines import TensorRTEngine, check_device
+    from .devices import check_device
+    from .engines import TensorRTEngine
     from .export import export_aoti, export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
     from .preprocessing import check_processing_res, plan_resize

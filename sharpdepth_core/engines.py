@@ -29,48 +29,16 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .export import AOTI_SHAPE_KEY, GRAPHS, ExportManifest, StudentUNet, check_export_matches, shape_text, student_weights_sha256
+from .export import AOTI_SHAPE_KEY, GRAPHS, ExportManifest, check_export_matches, shape_text, student_weights_sha256
 from .files import read_recorded, write_recorded
 from .models.hub import to_dtype
-from .models.student import DiffusionDepthModel
+from .models.student import DiffusionDepthModel, StudentUNet
 from .speed import FastPath
 
 EXPORTED_ENGINES = ("onnx", "tensorrt", "aoti")
 ENGINES = ("pytorch", *EXPORTED_ENGINES)
 log = logging.getLogger(__name__)
 FRAME_RECOMPILE_LIMIT = 64  # compiled frames kept per pipeline function (`compiled`)
-DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
-
-
-class DeviceUnavailable(ValueError):
-    """A well-formed device name this machine lacks. `reason` says why without a remedy, so that each
-    front end (CLI option, node parameter) can name its own."""
-
-    def __init__(self, name: str, reason: str, remedy: str | None = "use cpu"):
-        super().__init__(f"device {name!r}: {reason}" + (f"; {remedy}" if remedy else ""))
-        self.reason = reason
-
-
-def check_device(name: str) -> torch.device:
-    """A device name (auto, cpu, cuda, cuda:N, mps) as a torch.device that exists on this machine,
-    checked before any model loads; ValueError (one line) otherwise, DeviceUnavailable for a
-    device this machine lacks. auto: cuda when available."""
-    m = DEVICE_NAME.match(str(name))
-    if not m:
-        raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-    kind = m[1] or "cuda"
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceUnavailable(name, f"CUDA is not available here ({why})")
-        count = torch.cuda.device_count()
-        if m[2] is not None and int(m[2]) >= count:
-            raise DeviceUnavailable(name, f"only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})", None)
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailable(name, "Apple MPS is not available here")
-    return torch.device(name)
 
 
 class DepthEngine(Protocol):

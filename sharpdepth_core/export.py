@@ -38,9 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from .files import RECORD_SUFFIX, Extra, is_recorded, replacing_dir
-from .gating import TIMESTEP
 from .models.hub import to_dtype
-from .models.student import DiffusionDepthModel, vae_dtype
+from .models.student import DiffusionDepthModel, StudentUNet, vae_dtype
 
 GRAPHS = ("unet", "vae_encoder", "vae_decoder")
 FORMATS = {"onnx": "onnx", "aoti": "pt2"}  # export.json's format -> the graphs' file suffix
@@ -59,29 +58,6 @@ OPSET = 17
 AOTI_SHAPE_KEY = "sharpdepth_input_shape"  # an AOTI package's own record of the one input shape it was compiled for
 FORMAT_VERSION = 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under protobuf's 2 GB: beyond it the weights go to .onnx.data
-
-
-class StudentUNet(nn.Module):
-    """G_θ as one tensor in, one tensor out: `x [B, 8, h, w] -> x0 [B, 4, h, w]`, float32 at both ends.
-
-    The constant conditioning (t = 999 as a tensor, the cached empty-prompt embedding, the task
-    embedding) lives on the module, so the graph has no host-side inputs: what ONNX needs, and what
-    a CUDA graph needs (a Python timestep would be a host-to-device copy inside the capture). It calls
-    the student's own UNet keyword and x0 hooks, so it computes exactly `student(z_img, z_depth)`.
-    The timestep is [t], the tensor diffusers makes of the student's int t (a 0-d one fails AOTInductor's lowering).
-    """
-
-    def __init__(self, student: DiffusionDepthModel):
-        super().__init__()
-        self.student = student
-        self.register_buffer("timestep", torch.tensor([TIMESTEP], device=student.device), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c = x.shape[0], x.shape[1] // 2
-        unet = self.student.unet
-        text = self.student.prompt_embeds.expand(b, -1, -1).to(unet.dtype)
-        out = unet(x.to(unet.dtype), self.timestep, encoder_hidden_states=text, **self.student._unet_kwargs(b)).sample
-        return self.student._to_x0(out.float(), x[:, c:])
 
 
 class VaeEncoder(nn.Module):

@@ -24,6 +24,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .embedded import EMBEDDED_DIR
+from .hub_ids import LOTUS_G_ID
 from .limits import MAX_PROCESSING_RES  # the training grid is bounded like the inference grid
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
     """Everything a run needs; the defaults are the `reference` preset."""
 
     # models
-    teacher: str = _opt("jingheya/lotus-depth-g-v1-0", "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
+    teacher: str = _opt(LOTUS_G_ID, "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
     student_init: str | None = _opt(None, "initial student weights (default: the teacher)")
     metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2, small-conv")
     metric_path: str | None = _opt(None, "f_D weights folder or hub id (default: the backend's usual checkpoint)")

@@ -1,14 +1,11 @@
-"""The pipeline the depth node's parameters name: one loader per inference engine, and the start-up
-line that says what loaded (a mistyped parameter shows there). No ROS here: settings are a dict of
-the node's parameter values."""
+"""The pipeline the depth node's parameters name, and the start-up line that says what loaded (a
+mistyped parameter shows there). No ROS here: settings are a dict of the node's parameter values,
+mapped one to one to `SharpDepthPipeline.from_pretrained`, where every pipeline is assembled."""
 from __future__ import annotations
-
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from sharpdepth_core.engines import DeviceUnavailable, FastPath, check_device, exported_engine
+from sharpdepth_core.devices import DeviceUnavailable, check_device
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
@@ -24,51 +21,25 @@ def resolve_device(name: str) -> str:
         raise ValueError(f"device '{name}' is not available: {exc.reason}; use device:=cpu or auto") from None
 
 
-def load_pytorch_pipeline(settings: dict, fast: FastPath | None = None) -> SharpDepthPipeline:
-    """The PyTorch engine: `SharpDepthPipeline.from_pretrained` on a pipeline folder (default: the
-    embedded models) or on a student + metric backend, at the `speed` preset (`fast`: instead of the
-    preset's PyTorch options)."""
-    device = resolve_device(settings["device"])
+def load_pipeline(settings: dict) -> SharpDepthPipeline:
+    """A pipeline folder (default: the embedded models) or a student + metric backend, at the `speed`
+    preset, its networks run by `engine` (an exported one from `engine_dir`: TensorRT plans build on
+    first use unless prebuilt with `sharpdepth export --tensorrt`, AOTI packages were compiled at export;
+    an export made for another grid or student is refused in one line instead of every frame)."""
     return SharpDepthPipeline.from_pretrained(
         None if settings["student"] else (settings["model"] or EMBEDDED_DIR),
         student=settings["student"] or None,
         metric=settings["metric_backend"] or None,
         metric_path=settings["metric_model"] or None,
-        device=device,
+        device=resolve_device(settings["device"]),
         dtype=DTYPES[settings["dtype"]],
         processing_res=settings["processing_res"] or None,
         speed=settings["speed"],
         difference=settings["difference_map"] or None,
-        fast=fast,
+        engine=settings["engine"],
+        engine_dir=settings["engine_dir"] or None,
+        engine_cache=settings["engine_cache"] or None,
     )
-
-
-def load_exported_pipeline(settings: dict) -> SharpDepthPipeline:
-    """onnx / tensorrt / aoti: the same pipeline, its networks run from a `sharpdepth export` folder
-    (the metric model stays in PyTorch). TensorRT engines build on first use unless prebuilt
-    (`sharpdepth export --tensorrt`), so the first frame may take minutes; AOTI packages are compiled
-    at export. An export made for another processing grid or of another student is refused here, in
-    one line, instead of every frame."""
-    pipe = load_pytorch_pipeline(settings, fast=FastPath())  # the networks run as exported: the preset's algorithm only
-    pipe.engine = exported_engine(
-        settings["engine"],
-        settings["engine_dir"] or None,
-        settings["student"] or Path(settings["model"] or EMBEDDED_DIR) / "student",
-        pipe.processing_res,
-        device=pipe.device,
-        cache_dir=settings["engine_cache"] or None,
-    )
-    return pipe
-
-
-# The node's `engine` parameter -> loader(settings) -> callable(rgb uint8 HxWx3, K=..., seed=...,
-# processing_res=...) -> SharpDepthOutput.
-PIPELINE_LOADERS: dict[str, Callable[[dict], object]] = {
-    "pytorch": load_pytorch_pipeline,
-    "onnx": load_exported_pipeline,
-    "tensorrt": load_exported_pipeline,
-    "aoti": load_exported_pipeline,
-}
 
 
 def _speed_parts(pipeline) -> str:

@@ -36,11 +36,12 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.engines import DEVICE_NAME
+from sharpdepth_core.devices import DEVICE_NAME
+from sharpdepth_core.engines import ENGINES
 from sharpdepth_core.geometry import fallback_problem
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
-from sharpdepth_core.checkpoints import DEPTH_ANYTHING_OUTDOOR_ID
+from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.models.metric import METRIC_BACKENDS
 from sharpdepth_core.pipeline import DIFFERENCE_METHODS
 from sharpdepth_core.limits import MAX_PROCESSING_RES
@@ -59,7 +60,7 @@ from sharpdepth_ros.conversions import (
     pinhole_K,
     remember,
 )
-from sharpdepth_ros.loaders import DTYPES, PIPELINE_LOADERS, describe
+from sharpdepth_ros.loaders import DTYPES, describe, load_pipeline
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
@@ -134,8 +135,8 @@ def validate(name: str, value) -> str | None:
         return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
     if name == "processing_res" and 0 < value < 64:
         return f"processing_res {value} is below 64 (0 = the model's default)"
-    if name == "engine" and value not in PIPELINE_LOADERS:
-        return f"engine '{value}' is not available (available: {', '.join(PIPELINE_LOADERS)})"
+    if name == "engine" and value not in ENGINES:
+        return f"engine '{value}' is not available (available: {', '.join(ENGINES)})"
     if name == "device" and not DEVICE_NAME.match(value):
         return f"device '{value}' is not auto, cpu, cuda, cuda:N or mps"
     if name == "dtype" and value not in DTYPES:
@@ -268,7 +269,7 @@ class SharpDepthNode(Node):
         supplied = pipeline is not None
         quiet_loading()  # the start-up line below says what loaded
         if not supplied:
-            pipeline = PIPELINE_LOADERS[self._settings["engine"]](self._settings)
+            pipeline = load_pipeline(self._settings)
         line, embedded = describe(self._settings, pipeline, supplied)
         (self.get_logger().warning if embedded else self.get_logger().info)(line)
         if getattr(pipeline, "untrained", False):

@@ -1,5 +1,5 @@
-"""Model loaders: the one-step diffusion depth model (Lotus-G / student), the VAE depth codec, metric
-depth backends, Marigold, and tiny random-weight versions of all of them (`tiny`).
+"""Model loaders: the one-step diffusion depth model (Lotus-G / student), the VAE depth codec, the
+metric depth backends and the light depth decoder and encoder.
 
 Every loader takes a local folder or a hub id (`from_pretrained`), reads safetensors only and
 answers in one line what is missing when weights are absent (`MissingWeightsError`) or unusable
@@ -8,12 +8,10 @@ answers in one line what is missing when weights are absent (`MissingWeightsErro
 from ..embedded import EMBEDDED_DIR
 from .codec import DepthCodec
 from .hub import CheckpointError, MissingWeightsError, resolve_model_dir
-from .marigold import MarigoldDepthModel
 from .metric import DEFAULT_METRIC_IDS, METRIC_BACKENDS, load_metric_model
 from .metric_backend import MetricBackend, MetricPrediction
 from .student import PROMPT_EMBEDS_FILE, DiffusionDepthModel
 
-LOTUS_G_ID = "jingheya/lotus-depth-g-v1-0"
 
 __all__ = [
     "CheckpointError",
@@ -21,9 +19,7 @@ __all__ = [
     "DepthCodec",
     "DiffusionDepthModel",
     "EMBEDDED_DIR",
-    "LOTUS_G_ID",
     "METRIC_BACKENDS",
-    "MarigoldDepthModel",
     "MetricBackend",
     "MetricPrediction",
     "MissingWeightsError",

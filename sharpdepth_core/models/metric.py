@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoints import DEFAULT_METRIC_IDS
+from ..hub_ids import DEFAULT_METRIC_IDS
 from ..geometry import focal_intrinsics, nominal_intrinsics
 from .hub import CheckpointError, MissingWeightsError, load_component, read_config, resolve_model_dir, weight_files
 from .metric_backend import MetricBackend, MetricPrediction, imagenet_normalize

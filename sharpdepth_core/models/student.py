@@ -37,6 +37,18 @@ def empty_prompt_embedding(text_encoder: nn.Module, tokenizer) -> Tensor:
     return text_encoder(ids.input_ids.to(text_encoder.device)).last_hidden_state.float().cpu().contiguous()
 
 
+class StudentUNet(nn.Module):
+    """G_θ as one tensor in, one tensor out: `x [B, 2C, h, w] -> x0 [B, C, h, w]`, float32 at both ends,
+    exactly `student(z_img, z_depth)`: the module that `sharpdepth export` traces and the fast path runs."""
+
+    def __init__(self, student: "DiffusionDepthModel"):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student.x0(x).float()
+
+
 def vae_dtype(dtype: torch.dtype, force_upcast: bool = True) -> torch.dtype:
     """The VAE's dtype for a requested one: fp16 only where the VAE config does not ask for upcasting."""
     return torch.float32 if dtype == torch.float16 and force_upcast else dtype
@@ -46,7 +58,9 @@ class DiffusionDepthModel(nn.Module):
     """f_G / G_θ: `forward(z_img, z_depth) -> x0 latent` (one UNet call at t = 999).
 
     Holds `unet`, `vae` and the noise `scheduler` (its ᾱ table serves gating and SDS), plus the
-    buffers `prompt_embeds` [1, N, D] and `task_emb` [1, 4] (not part of the state dict).
+    buffers `prompt_embeds` [1, N, D], `task_emb` [1, 4] and `timestep` [1] (not part of the state
+    dict): the constant conditioning lives on the module, so a call has no host-side inputs (what ONNX
+    and a CUDA graph need: a Python timestep would be a host-to-device copy inside the capture).
     """
 
     what = "diffusion depth model (Lotus-G / SharpDepth student)"
@@ -58,6 +72,8 @@ class DiffusionDepthModel(nn.Module):
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.register_buffer("prompt_embeds", prompt_embeds.float(), persistent=False)
         self.register_buffer("task_emb", task_embedding(), persistent=False)
+        # [t], the tensor diffusers makes of an int t (a 0-d one fails AOTInductor's lowering)
+        self.register_buffer("timestep", torch.tensor([TIMESTEP]), persistent=False)
 
     @property
     def codec(self) -> DepthCodec:
@@ -78,20 +94,17 @@ class DiffusionDepthModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def _unet_kwargs(self, batch: int) -> dict:
-        return {"class_labels": self.task_emb.expand(batch, -1).to(self.dtype)}
-
     def forward(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
         """x0 latent for input `[z_img, z_depth]` (depth slot: noise, a gated latent, or a noisy x0)."""
-        dtype = self.dtype
-        x = torch.cat([z_img, z_depth], dim=1).to(device=self.device, dtype=dtype)
-        text = self.prompt_embeds.expand(x.shape[0], -1, -1).to(dtype)
-        out = self.unet(x, TIMESTEP, encoder_hidden_states=text, **self._unet_kwargs(x.shape[0])).sample
-        return self._to_x0(out.to(z_img.dtype), z_depth)
+        return self.x0(torch.cat([z_img, z_depth], dim=1).to(self.device)).to(z_img.dtype)
 
-    def _to_x0(self, out: Tensor, z_t: Tensor) -> Tensor:
-        """Lotus predicts x0 directly."""
-        return out
+    def x0(self, x: Tensor) -> Tensor:
+        """The one UNet call on the concatenated input `x` [B, 2C, h, w] (Lotus predicts x0 directly),
+        in the UNet's dtype."""
+        dtype, b = self.dtype, x.shape[0]
+        text = self.prompt_embeds.expand(b, -1, -1).to(dtype)
+        labels = self.task_emb.expand(b, -1).to(dtype)
+        return self.unet(x.to(dtype), self.timestep, encoder_hidden_states=text, class_labels=labels).sample
 
     @classmethod
     def _check_unet(cls, unet: UNet2DConditionModel, latent_channels: int, where: str) -> None:

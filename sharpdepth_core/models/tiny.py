@@ -29,7 +29,7 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def tiny_unet(in_channels: int = 8, class_embed: bool = True) -> UNet2DConditionModel:
+def tiny_unet(in_channels: int = 8) -> UNet2DConditionModel:
     """An SD-2-shaped UNet (linear attention projections, cross-attention) with 2 narrow blocks."""
     return UNet2DConditionModel(
         sample_size=8,
@@ -43,8 +43,8 @@ def tiny_unet(in_channels: int = 8, class_embed: bool = True) -> UNet2DCondition
         attention_head_dim=(2, 4),
         norm_num_groups=8,
         use_linear_projection=True,
-        class_embed_type="projection" if class_embed else None,
-        projection_class_embeddings_input_dim=4 if class_embed else None,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=4,
     )
 
 
@@ -64,7 +64,7 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+def tiny_scheduler() -> DDIMScheduler:
     """The SD-2 noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps): nothing tiny about it."""
     return DDIMScheduler(
         num_train_timesteps=1000,
@@ -73,7 +73,6 @@ def tiny_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
-        prediction_type=prediction_type,
     )
 
 
@@ -200,23 +199,6 @@ def tiny_depth_pro(seed: int = 0):
         return DepthProBackend(DepthProForDepthEstimation(config).eval())
 
 
-def save_tiny_marigold(folder: str | Path, seed: int = 0) -> Path:
-    """A real `MarigoldDepthPipeline` folder (model_index.json and all five components, v-prediction)."""
-    from diffusers import MarigoldDepthPipeline
-
-    with _seeded(seed):
-        unet, vae = tiny_unet(class_embed=False), tiny_vae()
-        text_encoder, tokenizer = tiny_clip()
-    scheduler = tiny_scheduler("v_prediction")
-    pipe = MarigoldDepthPipeline(
-        unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-        prediction_type="depth", default_denoising_steps=1, default_processing_resolution=64,
-    )
-    with replacing_dir(folder) as tmp:
-        pipe.save_pretrained(tmp)
-    return Path(folder)
-
-
 def tiny_pipeline(seed: int = 0, processing_res: int = 64, metric: str = "depth-anything-v2"):
     """A SharpDepthPipeline of tiny random models, marked `untrained` (its output must be labelled so)."""
     from ..pipeline import SharpDepthPipeline
@@ -227,7 +209,7 @@ def tiny_pipeline(seed: int = 0, processing_res: int = 64, metric: str = "depth-
 
 def save_tiny_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """Save every tiny model under `folder`; returns {name: path} for "student", "release" (the
-    official-release layout), "depth-anything-v2", "depth-pro", "marigold" and "pipeline" (a
+    official-release layout), "depth-anything-v2", "depth-pro" and "pipeline" (a
     SharpDepthPipeline folder: tiny student + Depth Anything, processing_res 64, untrained)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,5 +219,4 @@ def save_tiny_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
         "release": save_tiny_release(folder / "release", seed),
         "depth-anything-v2": tiny_depth_anything(seed).save_pretrained(folder / "depth-anything-v2"),
         "depth-pro": tiny_depth_pro(seed).save_pretrained(folder / "depth-pro"),
-        "marigold": save_tiny_marigold(folder / "marigold", seed),
     }

@@ -11,7 +11,7 @@ from sharpdepth_core.models import tiny
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Every tiny model saved once per session (student, release layout, metric backends, Marigold, pipeline)."""
+    """Every tiny model saved once per session (student, release layout, metric backends, pipeline)."""
     return tiny.save_tiny_models(tmp_path_factory.mktemp("tiny"))
 
 

@@ -453,7 +453,7 @@ def test_one_outdoor_depth_anything_checkpoint_is_named_everywhere(capsys, monke
     same outdoor Depth Anything checkpoint (they disagreed: -Outdoor-Small-hf against -Outdoor-Large-hf)."""
     import re
 
-    from sharpdepth_core.checkpoints import DEFAULT_METRIC_IDS, DEPTH_ANYTHING_OUTDOOR_ID
+    from sharpdepth_core.hub_ids import DEFAULT_METRIC_IDS, DEPTH_ANYTHING_OUTDOOR_ID
 
     monkeypatch.setenv("COLUMNS", "1000")
     with pytest.raises(SystemExit):

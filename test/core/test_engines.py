@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from helpers_models import scene_image
+from sharpdepth_core.devices import check_device
 from sharpdepth_core.engines import (
     EngineKey,
-    FastPath,
     OnnxEngine,
     TorchEngine,
     cached_engine,
-    check_device,
     load_engine,
 )
 from sharpdepth_core.export import export_onnx
 from sharpdepth_core.models import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
+from sharpdepth_core.speed import FastPath
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
 

@@ -1,4 +1,4 @@
-"""Loaders, codec, metric backends and Marigold, on tiny real diffusers/transformers models (CPU)."""
+"""Loaders, codec and metric backends, on tiny real diffusers/transformers models (CPU)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,6 @@ from sharpdepth_core.models import (
     PROMPT_EMBEDS_FILE,
     CheckpointError,
     DiffusionDepthModel,
-    MarigoldDepthModel,
     MissingWeightsError,
     load_metric_model,
     tiny,
@@ -430,28 +429,6 @@ def test_unidepth_pre_and_post_processing_with_a_stand_in(monkeypatch, tmp_path,
     assert isinstance(unknown_camera, MetricPrediction)
 
 
-# --- Marigold --------------------------------------------------------------------------------
-
-
-def test_marigold_folder_is_a_diffusers_pipeline_and_a_teacher(tiny_dirs, tmp_path):
-    from diffusers import MarigoldDepthPipeline
-
-    MarigoldDepthPipeline.from_pretrained(tiny_dirs["marigold"])  # the real diffusers layout
-    model = MarigoldDepthModel.from_pretrained(tiny_dirs["marigold"])
-    assert model.scheduler.config.prediction_type == "v_prediction"
-    z_i, z_t = latents(10, b=1), latents(11, b=1)
-    out = model.unet(torch.cat([z_i, z_t], 1), TIMESTEP, encoder_hidden_states=model.prompt_embeds).sample
-    # x0 from the v-prediction equals diffusers' own DDIM conversion at t = 999
-    model.scheduler.set_timesteps(1)
-    assert torch.allclose(model(z_i, z_t), model.scheduler.step(out, TIMESTEP, z_t).pred_original_sample, atol=1e-5)
-    loaded = MarigoldDepthModel.from_pretrained(model.save_pretrained(tmp_path / "marigold"))
-    assert same(loaded(z_i, z_t), model(z_i, z_t))
-    with pytest.raises(CheckpointError, match="no class embedding"):
-        MarigoldDepthModel.from_pretrained(tiny_dirs["student"])
-    with pytest.raises(CheckpointError, match="need 'projection' with 4"):
-        DiffusionDepthModel.from_pretrained(tiny_dirs["marigold"])
-
-
 def test_empty_prompt_embedding_has_start_and_end_tokens():
     text_encoder, tokenizer = tiny.tiny_clip()
     assert empty_prompt_embedding(text_encoder, tokenizer).shape == (1, 2, tiny.TEXT_DIM)
@@ -491,7 +468,6 @@ _LOADERS = {
     "student vae": (lambda d, t: shutil.copytree(d["student"], t / "m"), "vae", DiffusionDepthModel.from_pretrained),
     "release text encoder": (lambda d, t: shutil.copytree(d["release"], t / "m", ignore=shutil.ignore_patterns(PROMPT_EMBEDS_FILE)),
                              "text_encoder", DiffusionDepthModel.from_pretrained),
-    "marigold unet": (lambda d, t: shutil.copytree(d["marigold"], t / "m"), "unet", MarigoldDepthModel.from_pretrained),
     "depth-anything-v2": (lambda d, t: shutil.copytree(d["depth-anything-v2"], t / "m"), ".",
                           lambda f: load_metric_model("depth-anything-v2", f)),
     "depth-pro": (lambda d, t: shutil.copytree(d["depth-pro"], t / "m"), ".", lambda f: load_metric_model("depth-pro", f)),
