@@ -35,18 +35,17 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from sharpdepth_core.engines import FastPath, exported_engine
-    from sharpdepth_core.models import EMBEDDED_DIR
+    from sharpdepth_core.embedded import EMBEDDED_DIR
     from sharpdepth_core.pipeline import SharpDepthPipeline
+    from sharpdepth_core.speed import FastPath
     from sharpdepth_core.synthetic import render_scene
 
     torch.set_num_threads(args.threads)
     stamps["imported"] = time.time()
     model = Path(args.model or EMBEDDED_DIR)
     fast = FastPath(compile=True) if args.child.startswith("compile") else None
-    pipe = SharpDepthPipeline.from_pretrained(model, device=args.device, fast=fast)
-    if args.child == "aoti":
-        pipe.engine = exported_engine("aoti", args.export, model / "student", pipe.processing_res, pipe.device)
+    engine = {"engine": "aoti", "engine_dir": args.export} if args.child == "aoti" else {}
+    pipe = SharpDepthPipeline.from_pretrained(model, device=args.device, fast=fast, **engine)
     stamps["loaded"] = time.time()
     w, h = args.input_size
     rgb = render_scene(0, w, h).rgb

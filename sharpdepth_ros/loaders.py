@@ -53,6 +53,14 @@ def _speed_parts(pipeline) -> str:
     return ", ".join(parts)
 
 
+def _precision(pipeline) -> str:
+    """The UNet's precision: the PyTorch student's dtype, or what the export recorded (no student is loaded then)."""
+    student, manifest = getattr(pipeline, "student", None), getattr(getattr(pipeline, "engine", None), "manifest", None)
+    if student is not None:
+        return str(student.dtype).removeprefix("torch.")
+    return f"{manifest.graphs['unet'].precision} (exported)" if manifest is not None else "unknown"
+
+
 def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
     """The start-up line (what runs, where, at which grid) and whether its models know synthetic scenes
     only (the embedded models, or a student distilled from them)."""
@@ -68,12 +76,11 @@ def describe(settings: dict, pipeline, supplied: bool) -> tuple[str, bool]:
     if synthetic:
         model += (" (distilled from the embedded synthetic-scene models)" if settings["student"] or settings["model"] else "")
         model += ": not for real cameras (set model or student to full-size models)"
-    student = getattr(pipeline, "student", None)
     grid = settings["processing_res"] or getattr(pipeline, "processing_res", "unknown")  # the grid frames will use
     parts = [
         f"metric backend {getattr(getattr(pipeline, 'metric_model', None), 'name', 'unknown')}",
         f"device {getattr(pipeline, 'device', 'unknown')}",
-        f"dtype {str(getattr(student, 'dtype', 'unknown')).removeprefix('torch.')}",
+        f"dtype {_precision(pipeline)}",
         f"processing grid {grid} px (longer edge)",
         f"speed {settings['speed']}" + (f" ({_speed_parts(pipeline)})" if settings["speed"] != "exact" else ""),
         f"engine {settings['engine']}" + (f" ({settings['engine_dir']})" if settings["engine_dir"] else ""),

@@ -266,7 +266,7 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
     from sharpdepth_core.cli import main
     from sharpdepth_core.engines import OnnxEngine
     from helpers_models import scene_image
-    from sharpdepth_ros.loaders import load_exported_pipeline
+    from sharpdepth_ros.loaders import load_pipeline
 
     pipeline = tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path / "pipeline")
     fixed = tmp_path / "fixed96"
@@ -275,8 +275,8 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
     settings.update(device="cpu", model=str(pipeline), engine="onnx", engine_dir=str(fixed))
     with pytest.raises(ValueError, match="made with processing_res 96 for 64x48 camera images, but the pipeline runs at "
                                          "processing_res 64: set processing_res to 96"):
-        load_exported_pipeline(settings)
-    pipe = load_exported_pipeline({**settings, "processing_res": 96})
+        load_pipeline(settings)
+    pipe = load_pipeline({**settings, "processing_res": 96})
     assert isinstance(pipe.engine, OnnxEngine) and pipe.processing_res == 96
     rgb, _ = scene_image(0)
     assert torch.isfinite(pipe(rgb, seed=0).depth).all()  # and it runs frames of that camera
@@ -284,7 +284,7 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
     other = tiny.tiny_student(seed=1).save_pretrained(tmp_path / "other_student")
     assert main(["export", "--student", str(other), "--out", str(tmp_path / "other")]) == 0
     with pytest.raises(ValueError, match=r"export .*other is of another student model \(weights SHA-256"):
-        load_exported_pipeline({**settings, "engine_dir": str(tmp_path / "other")})
+        load_pipeline({**settings, "engine_dir": str(tmp_path / "other")})
     capfd.readouterr()
     argv = ["sharpdepth_node", "--ros-args", "-p", f"model:={pipeline}", "-p", "engine:=onnx", "-p", f"engine_dir:={fixed}", "-p", "device:=cpu"]
     assert node_module.main(argv) == 1

@@ -17,7 +17,7 @@ from helpers_ros import Spinner, node_parameters, wait_for
 
 from sharpdepth_ros import node as node_module
 from sharpdepth_ros import replay as replay_module
-from sharpdepth_ros.loaders import PIPELINE_LOADERS
+from sharpdepth_ros.loaders import load_pipeline
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
@@ -264,13 +264,16 @@ def test_onnx_engine_parameter_runs_the_exported_networks_and_matches_pytorch(ti
 
     from sharpdepth_core.engines import OnnxEngine
     from sharpdepth_core.export import export_onnx
+    from sharpdepth_ros.loaders import describe
     from sharpdepth_core.models import DiffusionDepthModel
     from sharpdepth_core.synthetic import render_scene
 
     export_onnx(DiffusionDepthModel.from_pretrained(Path(tiny_pipeline_dir) / "student"), tmp_path / "onnx")
-    reference = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir)))
-    exported = PIPELINE_LOADERS["onnx"](_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")))
-    assert isinstance(exported.engine, OnnxEngine)
+    reference = load_pipeline(_settings(model=str(tiny_pipeline_dir)))
+    exported = load_pipeline(_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")))
+    assert isinstance(exported.engine, OnnxEngine) and exported.student is None  # the exported graphs run, nothing else loads
+    line, _ = describe(_settings(model=str(tiny_pipeline_dir), engine="onnx", engine_dir=str(tmp_path / "onnx")), exported, False)
+    assert "dtype fp32 (exported)" in line and "engine onnx" in line
     rgb = render_scene(3, 64, 48).rgb
     a, b = reference(rgb, seed=0), exported(rgb, seed=0)
     assert (a.difference - b.difference).abs().max() < 1e-3
@@ -279,15 +282,14 @@ def test_onnx_engine_parameter_runs_the_exported_networks_and_matches_pytorch(ti
 
 
 def test_aoti_engine_parameter_loads_aoti_packages_only(tiny_pipeline_dir, tmp_path, capfd):
-    """`engine: aoti` goes through the exported-pipeline loader to AotiEngine, which refuses an ONNX
-    export folder in one line (the packages themselves are built and compared in test/core/test_aoti.py)."""
+    """`engine: aoti` goes through from_pretrained to AotiEngine, which refuses an ONNX export folder in one
+    line (the packages themselves are built and compared in test/core/test_aoti.py)."""
     from sharpdepth_core.export import export_onnx
     from sharpdepth_core.models import DiffusionDepthModel
 
-    assert PIPELINE_LOADERS["aoti"] is PIPELINE_LOADERS["onnx"]
     export_onnx(DiffusionDepthModel.from_pretrained(Path(tiny_pipeline_dir) / "student"), tmp_path / "onnx")
     with pytest.raises(ValueError, match="engine 'aoti': export .* holds onnx files, not aoti; use engine onnx or tensorrt"):
-        PIPELINE_LOADERS["aoti"](_settings(model=str(tiny_pipeline_dir), engine="aoti", engine_dir=str(tmp_path / "onnx")))
+        load_pipeline(_settings(model=str(tiny_pipeline_dir), engine="aoti", engine_dir=str(tmp_path / "onnx")))
     assert node_module.main(["sharpdepth_node", "--ros-args", "-p", f"model:={tiny_pipeline_dir}", "-p", "engine:=aoti"]) == 1
     err = capfd.readouterr().err
     assert "engine 'aoti' needs an export folder" in err and "Traceback" not in err
@@ -306,12 +308,12 @@ def test_speed_parameter_loads_the_preset_and_says_so(tiny_pipeline_dir):
     from sharpdepth_ros.loaders import describe
 
     with pytest.warns(RuntimeWarning, match="no light_encoder/"):
-        fast = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir), speed="fast"))
+        fast = load_pipeline(_settings(model=str(tiny_pipeline_dir), speed="fast"))
     assert fast.difference == FAST.difference and fast.depth_encoder == "vae" and fast.fast is None
     line, _ = describe(_settings(model=str(tiny_pipeline_dir), speed="fast"), fast, supplied=False)
     assert f"speed fast (difference {FAST.difference}, depth encoder vae)" in line
     with pytest.warns(RuntimeWarning, match="no light_encoder/"):
-        mixed = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir), speed="fast", difference_map="exact"))
+        mixed = load_pipeline(_settings(model=str(tiny_pipeline_dir), speed="fast", difference_map="exact"))
     assert mixed.difference == "exact"
-    exact = PIPELINE_LOADERS["pytorch"](_settings(model=str(tiny_pipeline_dir)))
+    exact = load_pipeline(_settings(model=str(tiny_pipeline_dir)))
     assert (exact.difference, exact.depth_encoder, exact.fast) == ("exact", "vae", None)

@@ -37,7 +37,7 @@ import rclpy
 import torch
 from torch.distributed import HashStore
 
-from sharpdepth_ros import loaders, node as node_module
+from sharpdepth_ros import node as node_module
 
 MODE, STARTED = sys.argv[1], sys.argv[2]
 
@@ -63,7 +63,7 @@ class StandIn:
         return SimpleNamespace(depth=np.full((b, 1, h, w), 2.0, np.float32), difference=None, timings={}, fallback=[False] * b)
 
 
-loaders.PIPELINE_LOADERS["pytorch"] = lambda settings: StandIn()
+node_module.load_pipeline = lambda settings: StandIn()
 sys.exit(node_module.main(["sharpdepth_node", "--ros-args", "-r", "__ns:=/shutdown", "-p", "device:=cpu",
                            "-p", "publish_colored:=false"]))
 '''
