@@ -162,7 +162,7 @@ def main() -> None:
         pipeline = SharpDepthPipeline.from_pretrained(args.model, device=args.device, processing_res=args.processing_res,
                                                       speed=args.speed)
     else:
-        from pipeline import build_models, fast_preset_options  # bench/pipeline.py
+        from random_models import build_models, fast_preset_options  # bench/random_models.py
 
         student, metric = build_models(args.config, torch.device(args.device))
         speed = {} if args.speed == "exact" else {"fast": fast_path(FAST, args.device), **fast_preset_options(student, args.device)}

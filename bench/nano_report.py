@@ -30,18 +30,18 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "train" / "nano"))
-from common import CAMERA_K, F_G_STYLE, H, HFOV_DEG, OUT, SEEDS, TARGET, W, scenes  # noqa: E402
+from sharpdepth_core.alignment import apply_scale_shift, fit_scale_shift
+from sharpdepth_core.gating import difference_map
+from sharpdepth_core.geometry import scale_intrinsics
+from sharpdepth_core.metrics import depth_scores
+from sharpdepth_core.models import DiffusionDepthModel, load_metric_model
+from sharpdepth_core.normalization import normalize_depth
+from sharpdepth_core.pipeline import SharpDepthPipeline, fit_to_metric
+from sharpdepth_core.preprocessing import resize_and_pad, unpad_and_resize
+from sharpdepth_core.small_scale import CAMERA_K, F_G_STYLE, H, HFOV_DEG, SEEDS, TARGET, W, scenes
 
-from sharpdepth_core.alignment import apply_scale_shift, fit_scale_shift  # noqa: E402
-from sharpdepth_core.gating import difference_map  # noqa: E402
-from sharpdepth_core.geometry import scale_intrinsics  # noqa: E402
-from sharpdepth_core.metrics import depth_scores  # noqa: E402
-from sharpdepth_core.models import DiffusionDepthModel, load_metric_model  # noqa: E402
-from sharpdepth_core.normalization import normalize_depth  # noqa: E402
-from sharpdepth_core.pipeline import SharpDepthPipeline, fit_to_metric  # noqa: E402
-from sharpdepth_core.preprocessing import resize_and_pad, unpad_and_resize  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+OUT = Path(os.environ.get("NANO_OUT", REPO / "out" / "nano"))  # where train/nano/run_all.py writes (its common.OUT)
 
 FINDINGS = "## Findings"  # a hand-written section from here on is kept when the report is regenerated
 ABLATIONS = yaml.safe_load((REPO / "train" / "nano" / "configs" / "ablations.yaml").read_text())
@@ -166,14 +166,14 @@ def targets(r: dict[str, dict[str, float]]) -> list[tuple[str, bool, str]]:
 
 
 @torch.no_grad()
-def diagnostics(f_g: DiffusionDepthModel, metric, n: int) -> dict[str, dict[str, float]]:
+def diagnostics(f_g: DiffusionDepthModel, metric, n: int, cache: Path) -> dict[str, dict[str, float]]:
     """Why the regime holds or not, on n val scenes: the VAE's own ceiling (GT depth encoded and
     decoded, fitted to GT), f_G fitted to GT in its own style and in the target style, and f_D fitted
     to GT (its error without the part a scale and shift remove)."""
     out = {}
     codec = f_g.codec
     for style in dict.fromkeys((F_G_STYLE, TARGET)):
-        rgb, gt = scenes(style, "val")
+        rgb, gt = scenes(style, "val", cache)
         found: dict[str, list[np.ndarray]] = {"VAE round trip": [], "f_G": [], **({"f_D": []} if style == TARGET else {})}
         for i, image in enumerate(images_of(rgb[:n])):
             g = torch.from_numpy(gt[i])[None, None]
@@ -300,10 +300,11 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1 if os.getloadavg()[0] > 1.5 else 2)
     models, out = Path(args.models), Path(args.out)
+    cache = models / "cache"
     metric = load_metric_model("small-conv", models / "f_D")
     f_g = DiffusionDepthModel.from_pretrained(models / "f_G")
     if args.gates_only:
-        rgb, gt = scenes(TARGET, "val")
+        rgb, gt = scenes(TARGET, "val", cache)
         results, _ = teachers(metric, f_g, rgb, gt)
         checks = gates(results)
         print("\n".join(metrics_table(results, LABELS) + [""] + check_table(checks)))
@@ -317,7 +318,7 @@ def main() -> int:
         print(f"note: {name} not trained ({students[name]} missing), left out")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rgb, gt = scenes(TARGET, "eval")
+    rgb, gt = scenes(TARGET, "eval", cache)
     rgb, gt = rgb[: args.scenes], gt[: args.scenes]
     results, preds = teachers(metric, f_g, rgb, gt)
     print(f"teachers: done ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -349,7 +350,7 @@ def main() -> int:
     meta["order_scenes"] = min(30, args.scenes)
     meta["inference_order"] = inference_order(full, metric, meta["order_scenes"])
     meta["diagnostic_scenes"] = min(30, args.scenes)
-    meta["diagnostics"] = diagnostics(f_g, metric, meta["diagnostic_scenes"])
+    meta["diagnostics"] = diagnostics(f_g, metric, meta["diagnostic_scenes"], cache)
     figure(out / "nano_report.png", rows)
     as_json = {**meta, "results": results,
                "gates": [{"gate": n, "met": ok, "value": v} for n, ok, v in meta["gates"]],

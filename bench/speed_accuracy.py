@@ -35,15 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sharpdepth_core.speed import FastPath
 from sharpdepth_core.metrics import depth_scores
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.pipeline import SharpDepthPipeline
-from sharpdepth_core.speed import BUDGET, FAST, Preset, fast_path
+from sharpdepth_core.small_scale import SEEDS
+from sharpdepth_core.speed import BUDGET, FAST, FastPath, Preset, fast_path
 from sharpdepth_core.synthetic import render_scene
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
-from common import SEEDS  # noqa: E402  (train/nano/common.py: the small-scale regime's seed ranges)
 
 SPLITS = {split: SEEDS[split][0] for split in ("val", "eval")}  # val for choices, eval held out
 SETTINGS = ("bf16", "compiled", "bf16-compiled", "light-difference", "latent-difference", "light-encoder", "fast")

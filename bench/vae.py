@@ -43,7 +43,7 @@ from sharpdepth_core.speed import FastPath
 from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 
-from pipeline import build_models, sync  # bench/pipeline.py
+from random_models import build_models, sync  # bench/random_models.py
 from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
 
 CALLS = ("encode_image", "encode_depth", "decode_depth")

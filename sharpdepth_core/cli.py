@@ -319,7 +319,7 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
     """(images, inputs that gave no image, camera, device, output folder, poses or None): everything
     checked that can be without the models; None (said on stderr) when there is nothing to process."""
     from .devices import check_device
-    from .preprocessing import check_processing_res
+    from .limits import check_processing_res
 
     _check_model_arguments(args)
     check_processing_res(args.processing_res, "--processing-res")
@@ -621,14 +621,15 @@ def _manifest_format(path: Path) -> str | None:
 def _model_processing_res(args) -> int:
     """The processing_res of the model being exported: its pipeline.json's (pipeline folder, or beside
     the student folder as the trainer writes it), else 768."""
+    from . import pipeline_config
     from .models import EMBEDDED_DIR
-    from .pipeline import DEFAULT_PROCESSING_RES, PIPELINE_CONFIG, config_beside_student, read_pipeline_config
+    from .pipeline import DEFAULT_PROCESSING_RES
 
     if args.student:
-        config = config_beside_student(args.student)
+        config = pipeline_config.beside_student(args.student)
     else:
-        path = Path(args.model or EMBEDDED_DIR) / PIPELINE_CONFIG
-        config = read_pipeline_config(path) if path.is_file() else {}
+        folder = Path(args.model or EMBEDDED_DIR)
+        config = pipeline_config.read(folder) if (folder / pipeline_config.FILE).is_file() else {}
     return config.get("processing_res") or DEFAULT_PROCESSING_RES
 
 
@@ -637,7 +638,8 @@ def run_export(args) -> int:
     from .engines import TensorRTEngine
     from .export import export_aoti, export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
-    from .preprocessing import check_processing_res, plan_resize
+    from .limits import check_processing_res
+    from .preprocessing import plan_resize
 
     if args.model and args.student:
         raise ValueError("--model and --student exclude each other")

@@ -9,6 +9,6 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "nano"
 def embedded_camera() -> dict:
     """The camera the embedded models were trained for (`pipeline.json`'s "camera": width, height, K,
     hfov_deg, style): the default of anything rendered for them."""
-    import json
+    from . import pipeline_config
 
-    return json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]
+    return pipeline_config.read(EMBEDDED_DIR)["camera"]

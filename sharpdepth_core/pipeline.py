@@ -7,7 +7,6 @@ least-squares scale and shift of d̂_n onto d over the pixels with e < 0.5.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,15 +26,16 @@ from .files import Extra, replacing_dir
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
 from .geometry import check_intrinsics, scale_intrinsics
 from .models import EMBEDDED_DIR, DiffusionDepthModel, MetricBackend, MissingWeightsError, load_metric_model
-from .models.hub import CheckpointError, read_config, to_dtype
+from .models.hub import to_dtype
 from .models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from .models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from .normalization import normalize_depth
-from .preprocessing import Resize, check_processing_res, plan_resize, to_grid, unpad_and_resize
+from . import pipeline_config
+from .limits import check_processing_res
+from .preprocessing import Resize, plan_resize, to_grid, unpad_and_resize
 from .speed import FastPath, resolve
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
-PIPELINE_CONFIG = "pipeline.json"
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 DIFFERENCE_METHODS = ("exact", "light", "latent")
 DEPTH_ENCODERS = ("vae", "light")
@@ -440,13 +440,13 @@ class SharpDepthPipeline:
             folder = Path(path) if path is not None else EMBEDDED_DIR
             if not folder.is_dir():
                 raise MissingWeightsError(f"SharpDepth pipeline: no folder {folder} (pass a pipeline folder, or a student and a metric backend)")
-            config = read_pipeline_config(folder / PIPELINE_CONFIG)
+            config = pipeline_config.read(folder)
             student = folder / "student"
             local_metric = folder / "metric"
         elif path is not None:
             raise ValueError("pass either a pipeline folder or a student, not both")
         else:
-            config = config_beside_student(student)
+            config = pipeline_config.beside_student(student)
             local_metric = None
         metric = metric or config.get("metric_backend")
         if metric is None:
@@ -483,17 +483,8 @@ class SharpDepthPipeline:
 
     def config(self) -> dict:
         """What `pipeline.json` records."""
-        config = {
-            "metric_backend": self.metric_model.name,
-            "processing_res": self.processing_res,
-            "difference_fit_first": self.difference_fit_first,
-            "untrained": self.untrained,
-        }
-        if self.camera is not None:
-            config["camera"] = self.camera
-        if self.distilled_from is not None:
-            config["distilled_from"] = self.distilled_from
-        return config
+        return pipeline_config.make(self.metric_model.name, self.processing_res, self.difference_fit_first, self.untrained,
+                                    camera=self.camera, distilled_from=self.distilled_from)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a pipeline folder that `from_pretrained(path)` reads back."""
@@ -507,35 +498,5 @@ class SharpDepthPipeline:
                 light = light or self._load_light(name, kind)
                 if light is not None:
                     light.save_pretrained(tmp / name)
-            (tmp / PIPELINE_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
+            pipeline_config.write(tmp, self.config())
         return Path(path)
-
-
-# pipeline.json fields and their types; anything else in the file is ignored
-_CONFIG_TYPES = {"metric_backend": str, "metric_path": str, "processing_res": int, "difference_fit_first": bool,
-                 "untrained": bool, "camera": dict, "distilled_from": dict}
-
-
-def config_beside_student(student) -> dict:
-    """The pipeline.json the trainer writes beside a student folder; {} for a hub id or a bare student."""
-    beside = Path(student).expanduser().parent / PIPELINE_CONFIG
-    return read_pipeline_config(beside) if Path(student).expanduser().is_dir() and beside.is_file() else {}
-
-
-def read_pipeline_config(path: Path) -> dict:
-    """pipeline.json as a dict of known, well-typed fields; CheckpointError (one line) otherwise."""
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"SharpDepth pipeline: no {PIPELINE_CONFIG} in {path.parent}; pass a pipeline folder (student/, metric/, "
-            f"{PIPELINE_CONFIG}) or a student and a metric backend"
-        )
-    config = read_config(path, "SharpDepth pipeline")
-    for key, kind in _CONFIG_TYPES.items():
-        value = config.get(key)
-        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise CheckpointError(f"{path}: {key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
-    try:
-        check_processing_res(config.get("processing_res"))
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    return config

@@ -11,17 +11,6 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
-
-
-def check_processing_res(value, name: str = "processing_res") -> int | None:
-    """`value` if it is None (the input size) or an integer from MIN_ to MAX_PROCESSING_RES; else a
-    one-line ValueError naming `name` (the option or field it came from)."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or not MIN_PROCESSING_RES <= value <= MAX_PROCESSING_RES):
-        raise ValueError(f"{name} must be an integer from {MIN_PROCESSING_RES} to {MAX_PROCESSING_RES} (larger grids need "
-                         f"more memory than a GPU holds), got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,19 @@
 """GT-free distillation (docs/METHOD.md, Training): f_D and a frozen f_G teach a one-step student G_θ.
 
-The configuration (`TrainConfig`, presets, YAML and command line) is `training_config`.
-`training_step` is the method, one batch, read top to bottom; `train` is the loop around it with
-accelerate (one or many GPUs/machines, CPU for tests, mixed precision, gradient accumulation),
-the student's EMA, atomic checkpoints that `--resume` restores exactly, signals and TensorBoard.
-
-A checkpoint folder `checkpoints/step-NNNNNNN/` holds `student/` and `ema/` in the diffusers layout
-that `DiffusionDepthModel.from_pretrained` (and so the pipeline and the node) loads, with a
-`pipeline.json` beside them (metric backend and weights, processing resolution: what `--student`
-needs besides the student; and what it was distilled from), accelerate's optimizer / LR-schedule /
-RNG states, `trainer_state.json` (step, data position) and `config.yaml`. A finished run also writes
-`<output_dir>/pipeline/`, a pipeline folder (`--model` of the CLI, `model` of the node) holding the
-final student and f_D.
-The trainer deletes nothing it did not write: only its own checkpoint folders (those holding its
-`trainer_state.json`) are rotated, and a `pipeline/` it did not write stops the run before training.
+The configuration (`TrainConfig`, presets, YAML and command line) is `training_config`; checkpoints
+(written whole, rotated, checked before resuming) are `checkpoints`. `training_step` is the method,
+one batch, read top to bottom; `train` is the loop around it with accelerate (one or many
+GPUs/machines, CPU for tests, mixed precision, gradient accumulation), the student's EMA, signals
+and TensorBoard. A finished run also writes `<output_dir>/pipeline/`, a pipeline folder (`--model`
+of the CLI, `model` of the node) holding the final student and f_D; a `pipeline/` holding what that
+save would not write stops the run before training.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import threading
@@ -35,13 +26,13 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from . import checkpoints
 from .data import DataError, DepthCache, MixingSampler, TrainingImages, draw_flips, flip_where, open_source
-from .embedded import EMBEDDED_DIR
-from .files import TEMP_PREFIX, foreign_entries, honour_umask, is_scratch, refusal, remove_scratch, scratch_dir
+from .files import foreign_entries, is_scratch, refusal, scratch_dir
 from .gating import add_noise, difference_map, downsample_to_latent, gate
 from .losses import reconstruction_loss, sds_loss, sds_weight
 from .normalization import normalize_depth
-from .training_config import TrainConfig, check_config, check_models, config_dict
+from .training_config import TrainConfig, check_config, check_models, config_dict, distilled_from, student_pipeline_config
 
 log = logging.getLogger(__name__)
 
@@ -163,104 +154,6 @@ def _make_ema(student: nn.Module, cfg: TrainConfig):
     return ema
 
 
-_STEP_FOLDER = re.compile(r"step-(\d+)")
-
-
-def _is_checkpoint(folder: Path) -> bool:
-    """A folder this trainer wrote: named step-N and holding its trainer_state.json."""
-    return bool(_STEP_FOLDER.fullmatch(folder.name)) and (folder / "trainer_state.json").is_file()
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """This trainer's checkpoints in output_dir, oldest first; anything else there is not ours to touch."""
-    folders = [p for p in (output_dir / "checkpoints").glob("step-*") if _is_checkpoint(p)]
-    return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
-
-
-def check_output_dir(cfg: TrainConfig, resuming: bool) -> None:
-    """Refuse, before training, a run whose writing would replace what it did not write: a `pipeline/`
-    that is not a pipeline folder, or (starting afresh) the checkpoints of an earlier run, which
-    rotation would delete and `--resume latest` would mix with this run's."""
-    out = Path(cfg.output_dir)
-    pipeline = out / "pipeline"
-    held = [p for p in pipeline.iterdir() if not is_scratch(p)] if pipeline.is_dir() else []
-    if (pipeline.exists() and not pipeline.is_dir()) or (held and not (pipeline / "pipeline.json").is_file()):
-        raise FileExistsError(f"{pipeline} exists and is not a pipeline folder; a finished run writes its pipeline there: "
-                              "move it, or choose another output_dir")
-    named = [p for p in (out / "checkpoints").glob("step-*") if (m := _STEP_FOLDER.fullmatch(p.name))
-            and p.name == f"step-{int(m.group(1)):07d}"]  # the names this trainer saves under
-    foreign = sorted(p for p in named if not _is_checkpoint(p))
-    if foreign:
-        raise FileExistsError(f"{foreign[0]} is not a complete checkpoint of this trainer (no trainer_state.json), and "
-                              "the run saves its checkpoints under these names: move it, or choose another output_dir")
-    found = _checkpoints(out)
-    if found and not resuming:
-        raise FileExistsError(f"{out / 'checkpoints'} holds the checkpoints of an earlier run (newest {found[-1].name}): "
-                              "continue it with --resume latest, or choose another output_dir")
-
-
-def _damage(folder: Path) -> str | None:
-    """What makes a checkpoint unusable, found before anything loads (None: intact): each torch state
-    must be a whole torch file that opens weights-only (memory-mapped: its tensors are not read) with
-    accelerate's own loader, each weights file's header must be whole, the state and config must parse."""
-    import pickle
-    import zipfile
-
-    from accelerate.utils import load
-    from safetensors import safe_open
-
-    for file in sorted([*folder.glob("*.bin"), *folder.glob("*.pkl")]):
-        if not zipfile.is_zipfile(file):
-            return f"{file} is damaged: truncated, or not a torch state file"
-        try:
-            load(file, map_location="cpu", mmap=True)
-        except pickle.UnpicklingError:
-            return f"{file} is damaged: it holds objects other than tensors and plain values, which are never loaded"
-        except Exception as exc:
-            return f"{file} is damaged: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-    for file in sorted(folder.glob("*/**/*.safetensors")):
-        try:
-            with safe_open(file, "pt"):
-                pass
-        except Exception as exc:
-            return f"{file} is damaged: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
-    for file, parse in ((folder / "trainer_state.json", json.loads), (folder / "config.yaml", yaml.safe_load)):
-        try:
-            if not isinstance(parse(file.read_text()), dict):
-                raise ValueError
-        except (OSError, ValueError, yaml.YAMLError):
-            return f"{file} is damaged: not the mapping the trainer writes"
-    return None
-
-
-def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
-    """`latest` -> the newest intact checkpoint (None when there is none yet), saying which damaged ones
-    it passed over; a path must exist and be intact. A damaged one is a one-line CheckpointError."""
-    from .models.hub import CheckpointError
-
-    if resume is None:
-        return None
-    if resume == "latest":
-        found, damaged = _checkpoints(Path(output_dir)), []
-        if not found:
-            log.info("no checkpoint in %s yet: starting a new run", Path(output_dir) / "checkpoints")
-            return None
-        for folder in reversed(found):
-            if (damage := _damage(folder)) is None:
-                for message in damaged:
-                    log.warning("%s; resuming from the newest intact checkpoint, %s", message, folder)
-                return folder
-            damaged.append(damage)
-        raise CheckpointError(f"no intact checkpoint in {Path(output_dir) / 'checkpoints'}: {damaged[0]}"
-                              + (f" (and {len(damaged) - 1} older ones are damaged too)" if len(damaged) > 1 else ""))
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist or is incomplete (no trainer_state.json)")
-    if (damage := _damage(path)) is not None:
-        raise CheckpointError(f"cannot resume from {path}: {damage}")
-    return path
-
-
 class _Run:
     """The live objects of a run, built once: models, data, optimizer, schedule, EMA, depth cache."""
 
@@ -351,136 +244,26 @@ def _total(acc, n: int) -> int:
     return int(acc.reduce(torch.tensor(n, device=acc.device), "sum")) if acc.num_processes > 1 else n
 
 
-def _located(path_or_id: str | None) -> str | None:
-    """A local folder as its absolute path (valid from anywhere); a hub id (or None) as it is."""
-    if path_or_id is not None and Path(path_or_id).expanduser().is_dir():
-        return str(Path(path_or_id).expanduser().resolve())
-    return path_or_id
-
-
-def distilled_from(cfg: TrainConfig) -> dict:
-    """What the student this config trains learns from (pipeline.json's `distilled_from`): its teachers,
-    and `embedded`: whether one of them, or its initial weights, is an embedded model. Those know the
-    synthetic scenes only, and so does a student they taught: the CLI and the node say so."""
-    from .models.metric import DEFAULT_METRIC_IDS
-
-    sources = {"teacher": _located(cfg.teacher),
-               "metric": _located(cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)),
-               "student_init": _located(cfg.student_init)}
-    sources = {k: v for k, v in sources.items() if v is not None}
-    embedded = any(Path(v).is_relative_to(EMBEDDED_DIR.resolve()) for v in sources.values())
-    return {**sources, "embedded": embedded}
-
-
-def pipeline_config(cfg: TrainConfig) -> dict:
-    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
-    origin = distilled_from(cfg)
-    config = {"metric_backend": cfg.metric_model, "metric_path": origin.get("metric"), "processing_res": max(cfg.resolution),
-              "difference_fit_first": cfg.fit_difference, "untrained": False, "distilled_from": origin}
-    return {k: v for k, v in config.items() if v is not None}
-
-
-def _delete_checkpoint(folder: Path) -> None:
-    """Moved into a marked scratch folder first: a deletion cut short leaves a scratch folder (removed by
-    the next save), never a step folder without its state."""
-    doomed = scratch_dir(folder.parent)
-    folder.rename(doomed / folder.name)
-    shutil.rmtree(doomed)
-
-
 def _save_checkpoint(run: _Run, state: TrainState) -> Path:
-    """Write to a temporary folder, then rename: a checkpoint folder is complete or absent. Keep the last N
-    of this trainer's own checkpoints; anything else in the folder is left alone."""
-    acc, out = run.acc, Path(run.cfg.output_dir) / "checkpoints"
-    final = out / f"step-{state.step:07d}"
-    scratch = out / f"{TEMP_PREFIX}partial-{final.name}"  # one name every process can know
-    tmp = scratch / final.name
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for leftover in out.iterdir():  # a crashed save's, recognised by its marker: never a user's folder
-            remove_scratch(leftover)
-        scratch_dir(out, scratch.name)
-    acc.wait_for_everyone()
-    saved = {**dataclasses.asdict(state), "skipped_images": _total(acc, state.skipped_images),
-             "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
-    try:
-        acc.save_state(tmp)  # hooks write student/ and ema/; accelerate the optimizer, schedule and RNG states
-        if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps(saved, indent=2))
-            (tmp / "config.yaml").write_text(yaml.safe_dump(config_dict(run.cfg), sort_keys=False))
-            (tmp / "pipeline.json").write_text(json.dumps(pipeline_config(run.cfg), indent=2) + "\n")
-            honour_umask(tmp)
-    except Exception as exc:  # a full disk, mostly; torch and safetensors each say so in their own words
-        if acc.is_main_process:
-            shutil.rmtree(scratch, ignore_errors=True)
-        raise _unsaved(run, final, exc) from exc
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        if final.exists():  # its own (check_output_dir refuses any other): a resumed run saving a step again
-            _delete_checkpoint(final)
-        tmp.rename(final)
-        shutil.rmtree(scratch)
-        for old in _checkpoints(Path(run.cfg.output_dir))[: -run.cfg.keep_checkpoints]:
-            _delete_checkpoint(old)
-    acc.wait_for_everyone()
-    return final
+    trainer_state = {**dataclasses.asdict(state), "skipped_images": _total(run.acc, state.skipped_images),
+                     "ema_step": int(run.ema.step), "ema_initted": bool(run.ema.initted)}
 
+    def state_bytes() -> int:
+        optimizer_state = run.optimizer.state_dict()["state"].values()
+        tensors = [*run.unwrapped.state_dict().values(), *run.ema.ema_model.state_dict().values(),
+                   *(t for s in optimizer_state for t in s.values() if torch.is_tensor(t))]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-def _unsaved(run: _Run, folder: Path, exc: Exception) -> OSError:
-    """One line for a checkpoint that could not be written: why, the space it needs and what is free,
-    and the checkpoint that is still there to resume from."""
-    optimizer_state = run.optimizer.state_dict()["state"].values()
-    tensors = [*run.unwrapped.state_dict().values(), *run.ema.ema_model.state_dict().values(),
-               *(t for s in optimizer_state for t in s.values() if torch.is_tensor(t))]
-    need = sum(t.numel() * t.element_size() for t in tensors)
-    free = shutil.disk_usage(folder.parent).free
-    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    kept = _checkpoints(Path(run.cfg.output_dir))
-    then = (f"{kept[-1]} is intact: free some space and continue with --resume latest" if kept
-            else "no earlier checkpoint exists: free some space and start again")
-    return OSError(f"cannot write checkpoint {folder} ({cause}): it needs about {need / 1e6:.1f} MB and {folder.parent} "
-                   f"has {free / 1e6:.1f} MB free; {then}")
-
-
-def _check_architecture(run: _Run, folder: Path) -> None:
-    """One line naming the checkpoint and what differs when its student is not the configured
-    architecture (loading it would fail with one size mismatch per tensor)."""
-    from .models.hub import CheckpointError
-
-    problems = []
-    for part in ("unet", "vae"):
-        file = folder / "student" / part / "config.json"
-        try:
-            saved = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {folder} is incomplete: cannot read {file} ({type(exc).__name__})") from exc
-        live = json.loads(getattr(run.unwrapped, part).to_json_string())
-        for key in sorted(k for k in set(saved) | set(live) if not k.startswith("_")):
-            if saved.get(key) != live.get(key):
-                problems.append(f"{part} {key} {saved.get(key)} (checkpoint) vs {live.get(key)}")
-    if problems:
-        source = run.cfg.student_init or run.cfg.teacher
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise CheckpointError(
-            f"cannot resume from {folder}: its student is another architecture than the configured one ({source}): "
-            f"{'; '.join(problems[:3])}{more}; resume with the checkpoint's own teacher / student_init (its config.yaml), "
-            "or start a new run in another output_dir"
-        )
+    return checkpoints.save(run.acc, run.cfg, state.step, trainer_state, student_pipeline_config(run.cfg), state_bytes)
 
 
 def _load_checkpoint(run: _Run, folder: Path) -> TrainState:
-    _check_architecture(run, folder)
-    run.acc.load_state(str(folder))  # student + EMA weights (hook), optimizer, LR schedule, RNG, accumulation step
-    saved = json.loads((folder / "trainer_state.json").read_text())
+    saved = checkpoints.load(run.acc, run.cfg, folder, run.unwrapped)
     run.ema.step.fill_(saved.pop("ema_step"))
     run.ema.initted.fill_(saved.pop("ema_initted"))
     state = TrainState(**saved)
     if not run.acc.is_main_process:  # the saved count is the total of all processes: keep it once
         state.skipped_images = 0
-    old_cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    changed = sorted(k for k, v in config_dict(run.cfg).items() if old_cfg.get(k) != v)
-    if changed:
-        log.warning("resuming %s with a config that differs in: %s", folder, ", ".join(changed))
     log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, state.step, state.epoch, state.batch)
     return state
 
@@ -563,8 +346,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     from accelerate.utils import set_seed
 
     check_config(cfg)
-    ckpt = resolve_resume(cfg.output_dir, resume)
-    check_output_dir(cfg, resuming=ckpt is not None)
+    ckpt = checkpoints.resolve_resume(cfg.output_dir, resume)
+    checkpoints.check_output_dir(cfg, resuming=ckpt is not None)
     check_models(cfg)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       log_with="tensorboard", project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)

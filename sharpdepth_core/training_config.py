@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import types
 from collections.abc import Mapping
@@ -23,8 +22,9 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .embedded import EMBEDDED_DIR
-from .hub_ids import LOTUS_G_ID
+from . import pipeline_config
+from .embedded import EMBEDDED_DIR, embedded_camera
+from .hub_ids import DEFAULT_METRIC_IDS, LOTUS_G_ID
 from .limits import MAX_PROCESSING_RES  # the training grid is bounded like the inference grid
 
 
@@ -94,9 +94,9 @@ class TrainConfig:
 def _embedded_resolution() -> tuple[int, int]:
     """(H, W) of the camera the embedded models were trained for (their pipeline.json), else 96 x 128."""
     try:
-        camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text()).get("camera") or {}
+        camera = embedded_camera()
         return int(camera["height"]), int(camera["width"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError):  # CheckpointError and MissingWeightsError included
         return 96, 128
 
 
@@ -339,3 +339,29 @@ def command_line_overrides(assignments: list[str], args: argparse.Namespace) -> 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides.update({k: v for k, v in vars(args).items() if k in names})
     return overrides
+
+
+def _located(path_or_id: str | None) -> str | None:
+    """A local folder as its absolute path (valid from anywhere); a hub id (or None) as it is."""
+    if path_or_id is not None and Path(path_or_id).expanduser().is_dir():
+        return str(Path(path_or_id).expanduser().resolve())
+    return path_or_id
+
+
+def distilled_from(cfg: TrainConfig) -> dict:
+    """What the student this config trains learns from (pipeline.json's `distilled_from`): its teachers,
+    and `embedded`: whether one of them, or its initial weights, is an embedded model. Those know the
+    synthetic scenes only, and so does a student they taught: the CLI and the node say so."""
+    sources = {"teacher": _located(cfg.teacher),
+               "metric": _located(cfg.metric_path or DEFAULT_METRIC_IDS.get(cfg.metric_model)),
+               "student_init": _located(cfg.student_init)}
+    sources = {k: v for k, v in sources.items() if v is not None}
+    embedded = any(Path(v).is_relative_to(EMBEDDED_DIR.resolve()) for v in sources.values())
+    return {**sources, "embedded": embedded}
+
+
+def student_pipeline_config(cfg: TrainConfig) -> dict:
+    """The pipeline.json of the student this config trains: what `--student` needs besides its weights."""
+    origin = distilled_from(cfg)
+    return pipeline_config.make(cfg.metric_model, max(cfg.resolution), cfg.fit_difference, False,
+                                metric_path=origin.get("metric"), distilled_from=origin)

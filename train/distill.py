@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from sharpdepth_core.trainer import resolve_resume, train
+from sharpdepth_core.checkpoints import resolve_resume
+from sharpdepth_core.trainer import train
 from sharpdepth_core.training_config import (
     PRESETS,
     TrainConfig,

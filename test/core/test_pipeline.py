@@ -9,9 +9,9 @@ import torch
 
 from helpers_models import scene_image
 from sharpdepth_core.models import CheckpointError, MissingWeightsError, tiny
+from sharpdepth_core import pipeline_config
 from sharpdepth_core.pipeline import (
     FIT_THRESHOLD,
-    PIPELINE_CONFIG,
     SharpDepthPipeline,
     as_image_batch,
     fit_to_metric,
@@ -187,7 +187,7 @@ def test_paper_difference_map_variant_changes_the_gate(pipe):
 
 def test_pipeline_folder_round_trip(pipe, tmp_path):
     folder = pipe.save_pretrained(tmp_path / "pipe")
-    config = json.loads((folder / PIPELINE_CONFIG).read_text())
+    config = json.loads((folder / pipeline_config.FILE).read_text())
     assert config == {"metric_backend": "depth-anything-v2", "processing_res": 64, "difference_fit_first": False, "untrained": True}
     loaded = SharpDepthPipeline.from_pretrained(folder)
     assert loaded.untrained and loaded.processing_res == 64
@@ -216,13 +216,13 @@ def test_bad_inputs_are_clear_errors(pipe, tmp_path):
             pipe(rgb, K=bad)
     with pytest.raises(ValueError, match="processing_res"):
         SharpDepthPipeline(pipe.student, pipe.metric_model, processing_res=0)
-    with pytest.raises(MissingWeightsError, match=rf"no {PIPELINE_CONFIG} in {tmp_path}"):
+    with pytest.raises(MissingWeightsError, match=rf"no {pipeline_config.FILE} in {tmp_path}"):
         SharpDepthPipeline.from_pretrained(tmp_path)
     with pytest.raises(MissingWeightsError, match="no folder"):
         SharpDepthPipeline.from_pretrained(tmp_path / "missing")
-    (tmp_path / PIPELINE_CONFIG).write_text("[1, 2]")
+    (tmp_path / pipeline_config.FILE).write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="expected a JSON object of settings, got a list"):
         SharpDepthPipeline.from_pretrained(tmp_path)
-    (tmp_path / PIPELINE_CONFIG).write_text('{"processing_res": "768"}')
+    (tmp_path / pipeline_config.FILE).write_text('{"processing_res": "768"}')
     with pytest.raises(CheckpointError, match="processing_res must be an int, got .768."):
         SharpDepthPipeline.from_pretrained(tmp_path)

@@ -33,7 +33,8 @@ from sharpdepth_core.models.hub import CheckpointError
 from sharpdepth_core.models.metric import load_metric_model
 from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
-from sharpdepth_core.trainer import resolve_resume, train, training_step
+from sharpdepth_core.checkpoints import resolve_resume
+from sharpdepth_core.trainer import train, training_step
 from sharpdepth_core.training_config import PRESETS, TrainConfig, config_dict, make_config
 from helpers_training import pattern, tiny_models, write_bag, write_images
 
@@ -734,26 +735,26 @@ def test_pipeline_config_names_a_local_metric_folder_absolutely(tmp_path, monkey
     (tmp_path / "fd").mkdir()
     monkeypatch.chdir(tmp_path)
     cfg = make_config(overrides={"metric_model": "depth-anything-v2", "metric_path": "fd", "resolution": [48, 64]})
-    assert trainer.pipeline_config(cfg) == {
+    assert training_config.student_pipeline_config(cfg) == {
         "metric_backend": "depth-anything-v2", "metric_path": str(tmp_path / "fd"), "processing_res": 64,
         "difference_fit_first": False, "untrained": False,
         "distilled_from": {"teacher": "jingheya/lotus-depth-g-v1-0", "metric": str(tmp_path / "fd"), "embedded": False}}
     hub = make_config("paper", overrides={"metric_model": "depth-pro"})
-    assert trainer.pipeline_config(hub)["metric_path"] == "apple/DepthPro-hf"
-    assert trainer.pipeline_config(hub)["difference_fit_first"] is True
+    assert training_config.student_pipeline_config(hub)["metric_path"] == "apple/DepthPro-hf"
+    assert training_config.student_pipeline_config(hub)["difference_fit_first"] is True
 
 
 def test_pipeline_json_records_whether_the_student_was_distilled_from_the_embedded_models(tmp_path, monkeypatch):
     """Decided on resolved paths: any teacher, or the initial student, inside the embedded models' folder."""
-    nano = trainer.distilled_from(PRESETS["nano"])
+    nano = training_config.distilled_from(PRESETS["nano"])
     assert nano == {"teacher": str(EMBEDDED_DIR / "teacher"), "metric": str(EMBEDDED_DIR / "metric"), "embedded": True}
     (tmp_path / "fg").mkdir()
     (tmp_path / "link").symlink_to(EMBEDDED_DIR)
     monkeypatch.chdir(tmp_path)
     real = make_config(overrides={"teacher": "fg", "metric_model": "depth-anything-v2", "metric_path": "fg"})
-    assert trainer.distilled_from(real)["embedded"] is False
+    assert training_config.distilled_from(real)["embedded"] is False
     for field, value in [("metric_path", "link/metric"), ("student_init", "link/../nano/student"), ("teacher", "link/teacher")]:
-        origin = trainer.distilled_from(dataclasses.replace(real, **{field: value}))
+        origin = training_config.distilled_from(dataclasses.replace(real, **{field: value}))
         assert origin["embedded"] is True and str(EMBEDDED_DIR) in origin[{"metric_path": "metric"}.get(field, field)]
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from common import F_G_STYLE, OUT, batch, optimize, progress, scenes, setup
+from common import OUT, batch, optimize, progress, scenes, setup
+from sharpdepth_core.small_scale import F_G_STYLE
 from sharpdepth_core.models.student import DiffusionDepthModel, empty_prompt_embedding
 from sharpdepth_core.models.tiny import tiny_clip, tiny_scheduler
 from sharpdepth_core.normalization import normalize_depth

@@ -16,7 +16,8 @@ import argparse
 import numpy as np
 import torch
 
-from common import CAMERA_K, FOCAL, OUT, TARGET, W, H, batch, optimize, progress, scenes, setup
+from common import OUT, batch, optimize, progress, scenes, setup
+from sharpdepth_core.small_scale import CAMERA_K, FOCAL, H, TARGET, W
 from sharpdepth_core.metrics import depth_metrics
 from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
 from sharpdepth_core.models.metric import load_metric_model

@@ -33,8 +33,10 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from common import OUT, TARGET, H, W, camera, scenes  # noqa: E402
+from common import OUT, scenes  # noqa: E402
+from sharpdepth_core.small_scale import camera, H, TARGET, W  # noqa: E402
 
+from sharpdepth_core import pipeline_config  # noqa: E402
 from sharpdepth_core.embedded import EMBEDDED_DIR as EMBEDDED  # noqa: E402
 
 PY = sys.executable
@@ -140,8 +142,7 @@ def ship() -> None:
     shutil.copytree(OUT / "f_G", tmp / "teacher")
     for light in ("light_decoder", "light_encoder"):
         shutil.copytree(OUT / light, tmp / light)
-    config = json.loads((tmp / "pipeline.json").read_text())
-    (tmp / "pipeline.json").write_text(json.dumps({**config, "camera": camera()}, indent=2) + "\n")
+    pipeline_config.write(tmp, {**pipeline_config.read(tmp), "camera": camera()})
     for unet in (tmp / "student" / "unet", tmp / "teacher" / "unet"):  # files under 5 MiB in git: diffusers' shards
         UNet2DConditionModel.from_pretrained(unet).save_pretrained(unet, max_shard_size=SHARD_SIZE)
         (unet / "diffusion_pytorch_model.safetensors").unlink()
@@ -187,7 +188,7 @@ def main() -> int:
 
     distill_images()
     ablations = yaml.safe_load((HERE / "configs" / "ablations.yaml").read_text())
-    todo = [n for n in ablations if not (OUT / "runs" / n / "pipeline" / "pipeline.json").is_file()]
+    todo = [n for n in ablations if not (OUT / "runs" / n / "pipeline" / pipeline_config.FILE).is_file()]
     for n in todo:  # a run that was interrupted starts again from its own start
         shutil.rmtree(OUT / "runs" / n, ignore_errors=True)
     jobs = [(f"distill_{n}", distill_cmd(n, ablations[n]["overrides"], args.scale), None) for n in todo]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from common import OUT, TARGET, batch, optimize, progress, scenes, setup
+from common import OUT, batch, optimize, progress, scenes, setup
+from sharpdepth_core.small_scale import TARGET
 from sharpdepth_core.models.codec import DepthCodec
 from sharpdepth_core.normalization import normalize_depth
 from sharpdepth_core.synthetic import STYLES
