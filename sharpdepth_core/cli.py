@@ -37,6 +37,10 @@ OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_dept
 PREDICT_RECORD = ".sharpdepth-predict.json"
 SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
 ENGINE_CHOICES = ("pytorch", "onnx", "tensorrt", "aoti")  # engines.ENGINES, without importing torch for --help
+# Bounds on the JSON files read (regular files only, files.read_json_file): a calibration or an export.json
+# is a few kB; --poses holds ~400 bytes per frame (64 MiB: over 100,000 frames); predict's record ~300
+# bytes per image.
+MAX_SMALL_JSON_BYTES, MAX_LIST_JSON_BYTES = 1 << 20, 64 << 20
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
 # predict's exit status: a script can tell a complete run from a partial one without reading stderr.
 EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
@@ -185,13 +189,18 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
         return None
     source = Path(value)
     if source.suffix.lower() == ".json" or source.is_file():
-        if not source.is_file():
+        if not source.exists():
             raise ValueError(f"--intrinsics {value}: no such file")
+        from .files import read_json_file
+
         try:
-            data = json.loads(source.read_text())
+            data = read_json_file(source, MAX_SMALL_JSON_BYTES)
+        except ValueError as exc:  # a FIFO, a device, a huge or deeply nested file
+            raise ValueError(f"--intrinsics {exc}") from exc
+        try:
             K = np.asarray(data.get("K", data.get("k")), dtype=np.float64).reshape(3, 3)
             hw = (data["height"], data["width"]) if "height" in data or "width" in data else None
-        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError(f"--intrinsics {value}: expected a JSON object with \"K\" (3x3 or 9 numbers) and optionally "
                              f"both \"width\" and \"height\" ({type(exc).__name__})") from exc
         if hw is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
@@ -208,10 +217,17 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
 
 
 def read_poses(path: Path, frames: int) -> list[np.ndarray]:
-    """--poses: one camera-to-world 4x4 per frame, checked (count, finite, rigid) before the models load."""
+    """--poses: one camera-to-world 4x4 per frame, checked (count, finite, rigid) before the models load;
+    read as a bounded regular file (a FIFO, /dev/zero, a huge or deeply nested file: one line)."""
+    from .files import read_json_file
+
     try:
-        poses = np.asarray(json.loads(path.read_text())["camera_to_world"], dtype=np.float64)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+        data = read_json_file(path, MAX_LIST_JSON_BYTES)
+    except ValueError as exc:
+        raise ValueError(f"--poses {exc}") from exc
+    try:
+        poses = np.asarray(data["camera_to_world"], dtype=np.float64)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise ValueError(f"--poses {path}: expected a JSON object {{\"camera_to_world\": [one 4x4 matrix per frame]}} "
                          f"({type(exc).__name__})") from exc
     if poses.ndim != 3 or poses.shape[1:] != (4, 4):
@@ -273,11 +289,14 @@ def depth_pictures(depth: np.ndarray, metric_depth: np.ndarray) -> tuple[np.ndar
 
 
 def _read_record(out: Path) -> set[str]:
-    """Names of the files predict wrote in `out` before (none when the record is missing or unreadable)."""
+    """Names of the files predict wrote in `out` before (none when the record is missing or unreadable:
+    not a regular file, too large, too deep, damaged)."""
+    from .files import read_json_file
+
     try:
-        files = json.loads((out / PREDICT_RECORD).read_text()).get("files", [])
+        files = read_json_file(out / PREDICT_RECORD, MAX_LIST_JSON_BYTES).get("files", [])
         return {str(f) for f in files}
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return set()
 
 
@@ -598,7 +617,11 @@ def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
             raise ValueError(f"--out {out}: not empty and not an earlier export (no {MANIFEST}); choose a new or empty folder")
         if not overwrite:
             raise ValueError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
-        earlier = _manifest_format(out / MANIFEST)
+        try:
+            earlier = _manifest_format(out / MANIFEST)
+        except ValueError as exc:
+            raise ValueError(f"--out {out}: not replaced, its {MANIFEST} is none that sharpdepth export wrote ({exc}); "
+                             "choose a new or empty folder, or move it away") from exc
         if earlier not in (None, fmt):
             raise ValueError(f"--out {out}: holds an earlier {earlier} export, and --overwrite replaces one of the same kind: "
                              f"write the {fmt} export to another folder")
@@ -610,10 +633,17 @@ def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
 
 
 def _manifest_format(path: Path) -> str | None:
-    """The format an export.json names (manifests from before AOTI: onnx); None when unreadable."""
+    """The format an export.json names (manifests from before AOTI: onnx); None when it is no valid
+    JSON (a damaged manifest, which --overwrite replaces). ValueError for a link, FIFO, device or a
+    file above MAX_SMALL_JSON_BYTES: export writes none of these, so none is ever replaced."""
+    from .files import read_regular_file
+
+    if path.is_symlink():
+        raise ValueError(f"{path}: a symbolic link")
+    data = read_regular_file(path, MAX_SMALL_JSON_BYTES)
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     return raw.get("format", "onnx") if isinstance(raw, dict) else None
 

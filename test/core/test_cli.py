@@ -9,7 +9,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,24 @@ def test_bad_arguments_exit_2_with_one_line(tiny_dirs, images, tmp_path, capsys,
     assert err[-1].startswith("sharpdepth predict: error:") and message in err[-1]
 
 
+def test_json_files_are_read_bounded_and_regular_only(tiny_dirs, images, tmp_path, capsys):
+    """--intrinsics linked to /dev/zero (a MemoryError) is one line; predict's own record nested 200,000
+    deep (a RecursionError) counts as no record: nothing in the folder is taken for predict's."""
+    calib = tmp_path / "camera.json"
+    calib.symlink_to("/dev/zero")
+    args = ["predict", str(images / "scene.png"), "--model", str(tiny_dirs["pipeline"])]
+    assert main([*args, "--out", str(tmp_path / "a"), "--intrinsics", str(calib)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sharpdepth predict: error: --intrinsics {calib}: not a regular file (a FIFO, device or folder); not read"]
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / PREDICT_RECORD).write_text("[" * 200_000 + "]" * 200_000)
+    (out / "scene_depth.png").write_text("a user's file")
+    assert main([*args, "--out", str(out)]) == 1
+    assert "scene_depth.png exists and was not written by sharpdepth predict" in capsys.readouterr().err
+    assert (out / "scene_depth.png").read_text() == "a user's file"
+
+
 def test_intrinsics_impossible_for_the_image_refuse_it_in_one_line(tiny_dirs, images, tmp_path, capsys):
     """fx = 1e-9 px on a 64 px image (a 180° view) wrote depth with a median of 2.7e-11 m: now the image is
     refused, saying why (`geometry.check_calibration`, as the node)."""
@@ -326,6 +346,25 @@ def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_p
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 3 and "4 of 4 images" in done.stderr, done.stderr  # the named FIFO was not written
     assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
+
+
+@contextmanager
+def fifo_writer_after(fifo: Path | None, seconds: float):
+    """After `seconds`, open `fifo` for writing and close it: a reader blocked opening it then reads an
+    empty file, so a reader that would hang forever makes the test fail instead."""
+    def unblock():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: nothing to unblock
+            pass
+
+    timer = threading.Timer(seconds, unblock)
+    if fifo is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def png_header(path: Path, width: int, height: int) -> Path:
@@ -539,9 +578,14 @@ def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs,
     ("two poses", "2 poses for 3 frames"),
     ("scaled", "pose 1 is not a rigid transform"),
     ("mirrored", "pose 2 is not a rigid transform"),
-    ("not json", "expected a JSON object"),
+    ("not json", "not valid JSON"),
     ("no --sequence", "--poses goes with --sequence and --intrinsics"),
     ("no --intrinsics", "--poses goes with --sequence and --intrinsics"),
+    ("fifo", "poses.json: not a regular file"),  # hung forever waiting for a writer
+    ("/dev/zero", "poses.json: not a regular file"),  # MemoryError
+    ("huge", "poses.json: larger than 67,108,864 bytes; not read"),  # a 267 MB file: MemoryError
+    ("deep", "poses.json: JSON nested too deep"),  # RecursionError
+    ("not an object", "expected a JSON object"),
 ])
 def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_must_not_load, case, message):
     folder, poses, intrinsics, frames = walk
@@ -553,10 +597,21 @@ def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_mu
     elif case == "mirrored":
         cams[2][:3, 0] *= -1
     poses.write_text("{" if case == "not json" else json.dumps({"camera_to_world": [c.tolist() for c in cams]}))
+    if case in ("fifo", "/dev/zero"):
+        poses.unlink()
+        os.mkfifo(poses) if case == "fifo" else poses.symlink_to("/dev/zero")
+    elif case == "huge":
+        with open(poses, "r+b") as f:  # sparse: 64 MiB + 1 byte of zeros, no disk used
+            f.truncate(64 * 2**20 + 1)
+    elif case == "deep":
+        poses.write_text('{"camera_to_world": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    elif case == "not an object":
+        poses.write_text("[1, 2]")
     args = ["predict", str(folder), "--out", str(tmp_path / "o"), "--poses", str(poses)]
     args += [] if case == "no --sequence" else ["--sequence"]
     args += [] if case == "no --intrinsics" else ["--intrinsics", intrinsics]
-    assert main(args) == 2
+    with fifo_writer_after(poses if case == "fifo" else None, seconds=10):  # a reader blocked on it fails, not hangs
+        assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
     assert not (tmp_path / "o").exists()
