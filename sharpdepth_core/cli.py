@@ -41,6 +41,9 @@ ENGINE_CHOICES = ("pytorch", "onnx", "tensorrt", "aoti")  # engines.ENGINES, wit
 # is a few kB; --poses holds ~400 bytes per frame (64 MiB: over 100,000 frames); predict's record ~300
 # bytes per image.
 MAX_SMALL_JSON_BYTES, MAX_LIST_JSON_BYTES = 1 << 20, 64 << 20
+# export --batch: the node batches the newest frame of each camera (at most 8 cameras), and tracing a full-size
+# VAE at the grid holds every image of the batch at once (batch 100,000 ran for minutes, then ran out).
+MAX_EXPORT_BATCH = 16
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
 # predict's exit status: a script can tell a complete run from a partial one without reading stderr.
 EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
@@ -584,7 +587,8 @@ def add_export(sub) -> None:
                    help="longer edge(s) of the processing grid (default: the model's, from its pipeline.json, else 768; "
                    "--fixed takes one)")
     p.add_argument("--fixed", action="store_true", help="fixed H/W graphs for the --input-size grid (default: dynamic H/W)")
-    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic; 1 for --engine aoti)")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help=f"fixed batch size, 1 to {MAX_EXPORT_BATCH} (default: dynamic; 1 for --engine aoti)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a CUDA GPU)")
     p.add_argument("--tensorrt-cache", type=Path, metavar="DIR", help="engine cache folder (default: DIR/tensorrt)")
     p.add_argument("--device", default="auto", help=f"where to trace (aoti: to compile for): {_device_help()}")
@@ -682,6 +686,9 @@ def run_export(args) -> int:
         raise ValueError("--fixed and --engine aoti export one processing grid: give one --processing-res")
     for res in args.processing_res or ():
         check_processing_res(res, "--processing-res")
+    if args.batch is not None and not 1 <= args.batch <= MAX_EXPORT_BATCH:
+        raise ValueError(f"--batch {args.batch}: expected 1 to {MAX_EXPORT_BATCH} (a fixed batch; the node batches one frame "
+                         "per camera)")
     input_hw = parse_size(args.input_size) if args.input_size else None
     device = check_device(args.device)
     out = export_folder(args.out, args.overwrite, args.engine)

@@ -406,14 +406,26 @@ def test_replacing_dir_replaces_only_earlier_saves_of_the_same_kind(tmp_path, mo
         (["--input-size", "64by48", "--fixed"], "expected WxH"),
         (["--input-size", "64x48", "--fixed", "--processing-res", "64", "32"], "one --processing-res"),
         (["--model", "m", "--student", "s"], "exclude each other"),
+        # ran for minutes, leaving a .sharpdepth-partial-* folder beside --out
+        (["--input-size", "64x48", "--fixed", "--batch", "100000"], "--batch 100000: expected 1 to 16"),
+        (["--batch", "0"], "--batch 0: expected 1 to 16"),
     ],
 )
-def test_cli_export_argument_errors_are_one_line(tmp_path, capsys, extra, message):
+def test_cli_export_argument_errors_are_one_line(tmp_path, capsys, student_must_not_load, extra, message):
     from sharpdepth_core.cli import main
 
     assert main(["export", "--out", str(tmp_path / "x"), *extra]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+    assert message in err and err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_help_states_the_batch_limit(capsys, monkeypatch):
+    from sharpdepth_core.cli import main
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "fixed batch size, 1 to 16 (default: dynamic" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed: the missing-package error cannot be shown")
