@@ -291,6 +291,24 @@ def depth_pictures(depth: np.ndarray, metric_depth: np.ndarray) -> tuple[np.ndar
     return tuple(np.vstack([colorize_depth(d, lo, hi), bar]) for d in (depth, metric_depth))
 
 
+def name_too_long(out: Path, names: list[str]) -> str | None:
+    """Why one of an image's output `names` cannot be created in `out` (with the temporary name it is
+    first written under, `files.temp_name`) because it is longer than the file system allows; None when
+    all fit. Said per image: a 240-character input name otherwise stopped the whole run (ENAMETOOLONG)."""
+    from .files import temp_name
+
+    try:
+        limit = os.pathconf(out, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(names, key=lambda name: len(os.fsencode(temp_name(out / name).name)))
+    needed = len(os.fsencode(temp_name(out / longest).name))
+    if needed <= limit:
+        return None
+    return (f"its output {longest} (written under a temporary name of {needed} bytes) is longer than the {limit} bytes a "
+            f"file name may have in {out}; rename the input to a shorter name")
+
+
 def _read_record(out: Path) -> set[str]:
     """Names of the files predict wrote in `out` before (none when the record is missing or unreadable:
     not a regular file, too large, too deep, damaged)."""
@@ -522,6 +540,10 @@ def run_predict(args) -> int:
             stem, n = f"{path.stem}_{n}", n + 1
         stems.add(stem)
         names = [stem + s for s in OUTPUT_SUFFIXES if s != ".ply" or args.ply]
+        too_long = name_too_long(out, names)
+        if too_long:
+            tqdm.write(f"{path}: error: {too_long}", file=sys.stderr)
+            continue
         theirs = [name for name in names if (out / name).exists() and (name not in ours or not (out / name).is_file())]
         if theirs:
             tqdm.write(f"{path}: error: {out / theirs[0]} exists and was not written by sharpdepth predict; not overwritten "

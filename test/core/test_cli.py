@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from helpers_models import scene_image
-from sharpdepth_core.cli import PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
+from sharpdepth_core.cli import OUTPUT_SUFFIXES, PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
@@ -141,6 +141,22 @@ def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path,
     assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err and "1 of 2 images" in err
     assert err.strip().splitlines()[-1] == ("sharpdepth predict: error: 2 input(s) not written (1 image(s) failed, "
                                             "1 input(s) gave no image, each said above); exit status 3")
+
+
+def test_an_input_name_too_long_for_its_outputs_fails_that_image_only(tiny_dirs, images, tmp_path, capsys):
+    """A 240-character name (its _metric_depth_color.png: 263 bytes) stopped the run with an ENAMETOOLONG
+    traceback before any image: now that image fails in one line, the others are written (exit 3)."""
+    long = tmp_path / ("x" * 240 + ".png")
+    shutil.copy(images / "scene.png", long)
+    out = tmp_path / "out"
+    status = main(["predict", str(long), str(images / "gray.png"), "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3 and "Traceback" not in "\n".join(err)
+    line = next(line for line in err if line.startswith(f"{long}: error:"))
+    assert f"its output {'x' * 240}_metric_depth_color.png (written under a temporary name of" in line
+    assert line.endswith(f"is longer than the 255 bytes a file name may have in {out}; rename the input to a shorter name")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["gray" + s for s in OUTPUT_SUFFIXES[:-1]] + [PREDICT_RECORD])
+    assert err[-1].startswith("sharpdepth predict: error: 1 input(s) not written (1 image(s) failed")
 
 
 def test_exit_status_says_whether_every_input_was_written(tiny_dirs, images, tmp_path, capsys, monkeypatch):
