@@ -50,8 +50,8 @@ EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
 PREDICT_EXIT_CODES = (
     f"exit status: 0 every input written; {EXIT_NONE_WRITTEN} nothing written (no input could be processed); "
     f"{EXIT_ERROR} bad arguments, models or output folder (nothing processed); {EXIT_SOME_FAILED} some inputs written, "
-    "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way: "
-    "each said in one line, and how many in the last)"
+    "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way, "
+    "a full disk, which stops the run: each said in one line, and how many in the last)"
 )
 
 
@@ -446,7 +446,12 @@ def predict_image(pipe, path: Path, camera, args):
 
 
 def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One image's files (OUTPUT_SUFFIXES) in `out`; returns its (depth, difference map)."""
+    """One image's files (OUTPUT_SUFFIXES) in `out`, each written whole; returns its (depth, difference
+    map). When one cannot be written (a full disk), all of the image's files are removed (they are
+    predict's own: a mix of this run's and an earlier run's would be no result) and OSError says why,
+    with the space they need and the space free."""
+    import shutil
+
     from .geometry import unproject, write_ply
     from .visualize import colorize_difference, difference_colour_bar, save_png
 
@@ -454,14 +459,24 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
     metric = result.metric_depth[0, 0].float().cpu().numpy()
     e = result.difference[0, 0].float().cpu().numpy()
     depth_color, metric_color = depth_pictures(depth, metric)
-    _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
-    save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
-    save_png(out / f"{stem}_depth_color.png", depth_color)
-    _save_npy(out / f"{stem}_metric_depth.npy", metric.astype(np.float32))
-    save_png(out / f"{stem}_metric_depth_color.png", metric_color)
-    save_png(out / f"{stem}_difference.png", np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])]))
+    difference = np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])])
+    files = {  # name: (writer, data)
+        "_depth.npy": (_save_npy, depth.astype(np.float32)), "_depth.png": (save_png, depth_to_millimetres(depth)),
+        "_depth_color.png": (save_png, depth_color), "_metric_depth.npy": (_save_npy, metric.astype(np.float32)),
+        "_metric_depth_color.png": (save_png, metric_color), "_difference.png": (save_png, difference),
+    }
     if ply:
-        write_ply(out / f"{stem}.ply", unproject(depth, result.K[0].cpu().numpy()), rgb)
+        files[".ply"] = (lambda path, xyz: write_ply(path, xyz, rgb), unproject(depth, result.K[0].cpu().numpy()))
+    try:
+        for suffix, (write, data) in files.items():
+            write(out / (stem + suffix), data)
+    except OSError as exc:
+        for suffix in files:
+            (out / (stem + suffix)).unlink(missing_ok=True)
+        # at most the raw pixels (+ PNG's row filters, npy's header), with the PLY's colours
+        needed = sum(data.nbytes + data.shape[0] + 128 for _, data in files.values()) + (rgb.nbytes if ply else 0)
+        raise OSError(exc.errno, f"{exc.strerror or exc}; its outputs need up to {needed / 1e6:.2f} MB, "
+                      f"{shutil.disk_usage(out).free / 1e6:.2f} MB free there; its files in {out} removed") from exc
     return depth, e
 
 
@@ -532,7 +547,7 @@ def run_predict(args) -> int:
     pipe = load_predict_pipeline(args, device)
     out.mkdir(parents=True, exist_ok=True)
     ours = _read_record(out)
-    done, stems = 0, set()
+    done, left, stems = 0, 0, set()
     frames: list[tuple | None] = [None] * len(images)  # with --poses: each written frame's (depth, f_D depth, K)
     for i, path in enumerate(tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None)):
         stem, n = path.stem, 1
@@ -553,29 +568,40 @@ def run_predict(args) -> int:
         if predicted is None:
             continue
         rgb, result = predicted
-        if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
-            ours.update(names)
-            _write_record(out, ours)
-        depth, e = write_outputs(out, stem, rgb, result, args.ply)
+        try:
+            if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
+                ours.update(names)
+                _write_record(out, ours)
+            depth, e = write_outputs(out, stem, rgb, result, args.ply)
+        except OSError as exc:  # a full disk: every later image would fail the same way
+            left = len(images) - i - 1
+            tqdm.write(f"{path}: error: cannot write to {out}: {exc.strerror or exc}; "
+                       f"{left} later image(s) not processed", file=sys.stderr)
+            break
         tqdm.write(summary_line(path, rgb, depth, e, result), file=sys.stdout)
         done += 1
         if poses:
             frames[i] = (depth, result.metric_depth[0, 0].float().cpu().numpy(), result.K[0].double().cpu().numpy())
+    sequence_failed = False
     if poses and done:
-        ours.add(SEQUENCE_SCORES)
-        _write_record(out, ours)
-        write_sequence_scores(out, images, frames, poses, args.poses)
+        try:
+            ours.add(SEQUENCE_SCORES)
+            _write_record(out, ours)
+            write_sequence_scores(out, images, frames, poses, args.poses)
+        except OSError as exc:
+            print(f"sharpdepth predict: error: cannot write {out / SEQUENCE_SCORES}: {exc.strerror or exc}", file=sys.stderr)
+            sequence_failed = True
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)
         return EXIT_NONE_WRITTEN
     print(f"sharpdepth predict: {done} of {len(images)} images written to {out}", file=sys.stderr)
-    failed = {"image(s) failed": len(images) - done, "input(s) gave no image": unusable}
+    failed = {"image(s) failed": len(images) - left - done, "image(s) not processed after a write error": left,
+              "input(s) gave no image": unusable}
     if any(failed.values()):
         what = ", ".join(f"{n} {kind}" for kind, n in failed.items() if n)
         print(f"sharpdepth predict: error: {sum(failed.values())} input(s) not written ({what}, each said above); "
               f"exit status {EXIT_SOME_FAILED}", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return 0
+    return EXIT_SOME_FAILED if any(failed.values()) or sequence_failed else 0
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -724,11 +750,19 @@ def run_export(args) -> int:
     grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
     common = dict(precision=args.precision, vae_precision=args.vae_precision, processing_res=resolutions[0] if fixed else None,
                   input_hw=input_hw if fixed else None, student_sha256=student_weights_sha256(student_dir))
-    if aoti:
-        print(f"sharpdepth export: compiling AOTInductor packages on {device} (minutes for full-size models)", file=sys.stderr)
-        manifest = export_aoti(student, out, image_hw=grids[0], batch=args.batch or 1, **common)
-    else:
-        manifest = export_onnx(student, out, image_hw=grids[0] if args.fixed else None, batch=args.batch, **common)
+    try:  # the export is written in a scratch folder (files.replacing_dir): nothing of it is left when this fails
+        if aoti:
+            print(f"sharpdepth export: compiling AOTInductor packages on {device} (minutes for full-size models)", file=sys.stderr)
+            manifest = export_aoti(student, out, image_hw=grids[0], batch=args.batch or 1, **common)
+        else:
+            manifest = export_onnx(student, out, image_hw=grids[0] if args.fixed else None, batch=args.batch, **common)
+    except OSError as exc:  # a full disk
+        import shutil
+
+        weights = sum(p.numel() for p in student.parameters()) * (2 if args.precision == "fp16" else 4)
+        raise ValueError(f"cannot write the export in {out}: {exc.strerror or exc}; it needs about {weights / 1e6:.1f} MB (its "
+                         f"weights), {shutil.disk_usage(out.parent if not out.exists() else out).free / 1e6:.1f} MB free "
+                         "there; nothing of it was left") from exc
     shape = "dynamic H/W" if manifest.image_hw is None else "fixed {}x{} (HxW)".format(*manifest.image_hw)
     for name, info in manifest.graphs.items():
         size = sum((out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20

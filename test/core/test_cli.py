@@ -159,6 +159,50 @@ def test_an_input_name_too_long_for_its_outputs_fails_that_image_only(tiny_dirs,
     assert err[-1].startswith("sharpdepth predict: error: 1 input(s) not written (1 image(s) failed")
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 96 KiB tmpfs: a disk that fills up for real, the only way to get a full disk's errors from every
+    writer (numpy's short write, Pillow, ONNX's protobuf); unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True, text=True, timeout=30)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True, timeout=30)
+
+
+def test_predict_on_a_full_disk_keeps_what_it_wrote_and_stops_in_one_line(tiny_dirs, images, full_disk, capsys):
+    """The disk fills during the 2nd image (a traceback before, the run aborted): that image's files are
+    removed, the 1st image's are whole, the 3rd is not tried; one line says the space needed; exit 3."""
+    out = full_disk / "out"
+    names = ("scene", "gray", "rgba")
+    status = main(["predict", *(str(images / f"{n}.png") for n in names), "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3 and "Traceback" not in "\n".join(err)
+    line = next(line for line in err if line.startswith(f"{images / 'gray.png'}: error:"))
+    assert line.startswith(f"{images / 'gray.png'}: error: cannot write to {out}: No space left on device; its outputs need up to ")
+    assert line.endswith(f"MB free there; its files in {out} removed; 1 later image(s) not processed")
+    assert err[-1] == ("sharpdepth predict: error: 2 input(s) not written (1 image(s) failed, 1 image(s) not processed after "
+                       "a write error, each said above); exit status 3")
+    assert sorted(p.name for p in out.iterdir()) == sorted([PREDICT_RECORD, *("scene" + s for s in OUTPUT_SUFFIXES[:-1])])
+    assert np.load(out / "scene_depth.npy").shape == (48, 64)
+    assert np.array_equal(np.asarray(Image.open(out / "scene_depth.png")), depth_to_millimetres(np.load(out / "scene_depth.npy")))
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_dirs, full_disk, capsys):
+    out = full_disk / "export"
+    assert main(["export", "--student", str(tiny_dirs["student"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sharpdepth export: error: cannot write the export in {out}: "
+                                                     "No space left on device; it needs about ")
+    assert err.endswith("MB free there; nothing of it was left\n") and list(full_disk.iterdir()) == []
+
+
 def test_exit_status_says_whether_every_input_was_written(tiny_dirs, images, tmp_path, capsys, monkeypatch):
     """0: all written; 3: some not (an unreadable broken.jpg, an empty folder); 1: none; documented in --help."""
     model = ["--model", str(tiny_dirs["pipeline"])]
