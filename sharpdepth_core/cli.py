@@ -14,8 +14,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +53,8 @@ PREDICT_EXIT_CODES = (
     f"exit status: 0 every input written; {EXIT_NONE_WRITTEN} nothing written (no input could be processed); "
     f"{EXIT_ERROR} bad arguments, models or output folder (nothing processed); {EXIT_SOME_FAILED} some inputs written, "
     "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way, "
-    "a full disk, which stops the run: each said in one line, and how many in the last)"
+    "a full disk, which stops the run: each said in one line, and how many in the last); 130 / 143 stopped by "
+    "SIGINT / SIGTERM (nothing partly written left)"
 )
 
 
@@ -447,9 +450,9 @@ def predict_image(pipe, path: Path, camera, args):
 
 def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> tuple[np.ndarray, np.ndarray]:
     """One image's files (OUTPUT_SUFFIXES) in `out`, each written whole; returns its (depth, difference
-    map). When one cannot be written (a full disk), all of the image's files are removed (they are
-    predict's own: a mix of this run's and an earlier run's would be no result) and OSError says why,
-    with the space they need and the space free."""
+    map). When one cannot be written (a full disk) or a signal stops the run midway, all of the image's
+    files are removed (they are predict's own: a mix of this run's and an earlier run's would be no
+    result); OSError then says why, with the space they need and the space free."""
     import shutil
 
     from .geometry import unproject, write_ply
@@ -470,9 +473,11 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
     try:
         for suffix, (write, data) in files.items():
             write(out / (stem + suffix), data)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk, or SIGINT / SIGTERM midway
         for suffix in files:
             (out / (stem + suffix)).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         # at most the raw pixels (+ PNG's row filters, npy's header), with the PLY's colours
         needed = sum(data.nbytes + data.shape[0] + 128 for _, data in files.values()) + (rgb.nbytes if ply else 0)
         raise OSError(exc.errno, f"{exc.strerror or exc}; its outputs need up to {needed / 1e6:.2f} MB, "
@@ -803,15 +808,49 @@ def join_option_values(argv: list[str]) -> list[str]:
     return joined
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input, 3 (predict)
-    some inputs not written (PREDICT_EXIT_CODES)."""
-    args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv)))
+class Stopped(BaseException):
+    """SIGINT or SIGTERM as an exception: it unwinds, so every `finally` runs (files.replacing_dir removes
+    its scratch folder, atomic_write its temporary file) before the command exits 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    """The SIGINT / SIGTERM handler while a command runs: a second signal is ignored, so the cleanup
+    that the first one started runs to its end."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def run_command(args) -> int:
+    """`args.func`, with expected errors as one line (exit 2) and SIGINT / SIGTERM as one line and
+    exit 130 / 143, nothing partial left behind (instead of a KeyboardInterrupt traceback, or SIGTERM's
+    kill that skips all cleanup)."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # model errors subclass these
         print(f"sharpdepth {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"sharpdepth {args.command}: stopped by {signal.Signals(signum).name}; nothing partly written was left",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input, 3 (predict)
+    some inputs not written (PREDICT_EXIT_CODES), 130 / 143 stopped by SIGINT / SIGTERM."""
+    return run_command(build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv))))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -425,6 +426,60 @@ def fifo_writer_after(fifo: Path | None, seconds: float):
         yield
     finally:
         timer.cancel()
+
+
+# `sharpdepth` with a hook that says when it has reached a slow step (the model load, an AOTInductor compile,
+# which has begun writing its package) and blocks there: the signal lands at that point, every time.
+BLOCKING_HOOK = """
+import sys, time
+import torch._inductor
+from sharpdepth_core import cli
+from sharpdepth_core.pipeline import SharpDepthPipeline
+
+def block(*args, package_path=None, **kwargs):
+    if package_path:
+        open(package_path, "wb").write(b"half a package")
+    print("HOOK: blocked", file=sys.stderr, flush=True)
+    time.sleep(60)
+
+SharpDepthPipeline.from_pretrained = block
+torch._inductor.aoti_compile_and_package = block
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command,signum", [
+    ("predict", signal.SIGINT),  # during the model load: a KeyboardInterrupt traceback before
+    ("export", signal.SIGINT),  # during an AOTI compile: the same
+    ("export", signal.SIGTERM),  # during an AOTI compile: killed, its .sharpdepth-partial-* folder left beside --out
+])
+def test_a_signal_during_a_slow_step_is_one_line_and_leaves_nothing(tiny_dirs, images, tmp_path, command, signum):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    args = ([str(images / "scene.png"), "--model", str(tiny_dirs["pipeline"])] if command == "predict"
+            else ["--engine", "aoti", "--input-size", "64x48", "--student", str(tiny_dirs["student"]), "--device", "cpu"])
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKING_HOOK, command, *args, "--out", str(out)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        lines = []
+        while not lines or lines[-1] != "HOOK: blocked":
+            line = proc.stderr.readline()
+            assert line, f"exited before the hook: {''.join(lines)}"
+            lines.append(line.strip())
+        if command == "export":  # the compile is writing into a scratch folder beside --out
+            assert [p.name[:20] for p in work.iterdir()] == [".sharpdepth-partial-"]
+        proc.send_signal(signum)
+        rest = proc.stderr.read().strip().splitlines()
+        status = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    name = signal.Signals(signum).name
+    assert status == 128 + signum and rest == [f"sharpdepth {command}: stopped by {name}; nothing partly written was left"]
+    assert list(work.iterdir()) == []  # no --out, no scratch folder
 
 
 def png_header(path: Path, width: int, height: int) -> Path:
