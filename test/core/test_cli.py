@@ -482,6 +482,27 @@ def test_a_signal_during_a_slow_step_is_one_line_and_leaves_nothing(tiny_dirs, i
     assert list(work.iterdir()) == []  # no --out, no scratch folder
 
 
+def test_an_interrupt_while_an_image_is_written_removes_that_image_only(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """SIGINT (as its handler raises it) after two of the 2nd image's files: the 1st image stays whole, none
+    of the 2nd's is left."""
+    import sharpdepth_core.visualize as visualize
+    from sharpdepth_core.cli import Stopped
+
+    save_png = visualize.save_png
+
+    def interrupted(path, image):
+        if path.name == "scene_depth_color.png":
+            raise Stopped(signal.SIGINT)
+        return save_png(path, image)
+
+    monkeypatch.setattr(visualize, "save_png", interrupted)
+    out = tmp_path / "out"
+    assert main(["predict", str(images / "gray.png"), str(images / "scene.png"), "--out", str(out),
+                 "--model", str(tiny_dirs["pipeline"])]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sharpdepth predict: stopped by SIGINT; nothing partly written was left"
+    assert sorted(p.name for p in out.iterdir()) == sorted([PREDICT_RECORD, *("gray" + s for s in OUTPUT_SUFFIXES[:-1])])
+
+
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG whose header announces width x height, with no pixel data: what a size check must stop."""
 
