@@ -397,7 +397,10 @@ def load_predict_pipeline(args, device):
     if args.engine_dir and args.engine == "pytorch":
         raise ValueError("--engine-dir goes with --engine onnx, tensorrt or aoti")
     torch.set_num_threads(args.threads)
-    pipe = _load_pipeline(args, device)
+    with warnings.catch_warnings(record=True) as caught:  # a preset part the folder lacks: one plain line each
+        pipe = _load_pipeline(args, device)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"sharpdepth predict: warning: {message}", file=sys.stderr)
     if args.engine != "pytorch":
         student = args.student or (args.model or EMBEDDED_DIR) / "student"
         pipe.engine = exported_engine(args.engine, args.engine_dir, student, pipe.processing_res, pipe.device)
