@@ -712,6 +712,24 @@ def test_sequence_scores_consecutive_frames_with_their_poses(tiny_dirs, walk, tm
     assert main(args) == 2 and (out / "sequence.json").read_text() == "a user's file"
 
 
+def test_sequence_scores_on_a_full_disk_are_one_line_and_exit_3(tiny_dirs, walk, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sharpdepth_core.cli as cli
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "write_sequence_scores", full)
+    folder, poses, intrinsics, _ = walk
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_dirs["pipeline"]), "--sequence",
+                 "--poses", str(poses), "--intrinsics", intrinsics]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"sharpdepth predict: error: cannot write {out / 'sequence.json'}: No space left on device" in err
+    assert err[-1] == f"sharpdepth predict: 3 of 3 images written to {out}" and not (out / "sequence.json").exists()
+
+
 def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs, walk, tmp_path, capsys):
     folder, _, _, _ = walk
     out = tmp_path / "out"
