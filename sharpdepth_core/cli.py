@@ -14,8 +14,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,14 +39,22 @@ OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_dept
 PREDICT_RECORD = ".sharpdepth-predict.json"
 SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
 ENGINE_CHOICES = ("pytorch", "onnx", "tensorrt", "aoti")  # engines.ENGINES, without importing torch for --help
+# Bounds on the JSON files read (regular files only, files.read_json_file): a calibration or an export.json
+# is a few kB; --poses holds ~400 bytes per frame (64 MiB: over 100,000 frames); predict's record ~300
+# bytes per image.
+MAX_SMALL_JSON_BYTES, MAX_LIST_JSON_BYTES = 1 << 20, 64 << 20
+# export --batch: the node batches the newest frame of each camera (at most 8 cameras), and tracing a full-size
+# VAE at the grid holds every image of the batch at once (batch 100,000 ran for minutes, then ran out).
+MAX_EXPORT_BATCH = 16
 OPTIONS_WITH_VALUES = ("--intrinsics",)  # values may start with '-' (a negative cx): joined as --opt=value
 # predict's exit status: a script can tell a complete run from a partial one without reading stderr.
 EXIT_NONE_WRITTEN, EXIT_ERROR, EXIT_SOME_FAILED = 1, 2, 3
 PREDICT_EXIT_CODES = (
     f"exit status: 0 every input written; {EXIT_NONE_WRITTEN} nothing written (no input could be processed); "
     f"{EXIT_ERROR} bad arguments, models or output folder (nothing processed); {EXIT_SOME_FAILED} some inputs written, "
-    "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way: "
-    "each said in one line, and how many in the last)"
+    "others not (a missing or unreadable file, an empty folder, an image refused or whose outputs are in the way, "
+    "a full disk, which stops the run: each said in one line, and how many in the last); 130 / 143 stopped by "
+    "SIGINT / SIGTERM (nothing partly written left)"
 )
 
 
@@ -185,13 +195,18 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
         return None
     source = Path(value)
     if source.suffix.lower() == ".json" or source.is_file():
-        if not source.is_file():
+        if not source.exists():
             raise ValueError(f"--intrinsics {value}: no such file")
+        from .files import read_json_file
+
         try:
-            data = json.loads(source.read_text())
+            data = read_json_file(source, MAX_SMALL_JSON_BYTES)
+        except ValueError as exc:  # a FIFO, a device, a huge or deeply nested file
+            raise ValueError(f"--intrinsics {exc}") from exc
+        try:
             K = np.asarray(data.get("K", data.get("k")), dtype=np.float64).reshape(3, 3)
             hw = (data["height"], data["width"]) if "height" in data or "width" in data else None
-        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError(f"--intrinsics {value}: expected a JSON object with \"K\" (3x3 or 9 numbers) and optionally "
                              f"both \"width\" and \"height\" ({type(exc).__name__})") from exc
         if hw is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
@@ -208,10 +223,17 @@ def parse_intrinsics(value: str | None) -> tuple[np.ndarray, tuple[int, int] | N
 
 
 def read_poses(path: Path, frames: int) -> list[np.ndarray]:
-    """--poses: one camera-to-world 4x4 per frame, checked (count, finite, rigid) before the models load."""
+    """--poses: one camera-to-world 4x4 per frame, checked (count, finite, rigid) before the models load;
+    read as a bounded regular file (a FIFO, /dev/zero, a huge or deeply nested file: one line)."""
+    from .files import read_json_file
+
     try:
-        poses = np.asarray(json.loads(path.read_text())["camera_to_world"], dtype=np.float64)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+        data = read_json_file(path, MAX_LIST_JSON_BYTES)
+    except ValueError as exc:
+        raise ValueError(f"--poses {exc}") from exc
+    try:
+        poses = np.asarray(data["camera_to_world"], dtype=np.float64)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise ValueError(f"--poses {path}: expected a JSON object {{\"camera_to_world\": [one 4x4 matrix per frame]}} "
                          f"({type(exc).__name__})") from exc
     if poses.ndim != 3 or poses.shape[1:] != (4, 4):
@@ -272,12 +294,33 @@ def depth_pictures(depth: np.ndarray, metric_depth: np.ndarray) -> tuple[np.ndar
     return tuple(np.vstack([colorize_depth(d, lo, hi), bar]) for d in (depth, metric_depth))
 
 
-def _read_record(out: Path) -> set[str]:
-    """Names of the files predict wrote in `out` before (none when the record is missing or unreadable)."""
+def name_too_long(out: Path, names: list[str]) -> str | None:
+    """Why one of an image's output `names` cannot be created in `out` (with the temporary name it is
+    first written under, `files.temp_name`) because it is longer than the file system allows; None when
+    all fit. Said per image: a 240-character input name otherwise stopped the whole run (ENAMETOOLONG)."""
+    from .files import temp_name
+
     try:
-        files = json.loads((out / PREDICT_RECORD).read_text()).get("files", [])
+        limit = os.pathconf(out, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(names, key=lambda name: len(os.fsencode(temp_name(out / name).name)))
+    needed = len(os.fsencode(temp_name(out / longest).name))
+    if needed <= limit:
+        return None
+    return (f"its output {longest} (written under a temporary name of {needed} bytes) is longer than the {limit} bytes a "
+            f"file name may have in {out}; rename the input to a shorter name")
+
+
+def _read_record(out: Path) -> set[str]:
+    """Names of the files predict wrote in `out` before (none when the record is missing or unreadable:
+    not a regular file, too large, too deep, damaged)."""
+    from .files import read_json_file
+
+    try:
+        files = read_json_file(out / PREDICT_RECORD, MAX_LIST_JSON_BYTES).get("files", [])
         return {str(f) for f in files}
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return set()
 
 
@@ -354,7 +397,10 @@ def load_predict_pipeline(args, device):
     if args.engine_dir and args.engine == "pytorch":
         raise ValueError("--engine-dir goes with --engine onnx, tensorrt or aoti")
     torch.set_num_threads(args.threads)
-    pipe = _load_pipeline(args, device)
+    with warnings.catch_warnings(record=True) as caught:  # a preset part the folder lacks: one plain line each
+        pipe = _load_pipeline(args, device)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"sharpdepth predict: warning: {message}", file=sys.stderr)
     if args.engine != "pytorch":
         student = args.student or (args.model or EMBEDDED_DIR) / "student"
         pipe.engine = exported_engine(args.engine, args.engine_dir, student, pipe.processing_res, pipe.device)
@@ -406,7 +452,12 @@ def predict_image(pipe, path: Path, camera, args):
 
 
 def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One image's files (OUTPUT_SUFFIXES) in `out`; returns its (depth, difference map)."""
+    """One image's files (OUTPUT_SUFFIXES) in `out`, each written whole; returns its (depth, difference
+    map). When one cannot be written (a full disk) or a signal stops the run midway, all of the image's
+    files are removed (they are predict's own: a mix of this run's and an earlier run's would be no
+    result); OSError then says why, with the space they need and the space free."""
+    import shutil
+
     from .geometry import unproject, write_ply
     from .visualize import colorize_difference, difference_colour_bar, save_png
 
@@ -414,14 +465,26 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
     metric = result.metric_depth[0, 0].float().cpu().numpy()
     e = result.difference[0, 0].float().cpu().numpy()
     depth_color, metric_color = depth_pictures(depth, metric)
-    _save_npy(out / f"{stem}_depth.npy", depth.astype(np.float32))
-    save_png(out / f"{stem}_depth.png", depth_to_millimetres(depth))
-    save_png(out / f"{stem}_depth_color.png", depth_color)
-    _save_npy(out / f"{stem}_metric_depth.npy", metric.astype(np.float32))
-    save_png(out / f"{stem}_metric_depth_color.png", metric_color)
-    save_png(out / f"{stem}_difference.png", np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])]))
+    difference = np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])])
+    files = {  # name: (writer, data)
+        "_depth.npy": (_save_npy, depth.astype(np.float32)), "_depth.png": (save_png, depth_to_millimetres(depth)),
+        "_depth_color.png": (save_png, depth_color), "_metric_depth.npy": (_save_npy, metric.astype(np.float32)),
+        "_metric_depth_color.png": (save_png, metric_color), "_difference.png": (save_png, difference),
+    }
     if ply:
-        write_ply(out / f"{stem}.ply", unproject(depth, result.K[0].cpu().numpy()), rgb)
+        files[".ply"] = (lambda path, xyz: write_ply(path, xyz, rgb), unproject(depth, result.K[0].cpu().numpy()))
+    try:
+        for suffix, (write, data) in files.items():
+            write(out / (stem + suffix), data)
+    except BaseException as exc:  # a full disk, or SIGINT / SIGTERM midway
+        for suffix in files:
+            (out / (stem + suffix)).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        # at most the raw pixels (+ PNG's row filters, npy's header), with the PLY's colours
+        needed = sum(data.nbytes + data.shape[0] + 128 for _, data in files.values()) + (rgb.nbytes if ply else 0)
+        raise OSError(exc.errno, f"{exc.strerror or exc}; its outputs need up to {needed / 1e6:.2f} MB, "
+                      f"{shutil.disk_usage(out).free / 1e6:.2f} MB free there; its files in {out} removed") from exc
     return depth, e
 
 
@@ -492,7 +555,7 @@ def run_predict(args) -> int:
     pipe = load_predict_pipeline(args, device)
     out.mkdir(parents=True, exist_ok=True)
     ours = _read_record(out)
-    done, stems = 0, set()
+    done, left, stems = 0, 0, set()
     frames: list[tuple | None] = [None] * len(images)  # with --poses: each written frame's (depth, f_D depth, K)
     for i, path in enumerate(tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None)):
         stem, n = path.stem, 1
@@ -500,6 +563,10 @@ def run_predict(args) -> int:
             stem, n = f"{path.stem}_{n}", n + 1
         stems.add(stem)
         names = [stem + s for s in OUTPUT_SUFFIXES if s != ".ply" or args.ply]
+        too_long = name_too_long(out, names)
+        if too_long:
+            tqdm.write(f"{path}: error: {too_long}", file=sys.stderr)
+            continue
         theirs = [name for name in names if (out / name).exists() and (name not in ours or not (out / name).is_file())]
         if theirs:
             tqdm.write(f"{path}: error: {out / theirs[0]} exists and was not written by sharpdepth predict; not overwritten "
@@ -509,29 +576,40 @@ def run_predict(args) -> int:
         if predicted is None:
             continue
         rgb, result = predicted
-        if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
-            ours.update(names)
-            _write_record(out, ours)
-        depth, e = write_outputs(out, stem, rgb, result, args.ply)
+        try:
+            if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
+                ours.update(names)
+                _write_record(out, ours)
+            depth, e = write_outputs(out, stem, rgb, result, args.ply)
+        except OSError as exc:  # a full disk: every later image would fail the same way
+            left = len(images) - i - 1
+            tqdm.write(f"{path}: error: cannot write to {out}: {exc.strerror or exc}; "
+                       f"{left} later image(s) not processed", file=sys.stderr)
+            break
         tqdm.write(summary_line(path, rgb, depth, e, result), file=sys.stdout)
         done += 1
         if poses:
             frames[i] = (depth, result.metric_depth[0, 0].float().cpu().numpy(), result.K[0].double().cpu().numpy())
+    sequence_failed = False
     if poses and done:
-        ours.add(SEQUENCE_SCORES)
-        _write_record(out, ours)
-        write_sequence_scores(out, images, frames, poses, args.poses)
+        try:
+            ours.add(SEQUENCE_SCORES)
+            _write_record(out, ours)
+            write_sequence_scores(out, images, frames, poses, args.poses)
+        except OSError as exc:
+            print(f"sharpdepth predict: error: cannot write {out / SEQUENCE_SCORES}: {exc.strerror or exc}", file=sys.stderr)
+            sequence_failed = True
     if done == 0:
         print(f"sharpdepth predict: error: none of the {len(images)} images could be processed", file=sys.stderr)
         return EXIT_NONE_WRITTEN
     print(f"sharpdepth predict: {done} of {len(images)} images written to {out}", file=sys.stderr)
-    failed = {"image(s) failed": len(images) - done, "input(s) gave no image": unusable}
+    failed = {"image(s) failed": len(images) - left - done, "image(s) not processed after a write error": left,
+              "input(s) gave no image": unusable}
     if any(failed.values()):
         what = ", ".join(f"{n} {kind}" for kind, n in failed.items() if n)
         print(f"sharpdepth predict: error: {sum(failed.values())} input(s) not written ({what}, each said above); "
               f"exit status {EXIT_SOME_FAILED}", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return 0
+    return EXIT_SOME_FAILED if any(failed.values()) or sequence_failed else 0
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -565,7 +643,8 @@ def add_export(sub) -> None:
                    help="longer edge(s) of the processing grid (default: the model's, from its pipeline.json, else 768; "
                    "--fixed takes one)")
     p.add_argument("--fixed", action="store_true", help="fixed H/W graphs for the --input-size grid (default: dynamic H/W)")
-    p.add_argument("--batch", type=int, help="fixed batch size (default: dynamic; 1 for --engine aoti)")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help=f"fixed batch size, 1 to {MAX_EXPORT_BATCH} (default: dynamic; 1 for --engine aoti)")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs tensorrt and a CUDA GPU)")
     p.add_argument("--tensorrt-cache", type=Path, metavar="DIR", help="engine cache folder (default: DIR/tensorrt)")
     p.add_argument("--device", default="auto", help=f"where to trace (aoti: to compile for): {_device_help()}")
@@ -598,7 +677,11 @@ def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
             raise ValueError(f"--out {out}: not empty and not an earlier export (no {MANIFEST}); choose a new or empty folder")
         if not overwrite:
             raise ValueError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
-        earlier = _manifest_format(out / MANIFEST)
+        try:
+            earlier = _manifest_format(out / MANIFEST)
+        except ValueError as exc:
+            raise ValueError(f"--out {out}: not replaced, its {MANIFEST} is none that sharpdepth export wrote ({exc}); "
+                             "choose a new or empty folder, or move it away") from exc
         if earlier not in (None, fmt):
             raise ValueError(f"--out {out}: holds an earlier {earlier} export, and --overwrite replaces one of the same kind: "
                              f"write the {fmt} export to another folder")
@@ -610,10 +693,17 @@ def export_folder(out: Path, overwrite: bool, fmt: str = "onnx") -> Path:
 
 
 def _manifest_format(path: Path) -> str | None:
-    """The format an export.json names (manifests from before AOTI: onnx); None when unreadable."""
+    """The format an export.json names (manifests from before AOTI: onnx); None when it is no valid
+    JSON (a damaged manifest, which --overwrite replaces). ValueError for a link, FIFO, device or a
+    file above MAX_SMALL_JSON_BYTES: export writes none of these, so none is ever replaced."""
+    from .files import read_regular_file
+
+    if path.is_symlink():
+        raise ValueError(f"{path}: a symbolic link")
+    data = read_regular_file(path, MAX_SMALL_JSON_BYTES)
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     return raw.get("format", "onnx") if isinstance(raw, dict) else None
 
@@ -655,6 +745,9 @@ def run_export(args) -> int:
         raise ValueError("--fixed and --engine aoti export one processing grid: give one --processing-res")
     for res in args.processing_res or ():
         check_processing_res(res, "--processing-res")
+    if args.batch is not None and not 1 <= args.batch <= MAX_EXPORT_BATCH:
+        raise ValueError(f"--batch {args.batch}: expected 1 to {MAX_EXPORT_BATCH} (a fixed batch; the node batches one frame "
+                         "per camera)")
     input_hw = parse_size(args.input_size) if args.input_size else None
     device = check_device(args.device)
     out = export_folder(args.out, args.overwrite, args.engine)
@@ -668,11 +761,19 @@ def run_export(args) -> int:
     grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
     common = dict(precision=args.precision, vae_precision=args.vae_precision, processing_res=resolutions[0] if fixed else None,
                   input_hw=input_hw if fixed else None, student_sha256=student_weights_sha256(student_dir))
-    if aoti:
-        print(f"sharpdepth export: compiling AOTInductor packages on {device} (minutes for full-size models)", file=sys.stderr)
-        manifest = export_aoti(student, out, image_hw=grids[0], batch=args.batch or 1, **common)
-    else:
-        manifest = export_onnx(student, out, image_hw=grids[0] if args.fixed else None, batch=args.batch, **common)
+    try:  # the export is written in a scratch folder (files.replacing_dir): nothing of it is left when this fails
+        if aoti:
+            print(f"sharpdepth export: compiling AOTInductor packages on {device} (minutes for full-size models)", file=sys.stderr)
+            manifest = export_aoti(student, out, image_hw=grids[0], batch=args.batch or 1, **common)
+        else:
+            manifest = export_onnx(student, out, image_hw=grids[0] if args.fixed else None, batch=args.batch, **common)
+    except OSError as exc:  # a full disk
+        import shutil
+
+        weights = sum(p.numel() for p in student.parameters()) * (2 if args.precision == "fp16" else 4)
+        raise ValueError(f"cannot write the export in {out}: {exc.strerror or exc}; it needs about {weights / 1e6:.1f} MB (its "
+                         f"weights), {shutil.disk_usage(out.parent if not out.exists() else out).free / 1e6:.1f} MB free "
+                         "there; nothing of it was left") from exc
     shape = "dynamic H/W" if manifest.image_hw is None else "fixed {}x{} (HxW)".format(*manifest.image_hw)
     for name, info in manifest.graphs.items():
         size = sum((out / f).stat().st_size for f in (info.file, info.external_data) if f) / 2**20
@@ -713,15 +814,49 @@ def join_option_values(argv: list[str]) -> list[str]:
     return joined
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input, 3 (predict)
-    some inputs not written (PREDICT_EXIT_CODES)."""
-    args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv)))
+class Stopped(BaseException):
+    """SIGINT or SIGTERM as an exception: it unwinds, so every `finally` runs (files.replacing_dir removes
+    its scratch folder, atomic_write its temporary file) before the command exits 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    """The SIGINT / SIGTERM handler while a command runs: a second signal is ignored, so the cleanup
+    that the first one started runs to its end."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def run_command(args) -> int:
+    """`args.func`, with expected errors as one line (exit 2) and SIGINT / SIGTERM as one line and
+    exit 130 / 143, nothing partial left behind (instead of a KeyboardInterrupt traceback, or SIGTERM's
+    kill that skips all cleanup)."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # model errors subclass these
         print(f"sharpdepth {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"sharpdepth {args.command}: stopped by {signal.Signals(signum).name}; nothing partly written was left",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 nothing could be processed, 2 bad arguments, models or input, 3 (predict)
+    some inputs not written (PREDICT_EXIT_CODES), 130 / 143 stopped by SIGINT / SIGTERM."""
+    return run_command(build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else list(argv))))
 
 
 if __name__ == "__main__":

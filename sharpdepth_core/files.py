@@ -15,6 +15,7 @@ leftovers are recognised by that marker, never by their name alone, so a user's 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -68,6 +69,35 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """`Path.write_text` (UTF-8), atomically and exclusively (see `atomic_write`)."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`: the bounded reading of small files the user
+    names (poses, calibrations, manifests, records). ValueError, one line naming the file, for a FIFO
+    (reading it would block), a device such as /dev/zero (it never ends), a folder, a larger file or
+    one that cannot be read; only `max_bytes` + 1 bytes are ever read."""
+    from .images import _open_regular_file  # the one regular-file-only opener (O_NONBLOCK, then fstat)
+
+    try:
+        with _open_regular_file(path) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from exc
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: larger than {max_bytes:,} bytes; not read")
+    return data
+
+
+def read_json_file(path: str | Path, max_bytes: int) -> object:
+    """`read_regular_file`, parsed as JSON; ValueError (one line naming the file) also for invalid JSON
+    or JSON nested deeper than the parser's recursion allows (a RecursionError otherwise)."""
+    data = read_regular_file(path, max_bytes)
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError(f"{path}: JSON nested too deep") from exc
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ValueError(f"{path}: not valid JSON ({str(exc)[:200]})") from exc
 
 
 RECORD_SUFFIX = ".sha256"

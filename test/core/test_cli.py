@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import torch
 from PIL import Image
 
 from helpers_models import scene_image
-from sharpdepth_core.cli import PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
+from sharpdepth_core.cli import OUTPUT_SUFFIXES, PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.visualize import colorize_depth
@@ -141,6 +144,66 @@ def test_unreadable_inputs_are_reported_and_skipped(tiny_dirs, images, tmp_path,
                                             "1 input(s) gave no image, each said above); exit status 3")
 
 
+def test_an_input_name_too_long_for_its_outputs_fails_that_image_only(tiny_dirs, images, tmp_path, capsys):
+    """A 240-character name (its _metric_depth_color.png: 263 bytes) stopped the run with an ENAMETOOLONG
+    traceback before any image: now that image fails in one line, the others are written (exit 3)."""
+    long = tmp_path / ("x" * 240 + ".png")
+    shutil.copy(images / "scene.png", long)
+    out = tmp_path / "out"
+    status = main(["predict", str(long), str(images / "gray.png"), "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3 and "Traceback" not in "\n".join(err)
+    line = next(line for line in err if line.startswith(f"{long}: error:"))
+    assert f"its output {'x' * 240}_metric_depth_color.png (written under a temporary name of" in line
+    assert line.endswith(f"is longer than the 255 bytes a file name may have in {out}; rename the input to a shorter name")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["gray" + s for s in OUTPUT_SUFFIXES[:-1]] + [PREDICT_RECORD])
+    assert err[-1].startswith("sharpdepth predict: error: 1 input(s) not written (1 image(s) failed")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 96 KiB tmpfs: a disk that fills up for real, the only way to get a full disk's errors from every
+    writer (numpy's short write, Pillow, ONNX's protobuf); unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True, text=True, timeout=30)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True, timeout=30)
+
+
+def test_predict_on_a_full_disk_keeps_what_it_wrote_and_stops_in_one_line(tiny_dirs, images, full_disk, capsys):
+    """The disk fills during the 2nd image (a traceback before, the run aborted): that image's files are
+    removed, the 1st image's are whole, the 3rd is not tried; one line says the space needed; exit 3."""
+    out = full_disk / "out"
+    names = ("scene", "gray", "rgba")
+    status = main(["predict", *(str(images / f"{n}.png") for n in names), "--out", str(out), "--model", str(tiny_dirs["pipeline"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3 and "Traceback" not in "\n".join(err)
+    line = next(line for line in err if line.startswith(f"{images / 'gray.png'}: error:"))
+    assert line.startswith(f"{images / 'gray.png'}: error: cannot write to {out}: No space left on device; its outputs need up to ")
+    assert line.endswith(f"MB free there; its files in {out} removed; 1 later image(s) not processed")
+    assert err[-1] == ("sharpdepth predict: error: 2 input(s) not written (1 image(s) failed, 1 image(s) not processed after "
+                       "a write error, each said above); exit status 3")
+    assert sorted(p.name for p in out.iterdir()) == sorted([PREDICT_RECORD, *("scene" + s for s in OUTPUT_SUFFIXES[:-1])])
+    assert np.load(out / "scene_depth.npy").shape == (48, 64)
+    assert np.array_equal(np.asarray(Image.open(out / "scene_depth.png")), depth_to_millimetres(np.load(out / "scene_depth.npy")))
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_dirs, full_disk, capsys):
+    out = full_disk / "export"
+    assert main(["export", "--student", str(tiny_dirs["student"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sharpdepth export: error: cannot write the export in {out}: "
+                                                     "No space left on device; it needs about ")
+    assert err.endswith("MB free there; nothing of it was left\n") and list(full_disk.iterdir()) == []
+
+
 def test_exit_status_says_whether_every_input_was_written(tiny_dirs, images, tmp_path, capsys, monkeypatch):
     """0: all written; 3: some not (an unreadable broken.jpg, an empty folder); 1: none; documented in --help."""
     model = ["--model", str(tiny_dirs["pipeline"])]
@@ -188,6 +251,24 @@ def test_bad_arguments_exit_2_with_one_line(tiny_dirs, images, tmp_path, capsys,
     assert main(["predict", str(images), "--out", str(tmp_path / "o"), *model, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sharpdepth predict: error:") and message in err[-1]
+
+
+def test_json_files_are_read_bounded_and_regular_only(tiny_dirs, images, tmp_path, capsys):
+    """--intrinsics linked to /dev/zero (a MemoryError) is one line; predict's own record nested 200,000
+    deep (a RecursionError) counts as no record: nothing in the folder is taken for predict's."""
+    calib = tmp_path / "camera.json"
+    calib.symlink_to("/dev/zero")
+    args = ["predict", str(images / "scene.png"), "--model", str(tiny_dirs["pipeline"])]
+    assert main([*args, "--out", str(tmp_path / "a"), "--intrinsics", str(calib)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sharpdepth predict: error: --intrinsics {calib}: not a regular file (a FIFO, device or folder); not read"]
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / PREDICT_RECORD).write_text("[" * 200_000 + "]" * 200_000)
+    (out / "scene_depth.png").write_text("a user's file")
+    assert main([*args, "--out", str(out)]) == 1
+    assert "scene_depth.png exists and was not written by sharpdepth predict" in capsys.readouterr().err
+    assert (out / "scene_depth.png").read_text() == "a user's file"
 
 
 def test_intrinsics_impossible_for_the_image_refuse_it_in_one_line(tiny_dirs, images, tmp_path, capsys):
@@ -328,6 +409,100 @@ def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_p
     assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
 
 
+@contextmanager
+def fifo_writer_after(fifo: Path | None, seconds: float):
+    """After `seconds`, open `fifo` for writing and close it: a reader blocked opening it then reads an
+    empty file, so a reader that would hang forever makes the test fail instead."""
+    def unblock():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: nothing to unblock
+            pass
+
+    timer = threading.Timer(seconds, unblock)
+    if fifo is not None:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+# `sharpdepth` with a hook that says when it has reached a slow step (the model load, an AOTInductor compile,
+# which has begun writing its package) and blocks there: the signal lands at that point, every time.
+BLOCKING_HOOK = """
+import sys, time
+import torch._inductor
+from sharpdepth_core import cli
+from sharpdepth_core.pipeline import SharpDepthPipeline
+
+def block(*args, package_path=None, **kwargs):
+    if package_path:
+        open(package_path, "wb").write(b"half a package")
+    print("HOOK: blocked", file=sys.stderr, flush=True)
+    time.sleep(60)
+
+SharpDepthPipeline.from_pretrained = block
+torch._inductor.aoti_compile_and_package = block
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command,signum", [
+    ("predict", signal.SIGINT),  # during the model load: a KeyboardInterrupt traceback before
+    ("export", signal.SIGINT),  # during an AOTI compile: the same
+    ("export", signal.SIGTERM),  # during an AOTI compile: killed, its .sharpdepth-partial-* folder left beside --out
+])
+def test_a_signal_during_a_slow_step_is_one_line_and_leaves_nothing(tiny_dirs, images, tmp_path, command, signum):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    args = ([str(images / "scene.png"), "--model", str(tiny_dirs["pipeline"])] if command == "predict"
+            else ["--engine", "aoti", "--input-size", "64x48", "--student", str(tiny_dirs["student"]), "--device", "cpu"])
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKING_HOOK, command, *args, "--out", str(out)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        lines = []
+        while not lines or lines[-1] != "HOOK: blocked":
+            line = proc.stderr.readline()
+            assert line, f"exited before the hook: {''.join(lines)}"
+            lines.append(line.strip())
+        if command == "export":  # the compile is writing into a scratch folder beside --out
+            assert [p.name[:20] for p in work.iterdir()] == [".sharpdepth-partial-"]
+        proc.send_signal(signum)
+        rest = proc.stderr.read().strip().splitlines()
+        status = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    name = signal.Signals(signum).name
+    assert status == 128 + signum and rest == [f"sharpdepth {command}: stopped by {name}; nothing partly written was left"]
+    assert list(work.iterdir()) == []  # no --out, no scratch folder
+
+
+def test_an_interrupt_while_an_image_is_written_removes_that_image_only(tiny_dirs, images, tmp_path, capsys, monkeypatch):
+    """SIGINT (as its handler raises it) after two of the 2nd image's files: the 1st image stays whole, none
+    of the 2nd's is left."""
+    import sharpdepth_core.visualize as visualize
+    from sharpdepth_core.cli import Stopped
+
+    save_png = visualize.save_png
+
+    def interrupted(path, image):
+        if path.name == "scene_depth_color.png":
+            raise Stopped(signal.SIGINT)
+        return save_png(path, image)
+
+    monkeypatch.setattr(visualize, "save_png", interrupted)
+    out = tmp_path / "out"
+    assert main(["predict", str(images / "gray.png"), str(images / "scene.png"), "--out", str(out),
+                 "--model", str(tiny_dirs["pipeline"])]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sharpdepth predict: stopped by SIGINT; nothing partly written was left"
+    assert sorted(p.name for p in out.iterdir()) == sorted([PREDICT_RECORD, *("gray" + s for s in OUTPUT_SUFFIXES[:-1])])
+
+
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG whose header announces width x height, with no pixel data: what a size check must stop."""
 
@@ -387,6 +562,17 @@ def test_predict_never_writes_through_links_or_users_files_at_temporary_names(ti
     assert all((out / name).is_symlink() and os.readlink(out / name) == str(outside) for name in planted)
     assert np.load(out / "scene_depth.npy").shape == (48, 64) and (out / "scene.ply").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") and p.name not in planted and p.name != ".gray_depth.npy.tmp"]
+
+
+def test_a_preset_part_the_folder_lacks_is_one_plain_warning_line(tiny_dirs, images, tmp_path, capsys, recwarn):
+    """--speed fast on a folder without light_encoder/ let a RuntimeWarning escape, shown as `cli.py:NNN:
+    RuntimeWarning:` and the source line; now one line like every other message, and no warning escapes."""
+    assert main(["predict", str(images / "scene.png"), "--out", str(tmp_path / "o"), "--model", str(tiny_dirs["pipeline"]),
+                 "--speed", "fast"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "light_encoder" in line]
+    assert lines == ["sharpdepth predict: warning: speed fast: the pipeline folder has no light_encoder/, so that part of "
+                     "the preset runs as vae"]
+    assert [str(w.message) for w in recwarn if "light_encoder" in str(w.message)] == []
 
 
 def test_degenerate_fit_warning_is_one_plain_line(tiny_dirs, images, tmp_path, capsys, monkeypatch):
@@ -525,6 +711,24 @@ def test_sequence_scores_consecutive_frames_with_their_poses(tiny_dirs, walk, tm
     assert main(args) == 2 and (out / "sequence.json").read_text() == "a user's file"
 
 
+def test_sequence_scores_on_a_full_disk_are_one_line_and_exit_3(tiny_dirs, walk, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import sharpdepth_core.cli as cli
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "write_sequence_scores", full)
+    folder, poses, intrinsics, _ = walk
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_dirs["pipeline"]), "--sequence",
+                 "--poses", str(poses), "--intrinsics", intrinsics]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"sharpdepth predict: error: cannot write {out / 'sequence.json'}: No space left on device" in err
+    assert err[-1] == f"sharpdepth predict: 3 of 3 images written to {out}" and not (out / "sequence.json").exists()
+
+
 def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs, walk, tmp_path, capsys):
     folder, _, _, _ = walk
     out = tmp_path / "out"
@@ -539,9 +743,14 @@ def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs,
     ("two poses", "2 poses for 3 frames"),
     ("scaled", "pose 1 is not a rigid transform"),
     ("mirrored", "pose 2 is not a rigid transform"),
-    ("not json", "expected a JSON object"),
+    ("not json", "not valid JSON"),
     ("no --sequence", "--poses goes with --sequence and --intrinsics"),
     ("no --intrinsics", "--poses goes with --sequence and --intrinsics"),
+    ("fifo", "poses.json: not a regular file"),  # hung forever waiting for a writer
+    ("/dev/zero", "poses.json: not a regular file"),  # MemoryError
+    ("huge", "poses.json: larger than 67,108,864 bytes; not read"),  # a 267 MB file: MemoryError
+    ("deep", "poses.json: JSON nested too deep"),  # RecursionError
+    ("not an object", "expected a JSON object"),
 ])
 def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_must_not_load, case, message):
     folder, poses, intrinsics, frames = walk
@@ -553,10 +762,21 @@ def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_mu
     elif case == "mirrored":
         cams[2][:3, 0] *= -1
     poses.write_text("{" if case == "not json" else json.dumps({"camera_to_world": [c.tolist() for c in cams]}))
+    if case in ("fifo", "/dev/zero"):
+        poses.unlink()
+        os.mkfifo(poses) if case == "fifo" else poses.symlink_to("/dev/zero")
+    elif case == "huge":
+        with open(poses, "r+b") as f:  # sparse: 64 MiB + 1 byte of zeros, no disk used
+            f.truncate(64 * 2**20 + 1)
+    elif case == "deep":
+        poses.write_text('{"camera_to_world": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    elif case == "not an object":
+        poses.write_text("[1, 2]")
     args = ["predict", str(folder), "--out", str(tmp_path / "o"), "--poses", str(poses)]
     args += [] if case == "no --sequence" else ["--sequence"]
     args += [] if case == "no --intrinsics" else ["--intrinsics", intrinsics]
-    assert main(args) == 2
+    with fifo_writer_after(poses if case == "fifo" else None, seconds=10):  # a reader blocked on it fails, not hangs
+        assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
     assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,54 @@ def test_overwrite_refuses_user_entries_in_the_engine_cache_and_extras(student, 
     assert ExportManifest.load(earlier) == dynamic_fp32[1]
 
 
+@pytest.mark.parametrize("kind,message", [
+    ("link to /dev/zero", "export.json: a symbolic link"),  # was a MemoryError traceback
+    ("fifo", "export.json: not a regular file"),  # hung
+    ("huge", "export.json: larger than 1,048,576 bytes"),
+])
+def test_overwrite_refuses_an_export_json_that_export_never_writes(dynamic_fp32, tmp_path, capsys, student_must_not_load,
+                                                                   kind, message):
+    """export.json read by --overwrite (its format) as a bounded regular file: a link, FIFO or device, or a
+    file above 1 MiB, is nothing export wrote: one line, before the model loads, and nothing is touched."""
+    from sharpdepth_core.cli import main
+
+    earlier = Path(shutil.copytree(dynamic_fp32[0], tmp_path / "earlier"))
+    manifest = earlier / MANIFEST
+    manifest.unlink()
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "huge":
+        with open(manifest, "wb") as f:
+            f.truncate(2**20 + 1)
+    else:
+        manifest.symlink_to("/dev/zero")
+    before = sorted(p.name for p in earlier.iterdir())
+    # a reader that blocks opening the FIFO is let go after 10 s (it reads nothing): the test fails, not hangs
+    unblock = threading.Timer(10, lambda: os.close(os.open(manifest, os.O_WRONLY | os.O_NONBLOCK)))
+    if kind == "fifo":
+        unblock.start()
+    try:
+        assert main(["export", "--out", str(earlier), "--overwrite"]) == 2
+    finally:
+        unblock.cancel()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sharpdepth export: error: --out {earlier}: not replaced") and message in err
+    assert sorted(p.name for p in earlier.iterdir()) == before
+    assert {"fifo": manifest.is_fifo, "huge": lambda: manifest.stat().st_size == 2**20 + 1, "link to /dev/zero": manifest.is_symlink}[kind]()
+
+
+def test_overwrite_replaces_a_damaged_export_json_nested_too_deep(dynamic_fp32, tmp_path, capsys):
+    """A regular export.json that is no valid JSON, nested 200,000 deep included (a RecursionError
+    traceback before), is a damaged earlier export: --overwrite replaces it."""
+    from sharpdepth_core.cli import main
+
+    earlier = Path(shutil.copytree(dynamic_fp32[0], tmp_path / "earlier"))
+    (earlier / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)
+    assert main(["export", "--out", str(earlier), "--overwrite"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert ExportManifest.load(earlier).graphs.keys() == set(GRAPHS)
+
+
 def test_overwrite_replaces_an_engine_cache_of_plans_only(student, dynamic_fp32, tmp_path):
     earlier = tmp_path / "earlier"
     shutil.copytree(dynamic_fp32[0], earlier)
@@ -357,14 +406,26 @@ def test_replacing_dir_replaces_only_earlier_saves_of_the_same_kind(tmp_path, mo
         (["--input-size", "64by48", "--fixed"], "expected WxH"),
         (["--input-size", "64x48", "--fixed", "--processing-res", "64", "32"], "one --processing-res"),
         (["--model", "m", "--student", "s"], "exclude each other"),
+        # ran for minutes, leaving a .sharpdepth-partial-* folder beside --out
+        (["--input-size", "64x48", "--fixed", "--batch", "100000"], "--batch 100000: expected 1 to 16"),
+        (["--batch", "0"], "--batch 0: expected 1 to 16"),
     ],
 )
-def test_cli_export_argument_errors_are_one_line(tmp_path, capsys, extra, message):
+def test_cli_export_argument_errors_are_one_line(tmp_path, capsys, student_must_not_load, extra, message):
     from sharpdepth_core.cli import main
 
     assert main(["export", "--out", str(tmp_path / "x"), *extra]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+    assert message in err and err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_help_states_the_batch_limit(capsys, monkeypatch):
+    from sharpdepth_core.cli import main
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "fixed batch size, 1 to 16 (default: dynamic" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed: the missing-package error cannot be shown")
