@@ -17,6 +17,9 @@ import numpy as np
 
 from .files import atomic_write
 
+# One depth colour map everywhere (node, predict, demo, trainer, figures): inferno, not turbo, because its
+# lightness rises monotonically (depth reads in greyscale and to colour-blind eyes, and no false edges
+# appear where turbo's lightness turns), and its end short of black leaves black to invalid pixels.
 DEPTH_CMAP, DIFFERENCE_CMAP = "inferno", "viridis"
 _FAR = 0.15  # colormap position of the far end
 
@@ -111,6 +114,16 @@ def colorize_depth(depth, vmin: float | None = None, vmax: float | None = None) 
         np.clip(position, 0, 1 - _FAR, out=position)
         position += _FAR
     return _colour(DEPTH_CMAP, position, valid)
+
+
+def depth_colormap():
+    """`colorize_depth`'s colours as a matplotlib colormap for figures drawn with imshow (vmin = near =
+    bright, vmax = far = dark, NaN black): the same picture as the node's and predict's."""
+    from matplotlib.colors import ListedColormap
+
+    position = 1 - np.linspace(0, 1, 256) * (1 - _FAR)
+    colours = TABLES[DEPTH_CMAP][(position * 255 + 0.5).astype(np.intp)] / 255
+    return ListedColormap(colours, name="sharpdepth_depth").with_extremes(bad="black")
 
 
 def colorize_difference(e) -> np.ndarray:
