@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -24,21 +23,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .choices import DIFFERENCE_METHODS, ENGINES
+from .devices import DTYPES
 from .hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
-from .images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES
-from .speed import SPEEDS
+from .images import DEFAULT_MAX_INPUT_PIXELS, list_images
+from .speed import BUDGET_TEXT, SPEEDS
 
 if TYPE_CHECKING:  # torch loads only when a command runs: --help stays fast
     import torch
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # What predict writes per image (<name> + suffix); an input folder's files named like these are skipped.
 OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy", "_metric_depth_color.png",
                    "_difference.png", ".ply")
 # predict's record of the files it wrote in an output folder: only those are ever overwritten.
 PREDICT_RECORD = ".sharpdepth-predict.json"
 SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
-ENGINE_CHOICES = ("pytorch", "onnx", "tensorrt", "aoti")  # engines.ENGINES, without importing torch for --help
 # Bounds on the JSON files read (regular files only, files.read_json_file): a calibration or an export.json
 # is a few kB; --poses holds ~400 bytes per frame (64 MiB: over 100,000 frames); predict's record ~300
 # bytes per image.
@@ -118,9 +117,9 @@ def add_predict(sub) -> None:
                    "image, the reference code's order; this option is a named departure from it)")
     p.add_argument("--speed", choices=SPEEDS, default="exact",
                    help="exact (default): the reference computation; fast: the cheaper settings whose measured accuracy "
-                   "cost stays within +2%% AbsRel and +5%% DBE (on a GPU also bf16, one compiled CUDA graph per frame, "
+                   f"cost stays within {BUDGET_TEXT.replace('%', '%%')} (on a GPU also bf16, one compiled CUDA graph per frame, "
                    "minutes of compiling at the first image); the costs are in docs/METHOD.md, Speed presets")
-    p.add_argument("--difference", choices=("exact", "light", "latent"),
+    p.add_argument("--difference", choices=DIFFERENCE_METHODS,
                    help="how the difference map is made (default: the --speed preset's): exact (VAE decode, the reference), "
                    "light (the small decoder in the pipeline folder's light_decoder/), latent (from the latents, no decode)")
     p.add_argument("--seed", type=int, default=0,
@@ -128,7 +127,7 @@ def add_predict(sub) -> None:
                    "flicker from the noise; -1: fresh noise per image)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help=_device_help())
-    p.add_argument("--engine", choices=ENGINE_CHOICES, default="pytorch",
+    p.add_argument("--engine", choices=ENGINES, default="pytorch",
                    help="what runs the UNet and VAE: pytorch (default), or onnx / tensorrt / aoti on --engine-dir")
     p.add_argument("--engine-dir", type=Path, metavar="DIR", help="the folder `sharpdepth export` wrote, for --engine")
     p.add_argument("--threads", type=positive_int, default=default_threads(), metavar="N",
@@ -155,26 +154,19 @@ def add_predict(sub) -> None:
     p.set_defaults(func=run_predict)
 
 
-def natural_key(path: Path) -> list:
-    """Sort key that puts frame2 before frame10 (runs of digits compare as numbers)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def find_images(inputs: list[str], natural: bool = False) -> tuple[list[Path], list[str], int]:
-    """Image files named or contained (one level) in folders, in order (a folder's by name, or with
-    `natural` by `natural_key`); one line per problem; and how many inputs gave no image (missing, not
-    a regular file, an empty folder: each a failed input). Only regular files are read (a FIFO or
-    device would block); in folders, files named like predict's own outputs are left out (a rerun into
+def find_images(inputs: list[str]) -> tuple[list[Path], list[str], int]:
+    """Image files named or contained (one level, `images.list_images`: natural order) in folders; one
+    line per problem; and how many inputs gave no image (missing, not a regular file, an empty folder:
+    each a failed input). In folders, files named like predict's own outputs are left out (a rerun into
     the input folder must not feed them back)."""
     images, problems, unusable = [], [], 0
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            candidates = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-                                key=natural_key if natural else None)
+            candidates = list_images(path)
             outputs = [p for p in candidates if p.name.lower().endswith(OUTPUT_SUFFIXES)]
             skip = set(outputs)
-            found = [p for p in candidates if p not in skip and p.is_file()]
+            found = [p for p in candidates if p not in skip]
             images += found
             if outputs:
                 problems.append(f"{path}: skipped {len(outputs)} file(s) named like sharpdepth outputs (e.g. {outputs[0].name})")
@@ -330,26 +322,9 @@ def _write_record(out: Path, names: set[str]) -> None:
     write_text(out / PREDICT_RECORD, json.dumps({"files": sorted(names)}, indent=1) + "\n")
 
 
-def _load_pipeline(args, device):
-    import torch
-
-    from . import models
-    from .engines import FastPath
-    from .models.hub import quiet_loading
-    from .pipeline import SharpDepthPipeline
-
-    quiet_loading()  # one progress bar: ours
-    dtype = getattr(torch, DTYPES[args.dtype])
-    options = dict(device=device, dtype=dtype, processing_res=args.processing_res, speed=args.speed, difference=args.difference,
-                   metric_at_input_res=args.metric_at_input_resolution)
-    if args.engine != "pytorch":  # the exported networks run as exported: the preset's algorithm choices only
-        options["fast"] = FastPath()
-    if args.student:
-        return SharpDepthPipeline.from_pretrained(student=args.student, metric=args.metric, metric_path=args.metric_path, **options)
-    return SharpDepthPipeline.from_pretrained(args.model or models.EMBEDDED_DIR, **options)
-
-
 def _check_model_arguments(args) -> None:
+    if args.engine_dir and args.engine == "pytorch":
+        raise ValueError("--engine-dir goes with --engine onnx, tensorrt or aoti")
     if args.model and (args.student or args.metric or args.metric_path):
         raise ValueError("--model excludes --student, --metric and --metric-path (a pipeline folder names its own models)")
     if (args.metric or args.metric_path) and not args.student:
@@ -368,7 +343,7 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
     check_processing_res(args.processing_res, "--processing-res")
     if args.poses and not (args.sequence and args.intrinsics):
         raise ValueError("--poses goes with --sequence and --intrinsics (the frames' order and the camera's K)")
-    images, problems, unusable = find_images(args.inputs, natural=args.sequence)
+    images, problems, unusable = find_images(args.inputs)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
     if not images:
@@ -388,22 +363,25 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
 
 
 def load_predict_pipeline(args, device):
-    """The pipeline predict runs (on `args.threads` CPU threads), with a note when its depth means little."""
+    """The pipeline predict runs (on `args.threads` CPU threads), with a note when its depth means little:
+    predict's options mapped to `SharpDepthPipeline.from_pretrained`, where every pipeline is assembled."""
     import torch
 
-    from .engines import exported_engine
+    from .devices import torch_dtype
     from .models import EMBEDDED_DIR
+    from .models.hub import quiet_loading
+    from .pipeline import SharpDepthPipeline
 
-    if args.engine_dir and args.engine == "pytorch":
-        raise ValueError("--engine-dir goes with --engine onnx, tensorrt or aoti")
     torch.set_num_threads(args.threads)
+    quiet_loading()  # one progress bar: ours
+    folder = None if args.student else (args.model or EMBEDDED_DIR)
     with warnings.catch_warnings(record=True) as caught:  # a preset part the folder lacks: one plain line each
-        pipe = _load_pipeline(args, device)
+        pipe = SharpDepthPipeline.from_pretrained(
+            folder, student=args.student, metric=args.metric, metric_path=args.metric_path, device=device,
+            dtype=torch_dtype(args.dtype), processing_res=args.processing_res, speed=args.speed, difference=args.difference,
+            metric_at_input_res=args.metric_at_input_resolution, engine=args.engine, engine_dir=args.engine_dir)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"sharpdepth predict: warning: {message}", file=sys.stderr)
-    if args.engine != "pytorch":
-        student = args.student or (args.model or EMBEDDED_DIR) / "student"
-        pipe.engine = exported_engine(args.engine, args.engine_dir, student, pipe.processing_res, pipe.device)
     if pipe.untrained:
         print("sharpdepth predict: WARNING: these are UNTRAINED random-weight models; the depth means nothing", file=sys.stderr)
     if pipe.synthetic_only:

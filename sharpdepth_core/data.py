@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from .files import atomic_write
-from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, message_to_rgb8, read_image_file
+from .images import COLOR_ENCODINGS, DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, list_images, message_to_rgb8, read_image_file
 from .recordings import (
     IMAGE_MSGTYPES,
     RecordingError,
@@ -49,13 +49,13 @@ class UnreadableImage(ValueError):
 
 
 class ImageFolder:
-    """Every image file under `root`, recursively, in a stable (sorted) order."""
+    """Every image file under `root`, recursively, in natural order (`images.list_images`)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = list_images(self.root, recursive=True)
         if not self.files:
             raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
 

@@ -1,6 +1,6 @@
-"""Device names as the front ends accept them (auto, cpu, cuda, cuda:N, mps), checked against this
-machine before any model loads, so that a missing GPU is one line rather than torch's assertion from
-deep inside the first `.to()`."""
+"""Device and precision names as the front ends accept them (auto, cpu, cuda, cuda:N, mps; float32,
+fp16, ...), checked against this machine before any model loads, so that a missing GPU is one line
+rather than torch's assertion from deep inside the first `.to()`."""
 from __future__ import annotations
 
 import re
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the name check alone needs no torch (front ends check arguments before importing it)
     import torch
 
+# the precisions front ends accept (CLI --dtype, the node's dtype) -> torch's name for them
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)$|^cuda:(\d+)$")  # the device names front ends accept
 
 
@@ -43,3 +45,10 @@ def check_device(name: str) -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise DeviceUnavailable(name, "Apple MPS is not available here")
     return torch.device(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision name in DTYPES."""
+    import torch
+
+    return getattr(torch, DTYPES[name])

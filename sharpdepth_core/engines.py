@@ -29,14 +29,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .choices import EXPORTED_ENGINES
 from .export import AOTI_SHAPE_KEY, GRAPHS, ExportManifest, check_export_matches, shape_text, student_weights_sha256
 from .files import read_recorded, write_recorded
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel, StudentUNet
 from .speed import FastPath
 
-EXPORTED_ENGINES = ("onnx", "tensorrt", "aoti")
-ENGINES = ("pytorch", *EXPORTED_ENGINES)
 log = logging.getLogger(__name__)
 FRAME_RECOMPILE_LIMIT = 64  # compiled frames kept per pipeline function (`compiled`)
 

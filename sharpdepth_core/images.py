@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -89,6 +91,21 @@ def compressed_to_rgb8(msg) -> np.ndarray:
 # refuses a folder another reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
+def natural_key(path: Path) -> list:
+    """Sort key that puts frame2 before frame10 (runs of digits compare as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of a folder (`recursive`: and its subfolders), as predict, the trainer and the
+    replay all list them: an image suffix, not hidden (dot files: editors' and this project's own
+    temporary files), not a folder, in natural order (frame2 before frame10). A FIFO or device named
+    like an image is listed, so that its reader refuses it in one line instead of passing over it."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_dir()),
+                  key=natural_key)
+
+
 # The largest image decoded, checked from the header before any pixel is read. 25 MP passes a 24 MP
 # photo (6000 x 4000) and every robot camera; its float RGB copy is 300 MB, within a robot computer's
 # memory. A larger "image" is more likely a decompression bomb (a 61 KiB PNG of 8000 x 8000 cost
@@ -100,9 +117,14 @@ def check_size(height: int, width: int, max_pixels: int | None, what: str = "ima
     """ValueError when height x width is above max_pixels (None or 0: no limit)."""
     if max_pixels and int(height) * int(width) > max_pixels:
         raise ValueError(
-            f"{what} of {width}x{height} = {int(height) * int(width) / 1e6:.1f} MP is above the limit of "
-            f"{max_pixels / 1e6:.1f} MP (max_input_pixels); refused before decoding"
+            f"{what} of {width}x{height} = {_pixels(int(height) * int(width))} is above the limit of "
+            f"{_pixels(max_pixels)} (max_input_pixels); refused before decoding"
         )
+
+
+def _pixels(n: int) -> str:
+    """A pixel count as people read it: megapixels, or pixels below 0.1 MP (where "0.0 MP" says nothing)."""
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n:,} pixels"
 
 
 def _pillow_rgb8(im, what: str) -> np.ndarray:
@@ -145,7 +167,9 @@ def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> 
             return _pillow_rgb8(im, str(path))
     except Image.DecompressionBombError as exc:  # Pillow's own limit (178 MP), hit while opening
         raise ValueError(f"{path}: image too large to decode safely ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:  # its message names the file object ("<_io.BufferedReader name=3>")
+        raise ValueError(f"{path}: not a readable image (not a format Pillow can identify, or damaged)") from exc
+    except (OSError, SyntaxError) as exc:
         reason = str(exc).replace(str(path), "").strip(" :'\"") or type(exc).__name__
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {reason})") from exc
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .alignment import apply_scale_shift, fit_scale_shift
+from .choices import DEPTH_ENCODERS, DIFFERENCE_METHODS
 from .engines import DepthEngine, TorchEngine, compiled, exported_engine
 from .files import Extra, replacing_dir
 from .gating import TIMESTEP, add_noise, difference_map, downsample_to_latent, gate, latent_difference
@@ -37,8 +38,6 @@ from .speed import FastPath, resolve
 
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
-DIFFERENCE_METHODS = ("exact", "light", "latent")
-DEPTH_ENCODERS = ("vae", "light")
 # what an earlier save may hold besides what a new one writes: light networks (the files their saves write)
 EARLIER_SAVE = tuple(Extra(name, files=("config.json", "*.safetensors")) for name in (LIGHT_DECODER_DIR, LIGHT_ENCODER_DIR))
 

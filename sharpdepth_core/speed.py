@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # light to import (the CLI's --help reads SPEEDS): torch only
 SPEEDS = ("exact", "fast")
 # the most a fast setting may add to the exact path's error, relative to it (lower is better for all three)
 BUDGET = {"abs_rel": 0.02, "dbe_acc": 0.05, "dbe_compl": 0.05}
+BUDGET_TEXT = f"+{BUDGET['abs_rel']:.0%} AbsRel and +{max(BUDGET['dbe_acc'], BUDGET['dbe_compl']):.0%} DBE"  # for help texts
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from . import pipeline_config
+from .choices import METRIC_BACKENDS
 from .embedded import EMBEDDED_DIR, embedded_camera
 from .hub_ids import DEFAULT_METRIC_IDS, LOTUS_G_ID
 from .limits import MAX_PROCESSING_RES  # the training grid is bounded like the inference grid
@@ -43,7 +44,7 @@ class TrainConfig:
     # models
     teacher: str = _opt(LOTUS_G_ID, "f_G: frozen SDS teacher (Lotus-G folder or hub id)")
     student_init: str | None = _opt(None, "initial student weights (default: the teacher)")
-    metric_model: str = _opt("unidepth-v1", "f_D backend: unidepth-v1, unidepth-v2, depth-pro, depth-anything-v2, small-conv")
+    metric_model: str = _opt("unidepth-v1", f"f_D backend: {', '.join(METRIC_BACKENDS)}")
     metric_path: str | None = _opt(None, "f_D weights folder or hub id (default: the backend's usual checkpoint)")
     # data
     data: list[str] = _opt([], "image folders and/or rosbag2 recordings (folder with metadata.yaml or .mcap files, .mcap, .db3)")

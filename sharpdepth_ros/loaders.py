@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from sharpdepth_core.devices import DeviceUnavailable, check_device
+from sharpdepth_core.devices import DeviceUnavailable, check_device, torch_dtype
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.pipeline import SharpDepthPipeline
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def resolve_device(name: str) -> str:
     """The torch device to load on; a device this machine lacks is a one-line ValueError (a FATAL
@@ -32,7 +29,7 @@ def load_pipeline(settings: dict) -> SharpDepthPipeline:
         metric=settings["metric_backend"] or None,
         metric_path=settings["metric_model"] or None,
         device=resolve_device(settings["device"]),
-        dtype=DTYPES[settings["dtype"]],
+        dtype=torch_dtype(settings["dtype"]),
         processing_res=settings["processing_res"] or None,
         speed=settings["speed"],
         difference=settings["difference_map"] or None,

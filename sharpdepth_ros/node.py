@@ -36,16 +36,14 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.devices import DEVICE_NAME
-from sharpdepth_core.engines import ENGINES
+from sharpdepth_core.devices import DEVICE_NAME, DTYPES
 from sharpdepth_core.geometry import fallback_problem
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
-from sharpdepth_core.models.metric import METRIC_BACKENDS
-from sharpdepth_core.pipeline import DIFFERENCE_METHODS
-from sharpdepth_core.limits import MAX_PROCESSING_RES
-from sharpdepth_core.speed import SPEEDS
+from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS
+from sharpdepth_core.limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
+from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -60,7 +58,7 @@ from sharpdepth_ros.conversions import (
     pinhole_K,
     remember,
 )
-from sharpdepth_ros.loaders import DTYPES, describe, load_pipeline
+from sharpdepth_ros.loaders import describe, load_pipeline
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
@@ -101,13 +99,13 @@ PARAMETERS = {
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
                                                               integer=(1, 2**31 - 1))),
-    "processing_res": (0, descriptor("longer edge of the processing grid, pixels (>= 64); 0 = the model's default", INT, integer=(0, MAX_PROCESSING_RES))),
+    "processing_res": (0, descriptor(f"longer edge of the processing grid, pixels ({MIN_PROCESSING_RES} to {MAX_PROCESSING_RES}); 0 = the model's default", INT, integer=(0, MAX_PROCESSING_RES))),
     "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
     "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
                                                "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "
                                                "camera); false: reference behaviour, and images need no camera_info", BOOL)),
     "speed": ("exact", descriptor("exact (the reference computation) or fast (the cheaper settings whose measured accuracy cost "
-                                  "stays within +2% AbsRel and +5% DBE; on a GPU also bf16 and one compiled CUDA graph per frame, "
+                                  f"stays within {BUDGET_TEXT}; on a GPU also bf16 and one compiled CUDA graph per frame, "
                                   "minutes of compiling at the first frame): docs/METHOD.md, Speed presets", STR, read_only=True)),
     "difference_map": ("", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
                                       "pipeline folder's light_decoder/) or latent (no decode); '' = the speed preset's",
@@ -133,8 +131,8 @@ def validate(name: str, value) -> str | None:
         return f"difference_map '{value}' is not one of {', '.join(DIFFERENCE_METHODS)}"
     if name == "metric_backend" and value and value not in METRIC_BACKENDS:
         return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
-    if name == "processing_res" and 0 < value < 64:
-        return f"processing_res {value} is below 64 (0 = the model's default)"
+    if name == "processing_res" and 0 < value < MIN_PROCESSING_RES:
+        return f"processing_res {value} is below {MIN_PROCESSING_RES} (0 = the model's default)"
     if name == "engine" and value not in ENGINES:
         return f"engine '{value}' is not available (available: {', '.join(ENGINES)})"
     if name == "device" and not DEVICE_NAME.match(value):

@@ -40,7 +40,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, check_size, message_to_rgb8, read_image_file
+from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, IMAGE_SUFFIXES, check_size, list_images, message_to_rgb8, read_image_file
 from sharpdepth_core.recordings import (
     IMAGE_MSGTYPES,
     RecordingError,
@@ -97,7 +97,7 @@ def synthetic_sequence(frames: int, width: int, height: int, seed: int, style: s
 
 
 def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
     for i, path in enumerate(files):

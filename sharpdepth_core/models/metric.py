@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hub_ids import DEFAULT_METRIC_IDS
+from ..choices import METRIC_BACKENDS
 from ..geometry import focal_intrinsics, nominal_intrinsics
+from ..hub_ids import DEFAULT_METRIC_IDS
 from .hub import CheckpointError, MissingWeightsError, load_component, read_config, resolve_model_dir, weight_files
 from .metric_backend import MetricBackend, MetricPrediction, imagenet_normalize
 
-METRIC_BACKENDS = ("unidepth-v1", "unidepth-v2", "depth-pro", "depth-anything-v2", "small-conv")
 
 
 def _load_transformers(model_cls, model_type: str, path_or_id, what: str, dtype: torch.dtype):

@@ -399,14 +399,16 @@ def test_unusable_output_folder_is_one_line_before_loading(images, tmp_path, cap
 
 
 def test_a_fifo_in_the_input_folder_is_skipped_not_read(tiny_dirs, images, tmp_path):
-    """A FIFO named like an image would block the reader forever: only regular files are read."""
+    """A FIFO named like an image would block the reader forever: only regular files are read, and a FIFO
+    in a folder is said in one line as every reader says it (`images.list_images`)."""
     os.mkfifo(images / "camera.png")
     os.mkfifo(tmp_path / "named.png")
     command = [sys.executable, "-m", "sharpdepth_core.cli", "predict", str(images), str(tmp_path / "named.png"),
                "--out", str(tmp_path / "out"), "--model", str(tiny_dirs["pipeline"]), "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 3 and "4 of 4 images" in done.stderr, done.stderr  # the named FIFO was not written
+    assert done.returncode == 3 and "4 of 5 images" in done.stderr, done.stderr  # neither FIFO was written
     assert f"{tmp_path / 'named.png'}: not a regular file" in done.stderr and "Traceback" not in done.stderr
+    assert f"{images / 'camera.png'}: not a regular file (a FIFO, device or folder); not read" in done.stderr
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from sharpdepth_core.images import natural_key
 from sharpdepth_core.data import (
     DataError,
     DepthCache,
@@ -38,7 +39,7 @@ def test_image_folder_is_recursive_sorted_and_reads_exact_pixels(tmp_path):
     Image.fromarray(pattern(9, 16, 24)).save(tmp_path / "imgs" / "sub" / "UPPER.PNG")
     folder = open_source(tmp_path / "imgs")
     assert isinstance(folder, ImageFolder)
-    assert len(folder) == 5 and folder.files == sorted(folder.files)
+    assert len(folder) == 5 and folder.files == sorted(folder.files, key=natural_key)  # case-blind, frame2 before frame10
     assert any(p.parent.name == "sub" for p in folder.files)
     i = folder.files.index(paths[0])  # a PNG: lossless
     np.testing.assert_array_equal(folder.read(i), np.asarray(Image.open(paths[0]).convert("RGB")))
@@ -300,3 +301,13 @@ def test_training_reads_every_encoding_the_node_accepts():
     np.testing.assert_array_equal(decode_image_message(msg), bgra[..., 2::-1])
     with pytest.raises(UnreadableImage, match="32FC1|unsupported"):
         decode_image_message(SimpleNamespace(encoding="32FC1", height=1, width=1, step=4, is_bigendian=0, data=b"\0" * 4))
+
+
+def test_a_size_refusal_below_a_tenth_of_a_megapixel_counts_pixels():
+    """"0.0 MP is above the limit of 0.0 MP" said nothing (issue 30 item 9)."""
+    from sharpdepth_core.images import check_size
+
+    with pytest.raises(ValueError, match=r"^x of 40x30 = 1,200 pixels is above the limit of 1,000 pixels \(max_input_pixels\)"):
+        check_size(30, 40, 1000, "x")
+    with pytest.raises(ValueError, match=r"= 0.3 MP is above the limit of 0.1 MP"):
+        check_size(500, 600, 100_000, "x")

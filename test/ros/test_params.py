@@ -63,7 +63,7 @@ def test_yaml_declares_only_known_parameters_and_loads_into_the_nodes(node, ros_
         ("cloud_decimation", 17, "cloud_decimation"),
         ("cloud_decimation", "four", "Wrong parameter type"),
         ("cloud_max_range", -1.0, "cloud_max_range"),
-        ("processing_res", 32, "processing_res 32 is below 64"),
+        ("processing_res", 4, "processing_res 4 is below 8"),  # the one bound (limits.MIN_PROCESSING_RES) of every entry point
         ("processing_res", 2049, "processing_res"),  # MAX_PROCESSING_RES + 1: 4096 stalled a CPU node for minutes
         ("seed", -2, "seed"),
         ("device", "cuda:1", "read-only"),
@@ -94,8 +94,8 @@ def test_settings_are_the_declared_values_and_humbles_rclpy_still_applies_sets(r
     try:
         assert humble._settings == {name: humble.get_parameter(name).value for name in node_module.PARAMETERS}
         assert humble._settings["seed"] == 5
-        refused = humble.set_parameters([Parameter("processing_res", value=32)])[0]
-        assert not refused.successful and "below 64" in refused.reason and humble._settings["processing_res"] == 0
+        refused = humble.set_parameters([Parameter("processing_res", value=4)])[0]
+        assert not refused.successful and "below 8" in refused.reason and humble._settings["processing_res"] == 0
         assert humble.set_parameters([Parameter("processing_res", value=96)])[0].successful
         assert humble._settings["processing_res"] == 96
     finally:
