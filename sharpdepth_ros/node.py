@@ -242,6 +242,7 @@ class SharpDepthNode(Node):
         super().__init__("sharpdepth", **node_kwargs)
         # first: destroy_node needs them, also for a node whose start failed (rclpy destroys it at shutdown)
         self._lock = threading.Condition()
+        self._reporting = threading.Lock()
         self.cameras: list[Camera] = []  # replaced once the parameters are known
         self._declare_parameters()
         self.pipeline = self._load_pipeline(pipeline)
@@ -660,7 +661,12 @@ class SharpDepthNode(Node):
     # --- statistics -------------------------------------------------------------------------
 
     def report(self) -> None:
-        """The statistics since the last report, per camera: a log line each and /diagnostics (every stats_period)."""
+        """The statistics since the last report, per camera: a log line each and /diagnostics (every stats_period).
+        One report at a time: two interleaved (the timer's and a caller's) would count frames twice or not at all."""
+        with self._reporting:
+            self._report()
+
+    def _report(self) -> None:
         now = time.monotonic()
         with self._lock:
             current = [c.stats.copy() for c in self.cameras]
