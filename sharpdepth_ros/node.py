@@ -249,8 +249,9 @@ class SharpDepthNode(Node):
         self._init_state()
         image_topics = self._connect()
         self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
-        self._senders = [threading.Thread(target=self._publish_outputs, args=(camera,), name=f"sharpdepth-publish-{i}", daemon=True)
-                         for i, camera in enumerate(self.cameras)]
+        self._senders = [threading.Thread(target=self._publish_outputs, args=(camera,), daemon=True,
+                                          name="sharpdepth-publish" + (f"-{camera.name}" if camera.name else ""))
+                         for camera in self.cameras]
         for thread in (self._worker, *self._senders):
             thread.start()
         self.get_logger().info("SharpDepth ready: " + "; ".join(
