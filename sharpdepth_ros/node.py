@@ -4,14 +4,18 @@ A thin adapter around `sharpdepth_core.pipeline.SharpDepthPipeline` (loaded by `
 are converted in `conversions`, depth math stays in `sharpdepth_core`. Inference runs in one worker thread the node
 owns (never in executor callbacks, where `torch.compile` and long calls misbehave): the image
 callback only stores the newest frame, so a slow model drops frames (counted) instead of queueing
-them. A second thread publishes each batch's outputs while the worker computes the next, so the
-model and the host's conversions and clouds overlap. Bad input of any kind costs one throttled log
-line and that frame, never the node.
+them. Each camera has a thread of its own that publishes its outputs while the worker computes the
+next frame, so the model and the host's conversions and clouds overlap. Bad input of any kind costs
+one throttled log line and that frame, never the node.
 
-Several cameras (`cameras`: namespaces relative to the node's) share one node and one model: each
-step takes the newest frame of every camera that has one and runs them as one batch per image size,
-so a silent or slow camera never holds the others back; each camera's outputs go out on its own
-namespace (`front/depth/image`, ...).
+Several cameras (`cameras`: namespaces relative to the node's) share one node and one model. Model
+calls stay one at a time; each step runs one batch: the camera that used the least worker time
+recently (`scheduling.FairShare`) with every other camera whose waiting frame has its size. A camera
+waits for the model call in progress (one frame of a big camera), never for another camera's
+clouds and publishing (its own thread), and a camera whose previous outputs are still waiting to go
+out is not served (each camera holds at most one message, one frame in the model and two outputs),
+so a silent, slow or big camera never holds the others back; each camera's outputs go out on its
+own namespace (`front/depth/image`, ...).
 
     ros2 run sharpdepth_ros sharpdepth_node --ros-args --params-file config/sharpdepth.yaml \\
         -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info
@@ -38,7 +42,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from sharpdepth_core.devices import DEVICE_NAME, DTYPES
 from sharpdepth_core.geometry import fallback_problem
-from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size
+from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS
@@ -59,6 +63,7 @@ from sharpdepth_ros.conversions import (
     remember,
 )
 from sharpdepth_ros.loaders import describe, load_pipeline
+from sharpdepth_ros.scheduling import FairShare
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
@@ -184,12 +189,15 @@ def _summed(a: dict, b: dict) -> dict:
 @dataclass(eq=False)
 class Camera:
     """One camera of the node: its topics under `name` ('' = the node's own namespace), the newest frame
-    not yet taken by the worker, its calibrations, counters and publishers. Shared under the node's lock."""
+    not yet taken by the worker, the outputs its publishing thread has yet to take, its calibrations,
+    counters and publishers. Shared under the node's lock."""
 
     name: str
     stats: Stats = field(default_factory=Stats)
     infos: OrderedDict = field(default_factory=OrderedDict)  # latest CameraInfo of the latest MAX_CAMERAS frame_ids
-    pending: tuple | None = None  # (message, decoder, arrival time)
+    pending: tuple | None = None  # (message, decoder, arrival time, batch key)
+    outbox: tuple | None = None  # (frame, its batch's outputs, index in the batch, model seconds, settings)
+    publishing: threading.Lock = field(default_factory=threading.Lock)  # held while outputs go out; shutdown waits for it
     first_image: float | None = None  # when the first image arrived (the camera_info grace)
     said_fallback: bool = False
     rectifier: Rectifier = field(default_factory=Rectifier)
@@ -233,17 +241,18 @@ class SharpDepthNode(Node):
         super().__init__("sharpdepth", **node_kwargs)
         # first: destroy_node needs them, also for a node whose start failed (rclpy destroys it at shutdown)
         self._lock = threading.Condition()
-        self._publishing = threading.Lock()  # held while outputs go out; shutdown waits for it
-        self._handoff = threading.Condition()  # the worker's finished batch to the publisher (`_outbox`)
-        self._outbox: tuple | None = None
+        self._reporting = threading.Lock()
+        self.cameras: list[Camera] = []  # replaced once the parameters are known
         self._declare_parameters()
         self.pipeline = self._load_pipeline(pipeline)
         self._init_state()
         image_topics = self._connect()
         self._worker = threading.Thread(target=self._work, name="sharpdepth-inference", daemon=True)
-        self._publisher = threading.Thread(target=self._publish_batches, name="sharpdepth-publish", daemon=True)
-        self._worker.start()
-        self._publisher.start()
+        self._senders = [threading.Thread(target=self._publish_outputs, args=(camera,), daemon=True,
+                                          name="sharpdepth-publish" + (f"-{camera.name}" if camera.name else ""))
+                         for camera in self.cameras]
+        for thread in (self._worker, *self._senders):
+            thread.start()
         self.get_logger().info("SharpDepth ready: " + "; ".join(
             f"{topic} -> {self.resolve_topic_name(c.topic('depth/image'))}, {self.resolve_topic_name(c.topic('points'))}"
             for c, topic in zip(self.cameras, image_topics)))
@@ -277,6 +286,7 @@ class SharpDepthNode(Node):
     def _init_state(self) -> None:
         """What the callbacks and the worker share (under `_lock`), and the worker's own helpers."""
         self.cameras = [Camera(name) for name in self._settings["cameras"]]
+        self._fair = FairShare(self.cameras)
         self._stop = False
         self._last_log: OrderedDict[str, float] = OrderedDict()
         self.last_rejection = ""
@@ -349,25 +359,33 @@ class SharpDepthNode(Node):
             remember(camera.infos, msg.header.frame_id, msg, MAX_CAMERAS)
 
     def _on_image(self, camera: Camera, msg: Image) -> None:
-        if self._accepts_size(camera, msg):  # from the header: nothing copied yet
-            self._offer(camera, msg, image_to_rgb8)
+        size = self._accepted_size(camera, msg)  # from the header: nothing copied yet
+        if size is not None:
+            self._offer(camera, msg, image_to_rgb8, size)
 
     def _on_compressed(self, camera: Camera, msg: CompressedImage) -> None:
-        if self._accepts_size(camera, msg):  # the header only (a format whose size it does not give is refused)
-            self._offer(camera, msg, compressed_to_rgb8)
+        size = self._accepted_size(camera, msg)  # the header only (a format whose size it does not give is refused)
+        if size is not None:
+            self._offer(camera, msg, compressed_to_rgb8, size)
 
-    def _accepts_size(self, camera: Camera, msg) -> bool:
-        """False (the frame counted and skipped) when it is above max_input_pixels."""
+    def _accepted_size(self, camera: Camera, msg) -> tuple | None:
+        """The frame's (height, width) from its header, its batch key (frames of one size can share a
+        model call); None (the frame counted and skipped) when it is above max_input_pixels."""
+        max_pixels = self._settings["max_input_pixels"]
         try:
-            check_message_size(msg, self._settings["max_input_pixels"])
+            size = message_size(msg)
+            if max_pixels:
+                check_size(*size, max_pixels, "image")
         except ValueError as error:
+            if not max_pixels:  # no limit: any format OpenCV decodes, in a batch of its own
+                return ("unsized", camera.name)
             with self._lock:
                 camera.stats.received += 1
             self._reject(camera, "input", str(error))
-            return False
-        return True
+            return None
+        return size
 
-    def _offer(self, camera: Camera, msg, decode) -> None:
+    def _offer(self, camera: Camera, msg, decode, size: tuple) -> None:
         """Latest frame wins, per camera: a frame still waiting when a newer one of its camera arrives is dropped."""
         with self._lock:
             camera.stats.received += 1
@@ -375,27 +393,38 @@ class SharpDepthNode(Node):
                 camera.first_image = time.monotonic()
             if camera.pending is not None:
                 camera.stats.dropped += 1
-            camera.pending = (msg, decode, time.perf_counter())
-            self._lock.notify()
+            camera.pending = (msg, decode, time.perf_counter(), size)
+            self._lock.notify_all()
 
     # --- inference worker -------------------------------------------------------------------
+
+    def _ready(self) -> dict[Camera, tuple]:
+        """camera -> batch key of the cameras the worker may serve now (under `_lock`): a frame waiting,
+        and no outputs still waiting for its publishing thread (a camera slower to publish than to
+        compute is paced by its own publishing, not the others')."""
+        return {c: c.pending[3] for c in self.cameras if c.pending is not None and c.outbox is None}
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._stop and all(c.pending is None for c in self.cameras):
+                while not self._stop and not (ready := self._ready()):
                     self._lock.wait()
                 if self._stop:
                     return
-                taken = [(c, *c.pending) for c in self.cameras if c.pending is not None]
-                for camera, *_ in taken:
+                chosen = self._fair.next_batch(ready, time.monotonic())
+                taken = [(c, *c.pending[:3]) for c in chosen]
+                for camera in chosen:
                     camera.pending = None
+            t0 = time.perf_counter()
             self._process(taken)
+            del taken  # the messages: a big camera's are large
+            self._fair.charge(chosen, time.perf_counter() - t0, time.monotonic())  # the worker's own
 
     def _process(self, taken: list) -> None:
-        """The newest frame of each camera that has one: each decoded and calibrated on its own, then
-        one model call per group that can share a batch (same image size, all with K or all without),
-        then each camera's outputs. A frame's problem costs that frame; a group's, the group's frames."""
+        """The newest frames of the cameras chosen for this step (one size): each decoded and calibrated
+        on its own, then one model call per group that can share a batch (all with K or all without),
+        each camera's outputs handed to its publishing thread. A frame's problem costs that frame; a
+        group's, the group's frames."""
         settings = self._settings  # one snapshot per step: a parameter set meanwhile applies to the next
         groups: dict[tuple, list[Frame]] = {}
         for camera, msg, decode, arrived in taken:
@@ -403,7 +432,7 @@ class SharpDepthNode(Node):
             if frame is not None:
                 groups.setdefault((frame.rgb.shape, frame.K is None), []).append(frame)
         for group in groups.values():
-            self._guarded([f.camera for f in group], self._infer_and_publish, group, settings)
+            self._guarded([f.camera for f in group], self._infer, group, settings)
 
     def _guarded(self, cameras: list[Camera], step, *args):
         """`step(*args)`, or None when it raised: the frames of `cameras` are rejected with the reason."""
@@ -525,9 +554,9 @@ class SharpDepthNode(Node):
         K = K if settings["use_camera_intrinsics"] and calibrated else None
         return Frame(camera, msg.header, rgb, info, K, seen, arrived, time.perf_counter() - t0)
 
-    def _infer_and_publish(self, group: list[Frame], settings: dict) -> None:
+    def _infer(self, group: list[Frame], settings: dict) -> None:
         """One model call for frames of one size (a batch: the seeded noise is the same for every image,
-        so each camera's depth is what it would be alone), then each camera's outputs."""
+        so each camera's depth is what it would be alone); each camera's outputs to its outbox."""
         t1 = time.perf_counter()
         images = image_batch([f.rgb for f in group])
         K = None if group[0].K is None else np.stack([f.K for f in group])
@@ -538,27 +567,25 @@ class SharpDepthNode(Node):
         host = HostOutputs(_on_host(out.depth), _on_host(getattr(out, "difference", None)), out.timings,
                            list(getattr(out, "fallback", None) or []))
         model_s = time.perf_counter() - t1
-        with self._handoff:  # one batch is published while the next is computed: wait for the previous one
-            while self._outbox is not None and not self._stop:
-                self._handoff.wait()
-            self._outbox = (group, host, model_s, settings)
-            self._handoff.notify_all()
+        with self._lock:  # empty: a camera with outputs waiting is not served (`_ready`)
+            for i, frame in enumerate(group):
+                frame.camera.outbox = (frame, host, i, model_s, settings)
+            self._lock.notify_all()
 
-    def _publish_batches(self) -> None:
-        """The publishing thread: each batch the worker hands over, camera by camera, while the worker
-        computes the next (on a GPU the model and the host's conversions and clouds then overlap)."""
+    def _publish_outputs(self, camera: Camera) -> None:
+        """A camera's publishing thread: its outputs as the worker hands them over, while the worker
+        computes the next frame, its own or another camera's (the model and the host's conversions and
+        clouds overlap, and a big camera's clouds never hold a small camera's frames back)."""
         while True:
-            with self._handoff:
-                while not self._stop and self._outbox is None:
-                    self._handoff.wait()
+            with self._lock:
+                while not self._stop and camera.outbox is None:
+                    self._lock.wait()
                 if self._stop:
                     return
-                group, out, model_s, settings = self._outbox
-            for i, frame in enumerate(group):
-                self._guarded([frame.camera], self._publish_frame, frame, out, i, model_s, settings)
-            with self._handoff:
-                self._outbox = None
-                self._handoff.notify_all()
+                outputs, camera.outbox = camera.outbox, None
+                self._lock.notify_all()  # the camera can be served again
+            self._guarded([camera], self._publish_frame, *outputs)
+            del outputs  # the frame and its batch's outputs: a big camera's are large
 
     def _publish_frame(self, frame: Frame, out, i: int, model_s: float, settings: dict) -> None:
         """Image `i` of the batch's outputs on its camera's topics, and its counters."""
@@ -593,7 +620,7 @@ class SharpDepthNode(Node):
         'publish_wall' is the wall-clock time including them.
         """
         header, rgb, pub = frame.header, frame.rgb, frame.camera.publishers
-        with self._publishing:
+        with frame.camera.publishing:
             if self._stop or not self.context.ok():
                 return False
             depth_info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
@@ -634,7 +661,12 @@ class SharpDepthNode(Node):
     # --- statistics -------------------------------------------------------------------------
 
     def report(self) -> None:
-        """The statistics since the last report, per camera: a log line each and /diagnostics (every stats_period)."""
+        """The statistics since the last report, per camera: a log line each and /diagnostics (every stats_period).
+        One report at a time: two interleaved (the timer's and a caller's) would count frames twice or not at all."""
+        with self._reporting:
+            self._report()
+
+    def _report(self) -> None:
         now = time.monotonic()
         with self._lock:
             current = [c.stats.copy() for c in self.cameras]
@@ -684,12 +716,11 @@ class SharpDepthNode(Node):
         with self._lock:
             self._stop = True
             self._lock.notify_all()
-        with self._handoff:
-            self._handoff.notify_all()
-        with self._publishing:  # a publication in progress ends; none starts after `_stop`
-            pass
-        if getattr(self, "_publisher", None) is not None:
-            self._publisher.join(timeout=SHUTDOWN_GRACE_S)
+        for camera in self.cameras:
+            with camera.publishing:  # a publication in progress ends; none starts after `_stop`
+                pass
+        for thread in getattr(self, "_senders", ()):
+            thread.join(timeout=SHUTDOWN_GRACE_S)
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
         super().destroy_node()

@@ -155,8 +155,10 @@ def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pi
     with open_recording(parts) as reader:
         images = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES and (not topic or c.topic == topic)]
         if not images:
-            found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
-            raise ValueError(f"bag {path} has no image topic {topic or ''}; topics: {', '.join(found)}{no_image_reason(path, parts)}")
+            found = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})  # none when nothing is readable
+            wanted = f"no image topic {topic}" if topic else "no image topic"
+            listed = f"; topics: {', '.join(found)}" if found else ""
+            raise ValueError(f"bag {path} has {wanted}{listed}{no_image_reason(path, parts)}")
         kept = truncation(parts)
         if kept:
             warn(f"recording {path} is truncated (no MCAP footer: the recorder did not finish it); replaying its complete "

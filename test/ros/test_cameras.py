@@ -1,10 +1,12 @@
 """Several cameras, one node (`cameras`), over real rclpy with tiny real models: the newest frame of
 each camera runs as one batch per image size, each camera's outputs (depth, camera_info, cloud,
-difference) go out on its own namespace and equal a single-camera node's on the same frames, and a
-camera that stops publishing does not stall the others."""
+difference) go out on its own namespace and equal a single-camera node's on the same frames, a
+camera that stops publishing does not stall the others, and a big camera (slow model calls, slow
+clouds) does not starve a small one."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
-from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy
+from sharpdepth_ros.conversions import PointCloudBuilder, image_to_numpy, point_cloud_to_numpy
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
 
@@ -120,34 +122,120 @@ def test_each_camera_gets_its_own_outputs_equal_to_a_single_camera_nodes(system)
     assert not np.allclose(front_depth, _outputs(probe, "robot/rear", rear_stamp)["depth"], rtol=1e-2)  # not cross-wired
 
 
+def _in_flight(camera) -> int:
+    """The camera's frames received but not yet published, dropped or skipped (0: it has settled; its
+    counters go up after its outputs are out, so a subscriber can see them first)."""
+    stats = camera.stats
+    return stats.received - stats.published - stats.dropped - sum(stats.rejected.values())
+
+
 def test_a_camera_that_stops_does_not_stall_the_others_and_each_is_counted(system):
+    """Only side publishes: its frames come out, front's and rear's counters stay still, and every
+    report meanwhile (the 1 s timer's and one asked for) has one status per camera, rear's at 0 Hz and
+    side's above 0 in at least one of them (which report holds side's frames depends on timing)."""
     multi, pipeline, _, probe, _, inject = system
     pipeline.gate.set()
     front, rear, side = multi.cameras
+    wait_for(lambda: not any(_in_flight(c) for c in multi.cameras), 30, "the earlier frames to settle")
     multi.report()  # the next report counts from here
+    start = multi.get_clock().now().nanoseconds
     with multi._lock:
         rear_before, side_before = rear.stats.copy(), side.stats.copy()
     scene = render_scene(3, SIDE_HW[1], SIDE_HW[0])
     for stamp in range(3 * 10**9, 3 * 10**9 + 3):  # only side publishes now: front and rear are silent
         _send(inject, "robot/side", scene.rgb, scene.K, stamp, "side_cam")
         wait_for(lambda: probe.by_stamp("/robot/side/depth/image", stamp) is not None, 60, f"side's depth {stamp}")
+    wait_for(lambda: not _in_flight(side), 10, "side's counters")
     with multi._lock:
         assert side.stats.published - side_before.published == 3
         assert (rear.stats.received, rear.stats.published) == (rear_before.received, rear_before.published)
     total = multi.stats
     assert total.published == sum(c.stats.published for c in multi.cameras) >= 6
 
-    t0 = len(probe.messages["/diagnostics"])
+    t1 = len(probe.messages["/diagnostics"])
     multi.report()
-    wait_for(lambda: any(len(m.status) == 3 for m in probe.messages["/diagnostics"][t0:]), 10, "per-camera diagnostics")
-    array = next(m for m in probe.messages["/diagnostics"][t0:] if len(m.status) == 3)
-    names = [s.name for s in array.status]
-    assert names == [f"/robot/sharpdepth: {c}: depth" for c in ("front", "rear", "side")]
-    rear_values, side_values = ({kv.key: kv.value for kv in status.values} for status in array.status[1:])
-    assert float(side_values["output_hz"]) > 0 and float(rear_values["output_hz"]) == float(rear_values["input_hz"]) == 0
+    wait_for(lambda: any(len(m.status) == 3 for m in probe.messages["/diagnostics"][t1:]), 10, "per-camera diagnostics")
+    arrays = [m for m in probe.messages["/diagnostics"] if len(m.status) == 3 and stamp_ns(m.header) > start]
+    side_hz = []
+    for array in arrays:
+        assert [s.name for s in array.status] == [f"/robot/sharpdepth: {c}: depth" for c in ("front", "rear", "side")]
+        rear_values, side_values = ({kv.key: kv.value for kv in status.values} for status in array.status[1:])
+        assert float(rear_values["output_hz"]) == float(rear_values["input_hz"]) == 0
+        side_hz.append(float(side_values["output_hz"]))
+    assert max(side_hz) > 0, side_hz
 
 
 @pytest.mark.parametrize("cameras", [["front", "front"], ["front camera"], ["/abs"], ["ok", "9lives"]])
 def test_bad_camera_lists_are_refused_at_start(ros_context, tiny_pipeline_dir, cameras):
     with pytest.raises(InvalidParameterValueException, match="cameras .*distinct namespaces relative to the node's"):
         SharpDepthNode(context=ros_context, namespace="bad", parameter_overrides=node_parameters(tiny_pipeline_dir, cameras=cameras))
+
+
+BIG_HW, SMALL_HW = (48, 64), (24, 32)
+BIG_CALL_S, BIG_CLOUD_S = 0.15, 1.2  # a big camera's model call and cloud, as sleeps: the same on a loaded machine
+SMALL_PERIOD_S, SMALL_FRAMES = 0.5, 8
+
+
+class BigIsSlow(SharpDepthPipeline):
+    """The real pipeline; a call on big frames first sleeps BIG_CALL_S (no CPU taken)."""
+
+    def __call__(self, image, K=None, seed=None, **settings):
+        if image.shape[-2:] == BIG_HW:
+            time.sleep(BIG_CALL_S)
+        return super().__call__(image, K=K, seed=seed, **settings)
+
+
+class SlowCloud(PointCloudBuilder):
+    """The real cloud after BIG_CLOUD_S of sleep: a 4000x3000 camera's cloud and its publishing."""
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(BIG_CLOUD_S)
+        return super().__call__(*args, **kwargs)
+
+
+def test_a_big_camera_does_not_starve_a_small_one(ros_context, tiny_pipeline_dir):
+    """`big` always has a frame waiting, each costing a 0.15 s model call and a 1.2 s cloud; `small`
+    sends a frame every 0.5 s. Small waits at most for big's call in progress, never for big's clouds:
+    it gets (nearly) all its frames published, while big still runs. Before (one worker step for all
+    sizes, then waiting for the previous step's clouds) small got about one frame per big cloud: ~1/3."""
+    loaded = SharpDepthPipeline.from_pretrained(tiny_pipeline_dir)
+    node = SharpDepthNode(BigIsSlow(loaded.student, loaded.metric_model, processing_res=64), context=ros_context, namespace="fair",
+                          parameter_overrides=node_parameters(tiny_pipeline_dir, cameras=["big", "small"], publish_colored=False))
+    big, small = node.cameras
+    big.cloud = SlowCloud()
+    driver = Probe(ros_context, {"/fair/small/depth/image": Image}, name="fair_probe", keep=False)
+    pubs = {c.name: (driver.node.create_publisher(Image, f"/fair/{c.name}/image_raw", 5),
+                     driver.node.create_publisher(CameraInfo, f"/fair/{c.name}/camera_info", 5)) for c in node.cameras}
+    scenes = {"big": render_scene(1, BIG_HW[1], BIG_HW[0]), "small": render_scene(2, SMALL_HW[1], SMALL_HW[0])}
+
+    def send(name: str, stamp: int) -> None:
+        hdr = header(stamp, f"{name}_cam")
+        pubs[name][1].publish(pinhole_info(scenes[name].K, scenes[name].rgb.shape[:2], hdr))
+        pubs[name][0].publish(encode_image(scenes[name].rgb, "rgb8", hdr=hdr))
+
+    try:
+        with Spinner(ros_context, node, driver.node):
+            wait_for(lambda: driver.connected() and all(p.get_subscription_count() for pair in pubs.values() for p in pair), 20, "discovery")
+            for name in ("big", "small"):  # a first frame each, so that camera_info is known from then on
+                send(name, 1)
+                wait_for(lambda: f"{name}_cam" in node.cameras[name == "small"].infos, 10, f"{name}'s camera_info")
+            wait_for(lambda: small.stats.published == 1 and big.stats.published >= 1, 30, "the first outputs")
+            with node._lock:
+                before = {c.name: c.stats.copy() for c in node.cameras}
+            for i in range(SMALL_FRAMES):
+                send("small", 10 + i)
+                for j in range(5):  # big at 10 Hz: always a frame waiting
+                    send("big", 10 + 5 * i + j)
+                    time.sleep(SMALL_PERIOD_S / 5)
+            wait_for(lambda: small.stats.received - before["small"].received == SMALL_FRAMES and not _in_flight(small), 10,
+                     "small's last frame")
+            with node._lock:
+                got = {c.name: (c.stats.received - before[c.name].received, c.stats.published - before[c.name].published,
+                                c.stats.dropped - before[c.name].dropped) for c in node.cameras}
+    finally:
+        node.destroy_node()
+        driver.node.destroy_node()
+    received, published, dropped = got["small"]
+    assert received == SMALL_FRAMES and published + dropped == received
+    assert published >= 0.7 * SMALL_FRAMES, got  # measured: all of them; before the change 3 of 8
+    assert got["big"][1] >= 2, got  # big runs meanwhile (a frame per cloud: ~3 in the 4 s)
