@@ -61,7 +61,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sharpdepth = sharpdepth_core.cli:main",
-            "sharpdepth_node = sharpdepth_ros.node:main",
+            "sharpdepth_node = sharpdepth_ros.node_parameters:main",
             "sharpdepth_replay = sharpdepth_ros.replay:main",
         ],
     },

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import pipeline_config
 from .choices import DIFFERENCE_METHODS, ENGINES
 from .devices import DTYPES
 from .hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
@@ -333,6 +334,21 @@ def _check_model_arguments(args) -> None:
         raise ValueError(f"--model {args.model}: no such folder")
 
 
+def _check_model_sources(args) -> None:
+    """A --student folder or hub id, and the metric weights named with it, found (cache, else download)
+    or refused in one line before torch and diffusers load (seconds) rather than after."""
+    from .hub_ids import DEFAULT_METRIC_IDS
+    from .models.hub import resolve_model_dir
+
+    if not args.student:
+        return
+    resolve_model_dir(args.student, "student model (--student)")
+    metric = args.metric or pipeline_config.beside_student(args.student).get("metric_backend")
+    path = args.metric_path or DEFAULT_METRIC_IDS.get(metric or "")
+    if path and not (metric or "").startswith("unidepth"):  # UniDepth's own loader finds its weights
+        resolve_model_dir(path, f"metric model {metric} (--metric-path)")
+
+
 def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.device, Path, list | None] | None:
     """(images, inputs that gave no image, camera, device, output folder, poses or None): everything
     checked that can be without the models; None (said on stderr) when there is nothing to process."""
@@ -351,7 +367,8 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
         return None
     camera = parse_intrinsics(args.intrinsics)
     poses = read_poses(args.poses, len(images)) if args.poses else None
-    device = check_device(args.device)
+    _check_model_sources(args)
+    device = check_device(args.device)  # torch loads here (auto: is there a GPU?)
     out = output_folder(args.out)
     if poses and (out / SEQUENCE_SCORES).exists() and SEQUENCE_SCORES not in _read_record(out):
         raise ValueError(f"{out / SEQUENCE_SCORES} exists and was not written by sharpdepth predict; not overwritten "

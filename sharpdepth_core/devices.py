@@ -27,11 +27,11 @@ def check_device(name: str) -> torch.device:
     """A device name (auto, cpu, cuda, cuda:N, mps) as a torch.device that exists on this machine,
     checked before any model loads; ValueError (one line) otherwise, DeviceUnavailable for a
     device this machine lacks. auto: cuda when available."""
-    import torch
-
     m = DEVICE_NAME.match(str(name))
     if not m:
         raise ValueError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    import torch  # only now: a misspelt name is said without loading it
+
     kind = m[1] or "cuda"
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,8 +17,8 @@ out is not served (each camera holds at most one message, one frame in the model
 so a silent, slow or big camera never holds the others back; each camera's outputs go out on its
 own namespace (`front/depth/image`, ...).
 
-    ros2 run sharpdepth_ros sharpdepth_node --ros-args --params-file config/sharpdepth.yaml \\
-        -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info
+Its parameters and their checks are `node_parameters` (the `sharpdepth_node` entry point, which loads
+this module only to start the node).
 """
 from __future__ import annotations
 
@@ -40,14 +40,9 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.devices import DEVICE_NAME, DTYPES
 from sharpdepth_core.geometry import fallback_problem
-from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_size, message_size
+from sharpdepth_core.images import check_size, message_size
 from sharpdepth_core.models.hub import quiet_loading
-from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
-from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS
-from sharpdepth_core.limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
-from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.conversions import (
     PointCloudBuilder,
@@ -64,7 +59,8 @@ from sharpdepth_ros.conversions import (
 )
 from sharpdepth_ros.loaders import describe, load_pipeline
 from sharpdepth_ros.scheduling import FairShare
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, declare_parameters, descriptor, run
+from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, processing_res_problem, validate
+from sharpdepth_ros.params import declare_parameters, run
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -80,87 +76,6 @@ SHUTDOWN_GRACE_S = 2.0  # how long shutdown waits for a frame in progress to fin
 
 class BadModelOutput(ValueError):
     """The model produced something unpublishable (NaN depth: fp16 overflow, broken weights)."""
-
-
-# name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
-PARAMETERS = {
-    "model": ("", descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
-    "student": ("", descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
-    "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
-    "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
-                                    "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
-                                    f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR, read_only=True)),
-    "engine": ("pytorch", descriptor("inference engine: pytorch, onnx, tensorrt or aoti (AOTInductor packages: no compilation at start)", STR, read_only=True)),
-    "engine_dir": ("", descriptor("onnx/tensorrt/aoti: the folder written by `sharpdepth export`", STR, read_only=True)),
-    "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
-    "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
-    "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
-    "num_threads": (1, descriptor("PyTorch CPU threads of this process: 1 unless the machine does nothing else (README: "
-                                  "ROS 2); 0 = PyTorch's default, one per core", INT, read_only=True, integer=(0, 1024))),
-    "cameras": ([""], descriptor("camera namespaces relative to the node's, each with image_raw and camera_info in and its "
-                                 "own outputs; their newest frames run as one batch per image size; [''] = the node's own "
-                                 "namespace (one camera)", STR_ARRAY, read_only=True)),
-    "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
-    "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
-                                                              "before any copy or decode; larger frames are skipped", INT,
-                                                              integer=(1, 2**31 - 1))),
-    "processing_res": (0, descriptor(f"longer edge of the processing grid, pixels ({MIN_PROCESSING_RES} to {MAX_PROCESSING_RES}); 0 = the model's default", INT, integer=(0, MAX_PROCESSING_RES))),
-    "seed": (0, descriptor("seed of the two noise draws; -1 = a fresh draw per frame", INT, integer=(-1, 2**31 - 1))),
-    "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
-                                               "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "
-                                               "camera); false: reference behaviour, and images need no camera_info", BOOL)),
-    "speed": ("exact", descriptor("exact (the reference computation) or fast (the cheaper settings whose measured accuracy cost "
-                                  f"stays within {BUDGET_TEXT}; on a GPU also bf16 and one compiled CUDA graph per frame, "
-                                  "minutes of compiling at the first frame): docs/METHOD.md, Speed presets", STR, read_only=True)),
-    "difference_map": ("", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
-                                      "pipeline folder's light_decoder/) or latent (no decode); '' = the speed preset's",
-                                      STR, read_only=True)),
-    "fov_deg": (60.0, descriptor("horizontal field of view of the pinhole K assumed for depth/camera_info and the cloud when "
-                                 "no camera_info arrives (use_camera_intrinsics false, or none within 2 s)", FLOAT,
-                                 floating=(1.0, 179.0))),
-    "publish_points": (True, descriptor("publish the point cloud on 'points'", BOOL)),
-    "publish_difference": (False, descriptor("publish the difference map on 'depth/difference'", BOOL)),
-    "publish_colored": (True, descriptor("publish a colour-mapped depth image on 'depth/colored'", BOOL)),
-    "cloud_rgb": (True, descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", BOOL)),
-    "cloud_decimation": (1, descriptor("keep every n-th pixel in both directions", INT, integer=(1, 16))),
-    "cloud_max_range": (0.0, descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
-    "stats_period": (5.0, descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
-}
-
-
-def validate(name: str, value) -> str | None:
-    """Why `value` is not acceptable for parameter `name` (ranges are checked by the descriptors)."""
-    if name == "speed" and value not in SPEEDS:
-        return f"speed '{value}' is not one of {', '.join(SPEEDS)}"
-    if name == "difference_map" and value and value not in DIFFERENCE_METHODS:
-        return f"difference_map '{value}' is not one of {', '.join(DIFFERENCE_METHODS)}"
-    if name == "metric_backend" and value and value not in METRIC_BACKENDS:
-        return f"metric_backend '{value}' is not one of {', '.join(METRIC_BACKENDS)}"
-    if name == "processing_res" and 0 < value < MIN_PROCESSING_RES:
-        return f"processing_res {value} is below {MIN_PROCESSING_RES} (0 = the model's default)"
-    if name == "engine" and value not in ENGINES:
-        return f"engine '{value}' is not available (available: {', '.join(ENGINES)})"
-    if name == "device" and not DEVICE_NAME.match(value):
-        return f"device '{value}' is not auto, cpu, cuda, cuda:N or mps"
-    if name == "dtype" and value not in DTYPES:
-        return f"dtype '{value}' is not one of {', '.join(DTYPES)}"
-    if name == "cameras":
-        return camera_names_problem(value)
-    if name == "image_transport" and value not in ("raw", "compressed"):
-        return f"image_transport '{value}' is not 'raw' or 'compressed'"
-    return None
-
-
-def processing_res_problem(value: int, pipeline) -> str | None:
-    """Why `pipeline` cannot run at processing_res `value` (0 = its own), or None: an exported engine of
-    a fixed grid runs only the processing_res it was exported for (any other fails every frame)."""
-    engine = getattr(pipeline, "engine", None)
-    manifest = getattr(engine, "manifest", None)
-    if manifest is None or manifest.image_hw is None or value in (0, pipeline.processing_res):
-        return None
-    h, w = manifest.image_hw
-    return (f"processing_res {value}: the {engine.name} engine's export has a fixed {h}x{w} (HxW) grid for processing_res "
-            f"{pipeline.processing_res}, the only value it runs (or 0); export again with --processing-res {value} for another")
 
 
 @dataclass
@@ -769,7 +684,7 @@ def main(args: list[str] | None = None) -> int:
         nodes.append(SharpDepthNode())
         return nodes[-1]
 
-    code = run("sharpdepth", make_node, rclpy.spin, __doc__, PARAMETERS, args)
+    code = run("sharpdepth", make_node, rclpy.spin, DESCRIPTION, PARAMETERS, args)
     if not nodes:  # --help, or a start that failed (said in one line): nothing ran
         return code
     node = nodes[0]

@@ -2,6 +2,8 @@
 (directly and over the ROS parameter service), bad startup values and missing models fail in one line."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,7 +238,7 @@ def test_malformed_model_folders_are_one_fatal_line(tiny_pipeline_dir, tmp_path,
         assert message in err and "FATAL" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("module_name", ["sharpdepth_ros.node", "sharpdepth_ros.replay"])
+@pytest.mark.parametrize("module_name", ["sharpdepth_ros.node_parameters", "sharpdepth_ros.node", "sharpdepth_ros.replay"])
 def test_entry_points_print_parameter_help_without_starting(module_name, capsys):
     """`--help` lists every declared parameter with its default and range, and starts nothing
     (it must not publish or load a model); after `--ros-args`, `--help` belongs to ROS instead."""
@@ -250,6 +252,15 @@ def test_entry_points_print_parameter_help_without_starting(module_name, capsys)
     for name, (default, _) in module.PARAMETERS.items():
         assert f"  {name} " in out and f"default {default!r}" in out
     assert not wants_help(["--ros-args", "--help"])
+
+
+def test_help_and_argument_checks_load_neither_torch_nor_the_models():
+    """`sharpdepth_node --help` and predict's argument errors took 10 s of imports (issue 30 item 3): their
+    modules import no torch, diffusers or transformers; bench/startup.py measures the seconds."""
+    code = ("import sys, sharpdepth_ros.node_parameters, sharpdepth_core.cli, sharpdepth_core.models.hub; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def _settings(**overrides) -> dict:
