@@ -129,7 +129,7 @@ class Camera:
 
 
 @dataclass
-class Frame:
+class ReadyFrame:
     """A camera's frame ready for the model: decoded, its calibration found, rectified where needed."""
 
     camera: Camera
@@ -341,7 +341,7 @@ class SharpDepthNode(Node):
         each camera's outputs handed to its publishing thread. A frame's problem costs that frame; a
         group's, the group's frames."""
         settings = self._settings  # one snapshot per step: a parameter set meanwhile applies to the next
-        groups: dict[tuple, list[Frame]] = {}
+        groups: dict[tuple, list[ReadyFrame]] = {}
         for camera, msg, decode, arrived in taken:
             frame = self._guarded([camera], self._prepare, camera, msg, decode, arrived, settings)
             if frame is not None:
@@ -457,7 +457,7 @@ class SharpDepthNode(Node):
             remember(self._last_log, key, now, MAX_PROBLEMS)
         return due
 
-    def _prepare(self, camera: Camera, msg, decode, arrived: float, settings: dict) -> Frame | None:
+    def _prepare(self, camera: Camera, msg, decode, arrived: float, settings: dict) -> ReadyFrame | None:
         """The frame decoded, with its calibration (rectified where needed); None when it is skipped."""
         t0 = time.perf_counter()
         rgb = decode(msg)
@@ -467,9 +467,9 @@ class SharpDepthNode(Node):
             return None
         rgb, info, K, calibrated, seen = model
         K = K if settings["use_camera_intrinsics"] and calibrated else None
-        return Frame(camera, msg.header, rgb, info, K, seen, arrived, time.perf_counter() - t0)
+        return ReadyFrame(camera, msg.header, rgb, info, K, seen, arrived, time.perf_counter() - t0)
 
-    def _infer(self, group: list[Frame], settings: dict) -> None:
+    def _infer(self, group: list[ReadyFrame], settings: dict) -> None:
         """One model call for frames of one size (a batch: the seeded noise is the same for every image,
         so each camera's depth is what it would be alone); each camera's outputs to its outbox."""
         t1 = time.perf_counter()
@@ -502,7 +502,7 @@ class SharpDepthNode(Node):
             self._guarded([camera], self._publish_frame, *outputs)
             del outputs  # the frame and its batch's outputs: a big camera's are large
 
-    def _publish_frame(self, frame: Frame, out, i: int, model_s: float, settings: dict) -> None:
+    def _publish_frame(self, frame: ReadyFrame, out, i: int, model_s: float, settings: dict) -> None:
         """Image `i` of the batch's outputs on its camera's topics, and its counters."""
         t2 = time.perf_counter()
         depth = _image_of(out.depth[i])
@@ -526,7 +526,7 @@ class SharpDepthNode(Node):
             for k, v in stages.items():
                 stats.stage_s[k] = stats.stage_s.get(k, 0.0) + v
 
-    def _publish(self, frame: Frame, depth: np.ndarray, difference, settings: dict) -> bool:
+    def _publish(self, frame: ReadyFrame, depth: np.ndarray, difference, settings: dict) -> bool:
         """Build and publish the outputs of one camera's frame; False when the node is shutting down
         (nothing published).
 

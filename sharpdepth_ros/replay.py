@@ -60,7 +60,7 @@ Warn = Callable[[str], None]  # where a source says what it skipped or recovered
 
 
 @dataclass(frozen=True)
-class Frame:
+class SourceFrame:
     """One camera frame from a source; `info` is the recorded calibration when the source has one;
     `assumed`: K is the fov_deg pinhole, not a calibration."""
 
@@ -80,11 +80,11 @@ def synthetic_scene(seed: int, width: int, height: int, style: str, fov_deg: flo
     return render_scene(seed, width, height, K=pinhole_K(width, height, fov_deg) if fov_deg else None, style=style)
 
 
-def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str, fov_deg: float = 0.0) -> Iterator[Frame]:
+def synthetic_frames(scenes: int, width: int, height: int, seed: int, style: str, fov_deg: float = 0.0) -> Iterator[SourceFrame]:
     """Scenes seed, seed+1, ... (`synthetic_scene`) with their ground-truth K."""
     for i in range(scenes):
         scene = synthetic_scene(seed + i, width, height, style, fov_deg)
-        yield Frame(scene.rgb, scene.K, seed + i)
+        yield SourceFrame(scene.rgb, scene.K, seed + i)
 
 
 def synthetic_sequence(frames: int, width: int, height: int, seed: int, style: str, fov_deg: float, rate: float):
@@ -96,7 +96,7 @@ def synthetic_sequence(frames: int, width: int, height: int, seed: int, style: s
                            style=style, rate=rate)
 
 
-def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[Frame]:
+def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> Iterator[SourceFrame]:
     files = list_images(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
@@ -106,10 +106,10 @@ def folder_frames(folder: Path, fov_deg: float, max_pixels: int, warn: Warn) -> 
         except ValueError as error:  # the message names the file
             warn(str(error))
             continue
-        yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
+        yield SourceFrame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
 
 
-def video_frames(path: Path, fov_deg: float, max_pixels: int) -> Iterator[Frame]:
+def video_frames(path: Path, fov_deg: float, max_pixels: int) -> Iterator[SourceFrame]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"OpenCV cannot open video {path}")
@@ -120,7 +120,7 @@ def video_frames(path: Path, fov_deg: float, max_pixels: int) -> Iterator[Frame]
             ok, bgr = capture.read()
             if not ok:
                 break
-            yield Frame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i, assumed=True)
+            yield SourceFrame(np.ascontiguousarray(bgr[..., ::-1]), pinhole_K(bgr.shape[1], bgr.shape[0], fov_deg), i, assumed=True)
             i += 1
     finally:
         capture.release()
@@ -137,7 +137,7 @@ def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn = _print) -> Iterator[Frame]:
+def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn = _print) -> Iterator[SourceFrame]:
     """Image or CompressedImage messages of `topic` (default: the first image topic) from a bag; `say`
     gets one line naming the topic, message type, image size, frame count and calibration topic.
 
@@ -151,7 +151,7 @@ def bag_frames(path: Path, topic: str, fov_deg: float, max_pixels: int, warn: Wa
         raise RecordingError(f"recording {path} cannot be read: {error}") from error
 
 
-def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn) -> Iterator[Frame]:
+def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pixels: int, warn: Warn, say: Warn) -> Iterator[SourceFrame]:
     with open_recording(parts) as reader:
         images = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES and (not topic or c.topic == topic)]
         if not images:
@@ -191,9 +191,9 @@ def _recorded_frames(path: Path, parts: list, topic: str, fov_deg: float, max_pi
             at = bisect.bisect_right(stamps, stamp_ns(msg.header))  # stamps[at - 1] <= the image's stamp
             if at:
                 info = by_stamp[stamps[at - 1]]
-                yield Frame(rgb, np.reshape(info.k, (3, 3)), i, info)
+                yield SourceFrame(rgb, np.reshape(info.k, (3, 3)), i, info)
             else:
-                yield Frame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
+                yield SourceFrame(rgb, pinhole_K(rgb.shape[1], rgb.shape[0], fov_deg), i, assumed=True)
 
 
 def _ros_camera_info(info) -> CameraInfo:
@@ -207,9 +207,9 @@ def _ros_camera_info(info) -> CameraInfo:
     return out
 
 
-def open_source(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
+def source_frames(source: str, *, topic: str = "", fov_deg: float = 60.0, scenes: int = 8, width: int = 320,
                 height: int = 240, seed: int = 0, style: str = "indoor", synthetic_fov_deg: float = 0.0,
-                max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, warn: Warn = _print, say: Warn = _print) -> Iterator[Frame]:
+                max_pixels: int = DEFAULT_MAX_INPUT_PIXELS, warn: Warn = _print, say: Warn = _print) -> Iterator[SourceFrame]:
     """The frames of `source`: "synthetic", an image folder, a video file or a bag (file or folder);
     unreadable frames are skipped, each said once through `warn`; a bag says what it plays through `say`."""
     if source == "synthetic":
@@ -263,12 +263,12 @@ class ReplayPublisher(Node):
     subscriber.
     """
 
-    def __init__(self, *, on_frame: Callable[[object, Frame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
+    def __init__(self, *, on_frame: Callable[[object, SourceFrame], None] | None = None, timer: bool = True, **node_kwargs) -> None:
         node_kwargs.setdefault("namespace", "camera")  # the node's: image_raw is /camera/image_raw for both
         super().__init__("replay", **node_kwargs)
         self._params = p = declare_parameters(self, PARAMETERS)
         self._on_frame = on_frame
-        self._cache: list[Frame] = []  # synthetic scenes render once, so high replay rates are cheap
+        self._cache: list[SourceFrame] = []  # synthetic scenes render once, so high replay rates are cheap
         self._said: set[str] = set()  # lines already logged (`_first_time`)
         self._frames = self._open()
         self.ticks = 0
@@ -291,16 +291,16 @@ class ReplayPublisher(Node):
         topics = ", ".join(self.resolve_topic_name(_topic(name, "image_raw")) for name in names)
         self.get_logger().info(f"replaying {p['source']} at {p['rate']:g} Hz as {topics}")
 
-    def _open(self) -> Iterator[Frame]:
+    def _open(self) -> Iterator[SourceFrame]:
         """The source from its start; reads the first frame now so that a bad source fails at startup."""
         p = self._params
         if p["source"] == "synthetic" and self._cache:
             return iter(self._cache)
         if self._sequence():
             scenes = synthetic_sequence(p["sequence"], p["width"], p["height"], p["seed"], p["style"], p["synthetic_fov_deg"], p["rate"])
-            self._cache = [Frame(sc.rgb, sc.K, t, pose=sc.camera_to_world) for t, sc in enumerate(scenes)]
+            self._cache = [SourceFrame(sc.rgb, sc.K, t, pose=sc.camera_to_world) for t, sc in enumerate(scenes)]
             return iter(self._cache)
-        frames = open_source(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
+        frames = source_frames(p["source"], topic=p["topic"], fov_deg=p["fov_deg"], scenes=p["scenes"], width=p["width"],
                              height=p["height"], seed=p["seed"], style=p["style"], synthetic_fov_deg=p["synthetic_fov_deg"],
                              max_pixels=p["max_input_pixels"], warn=self._skip, say=self._say)
         if p["source"] == "synthetic":
@@ -329,7 +329,7 @@ class ReplayPublisher(Node):
         self._said.add(line)
         return new
 
-    def _cached(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+    def _cached(self, frames: Iterator[SourceFrame]) -> Iterator[SourceFrame]:
         for frame in frames:
             self._cache.append(frame)
             yield frame
@@ -385,14 +385,14 @@ class ReplayPublisher(Node):
         self.get_logger().info(finished_line(self._names, self.sent, self.heard))
         return False
 
-    def _next_frame(self) -> Frame | None:
+    def _next_frame(self) -> SourceFrame | None:
         frame = next(self._frames, None)
         if frame is None and self._params["loop"]:
             self._frames = self._open()
             frame = next(self._frames, None)
         return frame
 
-    def _send(self, publishers: dict, frame: Frame, header: Header) -> bool:
+    def _send(self, publishers: dict, frame: SourceFrame, header: Header) -> bool:
         """Publish `frame` on one camera's topics; whether its image topic had a subscriber."""
         if frame.assumed and not self._said_assumed:
             self._said_assumed = True

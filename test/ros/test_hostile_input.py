@@ -26,7 +26,7 @@ from helpers_training import image_message, pattern, truncated_recording, write_
 from sharpdepth_core import data
 from sharpdepth_core.cli import main
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS, check_message_size, compressed_to_rgb8, image_to_rgb8
-from sharpdepth_ros.replay import ReplayPublisher, open_source
+from sharpdepth_ros.replay import ReplayPublisher, source_frames
 
 GOOD = [pattern(i, 24, 32) for i in range(2)]
 GREY16 = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 65535 // (24 * 32 - 1)).astype(np.uint16)
@@ -136,7 +136,7 @@ def test_folders_through_predict_trainer_and_replay(tmp_path, tiny_pipeline_dir,
     check_folder_reader(expect, delivered, "\n".join(lines))
     # the replay's folder source (and the FIFO comes back as a line, not a hang)
     lines = []
-    frames = list(open_source(str(tmp_path / "corpus"), warn=lines.append))
+    frames = list(source_frames(str(tmp_path / "corpus"), warn=lines.append))
     names = sorted(expect)
     check_folder_reader(expect, {names[f.index]: f.rgb for f in frames}, "\n".join(lines))
 
@@ -151,7 +151,7 @@ def test_exif_orientation_is_applied_to_files(tmp_path):
     Image.fromarray(stored).save(tmp_path / "photos" / "side.png", exif=exif)
     upright = np.rot90(stored, k=-1)
     np.testing.assert_array_equal(data.ImageFolder(tmp_path / "photos").read(0), upright)
-    (frame,) = open_source(str(tmp_path / "photos"))
+    (frame,) = source_frames(str(tmp_path / "photos"))
     np.testing.assert_array_equal(frame.rgb, upright)
     assert frame.K[0, 2] == (16 - 1) / 2  # K of the upright image (16 wide)
 
@@ -236,7 +236,7 @@ def test_frames_through_the_node_trainer_and_replay(tmp_path):
     delivered, lines = {}, {}
     for topic in ("/camera/image_raw/compressed", "/camera/image_raw"):
         said = []
-        frames = list(open_source(str(bag), topic=topic, warn=said.append))
+        frames = list(source_frames(str(bag), topic=topic, warn=said.append))
         stamps = sorted(t for (top, t) in {**readable, **refused} if top == topic)
         delivered.update({(topic, stamps[f.index]): f.rgb for f in frames})
         lines.update({(topic, int(line.split(" @ ")[1].split(":")[0])): line for line in said})
@@ -247,7 +247,7 @@ def test_truncated_recordings_are_recovered_by_the_trainer_and_the_replay(tmp_pa
     frames, bag, mcap = truncated_recording(tmp_path / "crashed")
     for path in (bag, mcap):
         said = []
-        got = list(open_source(str(path), warn=said.append))
+        got = list(source_frames(str(path), warn=said.append))
         assert len(got) == 3
         for frame, rgb in zip(got, frames):
             np.testing.assert_array_equal(frame.rgb, rgb)
@@ -266,7 +266,7 @@ def test_a_single_chunk_mcap_cut_short_says_it_is_truncated(tmp_path, cut):
         with pytest.raises(data.DataError, match=rf"recording {re.escape(str(path))} is truncated \(no MCAP footer.*{mcap.name}: 0\.00 of"):
             data.open_source(path)
         with pytest.raises(ValueError) as refused:  # plainly: no empty topic name, no empty list of topics
-            list(open_source(str(path)))
+            list(source_frames(str(path)))
         assert str(refused.value).startswith(f"bag {path} has no image topic; recording {path} is truncated (no MCAP footer")
         assert "topics:" not in str(refused.value) and " ;" not in str(refused.value)
 

@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_to_numpy
-from sharpdepth_ros.replay import ReplayPublisher, open_source, pinhole_K
+from sharpdepth_ros.replay import ReplayPublisher, source_frames, pinhole_K
 
 RNG = np.random.default_rng(3)
 
@@ -25,7 +25,7 @@ def test_folder_source_in_name_order_with_fov_intrinsics(tmp_path):
     for i, rgb in enumerate(images):
         cv2.imwrite(str(tmp_path / f"frame_{2 - i}.png"), rgb[..., ::-1])  # names in reverse order
     (tmp_path / "notes.txt").write_text("not an image")
-    frames = list(open_source(str(tmp_path), fov_deg=90.0))
+    frames = list(source_frames(str(tmp_path), fov_deg=90.0))
     assert len(frames) == 3
     for frame, rgb in zip(frames, images[::-1]):
         np.testing.assert_array_equal(frame.rgb, rgb)
@@ -39,7 +39,7 @@ def test_video_source(tmp_path):
     for rgb in levels:
         writer.write(np.full((12, 16, 3), rgb[::-1], np.uint8))
     writer.release()
-    frames = list(open_source(str(path)))
+    frames = list(source_frames(str(path)))
     assert [f.index for f in frames] == [0, 1, 2]
     for frame, rgb in zip(frames, levels):  # JPEG inside: close, and the channel order must be right
         np.testing.assert_allclose(frame.rgb.reshape(-1, 3).mean(axis=0), rgb, atol=6)
@@ -65,7 +65,7 @@ def test_bag_source_reads_images_and_recorded_calibration(tmp_path, storage):
             ok, png = cv2.imencode(".png", rgb[..., ::-1])
             writer.write(c_jpg, 10 * i + 2, serialize_message(CompressedImage(format="png", data=png.tobytes())))
     lines = []
-    frames = list(open_source(str(tmp_path / "bag"), topic="/cam/image_raw", say=lines.append))
+    frames = list(source_frames(str(tmp_path / "bag"), topic="/cam/image_raw", say=lines.append))
     assert len(frames) == 3
     assert lines == [f"recording {tmp_path / 'bag'}: replaying /cam/image_raw (sensor_msgs/msg/Image, 16x12, 3 frames); "
                      "calibration from /cam/camera_info (1 stamps); other image topics: /other/image/compressed (choose with topic)"]
@@ -73,19 +73,19 @@ def test_bag_source_reads_images_and_recorded_calibration(tmp_path, storage):
         np.testing.assert_array_equal(frame.rgb, rgb)
         np.testing.assert_allclose(frame.K, K)
         np.testing.assert_allclose(frame.info.p, info.p)
-    compressed = list(open_source(str(tmp_path / "bag"), topic="/other/image/compressed", fov_deg=90.0, say=lines.append))
+    compressed = list(source_frames(str(tmp_path / "bag"), topic="/other/image/compressed", fov_deg=90.0, say=lines.append))
     assert lines[1] == (f"recording {tmp_path / 'bag'}: replaying /other/image/compressed (sensor_msgs/msg/CompressedImage, "
                         "16x12, 3 frames); no /other/camera_info: the fov_deg 90 pinhole; other image topics: /cam/image_raw "
                         "(choose with topic)")
     np.testing.assert_array_equal(compressed[1].rgb, images[1])
     np.testing.assert_allclose(compressed[1].K, pinhole_K(16, 12, 90.0))  # no camera_info next to it
     with pytest.raises(ValueError, match="has no image topic /nope"):
-        list(open_source(str(tmp_path / "bag"), topic="/nope"))
+        list(source_frames(str(tmp_path / "bag"), topic="/nope"))
 
 
 def test_missing_source_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="replay source /no/such/folder does not exist"):
-        open_source("/no/such/folder")
+        source_frames("/no/such/folder")
 
 
 def test_publishes_synthetic_scenes_with_their_K_then_loops(ros_context):
@@ -171,7 +171,7 @@ def test_bag_calibration_is_paired_by_header_stamp_not_log_order(tmp_path):
                 fx = info_stamps[stamp]
                 info = pinhole_info(np.array([[fx, 0, 8.0], [0, fx, 6.0], [0, 0, 1]]), (12, 16), header(stamp, "cam"))
                 writer.write(c_info, 10 * i + 5, serialize_message(info))
-    frames = list(open_source(str(tmp_path / "bag"), fov_deg=90.0))
+    frames = list(source_frames(str(tmp_path / "bag"), fov_deg=90.0))
     assert [f.index for f in frames] == [0, 1, 2, 3, 4]
     for frame, rgb in zip(frames, images):
         np.testing.assert_array_equal(frame.rgb, rgb)
