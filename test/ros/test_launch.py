@@ -16,7 +16,7 @@ import yaml
 from rclpy.qos import ReliabilityPolicy
 from helpers_ros import node_parameters, wait_for
 
-from sharpdepth_ros import node_parameters
+from sharpdepth_ros import node_parameters as node_entry
 from sharpdepth_ros import replay as replay_module
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.replay import ReplayPublisher
@@ -66,7 +66,7 @@ def test_launch_file_sets_only_what_the_nodes_declare(graph):
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
     assert {"camera_ns", "params_file", "use_replay", "use_rviz", "replay_source", "image_topic", "camera_info_topic"} <= declared
 
-    declares = {"sharpdepth_node": (node_parameters, "sharpdepth"), "sharpdepth_replay": (replay_module, "replay")}
+    declares = {"sharpdepth_node": (node_entry, "sharpdepth"), "sharpdepth_replay": (replay_module, "replay")}
     scripts = console_scripts()
     nodes = {ast.literal_eval(_kw(c, "executable")): c for c in _calls(tree, "Node")}
     assert set(nodes) == {"sharpdepth_node", "sharpdepth_replay", "rviz2"}
