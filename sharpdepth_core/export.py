@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .files import RECORD_SUFFIX, Extra, is_recorded, replacing_dir
+from .files import RECORD_SUFFIX, TEMP_PREFIX, Extra, is_recorded, replacing_dir
 from .models.hub import to_dtype
 from .models.student import DiffusionDepthModel, StudentUNet, vae_dtype
 
@@ -394,7 +394,7 @@ def _general_trace_hw(student: DiffusionDepthModel) -> tuple[int, int]:
 
 def _export_graph(module: nn.Module, example: Tensor, path: Path, info: GraphInfo, dynamic_hw: bool, dynamic_batch: bool, opset: int) -> None:
     axes = {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_hw else {})}
-    staging = path.parent / f".{path.stem}.staging"
+    staging = path.parent / f"{TEMP_PREFIX}{path.stem}.staging"  # inside replacing_dir's scratch folder
     staging.mkdir()
     staged = staging / path.name
     with warnings.catch_warnings():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
 from .synthetic import render_scene
 
 H, W = 96, 128
@@ -52,8 +53,7 @@ def scenes(style: str, part: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         scene = render_scene(first + i, W, H, K=CAMERA_K, style=style)
         rgb[i], depth[i] = scene.rgb, scene.depth
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, rgb=rgb, depth=depth)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        np.savez(f, rgb=rgb, depth=depth)
     print(f"rendered {count} {style} scenes (seeds {first}..{first + count - 1}) in {time.perf_counter() - t:.0f} s")
     return rgb, depth

@@ -12,9 +12,9 @@ With `--cameras N` one node serves N cameras (`/camera/cam0`, ...; its `cameras`
 frame is N scenes at once, run as one batch, each camera's outputs on its own namespace, scored and
 recorded per camera (the walk goes to the first camera).
 
-Models: the embedded weights (sharpdepth_core/weights/nano) when they are there, or the models a
-`--config` parameters file names; otherwise tiny random-weight models, announced as such: their
-numbers only show that the plumbing works. Scenes are rendered with the camera the models were
+Models: the embedded weights (sharpdepth_core/weights/nano), or the models a `--config` parameters
+file names (a pipeline marked untrained, such as the tiny random-weight models, is announced as
+such: its numbers only show that the plumbing works). Scenes are rendered with the camera the models were
 trained for when their pipeline.json names one (the embedded models: 128x96, 67.5°).
 
 Modules: this one starts the nodes and drives the frames; demo_record (topics, MCAP recorder,
@@ -45,7 +45,6 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 
-from sharpdepth_core.embedded import EMBEDDED_DIR  # noqa: E402
 from sharpdepth_core.synthetic import SEQUENCE_RATE_HZ, STYLES  # noqa: E402
 from sharpdepth_ros.conversions import image_to_numpy, point_cloud_to_numpy  # noqa: E402
 from sharpdepth_ros.demo_figures import PICTURES, frame_stem, write_frame_pictures, write_overview, write_sequence_picture  # noqa: E402
@@ -59,7 +58,7 @@ from sharpdepth_ros.replay import ReplayPublisher, stamp_ns  # noqa: E402
 BAG = "sharpdepth_demo"  # the bag's folder in the output folder
 UNTRAINED_BANNER = """
 ==========================================================================================
-  UNTRAINED MODELS. {why}
+  UNTRAINED MODELS. The configured pipeline is marked untrained.
   The demo runs tiny RANDOM-WEIGHT models: the depth, the AbsRel and the pictures below
   only show that the plumbing works (camera -> node -> depth, cloud, MCAP). They are NOT results.
 ==========================================================================================
@@ -81,25 +80,12 @@ def node_settings(config: Path | None) -> dict:
     raise ValueError(f"--config {config} has no 'sharpdepth' (e.g. '/**/sharpdepth') section with ros__parameters")
 
 
-def untrained_fallback(settings: dict, workdir: Path) -> tuple[dict, str | None]:
-    """Settings that name models unchanged; the embedded default with no weights -> tiny models."""
-    if settings.get("model") or settings.get("student"):
-        return settings, None
-    if (EMBEDDED_DIR / "pipeline.json").is_file():
-        return settings, None
-    from sharpdepth_core.models import tiny
-
-    folder = tiny.tiny_pipeline(processing_res=64).save_pretrained(workdir / "untrained_tiny_pipeline")
-    why = f"No trained weights in {EMBEDDED_DIR} yet (a later issue ships them)."
-    return {**settings, "model": str(folder)}, why
-
-
-def demo_settings(args: argparse.Namespace, cameras: list[str], workdir: Path) -> tuple[dict, str | None]:
-    """The node's parameters: the config's (or tiny models, and why), every output on, the overrides."""
-    settings, why_untrained = untrained_fallback(node_settings(args.config), workdir)
+def demo_settings(args: argparse.Namespace, cameras: list[str]) -> dict:
+    """The node's parameters: the config's, every output on, the overrides."""
+    settings = node_settings(args.config)
     settings = {**settings, "publish_difference": True, "publish_colored": True, "publish_points": True, "cameras": cameras}
     overrides = {"processing_res": args.processing_res, "device": args.device}
-    return {**settings, **{k: v for k, v in overrides.items() if v is not None}}, why_untrained
+    return {**settings, **{k: v for k, v in overrides.items() if v is not None}}
 
 
 def scene_fov(camera: dict | None) -> float:
@@ -200,14 +186,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cameras: list[str], out: Path, workdir: Path) -> int:
-    settings, why_untrained = demo_settings(args, cameras, workdir)
-    if why_untrained:
-        print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
+    settings = demo_settings(args, cameras)
     with demo_nodes(settings, args, cameras, workdir / BAG) as rig:
         untrained = bool(getattr(rig.node.pipeline, "untrained", False))
-        if untrained and not why_untrained:
-            why_untrained = "The configured pipeline is marked untrained."
-            print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
+        if untrained:
+            print(UNTRAINED_BANNER, flush=True)
         if not wait_for(lambda: all(rig.recorder_node.count_publishers(t) for t in rig.recorder.counts)
                         and all(rig.node.count_publishers(f"{camera_ns(c)}/image_raw") for c in cameras), 30):
             print("demo: the nodes did not discover each other within 30 s (is loopback multicast blocked?)", file=sys.stderr)
@@ -233,7 +216,7 @@ def _run(args: argparse.Namespace, cameras: list[str], out: Path, workdir: Path)
     embedded = not untrained and not (settings.get("model") or settings.get("student"))
     summarise(rows, stages, rig.recorder, bag, out, untrained, embedded, sequence)
     if untrained:
-        print(UNTRAINED_BANNER.format(why=why_untrained), flush=True)
+        print(UNTRAINED_BANNER, flush=True)
     return 0
 
 
