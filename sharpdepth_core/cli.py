@@ -343,8 +343,9 @@ def _check_model_sources(args) -> None:
     if not args.student:
         return
     resolve_model_dir(args.student, "student model (--student)")
-    metric = args.metric or pipeline_config.beside_student(args.student).get("metric_backend")
-    path = args.metric_path or DEFAULT_METRIC_IDS.get(metric or "")
+    beside = pipeline_config.beside_student(args.student)  # a trainer's checkpoint names its f_D
+    metric = args.metric or beside.get("metric_backend")
+    path = args.metric_path or beside.get("metric_path") or DEFAULT_METRIC_IDS.get(metric or "")  # as from_pretrained finds it
     if path and not (metric or "").startswith("unidepth"):  # UniDepth's own loader finds its weights
         resolve_model_dir(path, f"metric model {metric} (--metric-path)")
 
