@@ -33,7 +33,7 @@ def sd2_student():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sharpdepth_core.models.student import DiffusionDepthModel
-    from sharpdepth_core.models.tiny import tiny_scheduler  # the real SD-2 noise schedule
+    from sharpdepth_core.tiny import tiny_scheduler  # the real SD-2 noise schedule
 
     unet = UNet2DConditionModel(
         sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
@@ -56,7 +56,7 @@ def measure(config: str, precision: str, grad_accum: int, steps: int, warmup: in
     import torch
     from accelerate import Accelerator
 
-    from sharpdepth_core.models.tiny import tiny_student
+    from sharpdepth_core.tiny import tiny_student
     from sharpdepth_core.trainer import _make_ema, training_step
     from sharpdepth_core.training_config import make_config
 

@@ -18,7 +18,7 @@ from sharpdepth_core.engines import (
     load_engine,
 )
 from sharpdepth_core.export import export_onnx
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.speed import FastPath
 

@@ -18,7 +18,7 @@ from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, p
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
@@ -136,7 +136,7 @@ def test_cloud_options_and_publish_toggles_apply_at_run_time(system):
 
 def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_path):
     """Depth Pro uses a known focal length (f = K[0, 0]) for metric scale, so K visibly matters."""
-    from sharpdepth_core.models import tiny
+    from sharpdepth_core import tiny
 
     model_dir = tiny.tiny_pipeline(processing_res=64, metric="depth-pro").save_pretrained(tmp_path / "depth_pro_pipeline")
     node = SharpDepthNode(context=ros_context, namespace="dpcam", parameter_overrides=node_parameters(model_dir, publish_colored=False))
