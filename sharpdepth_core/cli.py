@@ -712,6 +712,7 @@ def run_export(args) -> int:
     from .engines import TensorRTEngine
     from .export import export_aoti, export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
+    from .models.hub import quiet_loading
     from .limits import check_processing_res
     from .preprocessing import plan_resize
 
@@ -741,6 +742,8 @@ def run_export(args) -> int:
         import_tensorrt()  # fail before the export, not after
     resolutions = args.processing_res or [_model_processing_res(args)]
     student_dir = resolve_model_dir(args.student or Path(args.model or EMBEDDED_DIR) / "student", DiffusionDepthModel.what)
+    quiet_loading()  # no "Loading checkpoint shards" bar per sharded model: this line says what loads
+    print(f"sharpdepth export: loading the student {student_dir} on {device}", file=sys.stderr)
     student = DiffusionDepthModel.from_pretrained(student_dir, device=device)
     grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
     common = dict(precision=args.precision, vae_precision=args.vae_precision, processing_res=resolutions[0] if fixed else None,

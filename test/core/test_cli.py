@@ -808,3 +808,26 @@ def test_tiny_images_get_pictures_with_whole_labels(tiny_dirs, tmp_path):
         lo, hi = np.percentile(np.concatenate([depth.ravel(), metric.ravel()]), [2, 98])
         notes = ("scale: 2-98th percentile of depth and f_D", f"full range {depth.min():.2f}-{depth.max():.2f} m")
         assert np.array_equal(picture[h:], depth_colour_bar(w, lo, hi, notes))
+
+
+def sharded_copy(folder: Path, to: Path) -> Path:
+    """A copy of a student folder whose UNet is saved in several shards (each loads with a progress bar)."""
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(folder, to)
+    shutil.rmtree(to / "unet")
+    UNet2DConditionModel.from_pretrained(folder / "unet").save_pretrained(to / "unet", max_shard_size="1MB")
+    assert (to / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    return to
+
+
+def test_export_of_a_sharded_model_says_what_loads_in_one_line_without_loading_bars(tiny_dirs, tmp_path):
+    """export drew a "Loading checkpoint shards" bar per sharded model, which predict hides (in a fresh
+    process: hiding is process-wide, and an earlier test in this one may have done it)."""
+    student = sharded_copy(tiny_dirs["student"], tmp_path / "student")
+    done = subprocess.run([sys.executable, "-m", "sharpdepth_core.cli", "export", "--student", str(student), "--out",
+                           str(tmp_path / "export"), "--device", "cpu", "--processing-res", "64"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Loading checkpoint shards" not in done.stderr and "Loading weights" not in done.stderr
+    assert f"sharpdepth export: loading the student {student} on cpu\n" in done.stderr
