@@ -379,8 +379,8 @@ def measure_setting(setting: str, args, device, workdir: Path, student, metric, 
         if bar is not None:
             bar.update(len(args.resolutions))
         return
-    for res in args.resolutions:
-        if bar is not None and res != args.resolutions[0]:
+    for k, res in enumerate(args.resolutions):
+        if bar is not None and k:  # the previous resolution is done (measured or failed)
             bar.update()
         try:
             row, out = measure(pipe, setting, res, scene.rgb, device, args.warmup, args.frames, reference_out.get(res))
