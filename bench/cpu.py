@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 import torch
 
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     args = quick_defaults(p, argv, QUICK)
     announce("cpu", estimate(args.rounds), f"{args.rounds} rounds", args.quick)
     warnings.simplefilter("ignore")  # the embedded models' banner
+    quiet_loading()  # no "Loading checkpoint shards" bar
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     rgb = render_scene(100_000, 320, 240).rgb
