@@ -12,7 +12,8 @@ every frame), with fresh noise per frame (the node's seed -1), and with each che
 every noisy model under two noise seeds, whose difference is the spread. Prints a table and one JSON
 line; writes a figure (consecutive frames per model, with their reprojection error into the next).
 
-    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread
+    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread: ~3 min
+    .venv/bin/python bench/temporal.py --quick                  # 1 sequence x 8 frames: ~20 s (a check, not a result)
     .venv/bin/python bench/temporal.py --first-seed 110000      # validation sequences: for choosing anything
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,9 +30,12 @@ import torch
 
 from sharpdepth_core.files import write_bytes
 from sharpdepth_core.geometry import relative_pose
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.metrics import depth_metrics, reprojection_error, static_point_flicker, temporal_alignment_error
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_sequence
+
+from timing import add_quick, announce, progress, quick_defaults  # bench/timing.py
 
 # name -> (difference map, noise): "fixed" = one seed for every frame (the node's default, seed 0),
 # "fresh" = a new draw per frame (the node's seed -1; seeded per frame here, so runs repeat)
@@ -43,23 +46,40 @@ RUNS = {
     "SharpDepth, latent difference map": ("latent", "fixed"),
 }
 NOISE_SEEDS = (0, 1)
+QUICK = {"sequences": 1, "frames": 8}
+# Seconds per frame of a sequence (f_D, the four SharpDepth runs under both noise seeds, the scores)
+# and the start (imports, loading), measured 2026-12-07 on the reference machine under other work
+# (load 2-4): `--sequences 1 --frames 8` against `--frames 3`.
+SECONDS_PER_FRAME, SECONDS_START = 1.5, 6.0
 
 
 def frame_seed(noise: str, noise_seed: int, t: int) -> int:
     return noise_seed if noise == "fixed" else 1_000_003 * (noise_seed + 1) + t
 
 
-def predictions(pipe: SharpDepthPipeline, frames) -> dict[str, list[list[np.ndarray]]]:
-    """Per model, per noise seed (one for the deterministic models), the depth of every frame."""
+def predictions(pipe: SharpDepthPipeline, frames, bar=None) -> dict[str, list[list[np.ndarray]]]:
+    """Per model, per noise seed (one for the deterministic models), the depth of every frame; `bar`
+    (a progress bar) advances by one per frame."""
     K = frames[0].K
     out = {"ground truth": [[f.depth.astype(np.float64) for f in frames]],
            "f_D": [[pipe.metric_depth(f.rgb, K=K)[0, 0].numpy() for f in frames]]}
-    for name, (method, noise) in RUNS.items():
-        if method == "light" and pipe.light_decoder is None:
-            continue
-        out[name] = [[pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy()
-                      for t, f in enumerate(frames)] for s in NOISE_SEEDS]
-    return out
+    for t, f in enumerate(frames):
+        for name, (method, noise) in RUNS.items():
+            if out.get(name, True) is None:
+                continue
+            try:
+                depths = [pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy() for s in NOISE_SEEDS]
+            except ValueError:  # no light decoder in this pipeline folder (the light networks load on first use)
+                if method != "light" or t:
+                    raise
+                out[name] = None
+                continue
+            runs = out.setdefault(name, [[] for _ in NOISE_SEEDS])
+            for run, depth in zip(runs, depths):
+                run.append(depth)
+        if bar is not None:
+            bar.update()
+    return {name: runs for name, runs in out.items() if runs is not None}
 
 
 def scores(depths: list[np.ndarray], frames) -> dict[str, float]:
@@ -79,11 +99,11 @@ def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
     pipe = SharpDepthPipeline.from_pretrained()
     per: dict[str, list[list[dict]]] = {}
     first = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress(total=sequences * frames, desc="temporal", unit="frame") as bar:
         warnings.simplefilter("ignore", RuntimeWarning)
         for i in range(sequences):
             seq = render_sequence(first_seed + i, frames)
-            preds = predictions(pipe, seq)
+            preds = predictions(pipe, seq, bar)
             first = first or (seq, preds)
             for name, runs in preds.items():
                 per.setdefault(name, [[] for _ in runs])
@@ -111,9 +131,13 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+FONT_PT, FIGURE_DPI = 10, 100  # the figure was 6-7 pt at 64 dpi: letters ~4 px tall (issue 30 item 10)
+
+
 def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
     """Per model two rows: depth of `count` consecutive frames (one colour scale), and each frame's
-    reprojection error into the next (0-10 %, black where not scored)."""
+    reprojection error into the next (0-10 %, black where not scored). Text sized to be read at the
+    PNG's own size (10 pt at 100 dpi: about 10 px capitals)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +146,7 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
     from sharpdepth_core.visualize import colorize_depth, colorize_difference
 
     lo, hi = min(float(f.depth.min()) for f in seq), max(float(f.depth.max()) for f in seq)
-    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count, 1.5 * 2 * len(preds)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count + 1.5, 1.5 * 2 * len(preds)), squeeze=False)
     for r, (name, runs) in enumerate(preds.items()):
         depths = runs[0]
         for c, t in enumerate(range(start, start + count)):
@@ -134,18 +158,19 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
             for row, pic, title in ((2 * r, colorize_depth(depths[t], lo, hi), f"t={t}"), (2 * r + 1, shown, f"{t}→{t + 1}: {tae:.3f}")):
                 axes[row, c].imshow(pic, interpolation="nearest")
                 axes[row, c].set_axis_off()
-                axes[row, c].set_title(title, fontsize=7)
-        axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n"), fontsize=6, ha="right",
+                axes[row, c].set_title(title, fontsize=FONT_PT)
+        axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n").replace(": ", ":\n"), fontsize=FONT_PT, ha="right",
                             va="center", transform=axes[2 * r, 0].transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=64, format="png")
+    fig.savefig(buf, dpi=FIGURE_DPI, format="png")
     plt.close(fig)
     write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first-seed", type=int, default=100_000,
                         help="first sequence's room (default: the evaluation range; 110000.. is validation)")
     parser.add_argument("--sequences", type=int, default=4)
@@ -153,12 +178,15 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     parser.add_argument("--figure", type=Path, help="write the strip of frames to this PNG")
-    args = parser.parse_args(argv)
+    add_quick(parser, f"{QUICK['sequences']} sequence x {QUICK['frames']} frames")
+    args = quick_defaults(parser, argv, QUICK)
     if min(args.sequences, args.threads) < 1 or args.frames < 2:
         parser.error("--sequences and --threads must be >= 1, --frames >= 2")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    print(f"[bench] temporal consistency on {args.sequences} sequences x {args.frames} frames", file=sys.stderr, flush=True)
+    quiet_loading()
+    announce("temporal", SECONDS_START + SECONDS_PER_FRAME * args.sequences * args.frames,
+             f"{args.sequences} sequence(s) x {args.frames} frames", args.quick, f"{SECONDS_PER_FRAME} s a frame")
     result, (seq, preds) = temporal(args.first_seed, args.sequences, args.frames)
     result["seconds"] = time.perf_counter() - start
     print(table(result))
