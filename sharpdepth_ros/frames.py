@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from sensor_msgs.msg import CameraInfo
 
+from sharpdepth_core.images import check_size, message_size
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.calibration import CalibrationRefused
 from sharpdepth_ros.conversions import PointCloudBuilder, Rectifier, depth_camera_info, numpy_to_image
@@ -72,6 +73,21 @@ class HostOutputs:
     difference: object | None
     timings: dict[str, float]
     fallback: list[bool]
+
+
+def batch_key(msg, max_pixels: int, camera: str) -> tuple:
+    """A frame's (height, width) from its header, before anything is copied: frames of one key can share
+    a model call; ValueError above `max_pixels` (0: no limit, and a size the header does not give is
+    a batch of the camera's own)."""
+    try:
+        size = message_size(msg)
+        if max_pixels:
+            check_size(*size, max_pixels, "image")
+    except ValueError:
+        if max_pixels:
+            raise
+        return ("unsized", camera)
+    return size
 
 
 def image_batch(rgbs: list[np.ndarray]) -> torch.Tensor:

@@ -16,14 +16,11 @@ one throttled log line and that frame, never the node.
 """
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
 import torch
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
@@ -31,16 +28,15 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from sharpdepth_core.images import check_size, message_size
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_ros.calibration import camera_model, fallback_notice, frame_info
 from sharpdepth_ros.conversions import compressed_to_rgb8, image_to_rgb8, remember
-from sharpdepth_ros.frames import Camera, HostOutputs, ReadyFrame, frame_messages, image_batch, on_host, problem, published_depth
-from sharpdepth_ros.loaders import describe, load_pipeline
-from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, configured_problem, processing_res_problem, validate
-from sharpdepth_ros.params import declare_checked, fatal_text, run
+from sharpdepth_ros.frames import Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem, published_depth
+from sharpdepth_ros.loaders import MemoryFreed, load_pipeline, ready
+from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, set_problem
+from sharpdepth_ros.params import declare_checked, fatal_text, run_to_exit
 from sharpdepth_ros.scheduling import FairShare
-from sharpdepth_ros.statistics import Stats, Throttle, problem_key, report, resident_mb
+from sharpdepth_ros.statistics import Stats, Throttle, diagnostic_rows, problem_key, report
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -55,39 +51,27 @@ OUTPUTS = {"depth": (Image, "depth/image"), "info": (CameraInfo, "depth/camera_i
 
 
 class SharpDepthNode(LifecycleNode):
-    """Subscribes `image_raw` (or `image_raw/compressed`) and `camera_info`; publishes `depth/image`,
-    `depth/camera_info`, `points`, optionally `depth/colored` and `depth/difference`; each under every
-    camera namespace of `cameras`.
-
-    `pipeline`: an already built pipeline to use instead of loading one from the parameters (the
-    demo's and the tests' seam: tiny models, or a model that fails on purpose); the caller's, so
-    cleanup only lets go of it.
-    """
+    """Subscribes `image_raw` (or `image_raw/compressed`) and `camera_info`; publishes `depth/image`, `depth/camera_info`,
+    `points`, optionally `depth/colored` and `depth/difference`; each under every camera namespace of `cameras`.
+    `pipeline`: one to use instead of loading one from the parameters (the demo's and the tests' seam); the
+    caller's, so cleanup only lets go of it."""
 
     def __init__(self, pipeline=None, **node_kwargs) -> None:
         node_kwargs.setdefault("namespace", "camera")
         super().__init__("sharpdepth", **node_kwargs)
-        self._lock = threading.Condition()  # guards the cameras' frames, the activation and the threads' run
-        self._reporting = threading.Lock()
-        self._supplied, self.pipeline = pipeline, None
-        self.cameras: list[Camera] = []
-        self._subscriptions_made: list = []
-        self._worker: threading.Thread | None = None
-        self._senders: list[threading.Thread] = []
+        self._lock, self._reporting = threading.Condition(), threading.Lock()  # _lock: the cameras' frames, activation, run
+        self._supplied, self.pipeline, self.cameras, self._fair = pipeline, None, [], None
+        self._subscriptions_made, self._worker, self._senders = [], None, []
         self._run: object | None = None  # the worker's and senders' token: they end when it changes
-        self._activations, self._activation = 0, 0  # activations so far; the current one's number, 0 while inactive
-        self._autostarting = False
+        self._activations, self._activation, self._autostarting = 0, 0, False  # _activation: its number, 0 while inactive
         self._state, self._why, self._failure = "unconfigured", "", None
-        self._throttle = Throttle()
-        self.last_rejection = ""
-        self._reported_at = time.monotonic()
+        self._throttle, self.last_rejection, self._reported_at = Throttle(), "", time.monotonic()
         self._settings = declare_checked(self, PARAMETERS, self._check_parameters, self._apply_parameters)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10) if DiagnosticArray else None
         self.create_timer(self._settings["stats_period"], self.report)
         if self._settings["autostart"]:  # a configure failure is the start's failure: one FATAL line (params.run)
             self._autostarting = True
-            configured = self.trigger_configure()
-            self._autostarting = False
+            configured, self._autostarting = self.trigger_configure(), False
             if configured != SUCCESS:
                 raise self._failure
             self.trigger_activate()
@@ -98,7 +82,12 @@ class SharpDepthNode(LifecycleNode):
         """Load the models (checked: a bad path, device or export is one line naming the fix and the
         node stays unconfigured), warm up where the grid is known, make the cameras' publishers."""
         try:
-            self._load()
+            if self._settings["num_threads"]:
+                torch.set_num_threads(self._settings["num_threads"])  # before the models load and warm up
+            quiet_loading()  # the start-up line says what loaded
+            pipeline = self._supplied if self._supplied is not None else load_pipeline(self._settings)
+            ready(self._settings, pipeline, self._supplied is not None, self.get_logger())
+            self.pipeline = pipeline
         except Exception as error:  # whatever it is, the node stays up, unconfigured
             self._release()
             self._failure = error
@@ -115,25 +104,6 @@ class SharpDepthNode(LifecycleNode):
                                  for key, (kind, topic) in OUTPUTS.items()}
         self._state, self._why = "inactive", ""
         return SUCCESS
-
-    def _load(self) -> None:
-        settings = self._settings
-        if settings["num_threads"]:
-            torch.set_num_threads(settings["num_threads"])  # before the models load and warm up
-        quiet_loading()  # the start-up line below says what loaded
-        supplied = self._supplied is not None
-        pipeline = self._supplied if supplied else load_pipeline(settings)
-        line, embedded = describe(settings, pipeline, supplied)
-        (self.get_logger().warning if embedded else self.get_logger().info)(line)
-        if getattr(pipeline, "untrained", False):
-            self.get_logger().warning("UNTRAINED random-weight models: the depth means nothing, only the plumbing is real")
-        manifest = getattr(getattr(pipeline, "engine", None), "manifest", None)
-        if manifest is not None and manifest.image_hw is not None:  # a fixed-grid export: the camera's size is known
-            h, w = manifest.input_hw or manifest.image_hw  # (PyTorch takes any size: the first frame warms it up)
-            t0 = time.perf_counter()
-            pipeline(torch.zeros(1, 3, h, w, dtype=torch.uint8), seed=0)  # builds TensorRT plans; proves the export runs
-            self.get_logger().info(f"warmed up on {w}x{h} images in {time.perf_counter() - t0:.1f} s")
-        self.pipeline = pipeline
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Subscribe every camera and start the worker; the lifecycle publishers publish from here on.
@@ -176,15 +146,15 @@ class SharpDepthNode(LifecycleNode):
         return SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """From any state: as deactivate and cleanup."""
         self.on_deactivate(state)
         self._release()
         self._state = "finalized"
         return SUCCESS
 
     def on_error(self, state) -> TransitionCallbackReturn:
-        """A transition raised or failed hard: everything is released, the node is unconfigured."""
-        self.on_deactivate(state)
-        self._release()
+        """A transition raised or failed hard: everything is released, the node is unconfigured (and says why)."""
+        self.on_shutdown(state)
         self._why = self._why or f"error in a transition from {state.label}"
         self.get_logger().error(f"{self._why}: released everything; the node is unconfigured")
         self._state = "unconfigured"
@@ -192,16 +162,12 @@ class SharpDepthNode(LifecycleNode):
 
     def _subscribe(self) -> None:
         sensor, override = qos_profile_sensor_data, QoSOverridingOptions.with_default_policies()
-        topics = []
+        compressed, topics = self._settings["image_transport"] == "compressed", []
+        kind, decode = (CompressedImage, compressed_to_rgb8) if compressed else (Image, image_to_rgb8)
         for camera in self.cameras:
-            image_topic = self.resolve_topic_name(camera.topic("image_raw"))  # remapped; '/compressed' follows the remap
-            if self._settings["image_transport"] == "compressed":
-                image_topic += "/compressed"
-                made = self.create_subscription(CompressedImage, image_topic, lambda msg, c=camera: self._on_frame(c, msg, compressed_to_rgb8),
-                                                sensor, qos_overriding_options=override)
-            else:
-                made = self.create_subscription(Image, camera.topic("image_raw"), lambda msg, c=camera: self._on_frame(c, msg, image_to_rgb8),
-                                                sensor, qos_overriding_options=override)
+            image_topic = self.resolve_topic_name(camera.topic("image_raw")) + ("/compressed" if compressed else "")  # remapped
+            made = self.create_subscription(kind, image_topic, lambda msg, c=camera: self._on_frame(c, msg, decode), sensor,
+                                            qos_overriding_options=override)
             info = self.create_subscription(CameraInfo, camera.topic("camera_info"), lambda msg, c=camera: self._on_camera_info(c, msg),
                                             sensor, qos_overriding_options=override)
             self._subscriptions_made += [made, info]
@@ -210,9 +176,8 @@ class SharpDepthNode(LifecycleNode):
         self.get_logger().info("SharpDepth active: " + "; ".join(topics))
 
     def _start_threads(self) -> None:
-        """The worker and the cameras' publishing threads of this configuration (under `_lock`). A
-        worker still inside a model call of an earlier configuration is waited for by the new one:
-        model calls stay one at a time."""
+        """The worker and publishing threads of this configuration (under `_lock`); the new worker waits for one
+        still in a model call of an earlier configuration: model calls stay one at a time."""
         run, previous = object(), self._worker
         self._run = run
         self._worker = threading.Thread(target=self._work, args=(run, previous), name="sharpdepth-inference", daemon=True)
@@ -223,24 +188,19 @@ class SharpDepthNode(LifecycleNode):
             thread.start()
 
     def _release(self, say: bool = False) -> None:
-        """Stop the threads and let go of the models and the publishers (a supplied pipeline is the
-        caller's: only this node's reference goes); with `say`, log the memory freed."""
-        before = resident_mb()
-        cuda_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        """Stop the threads, let go of the models (of a supplied pipeline, this node's reference only) and the
+        publishers; with `say`, log the memory freed."""
+        memory = MemoryFreed()
         self._stop_threads()
         for camera in self.cameras:
             for publisher in camera.publishers.values():
                 self.destroy_lifecycle_publisher(publisher)
         with self._lock:
             self.cameras, self._fair, self.pipeline = [], None, None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        freed = memory.collect()
         if say:
-            cuda = (f"; CUDA allocated {cuda_before / 2**20:.0f} -> {torch.cuda.memory_allocated() / 2**20:.0f} MB"
-                    if torch.cuda.is_available() else "")
             running = "; a model call still runs: its memory goes when it ends" if self.busy else ""
-            self.get_logger().info(f"cleanup: models released, resident memory {before:.0f} -> {resident_mb():.0f} MB{cuda}{running}")
+            self.get_logger().info(f"cleanup: models released, {freed}{running}")
 
     def _stop_threads(self) -> None:
         """End the worker and publishing threads; a frame in progress gets SHUTDOWN_GRACE_S (a model
@@ -256,10 +216,7 @@ class SharpDepthNode(LifecycleNode):
         if self.busy:
             self._worker.join(timeout=SHUTDOWN_GRACE_S)
 
-    @property
-    def busy(self) -> bool:
-        """The worker thread is still running (inside a model call, after a stop)."""
-        return self._worker is not None and self._worker.is_alive()
+    busy = property(lambda self: self._worker is not None and self._worker.is_alive(), doc="The worker runs (in a model call, after a stop).")
 
     def destroy_node(self) -> None:
         """Stop the threads: no output is published after this starts (the models stay: the process ends)."""
@@ -269,15 +226,9 @@ class SharpDepthNode(LifecycleNode):
     # --- parameters -------------------------------------------------------------------------
 
     def _check_parameters(self, params) -> SetParametersResult:
-        """Reject a bad value with its reason (ranges and read-only are the descriptors' part), a
-        parameter read at configure while the node is configured, and a processing_res the loaded
-        engine cannot run."""
+        """Refuse a value with its reason (`set_problem`; ranges and read-only are the descriptors' part)."""
         for p in params:
-            reason = validate(p.name, p.value)
-            if not reason and self.pipeline is not None and p.value != self._settings.get(p.name):
-                reason = configured_problem(p.name, self.get_fully_qualified_name())
-                if not reason and p.name == "processing_res":
-                    reason = processing_res_problem(p.value, self.pipeline)
+            reason = set_problem(p.name, p.value, getattr(self, "_settings", {}), self.pipeline, self.get_fully_qualified_name())
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
@@ -292,25 +243,19 @@ class SharpDepthNode(LifecycleNode):
     # --- input ------------------------------------------------------------------------------
 
     def _on_camera_info(self, camera: Camera, msg: CameraInfo) -> None:
-        with self._lock:
+        with self._lock:  # the latest of each frame_id, MAX_CAMERAS frame_ids at most
             remember(camera.infos, msg.header.frame_id, msg, MAX_CAMERAS)
 
     def _on_frame(self, camera: Camera, msg, decode) -> None:
         """Latest frame wins, per camera: a frame still waiting when a newer one of its camera arrives is
         dropped. Its size comes from the header (nothing copied yet); above max_input_pixels it is
         counted and skipped; a size the header does not give runs in a batch of its own."""
-        max_pixels = self._settings["max_input_pixels"]
         try:
-            size = message_size(msg)
-            if max_pixels:
-                check_size(*size, max_pixels, "image")
+            size = batch_key(msg, self._settings["max_input_pixels"], camera.name)
         except ValueError as error:
-            if max_pixels:
-                with self._lock:
-                    camera.stats.received += 1
-                self._reject(camera, "input", str(error))
-                return
-            size = ("unsized", camera.name)  # no limit: any format OpenCV decodes
+            with self._lock:
+                camera.stats.received += 1
+            return self._reject(camera, "input", str(error))
         with self._lock:
             if not self._activation:  # a callback already under way when deactivate came
                 return
@@ -324,9 +269,8 @@ class SharpDepthNode(LifecycleNode):
     # --- inference worker -------------------------------------------------------------------
 
     def _work(self, run: object, previous: threading.Thread | None) -> None:
-        """Serve the cameras' newest frames until `run` ends: those with no outputs still waiting for
-        their publishing thread (a camera slower to publish than to compute is paced by its own
-        publishing), chosen by FairShare."""
+        """Serve the cameras' newest frames until `run` ends, chosen by FairShare among those with no outputs still
+        waiting for their publishing thread (a camera slower to publish than to compute is paced by its own)."""
         if previous is not None:
             previous.join()
         while True:
@@ -359,7 +303,7 @@ class SharpDepthNode(LifecycleNode):
             self._guarded([f.camera for f in group], self._infer, group, settings)
 
     def _guarded(self, cameras: list[Camera], step, *args):
-        """`step(*args)`, or None when it raised: the frames of `cameras` are rejected with the reason."""
+        """`step(*args)`, or None when it raised: the frames of `cameras` are skipped with the reason."""
         try:
             return step(*args)
         except Exception as error:
@@ -398,8 +342,7 @@ class SharpDepthNode(LifecycleNode):
         K = None if group[0].K is None else np.stack([f.K for f in group])
         out = self.pipeline(images, K=K, seed=None if settings["seed"] < 0 else settings["seed"],
                             processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
-        # on the host before the hand-over: the publisher's copies would otherwise queue behind the next
-        # batch's work on the device
+        # on the host before the hand-over: the publisher's copies would otherwise queue behind the next batch on the device
         host = HostOutputs(on_host(out.depth), on_host(getattr(out, "difference", None)), out.timings,
                            list(getattr(out, "fallback", None) or []))
         model_s = time.perf_counter() - t1
@@ -412,8 +355,7 @@ class SharpDepthNode(LifecycleNode):
             self._lock.notify_all()
 
     def _publish_outputs(self, camera: Camera, run: object) -> None:
-        """A camera's publishing thread: its outputs as the worker hands them over, while the worker
-        computes the next frame, its own or another camera's."""
+        """A camera's publishing thread: its outputs as the worker hands them over, while it computes the next."""
         while True:
             with self._lock:
                 while self._run is run and camera.outbox is None:
@@ -440,26 +382,20 @@ class SharpDepthNode(LifecycleNode):
         stages = {"decode": frame.decode_s, **{f"model/{k}": v for k, v in out.timings.items()}, "model": model_s,
                   "publish": own, "publish_wall": t3 - t2, "total": t3 - frame.arrived}
         with self._lock:
-            frame.camera.stats.published += 1
-            frame.camera.stats.fallbacks += int(bool(out.fallback) and out.fallback[i])
-            for k, v in stages.items():
-                frame.camera.stats.stage_s[k] = frame.camera.stats.stage_s.get(k, 0.0) + v
+            frame.camera.stats.add_frame(stages, bool(out.fallback) and out.fallback[i])
 
     def _say(self, camera: Camera, kind: str, message: str, count: int | None = None) -> None:
-        """A warning about `camera`, at most once every THROTTLE_S seconds per kind of problem
-        (`problem_key`: 300 random frame_ids are one problem, not 300); with `count`, a skipped frame."""
+        """A line about `camera`, at most once every THROTTLE_S seconds per kind of problem (`problem_key`:
+        300 random frame_ids are one problem, not 300); with `count`, about a skipped frame."""
         message = camera.said(message)
         with self._lock:
             self.last_rejection = message
             due = self._throttle.due(problem_key(kind, message), time.monotonic())
-        if not due:
-            return
-        if count is None:
-            self.get_logger().warning(message)
-        elif kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity
-            self.get_logger().error(f"frame skipped: {message} ({count} '{kind}' skips since start)")
-        else:
-            self.get_logger().warning(f"frame skipped: {message} ({count} '{kind}' skips since start)")
+        text = message if count is None else f"frame skipped: {message} ({count} '{kind}' skips since start)"
+        if due and kind in ("error", "out-of-memory"):  # separate call sites: rclpy fixes a site's severity
+            self.get_logger().error(text)
+        elif due:
+            self.get_logger().warning(text)
 
     def _reject(self, camera: Camera, kind: str, message: str) -> None:
         """Count the camera's skipped frame and say why (throttled)."""
@@ -468,6 +404,13 @@ class SharpDepthNode(LifecycleNode):
         self._say(camera, kind, message, count)
 
     # --- statistics -------------------------------------------------------------------------
+
+    def farewell(self) -> list[str]:
+        """What the node did, said when the process ends."""
+        s = self.stats
+        return ([f"shutdown: {s.received} frames received, {s.published} published, {s.dropped} dropped (a newer frame arrived "
+                 f"first), {sum(s.rejected.values())} skipped"]
+                + (["shutdown: a model call was still running; exiting without waiting for it"] if self.busy else []))
 
     @property
     def stats(self) -> Stats:
@@ -483,51 +426,24 @@ class SharpDepthNode(LifecycleNode):
             period, self._reported_at = now - self._reported_at, now
             with self._lock:
                 cameras = [(c, c.stats.copy()) for c in self.cameras]
-            statuses = []
+            reports = []
             for camera, current in cameras:
-                done, camera.reported = report(camera.reported, current, period), current
-                if done.busy:
-                    self.get_logger().info(camera.said(done.text))
-                statuses.append((camera.said("depth"), done.text, done.values, int(done.warn)))
-            if self._pub_diag is None:
-                return
-            if not statuses:  # unconfigured: the state, and why a configure failed (an error)
-                statuses = [("depth", self._why or self._state, {}, 2 * bool(self._why))]
-            array = DiagnosticArray()
-            for name, text, values, level in statuses:
-                status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: {name}", hardware_id=str(self._settings["device"]),
-                                          level=(DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)[level],
-                                          message=text if self._state == "active" else f"{self._state}: {text}")
-                status.values = [KeyValue(key=k, value=v) for k, v in {"state": self._state, **values}.items()]
-                array.status.append(status)
-            array.header.stamp = self.get_clock().now().to_msg()
-            self._pub_diag.publish(array)
+                reports.append((camera.said("depth"), report(camera.reported, current, period)))
+                camera.reported = current
+                if reports[-1][1].busy:
+                    self.get_logger().info(camera.said(reports[-1][1].text))
+            if self._pub_diag is not None:
+                array = DiagnosticArray(status=[
+                    DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: {name}", hardware_id=str(self._settings["device"]),
+                                     level=(DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR)[level], message=text,
+                                     values=[KeyValue(key=k, value=v) for k, v in values.items()])
+                    for name, level, text, values in diagnostic_rows(reports, self._state, self._why)])
+                array.header.stamp = self.get_clock().now().to_msg()
+                self._pub_diag.publish(array)
 
 
 def main(args: list[str] | None = None) -> int:
-    nodes: list[SharpDepthNode] = []
-
-    def make_node() -> SharpDepthNode:
-        nodes.append(SharpDepthNode())
-        return nodes[-1]
-
-    code = run("sharpdepth", make_node, rclpy.spin, DESCRIPTION, PARAMETERS, args)
-    if not nodes:  # --help, or a start that failed (said in one line): nothing ran
-        return code
-    node = nodes[0]
-    logger = rclpy.logging.get_logger("sharpdepth")
-    stats = node.stats
-    logger.info(f"shutdown: {stats.received} frames received, {stats.published} published, {stats.dropped} dropped "
-                f"(a newer frame arrived first), {sum(stats.rejected.values())} skipped")
-    if node.busy:
-        logger.info("shutdown: a model call was still running; exiting without waiting for it")
-    # ROS is shut down and the node destroyed: nothing is left to do. Interpreter exit would tear down
-    # torch and the models for seconds (1-4 s measured), and with the worker still inside a model call
-    # it would kill that thread inside torch's C++ frames (`terminate called without an active
-    # exception`, exit 134) or wait minutes: end the process here, promptly and cleanly.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return run_to_exit("sharpdepth", SharpDepthNode, DESCRIPTION, PARAMETERS, args)
 
 
 if __name__ == "__main__":

@@ -100,12 +100,16 @@ def validate(name: str, value) -> str | None:
     return None
 
 
-def configured_problem(name: str, fqn: str) -> str | None:
-    """Why `name` cannot be set while the node is configured (inactive or active), or None: the models
-    and topics are made from it at configure."""
+def set_problem(name: str, value, settings: dict, pipeline, fqn: str) -> str | None:
+    """Why parameter `name` cannot be set to `value` now, or None: a bad value, a parameter read at
+    configure while the node is configured (`pipeline` loaded: the models and topics are made from
+    it), or a processing_res the loaded engine cannot run."""
+    reason = validate(name, value)
+    if reason or pipeline is None or value == settings.get(name):
+        return reason
     if name in PARAMETERS and PARAMETERS[name][1].additional_constraints == AT_CONFIGURE:
         return f"{name} is read at configure: set it while the node is unconfigured (ros2 lifecycle set {fqn} cleanup)"
-    return None
+    return processing_res_problem(value, pipeline) if name == "processing_res" else None
 
 
 def processing_res_problem(value: int, pipeline) -> str | None:

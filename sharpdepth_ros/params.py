@@ -1,6 +1,7 @@
 """What the ROS entry points share: parameter descriptors with ranges, `--help` from them, the run loop."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -166,3 +167,19 @@ def run(name: str, make_node: Callable[[], Node], spin: Callable[[Node], None], 
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run_to_exit(name: str, make_node: Callable[[], Node], doc: str, parameters: dict, args: list[str] | None = None) -> int:
+    """`run` with `rclpy.spin`, then the node's `farewell` lines and the process's end at once: ROS is shut
+    down and the node destroyed, and interpreter exit would tear torch and the models down for seconds
+    (1-4 s measured), or with the worker inside a model call kill it in torch's C++ frames (`terminate
+    called without an active exception`, exit 134) or wait minutes."""
+    nodes: list[Node] = []
+    code = run(name, lambda: nodes.append(make_node()) or nodes[-1], rclpy.spin, doc, parameters, args)
+    if not nodes:  # --help, or a start that failed (said in one line): nothing ran
+        return code
+    for line in nodes[0].farewell():
+        rclpy.logging.get_logger(name).info(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -33,6 +33,13 @@ class Stats:
         return Stats(self.received + other.received, self.published + other.published, self.dropped + other.dropped,
                      self.fallbacks + other.fallbacks, _summed(self.rejected, other.rejected), _summed(self.stage_s, other.stage_s))
 
+    def add_frame(self, stages: dict[str, float], fallback: bool) -> None:
+        """A published frame, with the seconds of each of its stages."""
+        self.published += 1
+        self.fallbacks += int(fallback)
+        for k, v in stages.items():
+            self.stage_s[k] = self.stage_s.get(k, 0.0) + v
+
     def reject(self, kind: str) -> int:
         """Count a skipped frame of `kind`; how many of that kind so far."""
         self.rejected[kind] = self.rejected.get(kind, 0) + 1
@@ -72,6 +79,16 @@ def report(before: Stats, now: Stats, period_s: float) -> Report:
     return Report(text, values, bool(rejected or (received and not published)), bool(received or published or rejected))
 
 
+def diagnostic_rows(reports: list[tuple[str, Report]], state: str, why: str) -> list[tuple[str, int, str, dict]]:
+    """(name, level 0 OK / 1 WARN / 2 ERROR, message, values) of each /diagnostics status: a camera's
+    report with the lifecycle state; unconfigured (no cameras), the state alone, an error when a
+    configure failed (`why`)."""
+    if not reports:
+        return [("depth", 2 if why else 0, why or state, {"state": state})]
+    return [(name, int(r.warn), r.text if state == "active" else f"{state}: {r.text}", {"state": state, **r.values})
+            for name, r in reports]
+
+
 def problem_key(kind: str, message: str) -> str:
     """The kind of problem a log line is about, for throttling: the message with its variable parts
     (quoted names such as frame_ids and encodings, numbers) blanked."""
@@ -100,8 +117,3 @@ class Throttle:
     def __len__(self) -> int:
         return len(self._last)
 
-
-def resident_mb() -> float:
-    """This process's resident memory (VmRSS), MB: what a cleanup frees on the CPU."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024

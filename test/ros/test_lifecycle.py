@@ -22,7 +22,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.node import SharpDepthNode
-from sharpdepth_ros.statistics import resident_mb
+from sharpdepth_ros.loaders import resident_mb
 
 W, H = 48, 36
 SCENE = render_scene(2, W, H)
