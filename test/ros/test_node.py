@@ -309,7 +309,7 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
 def test_processing_res_problem_only_for_fixed_grid_exports():
     from types import SimpleNamespace
 
-    from sharpdepth_ros.node import processing_res_problem
+    from sharpdepth_ros.node_parameters import processing_res_problem
 
     def pipe(image_hw):
         return SimpleNamespace(processing_res=56, engine=SimpleNamespace(name="tensorrt", manifest=SimpleNamespace(image_hw=image_hw)))
@@ -340,16 +340,16 @@ def test_a_batch_is_published_while_the_next_is_computed(ros_context, tiny_pipel
     node = SharpDepthNode(pipeline, context=ros_context, namespace="overlap",
                           parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
     publications = []
-    real_publish = node._publish
+    real_messages = node_module.frame_messages
 
-    def slow_publish(frame, depth, difference, settings):
+    def slow_messages(frame, depth, difference, settings):
         start = time.monotonic()
         time.sleep(0.3)
-        done = real_publish(frame, depth, difference, settings)
+        messages = real_messages(frame, depth, difference, settings)
         publications.append((threading.current_thread().name, stamp_ns(frame.header), start, time.monotonic()))
-        return done
+        return messages
 
-    monkeypatch.setattr(node, "_publish", slow_publish)
+    monkeypatch.setattr(node_module, "frame_messages", slow_messages)
     probe = Probe(ros_context, {"/overlap/depth/image": Image}, name="overlap_probe")
     image_pub = probe.node.create_publisher(Image, "/overlap/image_raw", 5)
     info_pub = probe.node.create_publisher(CameraInfo, "/overlap/camera_info", 5)
