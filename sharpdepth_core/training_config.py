@@ -110,7 +110,7 @@ PRESETS: dict[str, TrainConfig] = {
     "nano": dataclasses.replace(
         TrainConfig(),
         teacher=str(EMBEDDED_DIR / "teacher"), metric_model="small-conv", metric_path=str(EMBEDDED_DIR / "metric"),
-        resolution=(small_scale.H, small_scale.W),  # the embedded models' camera depth_cache="runs/depth_cache", num_workers=2,
+        resolution=(small_scale.H, small_scale.W), depth_cache="runs/depth_cache", num_workers=2,  # H, W: the embedded camera
         lr=1e-4, scale_lr=False, lr_schedule="cosine", warmup_steps=20, batch_size=4, grad_accum=1, max_steps=300,
         epochs=None, mixed_precision="no", ema_beta=0.99, ema_update_after_step=10, ema_update_every=1,
         output_dir="runs/nano", checkpoint_every=100, log_every=10, validate_every=100,
