@@ -94,9 +94,11 @@ def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: f
 def _relative_span(depth: Tensor, radius: int) -> Tensor:
     """(max - min) / min of the depth in the (2 radius + 1)² square around each pixel: how far apart the
     surfaces a pixel could belong to are, relative to the nearer one (0 on a flat patch)."""
-    k = 2 * radius + 1
-    high = F.max_pool2d(depth, k, stride=1, padding=radius)
-    low = -F.max_pool2d(-depth, k, stride=1, padding=radius)
+    def square_max(x: Tensor) -> Tensor:  # separable: a row then a column pass, O(radius) not O(radius²)
+        x = F.max_pool2d(x, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+
+    high, low = square_max(depth), -square_max(-depth)
     return (high - low) / low.clamp_min(1e-3)
 
 
