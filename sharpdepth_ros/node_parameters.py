@@ -16,7 +16,8 @@ from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
 from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, help_text, wants_help
 
 DESCRIPTION = """sharpdepth_node: camera image + CameraInfo in; metric depth (depth/image, 32FC1 metres),
-depth/camera_info, a point cloud (points) and pictures out, for one camera or several (`cameras`).
+depth/camera_info, its confidence (depth/confidence), a point cloud (points) and pictures out, for one
+camera or several (`cameras`).
 
     ros2 run sharpdepth_ros sharpdepth_node --ros-args --params-file config/sharpdepth.yaml \\
         -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info"""
