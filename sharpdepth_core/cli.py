@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # torch loads only when a command runs: --help stays fast
     import torch
 
 # What predict writes per image (<name> + suffix); an input folder's files named like these are skipped.
-OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy", "_metric_depth_color.png",
-                   "_difference.png", ".ply")
+OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png", "_confidence.npy", "_metric_depth.npy",
+                   "_metric_depth_color.png", "_difference.png", ".ply")
 # predict's record of the files it wrote in an output folder: only those are ever overwritten.
 PREDICT_RECORD = ".sharpdepth-predict.json"
 SEQUENCE_SCORES = "sequence.json"  # predict --sequence --poses: the temporal alignment error of consecutive frames
@@ -90,7 +90,8 @@ def add_predict(sub) -> None:
         "predict",
         help="sharp metric depth for images or folders of images",
         description="Writes, per image: <name>_depth.npy (float32 metres), <name>_depth.png (uint16 millimetres, "
-        "0 = invalid or beyond 65.535 m), <name>_metric_depth.npy (the metric model f_D's depth, for comparison), "
+        "0 = invalid or beyond 65.535 m), <name>_confidence.npy (float32 in [0, 1], higher = more trusted, 0 where the "
+        "depth is invalid), <name>_metric_depth.npy (the metric model f_D's depth, for comparison), "
         "<name>_depth_color.png and <name>_metric_depth_color.png (one colour scale for the pair, from the 2nd to the "
         "98th percentile of both, with a colour bar giving its ends and the map's full range in metres), <name>_difference.png (the difference map e, with its bar) and, with --ply, "
         "<name>.ply. Files that predict did not write itself are never overwritten (it records what it wrote in "
@@ -265,10 +266,16 @@ def output_folder(out: Path) -> Path:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """`array` as .npy, written whole through the file's own `write` (numpy's writes straight to a file
+    report a full disk as "N requested and M written", with no errno: a full disk must say so)."""
+    import io
+
     from .files import atomic_write
 
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
     with atomic_write(path) as f:
-        np.save(f, array, allow_pickle=False)
+        f.write(buffer.getbuffer())
 
 
 def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
@@ -466,11 +473,12 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
     depth = result.depth[0, 0].float().cpu().numpy()
     metric = result.metric_depth[0, 0].float().cpu().numpy()
     e = result.difference[0, 0].float().cpu().numpy()
+    confidence = result.confidence[0, 0].float().cpu().numpy().astype(np.float32)
     depth_color, metric_color = depth_pictures(depth, metric)
     difference = with_bar(colorize_difference(e), difference_colour_bar(e.shape[1]))
     files = {  # name: (writer, data)
         "_depth.npy": (_save_npy, depth.astype(np.float32)), "_depth.png": (save_png, depth_to_millimetres(depth)),
-        "_depth_color.png": (save_png, depth_color), "_metric_depth.npy": (_save_npy, metric.astype(np.float32)),
+        "_depth_color.png": (save_png, depth_color), "_confidence.npy": (_save_npy, confidence), "_metric_depth.npy": (_save_npy, metric.astype(np.float32)),
         "_metric_depth_color.png": (save_png, metric_color), "_difference.png": (save_png, difference),
     }
     if ply:

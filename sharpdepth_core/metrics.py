@@ -258,3 +258,128 @@ def static_point_flicker(depths: list[np.ndarray], gts: list[np.ndarray] | None,
     if not n:
         raise ValueError("flicker: no co-visible valid pixels in any pair of frames")
     return math.sqrt(sq / n)
+
+
+# --- confidence: sparsification ------------------------------------------------------------------
+SPARSIFICATION_STEPS = np.linspace(0.0, 0.98, 50)  # fractions of an image's pixels removed
+
+
+def _abs_rel_left(err: np.ndarray, order: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """AbsRel of what is left after dropping the first `removed` fraction of `order` (least trusted first)."""
+    left = np.cumsum(err[order][::-1])[::-1]  # sum of the errors from position k to the end
+    n = len(err)
+    start = np.minimum((removed * n).astype(int), n - 1)
+    return left[start] / (n - start)
+
+
+def sparsification(pred: Depth, gt: Depth, confidence: Depth, steps: np.ndarray = SPARSIFICATION_STEPS,
+                   min_depth: float = 0.01) -> dict[str, np.ndarray | float]:
+    """Sparsification curves of a per-pixel confidence (higher = more trusted), per image then averaged.
+
+    For each fraction f in `steps`, the pixels of an image are dropped least confident first and the
+    AbsRel of the rest is taken ("model"); "oracle" drops them by their true AbsRel error (the best any
+    ranking can do), "random" is the expected curve of a random order (flat: the AbsRel of all pixels).
+    AUSE = area between model and oracle (0 is a perfect ranking); AURG = area between random and model
+    (> 0: the confidence is better than none). Both by the trapezoid rule over `steps`, in AbsRel units.
+    pred is clipped below at `min_depth` (as `depth_scores`); ties in confidence are broken at random
+    (seeded), so a constant confidence scores as random."""
+    p, g = _pair(pred, gt)
+    c = _as_batch(confidence, "confidence")
+    if c.shape != g.shape:
+        raise ValueError(f"confidence {c.shape} and gt {g.shape} differ in shape")
+    rng = np.random.default_rng(0)
+    curves = {"model": [], "oracle": [], "random": []}
+    for i in range(len(g)):
+        m = _positive(g[i]) & np.isfinite(c[i])
+        if not m.any():
+            raise ValueError(f"image {i} has no pixel with valid gt and finite confidence")
+        err = np.abs(np.clip(p[i][m], min_depth, None) - g[i][m]) / g[i][m]
+        ties = rng.random(err.size)
+        curves["model"].append(_abs_rel_left(err, np.lexsort((ties, c[i][m])), steps))
+        curves["oracle"].append(_abs_rel_left(err, np.argsort(-err, kind="stable"), steps))
+        curves["random"].append(np.full(len(steps), err.mean()))
+    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
+    return {**mean, "steps": steps, "ause": float(np.trapezoid(mean["model"] - mean["oracle"], steps)),
+            "aurg": float(np.trapezoid(mean["random"] - mean["model"], steps))}
+
+
+# --- the robot's measures: flying points and phantom voxels --------------------------------------
+FLYING_WINDOW_DEG = 1.5  # half-width of the neighbourhood, as an angle: 3 px on the embedded camera (7x7)
+FLYING_TOL_M = 0.10  # a point closer than this to a true depth of its neighbourhood lies on that surface
+
+
+def window_radius(K: np.ndarray, half_angle_deg: float = FLYING_WINDOW_DEG) -> int:
+    """Pixels spanning `half_angle_deg` at the principal point: the same piece of the scene at any resolution."""
+    return max(1, round(float(K[0, 0]) * math.tan(math.radians(half_angle_deg))))
+
+
+def flying_points(pred: np.ndarray, gt: np.ndarray, K: np.ndarray, tol: float = FLYING_TOL_M,
+                  half_angle_deg: float = FLYING_WINDOW_DEG) -> np.ndarray:
+    """bool [H, W]: pixels whose predicted depth hangs in free space at a true depth discontinuity.
+
+    A pixel flies when its prediction lies strictly inside the range of the true depths in its
+    neighbourhood (a square of `half_angle_deg` either side, `window_radius`) and more than `tol` metres
+    from every one of them: between the near and the far surface, on neither. The ground truth itself
+    never flies (its own true depth is in the neighbourhood), nor does a smooth surface predicted near
+    any of its nearby depths, however steep (a floor at grazing angle); a boundary blurred over the gap
+    does. The window is an angle, so the fraction of flying pixels does not depend on the resolution
+    the scene is seen at. Non-finite or non-positive pred never flies (no point in the cloud)."""
+    p, g = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if p.shape != g.shape or p.ndim != 2:
+        raise ValueError(f"pred {p.shape} and gt {g.shape} must be one [H, W] image each")
+    r = window_radius(K, half_angle_deg)
+    h, w = g.shape
+    padded = np.pad(np.where(_positive(g), g, np.nan), r, constant_values=np.nan)
+    lo, hi, nearest = np.full(g.shape, np.inf), np.full(g.shape, -np.inf), np.full(g.shape, np.inf)
+    with np.errstate(invalid="ignore"):
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                q = padded[dy:dy + h, dx:dx + w]
+                ok = np.isfinite(q)
+                lo = np.where(ok, np.minimum(lo, q), lo)
+                hi = np.where(ok, np.maximum(hi, q), hi)
+                nearest = np.where(ok, np.minimum(nearest, np.abs(p - q)), nearest)
+        return _positive(p) & (p > lo) & (p < hi) & (nearest > tol)
+
+
+VOXEL_M = 0.05
+ROBOT_RANGE_M = (0.3, 5.0)  # distance from the camera a costmap takes points from
+ROBOT_HEIGHT_M = (0.05, 1.5)  # height above the floor: above the floor's own points, up to a robot's top
+
+
+def voxel_keys(points: np.ndarray, voxel: float = VOXEL_M) -> np.ndarray:
+    """Unique int64 keys of the voxels occupied by points [N, 3] (metres, |coordinate| < 50 km)."""
+    idx = np.floor(points / voxel).astype(np.int64) + (1 << 20)
+    return np.unique((idx[:, 0] << 42) | (idx[:, 1] << 21) | idx[:, 2])
+
+
+def _dilated(keys: np.ndarray) -> np.ndarray:
+    """The keys of every voxel within one voxel (26-neighbourhood) of `keys`."""
+    offsets = [(a << 42) + (b << 21) + c for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    return np.unique((keys[:, None] + np.array(offsets, np.int64)[None]).ravel())
+
+
+def world_points(depth: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray) -> np.ndarray:
+    """[N, 3] world points (floor z = 0) of the valid pixels of one depth image."""
+    from .geometry import unproject
+
+    xyz = unproject(np.asarray(depth, np.float64), K).reshape(-1, 3)
+    xyz = xyz[np.isfinite(xyz).all(1)]
+    return xyz @ camera_to_world[:3, :3].T + camera_to_world[:3, 3]
+
+
+def phantom_voxels(pred: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray, true_points: np.ndarray,
+                   voxel: float = VOXEL_M, ranges: tuple[float, float] = ROBOT_RANGE_M,
+                   heights: tuple[float, float] = ROBOT_HEIGHT_M) -> tuple[np.ndarray, np.ndarray]:
+    """(phantom, on-surface) voxel keys of a predicted cloud, as a costmap's voxel layer would mark them.
+
+    The cloud's points in the robot's band (`ranges` from the camera centre, `heights` above the floor)
+    occupy voxels; a voxel is a phantom when no voxel of the true surface (`true_points` [N, 3], world,
+    dense: rendered finer than the camera so that the truth has no gaps between its samples) lies
+    within one voxel of it. Phantoms include metric scale error, not only boundary smear."""
+    pts = world_points(pred, K, camera_to_world)
+    dist = np.linalg.norm(pts - camera_to_world[:3, 3], axis=1)
+    band = (dist >= ranges[0]) & (dist <= ranges[1]) & (pts[:, 2] >= heights[0]) & (pts[:, 2] <= heights[1])
+    occupied = voxel_keys(pts[band], voxel)
+    near_truth = np.isin(occupied, _dilated(voxel_keys(true_points, voxel)))
+    return occupied[~near_truth], occupied[near_truth]

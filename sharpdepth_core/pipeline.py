@@ -3,10 +3,12 @@
 metric depth d = f_D(I) -> latents z_i = enc(I), z_d = enc(norm(d)) -> affine pass on noise
 ẑ_a = G(z_i, ε1), d̃ = dec(ẑ_a) -> difference map e = |d̃ - norm(d)| / max -> gated sharpening pass
 ẑ = G(z_i, ê ⊙ add_noise(ẑ_a, ε2, 999) + (1 - ê) ⊙ z_d) -> d̂_n = dec(ẑ) -> back to the input size ->
-least-squares scale and shift of d̂_n onto d over the pixels with e < 0.5.
+least-squares scale and shift of d̂_n onto d over the pixels with e < 0.5; and a per-pixel confidence
+of the result (`confidence_map`).
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from .limits import check_processing_res
 from .preprocessing import Resize, plan_resize, to_grid, unpad_and_resize
 from .speed import FastPath, resolve
 
+CONFIDENCE_SCALE = 0.1  # relative uncertainty at which the confidence is 0.5
 FIT_THRESHOLD = 0.5  # the final fit trusts pixels where f_G and f_D disagree by less than this
 DEFAULT_PROCESSING_RES = 768  # the SharpDepth release's grid when nothing records one
 # what an earlier save may hold besides what a new one writes: light networks (the files their saves write)
@@ -47,6 +50,7 @@ class SharpDepthOutput:
     depth: Tensor  # [B, 1, H, W] sharpened metric depth, metres (values <= 0 are invalid)
     metric_depth: Tensor  # [B, 1, H, W] f_D's depth, metres
     difference: Tensor  # [B, 1, H, W] e in [0, 1]: where the affine pass disagrees with f_D
+    confidence: Tensor  # [B, 1, H, W] in [0, 1], higher = more trusted; 0 where depth is invalid (`confidence_map`)
     K: Tensor  # [B, 3, 3] the intrinsics used (given, else the metric backend's)
     timings: dict[str, float]  # seconds per stage, plus "total"
     fallback: list[bool] = field(default_factory=list)  # per image: degenerate fit, depth = metric_depth
@@ -85,6 +89,38 @@ def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: f
     usable = fit.usable.view(-1, 1, 1, 1)
     depth = torch.where(usable, apply_scale_shift(d_hat_n, fit), metric_depth)
     return depth, ~fit.usable
+
+
+def _relative_span(depth: Tensor, radius: int) -> Tensor:
+    """(max - min) / min of the depth in the (2 radius + 1)² square around each pixel: how far apart the
+    surfaces a pixel could belong to are, relative to the nearer one (0 on a flat patch)."""
+    def square_max(x: Tensor) -> Tensor:  # separable: a row then a column pass, O(radius) not O(radius²)
+        x = F.max_pool2d(x, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+
+    high, low = square_max(depth), -square_max(-depth)
+    return (high - low) / low.clamp_min(1e-3)
+
+
+def confidence_map(depth: Tensor, metric_depth: Tensor, radius: int = 1) -> Tensor:
+    """Per-pixel confidence in [0, 1] of `depth` (higher = more trusted), from what a frame already has:
+    c = 1 / (1 + u / CONFIDENCE_SCALE), u = span(depth) + span(f_D) + ½ |depth - f_D| / f_D, a relative
+    (dimensionless) uncertainty: `_relative_span` over `radius` pixels of each depth (a pixel next to a
+    depth discontinuity in either teacher may belong to either side) plus half the disagreement of the
+    sharpened depth with f_D after the final fit (where the teachers disagree, one is wrong). c = 0.5 at
+    u = 10 %. For f_D alone (no sharpening) call it with depth = f_D's depth: u = 2 span(f_D). Chosen on
+    the val scenes by sparsification (bench/obstacles.py, bench/RESULTS.md); invalid depth gets 0. Device
+    ops only, so it runs inside the compiled frame."""
+    valid = torch.isfinite(depth) & (depth > 0) & torch.isfinite(metric_depth) & (metric_depth > 0)
+    d, m = torch.where(valid, depth, 1.0), torch.where(valid, metric_depth, 1.0)
+    u = _relative_span(d, radius) + _relative_span(m, radius) + 0.5 * (d - m).abs() / m
+    return torch.where(valid, 1.0 / (1.0 + u / CONFIDENCE_SCALE), 0.0)
+
+
+def confidence_radius(plan: Resize) -> int:
+    """The span's radius at the input size: one processing-grid pixel, in input pixels (rounded up),
+    since the way back to the input size spreads each grid step over that many."""
+    return max(1, math.ceil(max(plan.input_hw[0] / plan.resized_hw[0], plan.input_hw[1] / plan.resized_hw[1])))
 
 
 class _Clock:
@@ -264,9 +300,9 @@ class SharpDepthPipeline:
         inputs = (image, eps1, eps2) if K is None else (image, eps1, eps2, K)
         if self.fast is not None and self.fast.compile:
             with clock("frame"):
-                depth, metric_depth, e, flags, metric_K = self._compiled_frame(plan, method)(*inputs)
+                depth, metric_depth, e, confidence, flags, metric_K = self._compiled_frame(plan, method)(*inputs)
         else:
-            depth, metric_depth, e, flags, metric_K = self._frame(*inputs, plan=plan, method=method, clock=clock)
+            depth, metric_depth, e, confidence, flags, metric_K = self._frame(*inputs, plan=plan, method=method, clock=clock)
         fallback, finite = flags.tolist()  # the frame's one wait for the device, after all of it is queued
         if not all(finite):
             raise ValueError("the metric backend's depth contains NaN or inf; cannot normalise")
@@ -282,6 +318,7 @@ class SharpDepthPipeline:
             depth=depth,
             metric_depth=metric_depth,
             difference=e,
+            confidence=confidence,
             K=K if K is not None else metric_K,
             timings=clock.total(),
             fallback=fallback,
@@ -291,15 +328,15 @@ class SharpDepthPipeline:
                clock) -> tuple[Tensor, ...]:
         """Steps 1-8 on the device: tensors in, tensors out, and never a wait for the device, so that the
         whole frame compiles as one graph and replays as one CUDA graph (`fast`). Returns (depth, f_D's
-        depth, e, [fallback; f_D finite] per image, K)."""
+        depth, e, confidence, [fallback; f_D finite] per image, K)."""
         # 1. metric depth d = f_D(I): on the grid image (reference), or on the input, then resized
         with clock("metric"):
             x, d, metric_depth, metric_K = self._metric_stage(image, K, plan)
         return (*self._sharpen(x, d, metric_depth, eps1, eps2, plan=plan, method=method, clock=clock), metric_K)
 
     def _sharpen(self, x: Tensor, d: Tensor, metric_depth: Tensor, eps1: Tensor, eps2: Tensor, *, plan: Resize,
-                 method: str, clock) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Steps 2-8, from the grid image and f_D's depth to the sharpened metric depth."""
+                 method: str, clock) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Steps 2-8, from the grid image and f_D's depth to the sharpened metric depth and its confidence."""
         engine = self.engine
         # 2. z_i = enc(I), z_d = enc(norm(d)) (the image latent serves both passes); f_D's finiteness is
         # reported with the result rather than checked here, which would wait for the device
@@ -322,11 +359,12 @@ class SharpDepthPipeline:
         with clock("decode"):
             d_hat_n = engine.decode_depth(z)
 
-        # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5
+        # 7-8. back to the input size; scale and shift onto the metric depth where e < 0.5; the confidence
         with clock("fit"):
             d_hat_n, e = unpad_and_resize(d_hat_n, plan), unpad_and_resize(e, plan).clamp(0, 1)
             depth, fallback = fit_to_metric(d_hat_n, metric_depth, e)
-        return depth, metric_depth, e, torch.stack([fallback, torch.isfinite(d).flatten(1).all(1)])
+            confidence = confidence_map(depth, metric_depth, confidence_radius(plan))
+        return depth, metric_depth, e, confidence, torch.stack([fallback, torch.isfinite(d).flatten(1).all(1)])
 
     def _compiled_frame(self, plan: Resize, method: str) -> Callable[..., tuple[Tensor, ...]]:
         """The frame compiled (and on CUDA captured) once per grid and method: whole, or from the encodes on

@@ -67,12 +67,13 @@ class ReadyFrame:
 
 @dataclass
 class HostOutputs:
-    """A batch's outputs as the publisher reads them: depth and difference on the host."""
+    """A batch's outputs as the publisher reads them: depth, difference and confidence on the host."""
 
     depth: object  # [B, 1, H, W]
     difference: object | None
     timings: dict[str, float]
     fallback: list[bool]
+    confidence: object | None = None  # [B, 1, H, W] in [0, 1]; None: the pipeline gives none
 
 
 def batch_key(msg, max_pixels: int, camera: str) -> tuple:
@@ -123,20 +124,52 @@ def published_depth(out: HostOutputs, i: int, seen: np.ndarray | None) -> np.nda
     return depth
 
 
-def frame_messages(frame: ReadyFrame, depth: np.ndarray, difference, settings: dict) -> dict:
-    """publisher key -> message of one camera's frame, as `settings` ask (the cloud from the depth
-    CameraInfo's K: a rectified camera has K = P)."""
+def published_confidence(out: HostOutputs, i: int, depth: np.ndarray) -> np.ndarray | None:
+    """Image `i`'s confidence as published: in [0, 1] on the published depth's grid (resized as the
+    depth is, where the sizes differ), 0 where that depth is NaN (invalid, or not seen by the camera);
+    None when the pipeline gives no confidence."""
+    if out.confidence is None:
+        return None
+    confidence = image_of(out.confidence[i])
+    if confidence.shape != depth.shape:
+        confidence = cv2.resize(confidence, depth.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    confidence = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
+    confidence[np.isnan(depth)] = 0.0
+    return confidence
+
+
+def masked_depth(depth: np.ndarray, confidence: np.ndarray | None, min_confidence: float) -> np.ndarray:
+    """`depth` with NaN ("no return", REP 118) where `confidence` < `min_confidence`; `depth` itself
+    (not a copy) when nothing is masked (min_confidence 0 = off, or no confidence)."""
+    if confidence is None or min_confidence <= 0:
+        return depth
+    low = confidence < min_confidence
+    return np.where(low, np.float32(np.nan), depth).astype(np.float32, copy=False) if low.any() else depth
+
+
+def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict) -> dict:
+    """publisher key -> message of image `i` of a batch's outputs, one camera's frame, as `settings` ask
+    (the cloud from the depth CameraInfo's K: a rectified camera has K = P). Pixels whose confidence is
+    below `min_confidence` are NaN in the cloud and, with `mask_depth`, in the depth image and its
+    picture; the confidence image itself is never masked."""
+    depth = published_depth(out, i, frame.seen)
+    confidence = published_confidence(out, i, depth)
+    difference = None if out.difference is None else out.difference[i]
     header, rgb = frame.header, frame.rgb
     info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
-    messages = {"depth": numpy_to_image(depth, "32FC1", header), "info": info}
+    trusted = masked_depth(depth, confidence, settings["min_confidence"])
+    shown = trusted if settings["mask_depth"] else depth
+    messages = {"depth": numpy_to_image(shown, "32FC1", header), "info": info}
+    if confidence is not None and settings["publish_confidence"]:
+        messages["confidence"] = numpy_to_image(confidence, "32FC1", header)
     if settings["publish_points"]:
         color = None
         if settings["cloud_rgb"]:
             color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
-        messages["points"] = frame.camera.cloud(depth, np.reshape(info.k, (3, 3)), header, color, settings["cloud_decimation"],
+        messages["points"] = frame.camera.cloud(trusted, np.reshape(info.k, (3, 3)), header, color, settings["cloud_decimation"],
                                                 settings["cloud_max_range"])
     if settings["publish_colored"]:
-        messages["colored"] = numpy_to_image(colorize_depth(depth), "rgb8", header)
+        messages["colored"] = numpy_to_image(colorize_depth(shown), "rgb8", header)
     if settings["publish_difference"] and difference is not None:
         messages["difference"] = numpy_to_image(image_of(difference), "32FC1", header)
     return messages

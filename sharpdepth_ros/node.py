@@ -31,7 +31,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_ros.calibration import camera_model, fallback_notice, frame_info
 from sharpdepth_ros.conversions import compressed_to_rgb8, image_to_rgb8, remember
-from sharpdepth_ros.frames import Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem, published_depth
+from sharpdepth_ros.frames import Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem
 from sharpdepth_ros.loaders import MemoryFreed, load_pipeline, ready
 from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, set_problem
 from sharpdepth_ros.params import declare_checked, fatal_text, run_to_exit
@@ -47,12 +47,12 @@ SUCCESS, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackRe
 MAX_CAMERAS = 8  # camera_info kept for this many frame_ids (the latest ones): memory stays bounded
 SHUTDOWN_GRACE_S = 2.0  # how long cleanup and shutdown wait for a frame in progress to finish
 OUTPUTS = {"depth": (Image, "depth/image"), "info": (CameraInfo, "depth/camera_info"), "points": (PointCloud2, "points"),
-           "colored": (Image, "depth/colored"), "difference": (Image, "depth/difference")}
+           "colored": (Image, "depth/colored"), "difference": (Image, "depth/difference"), "confidence": (Image, "depth/confidence")}
 
 
 class SharpDepthNode(LifecycleNode):
     """Subscribes `image_raw` (or `image_raw/compressed`) and `camera_info`; publishes `depth/image`, `depth/camera_info`,
-    `points`, optionally `depth/colored` and `depth/difference`; each under every camera namespace of `cameras`.
+    `points`, optionally `depth/confidence`, `depth/colored`, `depth/difference`; each under every camera namespace of `cameras`.
     `pipeline`: one to use instead of loading one from the parameters (the demo's and the tests' seam); the
     caller's, so cleanup only lets go of it."""
 
@@ -344,7 +344,7 @@ class SharpDepthNode(LifecycleNode):
                             processing_res=settings["processing_res"] or None)  # 0: the pipeline's own
         # on the host before the hand-over: the publisher's copies would otherwise queue behind the next batch on the device
         host = HostOutputs(on_host(out.depth), on_host(getattr(out, "difference", None)), out.timings,
-                           list(getattr(out, "fallback", None) or []))
+                           list(getattr(out, "fallback", None) or []), on_host(getattr(out, "confidence", None)))
         model_s = time.perf_counter() - t1
         with self._lock:  # empty: a camera with outputs waiting is not served
             for i, frame in enumerate(group):
@@ -372,7 +372,7 @@ class SharpDepthNode(LifecycleNode):
         the frame was taken, or is stopping; its counters. The 'publish' stage is this thread's CPU time
         (the node's own cost, apart from other threads holding the GIL); 'publish_wall' includes them."""
         t2, cpu0 = time.perf_counter(), time.thread_time()
-        messages = frame_messages(frame, published_depth(out, i, frame.seen), None if out.difference is None else out.difference[i], settings)
+        messages = frame_messages(frame, out, i, settings)  # BadModelOutput for a non-finite depth
         with frame.camera.publishing:
             if frame.activation != self._activation or self._run is None or not self.context.ok():
                 return

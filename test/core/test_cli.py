@@ -63,6 +63,8 @@ def test_predict_writes_every_output_at_the_input_size(tiny_dirs, images, tmp_pa
     for stem, hw in sizes.items():
         depth, metric = np.load(out / f"{stem}_depth.npy"), np.load(out / f"{stem}_metric_depth.npy")
         assert depth.dtype == metric.dtype == np.float32 and depth.shape == metric.shape == hw
+        confidence = np.load(out / f"{stem}_confidence.npy")
+        assert confidence.dtype == np.float32 and confidence.shape == hw and ((confidence >= 0) & (confidence <= 1)).all()
         mm = np.asarray(Image.open(out / f"{stem}_depth.png"))
         assert mm.dtype == np.uint16 and np.array_equal(mm, depth_to_millimetres(depth))
         for picture in ("depth_color", "metric_depth_color", "difference"):  # the picture, then its colour bar, as
@@ -76,6 +78,7 @@ def test_predict_writes_every_output_at_the_input_size(tiny_dirs, images, tmp_pa
     depth, metric = np.load(out / "scene_depth.npy"), np.load(out / "scene_metric_depth.npy")
     assert np.allclose(depth, expected.depth[0, 0].numpy(), atol=1e-4)
     assert np.allclose(metric, expected.metric_depth[0, 0].numpy(), atol=1e-4) and not np.allclose(depth, metric, atol=1e-3)
+    assert np.allclose(np.load(out / "scene_confidence.npy"), expected.confidence[0, 0].numpy(), atol=1e-5)
     # one colour scale for the pair: the 2nd-98th percentile of both maps' valid depth
     both = np.concatenate([depth[np.isfinite(depth) & (depth > 0)], metric[np.isfinite(metric) & (metric > 0)]])
     lo, hi = np.percentile(both, [2, 98])
@@ -564,8 +567,8 @@ def test_predict_never_writes_through_links_or_users_files_at_temporary_names(ti
     out.mkdir()
     outside.write_text("precious")
     planted = [f".{PREDICT_RECORD}.tmp", f"{PREDICT_RECORD}.tmp", "scene.ply.tmp"]
-    planted += [f".scene{suffix}.tmp" for suffix in ("_depth.npy", "_depth.png", "_depth_color.png", "_metric_depth.npy",
-                                                     "_metric_depth_color.png", "_difference.png")]
+    planted += [f".scene{suffix}.tmp" for suffix in ("_depth.npy", "_depth.png", "_depth_color.png", "_confidence.npy",
+                                                     "_metric_depth.npy", "_metric_depth_color.png", "_difference.png")]
     for name in planted:
         (out / name).symlink_to(outside)
     (out / ".gray_depth.npy.tmp").write_text("a user's file")

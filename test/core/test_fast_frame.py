@@ -27,7 +27,7 @@ def pipe(fast: FastPath | None = None, metric: str = "depth-anything-v2", device
 
 def outputs(p: SharpDepthPipeline, rgb, K=None, **call) -> dict[str, torch.Tensor]:
     out = p(rgb, K=K, seed=3, **call)
-    return {"depth": out.depth, "metric": out.metric_depth, "e": out.difference, "K": out.K}
+    return {"depth": out.depth, "metric": out.metric_depth, "e": out.difference, "confidence": out.confidence, "K": out.K}
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,8 @@ from hypothesis.extra.numpy import arrays
 from scipy.ndimage import gaussian_filter
 from skimage.feature import canny
 
-from sharpdepth_core.metrics import MAX_EDGE_DISTANCE, boundary_error, depth_edges, depth_metrics, depth_scores
+from sharpdepth_core.metrics import (MAX_EDGE_DISTANCE, boundary_error, depth_edges, depth_metrics, depth_scores, flying_points,
+                                    phantom_voxels, sparsification, window_radius, world_points)
 from sharpdepth_core.synthetic import render_scene
 
 FAST = settings(max_examples=30, deadline=None)
@@ -242,3 +243,72 @@ def test_depth_scores_clamp_to_a_centimetre_then_score_both_ways():
     acc, compl = boundary_error(clamped, gt)
     assert row == {"abs_rel": m["abs_rel"], "delta1": m["delta1"], "rmse": m["rmse"], "dbe_acc": acc, "dbe_compl": compl}
     assert row["abs_rel"] == pytest.approx((0.1 + (2.0 - 0.01) / 2.0 / (32 * 32)) / 2)
+
+
+# --- sparsification, flying points, phantom voxels -------------------------------------------
+def test_sparsification_ranks_oracle_model_and_random():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(1, 5, (2, 20, 30))
+    pred = gt * (1 + rng.uniform(-0.3, 0.3, gt.shape))
+    err = np.abs(pred - gt) / gt
+    perfect = sparsification(pred, gt, -err)  # trusts exactly the small errors: the oracle itself
+    assert perfect["ause"] == pytest.approx(0, abs=1e-12) and perfect["aurg"] > 0.05
+    assert perfect["model"][0] == pytest.approx(err.mean(axis=(1, 2)).mean())  # nothing removed: AbsRel of all
+    assert np.all(np.diff(perfect["oracle"]) <= 1e-12)
+    constant = sparsification(pred, gt, np.ones_like(gt))  # no information: a random order
+    assert abs(constant["aurg"]) < 0.01 < constant["ause"]
+    inverted = sparsification(pred, gt, err)  # trusts the worst first
+    assert inverted["aurg"] < -0.05
+    noisy = sparsification(pred, gt, -err + rng.normal(0, 0.1, gt.shape))
+    assert 0 < noisy["ause"] < constant["ause"] and 0 < noisy["aurg"] < perfect["aurg"]
+
+
+def angular_blur(depth: np.ndarray, K: np.ndarray, degrees: float) -> np.ndarray:
+    return gaussian_filter(depth, degrees * math.pi / 180 * K[0, 0]) if degrees else depth
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_flying_points_none_on_gt_and_more_with_blur_at_any_resolution(scale):
+    K = np.array([[96.0 * scale, 0, 64 * scale - 0.5], [0, 96.0 * scale, 48 * scale - 0.5], [0, 0, 1]])
+    rates = []
+    for seed in range(3):
+        gt = render_scene(seed, 128 * scale, 96 * scale, K=K).depth.astype(np.float64)
+        assert not flying_points(gt, gt, K).any()
+        rates.append([flying_points(angular_blur(gt, K, deg), gt, K).mean() for deg in (0, 0.5, 1, 2)])
+    rates = np.mean(rates, axis=0)
+    assert rates[0] == 0 and np.all(np.diff(rates) > 0) and rates[-1] > 0.01
+    # the same angular blur flies about as many pixels at twice the resolution (window and blur are angles)
+    if scale == 2:
+        K1 = np.array([[96.0, 0, 63.5], [0, 96.0, 47.5], [0, 0, 1]])
+        coarse = np.mean([flying_points(angular_blur(render_scene(s, 128, 96, K=K1).depth.astype(np.float64), K1, 1), render_scene(s, 128, 96, K=K1).depth, K1).mean()
+                          for s in range(3)])
+        assert rates[2] == pytest.approx(coarse, rel=0.3)
+
+
+def test_flying_points_by_hand():
+    gt = np.full((9, 9), 4.0)
+    gt[:, :4] = 2.0  # a 2 m object before a 4 m wall
+    K = np.array([[38.0, 0, 4], [0, 38.0, 4], [0, 0, 1]])  # 1.5° at f = 38 is one pixel
+    assert window_radius(K) == 1
+    pred = gt.copy()
+    pred[4, 3], pred[4, 4], pred[4, 6] = 3.0, 2.05, 3.0  # in the gap; 5 cm from the near side; no gap around it
+    fly = flying_points(pred, gt, K)
+    assert fly[4, 3] and not fly[4, 4] and not fly[4, 6] and fly.sum() == 1
+
+
+def test_phantom_voxels_count_points_off_the_true_surface():
+    K = np.array([[50.0, 0, 15.5], [0, 50.0, 11.5], [0, 0, 1]])
+    camera_to_world = np.eye(4)
+    camera_to_world[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]  # optical z forward = world y, image down = world -z
+    camera_to_world[2, 3] = 0.8  # 80 cm above the floor
+    wall = np.full((24, 32), 3.0)
+    truth = world_points(wall, K, camera_to_world)
+    phantom, on_surface = phantom_voxels(wall, K, camera_to_world, truth)
+    assert len(phantom) == 0 and len(on_surface) > 10
+    near = wall.copy()
+    near[10:14, 10:14] = 2.0  # a patch a metre in front of the wall: free space
+    phantom, _ = phantom_voxels(near, K, camera_to_world, truth)
+    assert len(phantom) >= 1 and np.allclose(np.sort(np.unique(phantom >> 21 & ((1 << 21) - 1))) - (1 << 20), 40)  # y = 2 m / 5 cm
+    within_a_voxel = wall + 0.04
+    assert len(phantom_voxels(within_a_voxel, K, camera_to_world, truth)[0]) == 0
+    assert len(phantom_voxels(np.full((24, 32), 9.0), K, camera_to_world, truth)[1]) == 0  # beyond 5 m: not in the band

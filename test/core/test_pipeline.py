@@ -11,10 +11,14 @@ from helpers_models import scene_image
 from sharpdepth_core import tiny
 from sharpdepth_core.models import CheckpointError, MissingWeightsError
 from sharpdepth_core import pipeline_config
+from sharpdepth_core.preprocessing import plan_resize
 from sharpdepth_core.pipeline import (
+    CONFIDENCE_SCALE,
     FIT_THRESHOLD,
     SharpDepthPipeline,
     as_image_batch,
+    confidence_map,
+    confidence_radius,
     fit_to_metric,
 )
 
@@ -227,3 +231,27 @@ def test_bad_inputs_are_clear_errors(pipe, tmp_path):
     (tmp_path / pipeline_config.FILE).write_text('{"processing_res": "768"}')
     with pytest.raises(CheckpointError, match="processing_res must be an int, got .768."):
         SharpDepthPipeline.from_pretrained(tmp_path)
+
+
+def test_confidence_by_hand_and_on_a_frame(pipe):
+    # a flat, agreeing pair is fully trusted; a 1 m -> 2 m step makes span 1 beside it: u = 2 (both teachers
+    # step), c = 1 / (1 + 2 / 0.1); half a metre of disagreement on 2 m adds u = 0.125; invalid depth gets 0
+    flat = torch.full((1, 1, 5, 8), 2.0)
+    assert torch.equal(confidence_map(flat, flat), torch.ones_like(flat))
+    step = flat.clone()
+    step[..., :4] = 1.0
+    c = confidence_map(step, step)
+    assert c[0, 0, 2, 3] == pytest.approx(1 / (1 + 2 / CONFIDENCE_SCALE)) and c[0, 0, 2, 0] == 1.0 and c[0, 0, 2, 7] == 1.0
+    assert confidence_map(flat + 0.5, flat)[0, 0, 2, 2] == pytest.approx(1 / (1 + 0.125 / CONFIDENCE_SCALE))
+    bad = flat.clone()
+    bad[0, 0, 1, 1], bad[0, 0, 1, 2] = float("nan"), -1.0
+    assert confidence_map(bad, flat)[0, 0, 1, 1] == 0 and confidence_map(bad, flat)[0, 0, 1, 2] == 0
+    # a frame's confidence is that of its own depth and f_D's, at the input size, and in [0, 1]
+    rgb, K = scene_image(1, width=61, height=37)
+    out = pipe(rgb, K=K, seed=0)
+    radius = confidence_radius(plan_resize((37, 61), 64))
+    assert radius == 1 and out.confidence.shape == out.depth.shape
+    assert torch.equal(out.confidence, confidence_map(out.depth, out.metric_depth, radius))
+    assert 0 <= float(out.confidence.min()) < float(out.confidence.max()) <= 1
+    # a grid coarser than the input spreads a grid step over ceil(input / grid) input pixels
+    assert confidence_radius(plan_resize((480, 640), 128)) == 5

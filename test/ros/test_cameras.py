@@ -24,7 +24,8 @@ from sharpdepth_ros.replay import ReplayPublisher
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")
 
-OUTPUTS = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/difference": Image}
+OUTPUTS = {"depth/image": Image, "depth/camera_info": CameraInfo, "points": PointCloud2, "depth/difference": Image,
+           "depth/confidence": Image}
 W, H = 48, 36
 SIDE_HW = (30, 40)  # a camera of another size: a batch of its own
 
@@ -85,7 +86,8 @@ def _outputs(probe, namespace: str, stamp: int) -> dict:
     info = probe.by_stamp(f"/{namespace}/depth/camera_info", stamp)
     xyz, rgb = point_cloud_to_numpy(probe.by_stamp(f"/{namespace}/points", stamp))
     difference = image_to_numpy(probe.by_stamp(f"/{namespace}/depth/difference", stamp))
-    return {"depth": depth, "K": np.reshape(info.k, (3, 3)), "xyz": xyz, "rgb": rgb, "difference": difference}
+    confidence = image_to_numpy(probe.by_stamp(f"/{namespace}/depth/confidence", stamp))
+    return {"depth": depth, "K": np.reshape(info.k, (3, 3)), "xyz": xyz, "rgb": rgb, "difference": difference, "confidence": confidence}
 
 
 def test_each_camera_gets_its_own_outputs_equal_to_a_single_camera_nodes(system):
@@ -115,6 +117,8 @@ def test_each_camera_gets_its_own_outputs_equal_to_a_single_camera_nodes(system)
         # equal up to float rounding: a batch of 2 blocks the convolutions differently (measured ~5e-7 relative)
         np.testing.assert_allclose(got["depth"], alone["depth"], rtol=1e-5)
         np.testing.assert_allclose(got["difference"], alone["difference"], atol=1e-5)
+        assert got["confidence"].shape == got["depth"].shape  # each camera's own, as its depth
+        np.testing.assert_allclose(got["confidence"], alone["confidence"], atol=1e-4)
         np.testing.assert_allclose(got["K"], K)
         np.testing.assert_allclose(got["xyz"], alone["xyz"], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got["rgb"], rgb)

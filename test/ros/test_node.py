@@ -33,6 +33,7 @@ OUTPUTS = {
     "/camera/points": PointCloud2,
     "/camera/depth/difference": Image,
     "/camera/depth/colored": Image,
+    "/camera/depth/confidence": Image,
 }
 W, H = 48, 36
 
@@ -93,6 +94,13 @@ def test_replayed_frames_give_depth_camera_info_and_cloud(system, tiny_pipeline_
         colored = probe.by_stamp("/camera/depth/colored", stamp)
         assert (colored.encoding, colored.height, colored.width) == ("rgb8", H, W)
 
+        confidence_msg = probe.by_stamp("/camera/depth/confidence", stamp)  # the depth's header and size
+        assert (confidence_msg.encoding, confidence_msg.height, confidence_msg.width) == ("32FC1", H, W)
+        assert confidence_msg.header == depth_msg.header
+        confidence = image_to_numpy(confidence_msg)
+        assert (confidence >= 0).all() and (confidence <= 1).all() and confidence.std() > 0
+        np.testing.assert_allclose(confidence, expected.confidence[0, 0].numpy(), atol=1e-6)
+
 
 def test_binned_camera_info_is_moved_to_the_depth_grid(system, tiny_pipeline_dir):
     """A 2x-binned camera: CameraInfo holds the full-sensor K; the depth CameraInfo holds the image's."""
@@ -118,7 +126,8 @@ def test_binned_camera_info_is_moved_to_the_depth_grid(system, tiny_pipeline_dir
 def test_cloud_options_and_publish_toggles_apply_at_run_time(system):
     node, replay, probe, sent, _ = system
     results = node.set_parameters([Parameter("cloud_rgb", value=False), Parameter("cloud_decimation", value=4),
-                                   Parameter("cloud_max_range", value=8.5), Parameter("publish_difference", value=False)])
+                                   Parameter("cloud_max_range", value=8.5), Parameter("publish_difference", value=False),
+                                   Parameter("publish_confidence", value=False)])
     assert all(r.successful for r in results)
     assert replay.publish_next()
     stamp, _ = sent[-1]
@@ -132,6 +141,52 @@ def test_cloud_options_and_publish_toggles_apply_at_run_time(system):
     expected = unproject(np.where(depth <= 8.5, depth, np.nan), K)[::4, ::4]
     np.testing.assert_allclose(xyz, expected, rtol=1e-5, atol=1e-6, equal_nan=True)
     assert probe.by_stamp("/camera/depth/difference", stamp) is None
+    assert probe.by_stamp("/camera/depth/confidence", stamp) is None
+
+
+def test_min_confidence_masks_the_cloud_and_mask_depth_the_depth_at_run_time(system):
+    """The same image three times: unmasked; min_confidence (the cloud's points below it NaN, the
+    others unchanged, the depth untouched); and mask_depth (the depth NaN at the same pixels). The
+    confidence image is never masked."""
+    node, _, probe, _, (injector, info_injector) = system
+    scene = render_scene(5, W, H)
+    assert all(r.successful for r in node.set_parameters([
+        Parameter("cloud_rgb", value=False), Parameter("cloud_decimation", value=1), Parameter("cloud_max_range", value=0.0),
+        Parameter("publish_confidence", value=True), Parameter("min_confidence", value=0.0), Parameter("mask_depth", value=False)]))
+    topics = ["/camera/points", "/camera/depth/image", "/camera/depth/confidence"]
+
+    def frame(stamp: int, **params):
+        assert all(r.successful for r in node.set_parameters([Parameter(k, value=v) for k, v in params.items()]))
+        hdr = header(stamp, "conf_cam")
+        info_injector.publish(pinhole_info(scene.K, (H, W), hdr))
+        wait_for(lambda: "conf_cam" in node.cameras[0].infos, 10, "the CameraInfo")
+        injector.publish(encode_image(scene.rgb, "rgb8", hdr=hdr))
+        wait_for(lambda: probe.has(topics, stamp), 60, f"outputs of frame {stamp}")
+        depth, confidence = (image_to_numpy(probe.by_stamp(t, stamp)) for t in topics[1:])
+        cloud = probe.by_stamp("/camera/points", stamp)
+        assert (cloud.height, cloud.width) == (H, W)  # organised: masked points stay in the grid as NaN
+        return point_cloud_to_numpy(cloud)[0], depth, confidence
+
+    try:
+        xyz, depth, confidence = frame(2 * 10**9 + 1)
+        assert np.isfinite(xyz).all() and np.isfinite(depth).all()
+        threshold = float(np.quantile(confidence, 0.3))
+        low = confidence < threshold
+        assert 0 < threshold < 1 and low.any() and not low.all()
+
+        masked_xyz, same_depth, same_confidence = frame(2 * 10**9 + 2, min_confidence=threshold)
+        assert np.isnan(masked_xyz[low]).all()
+        np.testing.assert_array_equal(masked_xyz[~low], xyz[~low])
+        np.testing.assert_array_equal(same_depth, depth)
+        np.testing.assert_array_equal(same_confidence, confidence)
+
+        masked_xyz, masked_depth, same_confidence = frame(2 * 10**9 + 3, mask_depth=True)
+        assert np.isnan(masked_depth[low]).all()
+        np.testing.assert_array_equal(masked_depth[~low], depth[~low])
+        np.testing.assert_array_equal(np.isnan(masked_xyz).any(axis=-1), low)
+        np.testing.assert_array_equal(same_confidence, confidence)  # never masked
+    finally:
+        node.set_parameters([Parameter("min_confidence", value=0.0), Parameter("mask_depth", value=False)])
 
 
 def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_path):
@@ -342,10 +397,10 @@ def test_a_batch_is_published_while_the_next_is_computed(ros_context, tiny_pipel
     publications = []
     real_messages = node_module.frame_messages
 
-    def slow_messages(frame, depth, difference, settings):
+    def slow_messages(frame, *args):
         start = time.monotonic()
         time.sleep(0.3)
-        messages = real_messages(frame, depth, difference, settings)
+        messages = real_messages(frame, *args)
         publications.append((threading.current_thread().name, stamp_ns(frame.header), start, time.monotonic()))
         return messages
 

@@ -10,7 +10,7 @@ from helpers_ros import encode_image, header, pinhole_info
 
 from sharpdepth_ros.calibration import CAMERA_INFO_GRACE_S, CalibrationRefused, camera_model, frame_info
 from sharpdepth_ros.conversions import Rectifier, pinhole_K
-from sharpdepth_ros.frames import BadModelOutput, HostOutputs, batch_key, problem, published_depth
+from sharpdepth_ros.frames import BadModelOutput, HostOutputs, batch_key, masked_depth, problem, published_confidence, published_depth
 from sharpdepth_ros.statistics import THROTTLE_S, Stats, Throttle, diagnostic_rows, report
 
 K = np.array([[50.0, 0, 19.5], [0, 50.0, 14.5], [0, 0, 1]])
@@ -104,3 +104,17 @@ def test_batch_key_from_the_header_and_the_published_depth():
         published_depth(HostOutputs(torch.tensor([[[[1.0, float("nan")], [1.0, 1.0]]]]), None, {}, []), 0, None)
     assert problem(BadModelOutput("x"))[0] == "model" and problem(CalibrationRefused("y"))[0] == "calibration"
     assert problem(ValueError("z")) == ("input", "z") and problem(KeyError("k"))[0] == "error"
+
+
+def test_published_confidence_follows_the_published_depth_and_masking_is_by_threshold():
+    depth = np.array([[1.0, np.nan], [2.0, 3.0]], np.float32)
+    conf = torch.tensor([[[[0.9, 0.8], [0.1, 0.5]]]])
+    out = HostOutputs(torch.ones(1, 1, 2, 2), None, {}, [], conf)
+    np.testing.assert_allclose(published_confidence(out, 0, depth), [[0.9, 0.0], [0.1, 0.5]])  # 0 where the depth is NaN
+    assert published_confidence(HostOutputs(torch.ones(1, 1, 2, 2), None, {}, []), 0, depth) is None  # a pipeline without one
+    big = published_confidence(HostOutputs(None, None, {}, [], torch.full((1, 1, 4, 4), 0.7)), 0, np.ones((2, 2), np.float32))
+    assert big.shape == (2, 2) and np.allclose(big, 0.7)  # on the depth's grid
+    assert masked_depth(depth, None, 0.5) is depth and masked_depth(depth, np.ones((2, 2)), 0.0) is depth  # off
+    masked = masked_depth(depth, published_confidence(out, 0, depth), 0.5)
+    assert masked.dtype == np.float32 and np.isnan(masked).tolist() == [[False, True], [True, False]]
+    assert np.isnan(depth).sum() == 1  # the depth itself is untouched
