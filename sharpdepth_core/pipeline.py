@@ -237,11 +237,8 @@ class SharpDepthPipeline:
         self.difference = self._checked_difference(difference)
         if depth_encoder not in DEPTH_ENCODERS:
             raise ValueError(f"depth_encoder must be one of {', '.join(DEPTH_ENCODERS)}, got {depth_encoder!r}")
-        if depth_encoder == "light" and self.light_encoder is None:
-            self.light_encoder = self._load_light(LIGHT_ENCODER_DIR, LightDepthEncoder)
-        if depth_encoder == "light" and self.light_encoder is None:
-            raise ValueError("depth_encoder 'light' needs a light depth encoder (light_encoder/ in the pipeline folder; "
-                             "train one with train/light_encoder.py)")
+        if depth_encoder == "light":
+            self.light_encoder = self._light(self.light_encoder, LIGHT_ENCODER_DIR, LightDepthEncoder, "depth_encoder 'light'")
         self.depth_encoder = depth_encoder
         self.camera = camera
         self.distilled_from = distilled_from
@@ -255,12 +252,18 @@ class SharpDepthPipeline:
     def _checked_difference(self, method: str) -> str:
         if method not in DIFFERENCE_METHODS:
             raise ValueError(f"difference must be one of {', '.join(DIFFERENCE_METHODS)}, got {method!r}")
-        if method == "light" and self.light_decoder is None:
-            self.light_decoder = self._load_light(LIGHT_DECODER_DIR, LightDepthDecoder)
-        if method == "light" and self.light_decoder is None:
-            raise ValueError("difference 'light' needs a light depth decoder (light_decoder/ in the pipeline folder; "
-                             "train one with train/light_decoder.py)")
+        if method == "light":
+            self.light_decoder = self._light(self.light_decoder, LIGHT_DECODER_DIR, LightDepthDecoder, "difference 'light'")
         return method
+
+    def _light(self, loaded, name: str, kind, setting: str):
+        """A light network a setting needs: the one passed in, else `light_folder/name` loaded now; one
+        ValueError naming where it goes and how to train one when there is none."""
+        light = loaded if loaded is not None else self._load_light(name, kind)
+        if light is None:
+            raise ValueError(f"{setting} needs a {kind.what} ({name}/ in the pipeline folder; train one with "
+                             f"train/{name}.py)")
+        return light
 
     def _load_light(self, name: str, kind):
         """The light network `light_folder/name` (loaded when first needed), or None where there is none."""

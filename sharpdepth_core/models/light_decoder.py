@@ -24,6 +24,7 @@ class LightDepthDecoder(ModelMixin, ConfigMixin):
     """Scaled latent [B, C, h, w] -> normalised depth [B, 1, h * 2^k, w * 2^k], k = len(channels) - 1."""
 
     config_name = "config.json"
+    what = "light depth decoder"
 
     @register_to_config
     def __init__(self, latent_channels: int = 4, channels: tuple[int, ...] = (64, 32, 16, 16)):
@@ -43,4 +44,4 @@ class LightDepthDecoder(ModelMixin, ConfigMixin):
     @classmethod
     def load(cls, path_or_id, device="cpu") -> "LightDepthDecoder":
         """From a folder written by `save_pretrained` (safetensors only), with every tensor checked."""
-        return load_own_model(cls, path_or_id, "light depth decoder").to(device).eval().requires_grad_(False)
+        return load_own_model(cls, path_or_id, cls.what).to(device).eval().requires_grad_(False)

@@ -23,6 +23,7 @@ class LightDepthEncoder(ModelMixin, ConfigMixin):
     """Normalised depth [B, 1, H, W] -> scaled latent [B, C, H / 2^k, W / 2^k], k = len(channels) - 1."""
 
     config_name = "config.json"
+    what = "light depth encoder"
 
     @register_to_config
     def __init__(self, latent_channels: int = 4, channels: tuple[int, ...] = (16, 16, 32, 64)):
@@ -42,4 +43,4 @@ class LightDepthEncoder(ModelMixin, ConfigMixin):
     @classmethod
     def load(cls, path_or_id, device="cpu") -> "LightDepthEncoder":
         """From a folder written by `save_pretrained` (safetensors only), with every tensor checked."""
-        return load_own_model(cls, path_or_id, "light depth encoder").to(device).eval().requires_grad_(False)
+        return load_own_model(cls, path_or_id, cls.what).to(device).eval().requires_grad_(False)
