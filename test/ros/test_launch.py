@@ -35,7 +35,7 @@ def graph(ros_context, tiny_pipeline_dir):
     names = {}
     for node, name, topic in [(depth, "sharpdepth", "/camera/points"), (replay, "replay", "/camera/image_raw")]:
         # a topic made last: the managed node's transition_event publisher comes well before its outputs
-        wait_for(lambda: topic in {t for t, _ in node.get_publisher_names_and_types_by_node(name, "/camera")}, 10, f"{name} in the graph")
+        wait_for(lambda: topic in {t for t, _ in node.get_publisher_names_and_types_by_node(name, "/camera")}, 60, f"{name} in the graph")  # discovery: seconds on a loaded machine
         subs = {t for t, _ in node.get_subscriber_names_and_types_by_node(name, "/camera")}
         pubs = {t for t, _ in node.get_publisher_names_and_types_by_node(name, "/camera")}
         names[name] = (subs, pubs)
