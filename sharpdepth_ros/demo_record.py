@@ -24,7 +24,7 @@ from sharpdepth_ros.replay import stamp_ns
 
 NS = "/camera"
 CAMERA_TOPICS = {"image_raw": Image, "camera_info": CameraInfo, "depth/image": Image, "depth/camera_info": CameraInfo,
-                 "points": PointCloud2, "depth/colored": Image, "depth/difference": Image}
+                 "points": PointCloud2, "depth/colored": Image, "depth/difference": Image, "depth/confidence": Image}
 OUTPUTS = ("depth/image", "depth/camera_info", "points", "depth/difference")  # under each camera's namespace: scored
 
 
