@@ -137,7 +137,7 @@ def run(split: str, n: int) -> dict:
 
 def tables(result: dict) -> str:
     lines = [f"obstacles on {result['scenes']} {result['split']} scenes (seeds {result['first_seed']}..)",
-             f"| row | kept | flying / 100k px | × f_D | phantom voxels / scene | × f_D | on-surface voxels / scene | AbsRel | DBE acc | DBE compl |",
+             "| row | kept | flying / 100k px | × f_D | phantom voxels / scene | × f_D | on-surface voxels / scene | AbsRel | DBE acc | DBE compl |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["rows"].items():
         acc = f"{r['abs_rel']:.4f} | {r['dbe_acc']:.2f} | {r['dbe_compl']:.2f}" if "abs_rel" in r else "– | – | –"
