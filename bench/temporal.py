@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 import time
 import warnings
@@ -30,9 +31,11 @@ import torch
 
 from sharpdepth_core.files import write_bytes
 from sharpdepth_core.geometry import relative_pose
-from sharpdepth_core.metrics import depth_metrics, reprojection_error, static_point_flicker, temporal_alignment_error
+from sharpdepth_core.metrics import (boundary_error, depth_edges, depth_metrics, reprojection_error, static_point_flicker,
+                                     temporal_alignment_error)
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_sequence
+from sharpdepth_core.temporal import TemporalDepth
 
 # name -> (difference map, noise): "fixed" = one seed for every frame (the node's default, seed 0),
 # "fresh" = a new draw per frame (the node's seed -1; seeded per frame here, so runs repeat)
@@ -43,6 +46,45 @@ RUNS = {
     "SharpDepth, latent difference map": ("latent", "fixed"),
 }
 NOISE_SEEDS = (0, 1)
+DEFAULT = "SharpDepth (node default: same noise every frame)"
+# the temporal mode (sharpdepth_core.temporal) on the node default's frames: name -> (mode, odometry)
+TEMPORAL = {
+    "SharpDepth temporal (image only)": ("image", None),
+    "SharpDepth temporal (odometry, exact poses)": ("odometry", "exact"),
+    "SharpDepth temporal (odometry, 2 % + 1°/m drift)": ("odometry", "drift"),
+}
+CUT_AT = 15  # the cut streams: 15 frames of a walk, then the cut, then 15 more frames
+
+
+def drifting_odometry(poses: list[np.ndarray], seed: int, scale_error: float = 0.02, heading_deg_per_m: float = 1.0,
+                      jitter: float = 0.01, jitter_deg: float = 0.05) -> list[np.ndarray]:
+    """A robot's odometry of the walk: each step's motion with its length 2 % long and a heading error
+    of 1° per metre travelled (about the camera's vertical axis: the walks keep it level), plus a
+    random 1 % of the step and 0.05° per step, integrated from the first pose (so it drifts)."""
+    rng = np.random.default_rng(seed)
+    out = [np.asarray(poses[0], dtype=np.float64)]
+    for a, b in zip(poses, poses[1:]):
+        step = np.linalg.inv(a) @ b
+        dist = float(np.linalg.norm(step[:3, 3]))
+        step[:3, 3] = step[:3, 3] * (1 + scale_error) + jitter * dist * rng.standard_normal(3)
+        yaw = math.radians(heading_deg_per_m * dist + jitter_deg * rng.standard_normal())
+        turn = np.eye(4)
+        turn[[0, 0, 2, 2], [0, 2, 0, 2]] = math.cos(yaw), math.sin(yaw), -math.sin(yaw), math.cos(yaw)
+        out.append(out[-1] @ step @ turn)
+    return out
+
+
+def temporal_run(frames, depths: list[np.ndarray], mode: str, poses: list[np.ndarray] | None) -> tuple[list[np.ndarray], list[bool], float]:
+    """The temporal mode over one stream, frame by frame as the node runs it: (outputs, cut flags,
+    mean seconds per update)."""
+    state, outs, cuts, seconds = TemporalDepth(mode), [], [], 0.0
+    for t, (f, d) in enumerate(zip(frames, depths)):
+        start = time.perf_counter()
+        r = state.update(torch.from_numpy(d), f.K, image=f.rgb, pose=None if poses is None else poses[t])
+        seconds += time.perf_counter() - start
+        outs.append(r.depth.numpy())
+        cuts.append(r.cut)
+    return outs, cuts, seconds / len(frames)
 
 
 def frame_seed(noise: str, noise_seed: int, t: int) -> int:
@@ -57,9 +99,25 @@ def predictions(pipe: SharpDepthPipeline, frames) -> dict[str, list[list[np.ndar
     for name, (method, noise) in RUNS.items():
         if method == "light" and pipe.light_decoder is None:
             continue
-        out[name] = [[pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy()
-                      for t, f in enumerate(frames)] for s in NOISE_SEEDS]
+        runs = []
+        for s in NOISE_SEEDS:
+            start = time.perf_counter()
+            runs.append([pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy()
+                         for t, f in enumerate(frames)])
+            if name == DEFAULT:
+                COST["frame_s"].append((time.perf_counter() - start) / len(frames))
+        out[name] = runs
+    poses = {"exact": [f.camera_to_world for f in frames], "drift": drifting_odometry([f.camera_to_world for f in frames], frames[0].seed)}
+    for name, (mode, odometry) in TEMPORAL.items():
+        out[name] = []
+        for depths in out[DEFAULT]:
+            fused, _, seconds = temporal_run(frames, depths, mode, poses.get(odometry))
+            out[name].append(fused)
+            COST[name].append(seconds)
     return out
+
+
+COST: dict[str, list[float]] = {"frame_s": [], **{name: [] for name in TEMPORAL}}  # seconds, side by side
 
 
 def scores(depths: list[np.ndarray], frames) -> dict[str, float]:
@@ -67,7 +125,9 @@ def scores(depths: list[np.ndarray], frames) -> dict[str, float]:
     ratio): the part of the flicker that is not a frame-wide change of scale."""
     gts, poses, K = [f.depth for f in frames], [f.camera_to_world for f in frames], frames[0].K
     rescaled = [d * np.median(g / np.clip(d, 0.01, None)) for d, g in zip(depths, gts)]
-    return {"tae": temporal_alignment_error(depths, gts, K, poses),
+    edged = [t for t, g in enumerate(gts) if depth_edges(g).any()]  # DBE is undefined on a frame without edges
+    acc, compl = boundary_error(np.clip(np.stack([depths[t] for t in edged]), 0.01, None), np.stack([gts[t] for t in edged]))
+    return {"tae": temporal_alignment_error(depths, gts, K, poses), "dbe_acc": acc, "dbe_compl": compl,
             "tae_scaled": temporal_alignment_error(rescaled, gts, K, poses),
             "flicker_mm": 1000 * static_point_flicker(depths, gts, K, poses),
             "abs_rel": depth_metrics(np.clip(np.stack(depths), 0.01, None), np.stack(gts))["abs_rel"]}
@@ -81,10 +141,12 @@ def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
     first = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        walks = []
         for i in range(sequences):
             seq = render_sequence(first_seed + i, frames)
             preds = predictions(pipe, seq)
             first = first or (seq, preds)
+            walks.append((seq, preds))
             for name, runs in preds.items():
                 per.setdefault(name, [[] for _ in runs])
                 for k, depths in enumerate(runs):
@@ -97,7 +159,48 @@ def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
         row["spread"] = {k: abs(by_seed[0][k] - by_seed[-1][k]) for k in by_seed[0]}
         row["per_sequence_tae"] = [float(np.mean([run[j]["tae"] for run in runs])) for j in range(sequences)]
         out[name] = row
-    return {"first_seed": first_seed, "sequences": sequences, "frames": frames, "models": out}, first
+        stream_cuts = cuts(pipe, walks) if frames >= 2 * CUT_AT else {}
+    cost = {"frame_ms": 1000 * float(np.mean(COST["frame_s"]))}
+    cost.update({name: 1000 * float(np.mean(COST[name])) for name in TEMPORAL})
+    return {"first_seed": first_seed, "sequences": sequences, "frames": frames, "models": out, "cuts": stream_cuts,
+            "cost_ms": cost}, first
+
+
+def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
+    """Per kind of cut, per temporal mode: how many streams flagged the cut at its first frame (whose
+    output is then the per-frame result itself), how many frames elsewhere were flagged, and the TAE
+    within the two halves against f_D's. A stream is CUT_AT frames of walk i, then: `scene change`
+    CUT_AT frames of walk i+1, the odometry carrying on as if nothing happened (a jump it missed, a
+    new room); `dropped second` the same walk 1 s (10 frames) later, the odometry right. Noise seed 0."""
+    rows: dict = {}
+    for i, (seq, preds) in enumerate(walks):
+        other, other_preds = walks[(i + 1) % len(walks)]
+        long = render_sequence(seq[0].seed, 2 * CUT_AT + 10)
+        dropped = list(long[:CUT_AT]) + list(long[CUT_AT + 10:])
+        dropped_depths = [pipe(f.rgb, K=f.K, seed=NOISE_SEEDS[0]).depth[0, 0].numpy() for f in dropped]
+        anchor = seq[CUT_AT - 1].camera_to_world @ np.linalg.inv(other[0].camera_to_world)
+        streams = {
+            "scene change": (list(seq[:CUT_AT]) + list(other[:CUT_AT]), preds[DEFAULT][0][:CUT_AT] + other_preds[DEFAULT][0][:CUT_AT],
+                             [f.camera_to_world for f in seq[:CUT_AT]] + [anchor @ f.camera_to_world for f in other[:CUT_AT]]),
+            "dropped second": (dropped, dropped_depths, [f.camera_to_world for f in dropped]),
+        }
+        for kind, (frames, depths, odometry) in streams.items():
+            gts, true = [f.depth for f in frames], [f.camera_to_world for f in frames]
+            halves = (slice(0, CUT_AT), slice(CUT_AT, None))
+            tae = lambda ds: float(np.mean([temporal_alignment_error(ds[h], gts[h], frames[0].K, true[h]) for h in halves]))
+            fd = [pipe.metric_depth(f.rgb, K=f.K)[0, 0].numpy() for f in frames]
+            row = rows.setdefault(kind, {"f_D": [], DEFAULT: []})
+            row["f_D"].append(tae(fd))
+            row[DEFAULT].append(tae(depths))
+            for name, (mode, kind_of_odometry) in TEMPORAL.items():
+                poses = None if mode == "image" else (odometry if kind_of_odometry == "exact" else drifting_odometry(odometry, frames[0].seed))
+                outs, flags, _ = temporal_run(frames, depths, mode, poses)
+                r = row.setdefault(name, {"tae": [], "flagged": 0, "same_as_per_frame": 0, "false_cuts": 0})
+                r["tae"].append(tae(outs))
+                r["flagged"] += int(flags[CUT_AT])
+                r["same_as_per_frame"] += int(np.array_equal(outs[CUT_AT], depths[CUT_AT]))
+                r["false_cuts"] += sum(flags[1:CUT_AT]) + sum(flags[CUT_AT + 1:])
+    return rows
 
 
 def table(result: dict) -> str:
@@ -108,6 +211,23 @@ def table(result: dict) -> str:
         cells = [f"{m[k]:.4f} ± {m['spread'][k]:.4f}" if k != "flicker_mm" else f"{m[k]:.1f} ± {m['spread'][k]:.1f}"
                  for k in ("tae", "flicker_mm", "abs_rel", "tae_scaled")]
         lines.append(f"{name:<52} {cells[0]:>16} {cells[1]:>12} {cells[2]:>16} {cells[3]:>16}")
+    fd = result["models"]["f_D"]["per_sequence_tae"]
+    lines.append("TAE / f_D's per walk (mean of the noise seeds), DBE acc / compl:")
+    for name, m in result["models"].items():
+        if name not in ("ground truth", "f_D"):
+            ratios = " ".join(f"{a / b:.2f}" for a, b in zip(m["per_sequence_tae"], fd))
+            lines.append(f"  {name:<50} {ratios}   DBE {m['dbe_acc']:.2f} / {m['dbe_compl']:.2f}")
+    for kind, row in result.get("cuts", {}).items():
+        n = len(row["f_D"])
+        lines.append(f"cut: {kind} ({n} streams; TAE within the halves): f_D {np.mean(row['f_D']):.4f}, "
+                     f"SharpDepth {np.mean(row[DEFAULT]):.4f}")
+        for name in TEMPORAL:
+            r = row[name]
+            lines.append(f"  {name:<50} TAE {np.mean(r['tae']):.4f}, cut flagged {r['flagged']}/{n}, output = per-frame "
+                         f"{r['same_as_per_frame']}/{n}, other frames flagged {r['false_cuts']}")
+    if "cost_ms" in result:
+        c = result["cost_ms"]
+        lines.append(f"cost: a frame {c['frame_ms']:.1f} ms; " + ", ".join(f"{name} {c[name]:.1f} ms ({100 * c[name] / c['frame_ms']:.1f} %)" for name in TEMPORAL))
     return "\n".join(lines)
 
 
