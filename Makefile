@@ -26,7 +26,10 @@ test: $(STAMP)
 nano: $(STAMP)
 	$(BIN)/python train/nano/run_all.py
 
-# Benchmarks print a table and a JSON line each (CPU: small configs; full size on a CUDA GPU).
+# Benchmarks print a table and a JSON line each (CPU: small configs; full size on a CUDA GPU). Each
+# first says about how long it will take; `make bench QUICK=1` runs each small (a check, not results).
+# Times on 2 CPU cores: README ("make bench").
+bench: export QUICK := $(QUICK)
 bench: $(STAMP)
 	$(BIN)/python bench/synthetic.py
 	$(BIN)/python bench/pointcloud.py
@@ -34,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/vae.py
+	$(BIN)/python bench/temporal.py
 	$(BIN)/python bench/speed_accuracy.py
 
 clean:

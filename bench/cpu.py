@@ -12,7 +12,7 @@ one run on the embedded models (a 320x240 frame, as the node sees a small camera
 Methods are timed alternately, rounds rotating their order; medians and minima in ms. Prints a table
 and one JSON line.
 
-    .venv/bin/python bench/cpu.py
+    .venv/bin/python bench/cpu.py            # ~20 s; --quick (or QUICK=1): 3 rounds
 """
 from __future__ import annotations
 
@@ -27,11 +27,22 @@ import warnings
 import numpy as np
 import torch
 
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.models.student import DiffusionDepthModel
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_core.visualize import _FAR, DEPTH_CMAP, colorize_depth
-from timing import time_alternately  # bench/timing.py
+from timing import add_quick, announce, quick_defaults, time_alternately  # bench/timing.py
+
+QUICK = {"rounds": 3}
+# The estimate: one 320x240 pipeline frame of the embedded models (2 threads with another busy process
+# cost ~2.5 of them) and the start, measured 2026-12-07 on the reference machine.
+SECONDS_FRAME, SECONDS_START = 0.12, 8.0
+
+
+def estimate(rounds: int) -> float:
+    frames = 2 * (rounds + 1) + 3 + (4 + 1.5) * (1 + max(3, rounds // 3))  # placement, checks, threads (2 idle, 2 shared)
+    return SECONDS_START + 1 + SECONDS_FRAME * frames + 0.004 * 2 * (4 * rounds + 1)  # + the other process's start, colours
 
 
 class WalkingPlacement(DiffusionDepthModel):
@@ -82,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per method")
-    args = p.parse_args(argv)
+    add_quick(p, f"{QUICK['rounds']} rounds")
+    args = quick_defaults(p, argv, QUICK)
+    announce("cpu", estimate(args.rounds), f"{args.rounds} rounds", args.quick)
     warnings.simplefilter("ignore")  # the embedded models' banner
+    quiet_loading()  # no "Loading checkpoint shards" bar
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     rgb = render_scene(100_000, 320, 240).rgb

@@ -28,8 +28,12 @@ full-size one. The matmul rate is measured here, bf16 on CUDA and fp32 on CPU (C
 bf16 emulate it at a tiny fraction of fp32), and "of peak" is the counted FLOPs at the achieved
 frame rate over that rate. Prints a table and one JSON line.
 
-    .venv/bin/python bench/pipeline.py                       # CPU: small config, reference, light, latent and onnx, ~6 min
+    .venv/bin/python bench/pipeline.py                       # CPU: small config, reference, light, latent, fast, onnx
+    .venv/bin/python bench/pipeline.py --quick               # CPU: the same at 512 only (a check, not a result)
     .venv/bin/python bench/pipeline.py --config full         # CUDA: the figures of bench/RESULTS.md
+
+On a CPU the bench prints its estimate first: settings x resolutions x frames, a frame's seconds
+growing with the cube of the resolution (measured on the 2-core reference CPU, 1 thread).
 """
 from __future__ import annotations
 
@@ -59,13 +63,23 @@ from sharpdepth_core.synthetic import render_scene
 from sharpdepth_core.speed import FAST, FastPath, fast_path
 
 from random_models import build_models, difference_options, fast_preset_options, sync  # bench/random_models.py
-from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
+from timing import STOPPED_EXIT, add_quick, announce, log, progress, quick_defaults, quiet_known_warnings, until_stopped  # bench/timing.py
 
 SETTINGS = ("reference", "light", "latent", "torch-bf16", "torch-fast", "fast", "onnx", "tensorrt")
 RESOLUTIONS = (512, 768, 1024)
 STAGES = ("metric", "encode", "unet", "decode", "difference", "fit", "point_cloud")
 TARGET_FPS, TARGET_FPS_FAST, TARGET_SPEEDUP, TARGET_RES = 20.0, 30.0, 4.0, 768
 EXACT_ALGORITHM = ("reference", "torch-bf16", "torch-fast", "onnx", "tensorrt")  # no light or latent shortcut
+QUICK = {"resolutions": [512]}
+# The CPU estimate, small config, 640x480 in, 1 thread, measured 2026-12-07 on the reference machine
+# under other work (load 2-6): seconds of a frame at 512 (the settings within about 1.5x of each other),
+# growing with the cube of the resolution, and the start (imports, matmul rates, FLOP counts, the ONNX export).
+SECONDS_FRAME_512, SECONDS_START = 1.2, 25.0
+
+
+def cpu_estimate(args) -> float:
+    frames = (args.warmup + args.frames) * len(set(args.settings) | {"reference"})
+    return SECONDS_START + SECONDS_FRAME_512 * frames * sum((r / 512) ** 3 for r in args.resolutions)
 
 # --- FLOPs and the matmul rate -------------------------------------------------------------------
 
@@ -278,10 +292,6 @@ def profile_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -308,7 +318,8 @@ def table(rows: list[dict], flops: dict, rate: float, rate_name: str) -> str:
 
 
 def parse_args(argv, cuda: bool) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n\n".join(__doc__.split("\n\n")[-2:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=("small", "full"), default="full" if cuda else "small",
                         help="small: tiny test models; full: SD-2 UNet/VAE + ViT-L metric model (default on CUDA)")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS) if cuda else ["reference", "light", "latent", "fast", "onnx"],
@@ -327,7 +338,8 @@ def parse_args(argv, cuda: bool) -> argparse.Namespace:
                         help="instead of timing: profile the first setting at the first resolution (torch.profiler), "
                              "top ops per stage and host synchronisations per frame")
     parser.add_argument("--top", type=int, default=5, help="ops listed per stage with --profile")
-    args = parser.parse_args(argv)
+    add_quick(parser, "processing resolution 512 only")
+    args = quick_defaults(parser, argv, QUICK)
     if min(args.frames, args.threads) < 1 or args.warmup < 0 or min(args.resolutions) < 8:
         parser.error("--frames and --threads must be >= 1, --warmup >= 0, resolutions >= 8")
     return args
@@ -345,8 +357,9 @@ def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[d
         workdir.mkdir(parents=True, exist_ok=True)
         reference_out: dict[int, SharpDepthOutput] = {}
         order = ["reference"] + [s for s in args.settings if s != "reference"]
-        finished, stopped = until_stopped(
-            order, lambda setting: measure_setting(setting, args, device, workdir, student, metric, scene, reference_out, rows, skipped))
+        with progress(total=len(order) * len(args.resolutions), desc="pipeline", unit="setting@res") as bar:
+            finished, stopped = until_stopped(
+                order, lambda setting: measure_setting(setting, args, device, workdir, student, metric, scene, reference_out, rows, skipped, bar))
     if stopped and finished < len(order):
         stopped += f" during {order[finished]!r}"
         skipped += [{"setting": s, "reason": stopped if k == 0 else f"not run: {stopped}"} for k, s in enumerate(order[finished:])]
@@ -354,7 +367,7 @@ def run_settings(args: argparse.Namespace, device: torch.device) -> tuple[list[d
 
 
 def measure_setting(setting: str, args, device, workdir: Path, student, metric, scene, reference_out: dict,
-                    rows: list, skipped: list) -> None:
+                    rows: list, skipped: list, bar=None) -> None:
     """One setting at every resolution: its rows appended, what could not run to `skipped`."""
     try:
         pipe, why = make_pipeline(setting, student, metric, device, workdir, args.trt_vae_precision)
@@ -363,8 +376,12 @@ def measure_setting(setting: str, args, device, workdir: Path, student, metric, 
     if pipe is None:
         skipped.append({"setting": setting, "reason": why})
         log(f"{setting}: skipped ({why})")
+        if bar is not None:
+            bar.update(len(args.resolutions))
         return
-    for res in args.resolutions:
+    for k, res in enumerate(args.resolutions):
+        if bar is not None and k:  # the previous resolution is done (measured or failed)
+            bar.update()
         try:
             row, out = measure(pipe, setting, res, scene.rgb, device, args.warmup, args.frames, reference_out.get(res))
         except Exception as exc:
@@ -375,6 +392,8 @@ def measure_setting(setting: str, args, device, workdir: Path, student, metric, 
             reference_out[res] = out
         rows.append(row)
         log(f"{setting} @ {res}: {1e3 * row['s']['total']:.1f} ms/frame")
+    if bar is not None:
+        bar.update()
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -408,9 +427,14 @@ def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     args = parse_args(argv, cuda)
     torch.set_num_threads(args.threads)
+    quiet_known_warnings()
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {args.threads} thread(s)"
     log(f"device: {name}; config {args.config}")
+    if not cuda and not args.profile:
+        announce("pipeline", cpu_estimate(args), f"{len(set(args.settings) | {'reference'})} settings x resolutions "
+                 f"{'/'.join(map(str, args.resolutions))} x {args.warmup + args.frames} frames (config {args.config})", args.quick,
+                 f"{SECONDS_FRAME_512} s a frame at 512, x (res/512)^3")
     if args.profile:
         return main_profile(args, device, name)
     rates = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}

@@ -14,7 +14,7 @@ one call each per round in a rotating order, so a change in machine load hits al
 Prints a table and one JSON line; target <= 5 ms per message (median; on a shared machine compare
 `min`, the cost without contention).
 
-    .venv/bin/python bench/pointcloud.py [--repeats 50] [--width 640 --height 480]
+    .venv/bin/python bench/pointcloud.py [--repeats 50] [--width 640 --height 480]    # ~5 s; --quick: 10 rounds
 """
 from __future__ import annotations
 
@@ -31,9 +31,12 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from sharpdepth_ros.conversions import PointCloudBuilder, point_cloud_to_numpy, point_fields
-from timing import time_alternately  # bench/timing.py
+from timing import add_quick, announce, quick_defaults, time_alternately  # bench/timing.py
 
 TARGET_MS = 5.0
+QUICK = {"repeats": 10}
+# The estimate: a round (the three builds, 640x480) and the start, measured 2026-12-07 on the reference machine.
+SECONDS_ROUND_VGA, SECONDS_START = 0.06, 2.0
 
 
 def depth_image_proc_numpy(depth: np.ndarray, K: np.ndarray, rgb: np.ndarray, header) -> PointCloud2:
@@ -79,12 +82,15 @@ def create_cloud_pattern(depth: np.ndarray, K: np.ndarray, rgb: np.ndarray, head
                        fields=fields, point_step=dtype.itemsize, row_step=dtype.itemsize * w, data=data)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=50, help="rounds timed (each: one build of each method)")
+    add_quick(parser, f"{QUICK['repeats']} rounds")
+    args = quick_defaults(parser, argv, QUICK)
+    announce("pointcloud", SECONDS_START + (args.repeats + 2) * SECONDS_ROUND_VGA * args.width * args.height / (640 * 480),
+             f"{args.repeats} rounds of 3 builds", args.quick)
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     cv2.setNumThreads(1)

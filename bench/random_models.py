@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.models.light_decoder import LightDepthDecoder
 from sharpdepth_core.models.light_encoder import LightDepthEncoder
 from sharpdepth_core.models.metric import DepthAnythingBackend

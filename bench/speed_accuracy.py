@@ -19,8 +19,13 @@ it qualifies for the `fast` preset when every cost is within speed.BUDGET (AbsRe
 `--split val` (pilot scenes) decides the preset: `choose_fast` below, checked against speed.FAST by
 a test; `--split eval` (held-out scenes, used for nothing else) gives the figures users read.
 
-    .venv/bin/python bench/speed_accuracy.py --split val --json bench/speed_accuracy_val.json    # ~10 min, 1 thread
+    .venv/bin/python bench/speed_accuracy.py --split val --json bench/speed_accuracy_val.json
     .venv/bin/python bench/speed_accuracy.py --split eval --json bench/speed_accuracy.json
+    .venv/bin/python bench/speed_accuracy.py --quick     # 5 scenes, the compiled settings left out: a check, not a result
+
+Time on the 2-core reference CPU (1 thread): the bench prints its estimate first (scenes x settings
+x seconds per call, plus inductor compiling the frame once per compiled setting, the larger part of a
+first run: inductor's cache makes the next runs faster).
 """
 from __future__ import annotations
 
@@ -42,8 +47,16 @@ from sharpdepth_core.small_scale import SEEDS
 from sharpdepth_core.speed import BUDGET, FAST, FastPath, Preset, fast_path
 from sharpdepth_core.synthetic import render_scene
 
+from timing import add_quick, announce, log, progress, quick_defaults, quiet_known_warnings  # bench/timing.py
+
 SPLITS = {split: SEEDS[split][0] for split in ("val", "eval")}  # val for choices, eval held out
 SETTINGS = ("bf16", "compiled", "bf16-compiled", "light-difference", "latent-difference", "light-encoder", "fast")
+COMPILED = ("compiled", "bf16-compiled", "fast")  # inductor compiles the frame first (minutes on a CPU)
+QUICK = {"scenes": 5, "settings": [s for s in SETTINGS if s not in COMPILED]}
+# Measured 2026-12-07 on the reference machine under other work (load 2-6): seconds per pipeline call
+# on a scene (the embedded models' 128x96 camera), inductor's compile of one setting with an empty
+# cache, and the start (imports, loading, rendering).
+SECONDS_PER_CALL, SECONDS_COMPILE, SECONDS_START = 0.15, 150.0, 8.0
 COSTS = ("abs_rel", "dbe_acc", "dbe_compl")
 # a cheaper setting's place in a preset (the preset field it sets)
 COMPONENTS = {"bf16": ("bf16", True), "compiled": ("compiled", True), "light-difference": ("difference", "light"),
@@ -93,14 +106,21 @@ def drop_costliest(preset: Preset, methods: dict) -> Preset:
     return replace(preset, **{field: getattr(Preset(), field)})
 
 
-def score(pipe: SharpDepthPipeline, scenes: list, seed: int) -> tuple[list[np.ndarray], float]:
+def score(pipe: SharpDepthPipeline, scenes: list, seed: int, name: str = "") -> tuple[list[np.ndarray], float]:
     """Each scene's depth and the seconds they took (after one untimed call: compilation is not the setting's time)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         pipe(scenes[0].rgb, seed=seed)
         t = time.perf_counter()
-        depths = [pipe(sc.rgb, seed=seed).depth[0, 0].float().cpu().numpy() for sc in scenes]
+        depths = [pipe(sc.rgb, seed=seed).depth[0, 0].float().cpu().numpy() for sc in progress(scenes, desc=name, unit="scene")]
     return depths, time.perf_counter() - t
+
+
+def estimate(scenes: int, settings: tuple[str, ...]) -> float:
+    """Seconds for the run on the reference machine: every setting (and exact twice) on every scene
+    plus one untimed call, f_D, and a compile per compiled setting with inductor's cache empty."""
+    calls = (2 + len(settings)) * (scenes + 1) + scenes
+    return SECONDS_START + SECONDS_PER_CALL * calls + SECONDS_COMPILE * sum(s in COMPILED for s in settings)
 
 
 def scored(depths: list[np.ndarray], seconds: float | None, gt: np.ndarray, exact: dict | None) -> dict:
@@ -124,19 +144,19 @@ def run(split: str, n: int, device: str, settings: tuple[str, ...]) -> dict:
     scenes = [render_scene(first_seed + i, camera["width"], camera["height"], K=None if camera["K"] is None else np.array(camera["K"]),
                            style=camera["style"]) for i in range(n)]
     gt = np.stack([sc.depth for sc in scenes])
-    out = {"exact": scored(*score(exact, scenes, 0), gt, None)}
-    out["exact, seed 1"] = scored(*score(exact, scenes, 1), gt, out["exact"])
+    out = {"exact": scored(*score(exact, scenes, 0, "exact"), gt, None)}
+    out["exact, seed 1"] = scored(*score(exact, scenes, 1, "exact, seed 1"), gt, out["exact"])
     out["f_D"] = scored([exact.metric_depth(sc.rgb)[0, 0].cpu().numpy() for sc in scenes], None, gt, out["exact"])
     for name in [s for s in settings if s != "fast"]:
         if (pipe := pipeline_for(name, device)) is not None:
-            print(f"[bench] {name}", file=sys.stderr, flush=True)
-            out[name] = scored(*score(pipe, scenes, 0), gt, out["exact"])
+            log(name + (" (compiling first)" if name in COMPILED else ""))
+            out[name] = scored(*score(pipe, scenes, 0, name), gt, out["exact"])
     result = {"split": split, "scenes": n, "first_seed": first_seed, "device": device, "budget": BUDGET}
     if "fast" in settings:
         preset = choose_fast(out) if split == "val" else FAST
         while True:
-            print(f"[bench] fast: {preset}", file=sys.stderr, flush=True)
-            out["fast"] = scored(*score(pipeline_for("fast", device, preset), scenes, 0), gt, out["exact"])
+            log(f"fast: {preset}")
+            out["fast"] = scored(*score(pipeline_for("fast", device, preset), scenes, 0, "fast"), gt, out["exact"])
             if split != "val" or out["fast"]["within_budget"] or preset == Preset():
                 break
             preset = drop_costliest(preset, out)
@@ -163,19 +183,26 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[-2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=tuple(SPLITS), default="eval", help="val: decides the preset; eval: held-out figures")
-    parser.add_argument("--scenes", type=int, default=100)
+    parser.add_argument("--scenes", type=int, default=100, help="scenes of the split (default 100)")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady time ratios on a shared machine)")
     parser.add_argument("--device", default="cpu", help="cuda: the same on the GPU (its kernels move the bf16 figures)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
-    args = parser.parse_args(argv)
+    add_quick(parser, f"{QUICK['scenes']} scenes, the compiled settings ({', '.join(COMPILED)}) left out")
+    args = quick_defaults(parser, argv, QUICK)
     if min(args.scenes, args.threads) < 1:
         parser.error("--scenes and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     quiet_loading()
+    quiet_known_warnings()
+    if torch.device(args.device).type == "cpu":
+        n = len(args.settings)
+        announce("speed_accuracy", estimate(args.scenes, tuple(args.settings)), f"{args.scenes} scenes x {n + 2} settings", args.quick,
+                 f"{SECONDS_PER_CALL} s a call, {SECONDS_COMPILE:.0f} s compiling each of the "
+                 f"{sum(s in COMPILED for s in args.settings)} compiled settings with inductor's cache empty")
     result = run(args.split, args.scenes, args.device, tuple(args.settings))
     print(table(result))
     line = json.dumps({"bench": "speed_accuracy", "torch": torch.__version__, "threads": args.threads, **result})

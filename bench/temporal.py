@@ -12,7 +12,8 @@ every frame), with fresh noise per frame (the node's seed -1), and with each che
 every noisy model under two noise seeds, whose difference is the spread. Prints a table and one JSON
 line; writes a figure (consecutive frames per model, with their reprojection error into the next).
 
-    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread
+    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread: ~3 min
+    .venv/bin/python bench/temporal.py --quick                  # 1 sequence x 8 frames: ~20 s (a check, not a result)
     .venv/bin/python bench/temporal.py --first-seed 110000      # validation sequences: for choosing anything
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import io
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,11 +31,14 @@ import torch
 
 from sharpdepth_core.files import write_bytes
 from sharpdepth_core.geometry import relative_pose
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.metrics import (boundary_error, depth_edges, depth_metrics, reprojection_error, static_point_flicker,
                                      temporal_alignment_error)
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_sequence
 from sharpdepth_core.temporal import TemporalDepth
+
+from timing import add_quick, announce, progress, quick_defaults  # bench/timing.py
 
 # name -> (difference map, noise): "fixed" = one seed for every frame (the node's default, seed 0),
 # "fresh" = a new draw per frame (the node's seed -1; seeded per frame here, so runs repeat)
@@ -54,6 +57,11 @@ TEMPORAL = {
     "SharpDepth temporal (odometry, 2 % + 1°/m drift)": ("odometry", "drift"),
 }
 CUT_AT = 15  # the cut streams: 15 frames of a walk, then the cut, then 15 more frames
+QUICK = {"sequences": 1, "frames": 8}
+# Seconds per frame of a sequence (f_D, the four SharpDepth runs under both noise seeds, the scores)
+# and the start (imports, loading), measured 2026-12-07 on the reference machine under other work
+# (load 2-4): `--sequences 1 --frames 8` against `--frames 3`.
+SECONDS_PER_FRAME, SECONDS_START = 1.5, 6.0
 
 
 def drifting_odometry(poses: list[np.ndarray], seed: int, scale_error: float = 0.02, heading_deg_per_m: float = 1.0,
@@ -74,47 +82,60 @@ def drifting_odometry(poses: list[np.ndarray], seed: int, scale_error: float = 0
     return out
 
 
-def temporal_run(frames, depths: list[np.ndarray], mode: str, poses: list[np.ndarray] | None) -> tuple[list[np.ndarray], list[bool], float]:
-    """The temporal mode over one stream, frame by frame as the node runs it: (outputs, cut flags,
-    mean seconds per update)."""
-    state, outs, cuts, seconds = TemporalDepth(mode), [], [], 0.0
+def temporal_run(frames, depths: list[np.ndarray], mode: str, poses: list[np.ndarray] | None) -> tuple[list[np.ndarray], list[bool]]:
+    """The temporal mode over one stream, frame by frame as the node runs it: (outputs, cut flags)."""
+    state, outs, cuts = TemporalDepth(mode), [], []
     for t, (f, d) in enumerate(zip(frames, depths)):
-        start = time.perf_counter()
         r = state.update(torch.from_numpy(d), f.K, image=f.rgb, pose=None if poses is None else poses[t])
-        seconds += time.perf_counter() - start
         outs.append(r.depth.numpy())
         cuts.append(r.cut)
-    return outs, cuts, seconds / len(frames)
+    return outs, cuts
 
 
 def frame_seed(noise: str, noise_seed: int, t: int) -> int:
     return noise_seed if noise == "fixed" else 1_000_003 * (noise_seed + 1) + t
 
 
-def predictions(pipe: SharpDepthPipeline, frames) -> dict[str, list[list[np.ndarray]]]:
-    """Per model, per noise seed (one for the deterministic models), the depth of every frame."""
+def predictions(pipe: SharpDepthPipeline, frames, bar=None) -> dict[str, list[list[np.ndarray]]]:
+    """Per model, per noise seed (one for the deterministic models), the depth of every frame; `bar`
+    (a progress bar) advances by one per frame. The temporal rows update on the node default's frames
+    as they come (one state per noise seed), and their cost is timed side by side with that frame's
+    pipeline call (COST)."""
     K = frames[0].K
     out = {"ground truth": [[f.depth.astype(np.float64) for f in frames]],
            "f_D": [[pipe.metric_depth(f.rgb, K=K)[0, 0].numpy() for f in frames]]}
-    for name, (method, noise) in RUNS.items():
-        if method == "light" and pipe.light_decoder is None:
-            continue
-        runs = []
-        for s in NOISE_SEEDS:
-            start = time.perf_counter()
-            runs.append([pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy()
-                         for t, f in enumerate(frames)])
-            if name == DEFAULT:
-                COST["frame_s"].append((time.perf_counter() - start) / len(frames))
-        out[name] = runs
     poses = {"exact": [f.camera_to_world for f in frames], "drift": drifting_odometry([f.camera_to_world for f in frames], frames[0].seed)}
-    for name, (mode, odometry) in TEMPORAL.items():
-        out[name] = []
-        for depths in out[DEFAULT]:
-            fused, _, seconds = temporal_run(frames, depths, mode, poses.get(odometry))
-            out[name].append(fused)
-            COST[name].append(seconds)
-    return out
+    states = {name: [TemporalDepth(mode) for _ in NOISE_SEEDS] for name, (mode, _) in TEMPORAL.items()}
+    for t, f in enumerate(frames):
+        for name, (method, noise) in RUNS.items():
+            if out.get(name, True) is None:
+                continue
+            try:
+                depths = []
+                for s in NOISE_SEEDS:
+                    start = time.perf_counter()
+                    depths.append(pipe(f.rgb, K=K, seed=frame_seed(noise, s, t), difference=method).depth[0, 0].numpy())
+                    if name == DEFAULT and t:  # the first frame: warm-up, and the temporal mode's restart
+                        COST["frame_s"].append(time.perf_counter() - start)
+            except ValueError:  # no light decoder in this pipeline folder (the light networks load on first use)
+                if method != "light" or t:
+                    raise
+                out[name] = None
+                continue
+            runs = out.setdefault(name, [[] for _ in NOISE_SEEDS])
+            for run, depth in zip(runs, depths):
+                run.append(depth)
+        for name, (mode, odometry) in TEMPORAL.items():
+            runs = out.setdefault(name, [[] for _ in NOISE_SEEDS])
+            for state, run, depth in zip(states[name], runs, out[DEFAULT]):
+                start = time.perf_counter()
+                r = state.update(torch.from_numpy(depth[t]), K, image=f.rgb, pose=poses[odometry][t] if odometry else None)
+                if t:
+                    COST[name].append(time.perf_counter() - start)
+                run.append(r.depth.numpy())
+        if bar is not None:
+            bar.update()
+    return {name: runs for name, runs in out.items() if runs is not None}
 
 
 COST: dict[str, list[float]] = {"frame_s": [], **{name: [] for name in TEMPORAL}}  # seconds, side by side
@@ -134,23 +155,24 @@ def scores(depths: list[np.ndarray], frames) -> dict[str, float]:
 
 
 def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
-    """The scores (mean over sequences; per noise seed and their spread) and the first sequence's
-    predictions (for the figure)."""
+    """The scores (mean over sequences; per noise seed and their spread), the cut streams, the cost,
+    and the first sequence's predictions (for the figure)."""
     pipe = SharpDepthPipeline.from_pretrained()
     per: dict[str, list[list[dict]]] = {}
     first = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress(total=sequences * frames, desc="temporal", unit="frame") as bar:
         warnings.simplefilter("ignore", RuntimeWarning)
         walks = []
         for i in range(sequences):
             seq = render_sequence(first_seed + i, frames)
-            preds = predictions(pipe, seq)
+            preds = predictions(pipe, seq, bar)
             first = first or (seq, preds)
             walks.append((seq, preds))
             for name, runs in preds.items():
                 per.setdefault(name, [[] for _ in runs])
                 for k, depths in enumerate(runs):
                     per[name][k].append(scores(depths, seq))
+        stream_cuts = cuts(pipe, walks) if frames >= 2 * CUT_AT else {}
     out = {}
     for name, runs in per.items():
         by_seed = [{k: float(np.mean([s[k] for s in run])) for k in run[0]} for run in runs]
@@ -159,7 +181,6 @@ def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
         row["spread"] = {k: abs(by_seed[0][k] - by_seed[-1][k]) for k in by_seed[0]}
         row["per_sequence_tae"] = [float(np.mean([run[j]["tae"] for run in runs])) for j in range(sequences)]
         out[name] = row
-        stream_cuts = cuts(pipe, walks) if frames >= 2 * CUT_AT else {}
     cost = {"frame_ms": 1000 * float(np.mean(COST["frame_s"]))}
     cost.update({name: 1000 * float(np.mean(COST[name])) for name in TEMPORAL})
     return {"first_seed": first_seed, "sequences": sequences, "frames": frames, "models": out, "cuts": stream_cuts,
@@ -194,7 +215,7 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
             row[DEFAULT].append(tae(depths))
             for name, (mode, kind_of_odometry) in TEMPORAL.items():
                 poses = None if mode == "image" else (odometry if kind_of_odometry == "exact" else drifting_odometry(odometry, frames[0].seed))
-                outs, flags, _ = temporal_run(frames, depths, mode, poses)
+                outs, flags = temporal_run(frames, depths, mode, poses)
                 r = row.setdefault(name, {"tae": [], "flagged": 0, "same_as_per_frame": 0, "false_cuts": 0})
                 r["tae"].append(tae(outs))
                 r["flagged"] += int(flags[CUT_AT])
@@ -231,9 +252,13 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+FONT_PT, FIGURE_DPI = 10, 100  # the figure was 6-7 pt at 64 dpi: letters ~4 px tall (issue 30 item 10)
+
+
 def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
     """Per model two rows: depth of `count` consecutive frames (one colour scale), and each frame's
-    reprojection error into the next (0-10 %, black where not scored)."""
+    reprojection error into the next (0-10 %, black where not scored). Text sized to be read at the
+    PNG's own size (10 pt at 100 dpi: about 10 px capitals)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,7 +267,7 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
     from sharpdepth_core.visualize import colorize_depth, colorize_difference
 
     lo, hi = min(float(f.depth.min()) for f in seq), max(float(f.depth.max()) for f in seq)
-    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count, 1.5 * 2 * len(preds)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count + 1.5, 1.5 * 2 * len(preds)), squeeze=False)
     for r, (name, runs) in enumerate(preds.items()):
         depths = runs[0]
         for c, t in enumerate(range(start, start + count)):
@@ -254,18 +279,19 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
             for row, pic, title in ((2 * r, colorize_depth(depths[t], lo, hi), f"t={t}"), (2 * r + 1, shown, f"{t}→{t + 1}: {tae:.3f}")):
                 axes[row, c].imshow(pic, interpolation="nearest")
                 axes[row, c].set_axis_off()
-                axes[row, c].set_title(title, fontsize=7)
-        axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n"), fontsize=6, ha="right",
+                axes[row, c].set_title(title, fontsize=FONT_PT)
+        axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n").replace(": ", ":\n"), fontsize=FONT_PT, ha="right",
                             va="center", transform=axes[2 * r, 0].transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=64, format="png")
+    fig.savefig(buf, dpi=FIGURE_DPI, format="png")
     plt.close(fig)
     write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first-seed", type=int, default=100_000,
                         help="first sequence's room (default: the evaluation range; 110000.. is validation)")
     parser.add_argument("--sequences", type=int, default=4)
@@ -273,12 +299,15 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     parser.add_argument("--figure", type=Path, help="write the strip of frames to this PNG")
-    args = parser.parse_args(argv)
+    add_quick(parser, f"{QUICK['sequences']} sequence x {QUICK['frames']} frames")
+    args = quick_defaults(parser, argv, QUICK)
     if min(args.sequences, args.threads) < 1 or args.frames < 2:
         parser.error("--sequences and --threads must be >= 1, --frames >= 2")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    print(f"[bench] temporal consistency on {args.sequences} sequences x {args.frames} frames", file=sys.stderr, flush=True)
+    quiet_loading()
+    announce("temporal", SECONDS_START + SECONDS_PER_FRAME * args.sequences * args.frames,
+             f"{args.sequences} sequence(s) x {args.frames} frames", args.quick, f"{SECONDS_PER_FRAME} s a frame")
     result, (seq, preds) = temporal(args.first_seed, args.sequences, args.frames)
     result["seconds"] = time.perf_counter() - start
     print(table(result))

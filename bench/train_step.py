@@ -12,6 +12,8 @@ own (CUDA: max allocated; CPU: peak RSS of the process). Prints a table, the bf1
 of each config (bf16 is slower than fp32 on CPUs without bf16 matrix units: train in fp32 there),
 and one JSON line. Steps vary: the default 20 timed steps after 2 of warm-up (5 timed steps gave a
 mean 1.7x the minimum of 20); on a shared machine compare the ratios of one run, not absolute times.
+--quick (or QUICK=1): 3 timed steps after 1 of warm-up, a check of the bench, not a result. On a CPU
+the bench prints its estimate first (measurements x (start + steps x seconds per step)).
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ import sys
 import time
 
 CONFIGS = {"small": 32, "sd2-512": 512, "sd2-768": 768}  # config -> square training resolution
+QUICK = {"steps": 3, "warmup": 1}
+# The CPU estimate (small config, 1 thread), measured 2026-12-07 on the reference machine under other
+# work (load ~4): a measurement's process start (imports, models, accelerate) and seconds per optimizer
+# step by precision (bf16 is emulated on this CPU).
+SECONDS_CHILD_START, SECONDS_PER_STEP = 12.0, {"no": 0.1, "bf16": 0.6}
 
 
 def sd2_student():
@@ -33,7 +40,7 @@ def sd2_student():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from sharpdepth_core.models.student import DiffusionDepthModel
-    from sharpdepth_core.models.tiny import tiny_scheduler  # the real SD-2 noise schedule
+    from sharpdepth_core.tiny import tiny_scheduler  # the real SD-2 noise schedule
 
     unet = UNet2DConditionModel(
         sample_size=96, in_channels=8, out_channels=4, layers_per_block=2,
@@ -56,7 +63,7 @@ def measure(config: str, precision: str, grad_accum: int, steps: int, warmup: in
     import torch
     from accelerate import Accelerator
 
-    from sharpdepth_core.models.tiny import tiny_student
+    from sharpdepth_core.tiny import tiny_student
     from sharpdepth_core.trainer import _make_ema, training_step
     from sharpdepth_core.training_config import make_config
 
@@ -156,12 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady figures on a shared machine)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "PRECISION"), help=argparse.SUPPRESS)
+    from timing import add_quick  # bench/timing.py
+
+    add_quick(parser, f"{QUICK['steps']} timed steps after {QUICK['warmup']} of warm-up")
     return parser
 
 
 def main(argv=None) -> None:
+    from timing import announce, log, progress, quick_defaults  # bench/timing.py
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = quick_defaults(parser, argv, QUICK)
     if min(args.grad_accum, args.steps, args.threads) < 1 or args.warmup < 0:
         parser.error("--grad-accum, --steps and --threads must be >= 1, --warmup >= 0")
     if args.one:
@@ -174,13 +186,16 @@ def main(argv=None) -> None:
     cuda = torch.cuda.is_available()
     configs = args.configs or (list(CONFIGS) if cuda else ["small"])
     rows, skipped = [], []
-    for config in configs:
-        if config != "small" and not cuda:
-            skipped.append({"config": config, "reason": "needs a CUDA GPU (full-size SD-2 on CPU is impractical)"})
-            continue
-        for precision in args.precisions:
-            rows.append(run_child(args, config, precision))
-            print(f"measured {config} {precision}", file=sys.stderr, flush=True)
+    runs = [(c, p) for c in configs if c == "small" or cuda for p in args.precisions]
+    if not cuda:
+        seconds = sum(SECONDS_CHILD_START + (args.warmup + args.steps) * args.grad_accum * SECONDS_PER_STEP[p] for _, p in runs)
+        announce("train_step", seconds, f"{len(runs)} measurement(s) x {args.warmup + args.steps} optimizer steps", args.quick,
+                 ", ".join(f"{SECONDS_PER_STEP[p]} s a {'fp32' if p == 'no' else p} step" for p in args.precisions)
+                 + f", {SECONDS_CHILD_START:.0f} s a process start")
+    skipped = [{"config": c, "reason": "needs a CUDA GPU (full-size SD-2 on CPU is impractical)"} for c in configs if c != "small" and not cuda]
+    for config, precision in progress(runs, desc="train_step", unit="measurement"):
+        rows.append(run_child(args, config, precision))
+        log(f"measured {config} {precision}")
 
     print(f"{'config':<8} {'res':>4} {'prec':>4} {'accum':>5} {'s/step':>8} {'min':>8} {'peak GPU GiB':>12} {'peak RSS GiB':>12}  device")
     for r in rows:

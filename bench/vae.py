@@ -24,7 +24,11 @@ bench/gpu_check.sh) ends the run early with the variants measured so far reporte
 named as skipped, and exit status 143.
 
     .venv/bin/python bench/vae.py --config small --resolution 256          # CPU check of the bench
+    .venv/bin/python bench/vae.py --quick                                  # 384, 2 calls after 1 warm-up (a check)
     python bench/vae.py --config full --device cuda                        # the GPU figures (bench/gpu_check.sh)
+
+On a CPU the bench prints its estimate first: variants x 3 kinds of call x (warm-up + 1 + calls),
+seconds per call measured on the 2-core reference CPU (1 thread), growing with the grid's pixels.
 """
 from __future__ import annotations
 
@@ -44,11 +48,27 @@ from sharpdepth_core.files import write_text
 from sharpdepth_core.preprocessing import plan_resize
 
 from random_models import build_models, sync  # bench/random_models.py
-from timing import STOPPED_EXIT, until_stopped  # bench/timing.py
+from timing import STOPPED_EXIT, add_quick, announce, log, progress, quick_defaults, quiet_known_warnings, until_stopped  # bench/timing.py
 
 CALLS = ("encode_image", "encode_depth", "decode_depth")
 BF16 = dict(dtype=torch.bfloat16, vae_dtype=torch.bfloat16)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
+QUICK = {"resolution": 384, "calls": 2, "warmup": 1}
+# The CPU estimate, small config, 1 thread: seconds per VAE call (mean of the three kinds) at the
+# 768x576 grid, from bench/RESULTS.md's run (load 1.3-2.7), the plain attention's ~2.5x that, and
+# inductor's compile of the three calls.
+SECONDS_PER_CALL_768, PLAIN_ATTENTION, SECONDS_COMPILE, SECONDS_START = 0.2, 2.5, 60.0, 8.0
+
+
+def cpu_estimate(names: list[str], everything: dict, grid: tuple[int, int], args) -> float:
+    per_call = SECONDS_PER_CALL_768 * grid[0] * grid[1] / (768 * 576)
+    total = SECONDS_START
+    for name in names:
+        options = everything[name]
+        if isinstance(options, dict):
+            total += 3 * (args.warmup + 1 + args.calls) * per_call * (PLAIN_ATTENTION if options.get("plain_attention") else 1)
+            total += SECONDS_COMPILE if "compile" in options else 0
+    return total
 
 
 def variants(cuda: bool, compile_on_cpu: bool) -> dict[str, dict | str]:
@@ -141,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         if isinstance(options, str) or (reference is None and name != "fp32"):  # fp32 comes first
             skipped.append({"variant": name, "reason": options if isinstance(options, str) else "not run: no fp32 reference"})
             return
-        print(f"[bench] {name}", file=sys.stderr, flush=True)
+        log(name)
         try:
             torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark"))
             row, outputs = measure(calls_of(student, options), inputs, device, args.warmup, args.calls)
@@ -152,7 +172,12 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             torch.backends.cudnn.benchmark = False
 
-    finished, stopped = until_stopped(names, step)
+    if not cuda:
+        runnable = [n for n in names if isinstance(everything[n], dict)]
+        announce("vae", cpu_estimate(names, everything, (h, w), args), f"{len(runnable)} variants x 3 calls x "
+                 f"{args.warmup + 1 + args.calls} at a {w}x{h} grid (config {args.config})", args.quick)
+    with progress(total=len(names), desc="vae", unit="variant") as bar:
+        finished, stopped = until_stopped(names, lambda name: (step(name), bar.update()))
     if stopped and finished < len(names):
         stopped += f" during the {names[finished]!r} variant"
         for k, name in enumerate(names[finished:]):
@@ -185,7 +210,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[-2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=("small", "full"), default="full" if torch.cuda.is_available() else "small")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -199,10 +224,12 @@ def main(argv=None) -> None:
                    "the reference); max-autotune's kernel search takes minutes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the JSON result to this file")
-    args = p.parse_args(argv)
+    add_quick(p, "grid at 384, 2 timed calls after 1 warm-up")
+    args = quick_defaults(p, argv, QUICK)
     if min(args.calls, args.threads) < 1 or args.warmup < 0:
         p.error("--calls and --threads must be >= 1, --warmup >= 0")
     torch.set_num_threads(args.threads)
+    quiet_known_warnings()
     result = run(args)  # a SIGTERM (gpu_check.sh's timeout) ends it with what was measured
     print(table(result))
     line = json.dumps(result)

@@ -5,7 +5,7 @@ scale and shift), `gating` (difference map, noise-aware gating, noise schedule),
 (processing resolution), `geometry` (intrinsics, unprojection, PLY), `metrics`, `losses`, `models`,
 `pipeline`, `training_config`, `checkpoints`, `trainer`. Around them: `limits`, `hub_ids`,
 `embedded`, `files`, `devices`, `speed`, `pipeline_config`, `images`, `recordings`, `synthetic`,
-`small_scale`, `data`, `export`, `engines`, `visualize`, `cli`. docs/ARCHITECTURE.md gives each its
+`small_scale`, `data`, `export`, `engines`, `visualize`, `cli`, `tiny`. docs/ARCHITECTURE.md gives each its
 layer and job.
 """
 

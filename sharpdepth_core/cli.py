@@ -91,8 +91,8 @@ def add_predict(sub) -> None:
         help="sharp metric depth for images or folders of images",
         description="Writes, per image: <name>_depth.npy (float32 metres), <name>_depth.png (uint16 millimetres, "
         "0 = invalid or beyond 65.535 m), <name>_metric_depth.npy (the metric model f_D's depth, for comparison), "
-        "<name>_depth_color.png and <name>_metric_depth_color.png (one colour scale for the pair, with a colour bar "
-        "giving its range in metres), <name>_difference.png (the difference map e, with its bar) and, with --ply, "
+        "<name>_depth_color.png and <name>_metric_depth_color.png (one colour scale for the pair, from the 2nd to the "
+        "98th percentile of both, with a colour bar giving its ends and the map's full range in metres), <name>_difference.png (the difference map e, with its bar) and, with --ply, "
         "<name>.ply. Files that predict did not write itself are never overwritten (it records what it wrote in "
         f"DIR/{PREDICT_RECORD}); files named like its outputs are skipped when reading a folder.",
         epilog=PREDICT_EXIT_CODES,
@@ -278,13 +278,19 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
 
 
 def depth_pictures(depth: np.ndarray, metric_depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The coloured depth and metric depth on one colour scale (`depth_range` of both), each with a
-    colour bar below giving that range in metres."""
-    from .visualize import colorize_depth, depth_colour_bar, depth_range
+    """The coloured depth and metric depth on one colour scale (`depth_range` of both), each above a colour
+    bar giving that scale's ends in metres, saying that they are percentiles, and giving the map's full
+    range (for the depth, the range `summary_line` prints): a user comparing the two sees why they differ."""
+    from .visualize import PERCENTILES, colorize_depth, depth_colour_bar, depth_range, with_bar
 
     lo, hi = depth_range(depth, metric_depth) or (float("nan"), float("nan"))
-    bar = depth_colour_bar(depth.shape[1], lo, hi)
-    return tuple(np.vstack([colorize_depth(d, lo, hi), bar]) for d in (depth, metric_depth))
+    pictures = []
+    for d in (depth, metric_depth):
+        valid = d[np.isfinite(d) & (d > 0)]
+        notes = (f"scale: {PERCENTILES[0]}-{PERCENTILES[1]}th percentile of depth and f_D",
+                 f"full range {valid.min():.2f}-{valid.max():.2f} m" if valid.size else "no valid depth")
+        pictures.append(with_bar(colorize_depth(d, lo, hi), depth_colour_bar(d.shape[1], lo, hi, notes)))
+    return tuple(pictures)
 
 
 def name_too_long(out: Path, names: list[str]) -> str | None:
@@ -343,8 +349,9 @@ def _check_model_sources(args) -> None:
     if not args.student:
         return
     resolve_model_dir(args.student, "student model (--student)")
-    metric = args.metric or pipeline_config.beside_student(args.student).get("metric_backend")
-    path = args.metric_path or DEFAULT_METRIC_IDS.get(metric or "")
+    beside = pipeline_config.beside_student(args.student)  # a trainer's checkpoint names its f_D
+    metric = args.metric or beside.get("metric_backend")
+    path = args.metric_path or beside.get("metric_path") or DEFAULT_METRIC_IDS.get(metric or "")  # as from_pretrained finds it
     if path and not (metric or "").startswith("unidepth"):  # UniDepth's own loader finds its weights
         resolve_model_dir(path, f"metric model {metric} (--metric-path)")
 
@@ -454,13 +461,13 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
     import shutil
 
     from .geometry import unproject, write_ply
-    from .visualize import colorize_difference, difference_colour_bar, save_png
+    from .visualize import colorize_difference, difference_colour_bar, save_png, with_bar
 
     depth = result.depth[0, 0].float().cpu().numpy()
     metric = result.metric_depth[0, 0].float().cpu().numpy()
     e = result.difference[0, 0].float().cpu().numpy()
     depth_color, metric_color = depth_pictures(depth, metric)
-    difference = np.vstack([colorize_difference(e), difference_colour_bar(e.shape[1])])
+    difference = with_bar(colorize_difference(e), difference_colour_bar(e.shape[1]))
     files = {  # name: (writer, data)
         "_depth.npy": (_save_npy, depth.astype(np.float32)), "_depth.png": (save_png, depth_to_millimetres(depth)),
         "_depth_color.png": (save_png, depth_color), "_metric_depth.npy": (_save_npy, metric.astype(np.float32)),
@@ -486,7 +493,7 @@ def write_outputs(out: Path, stem: str, rgb: np.ndarray, result, ply: bool) -> t
 def summary_line(path: Path, rgb: np.ndarray, depth: np.ndarray, e: np.ndarray, result) -> str:
     """What predict says about one image on stdout: size, depth range, trusted share, time, fallback."""
     valid = depth[np.isfinite(depth) & (depth > 0)]
-    line = (
+    line = (  # the range the colour bar's "full range" gives (`depth_pictures`)
         f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, depth {valid.min():.2f}-{valid.max():.2f} m (median {np.median(valid):.2f})"
         if valid.size else f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, no valid depth"
     )
@@ -723,6 +730,7 @@ def run_export(args) -> int:
     from .engines import TensorRTEngine
     from .export import export_aoti, export_onnx, student_weights_sha256
     from .models import EMBEDDED_DIR, DiffusionDepthModel, resolve_model_dir
+    from .models.hub import quiet_loading
     from .limits import check_processing_res
     from .preprocessing import plan_resize
 
@@ -752,6 +760,8 @@ def run_export(args) -> int:
         import_tensorrt()  # fail before the export, not after
     resolutions = args.processing_res or [_model_processing_res(args)]
     student_dir = resolve_model_dir(args.student or Path(args.model or EMBEDDED_DIR) / "student", DiffusionDepthModel.what)
+    quiet_loading()  # no "Loading checkpoint shards" bar per sharded model: this line says what loads
+    print(f"sharpdepth export: loading the student {student_dir} on {device}", file=sys.stderr)
     student = DiffusionDepthModel.from_pretrained(student_dir, device=device)
     grids = [plan_resize(input_hw, r, student.codec.downsample_factor).padded_hw for r in resolutions] if input_hw else []
     common = dict(precision=args.precision, vae_precision=args.vae_precision, processing_res=resolutions[0] if fixed else None,

@@ -50,6 +50,7 @@ class DepthEngine(Protocol):
     def encode_image(self, rgb01: Tensor) -> Tensor: ...
     def encode_depth(self, d_n: Tensor) -> Tensor: ...
     def decode_depth(self, z: Tensor) -> Tensor: ...
+    def check_frame(self, camera_hw: tuple[int, int], processing_res: int | None, batch: int) -> None: ...
 
 
 # --- PyTorch -----------------------------------------------------------------------------------
@@ -77,6 +78,9 @@ class TorchEngine:
     @property
     def latent_channels(self) -> int:
         return int(self.student.vae.config.latent_channels)
+
+    def check_frame(self, camera_hw: tuple[int, int], processing_res: int | None, batch: int) -> None:
+        """Nothing to refuse: the modules run any size and batch."""
 
     def unet(self, z_img: Tensor, z_depth: Tensor) -> Tensor:
         return self.student(z_img, z_depth) if self._calls is None else self._calls["unet"](z_img, z_depth)
@@ -211,13 +215,48 @@ class _GraphEngine:
     def decode_depth(self, z: Tensor) -> Tensor:
         return self._call("vae_decoder", z)
 
+    def check_frame(self, camera_hw: tuple[int, int], processing_res: int | None, batch: int) -> None:
+        """ValueError (one line) when `batch` camera images of `camera_hw` (H, W) at `processing_res` do not
+        fit this export's fixed grid or batch, in the sizes a user knows: the camera's, and the export command
+        that fits. The pipeline asks before the frame runs; the graphs themselves see only the padded grid."""
+        from .preprocessing import plan_resize
+
+        m = self.manifest
+        grid = plan_resize(camera_hw, processing_res, self.downsample_factor).padded_hw
+        grid_ok, batch_ok = m.image_hw in (None, grid), m.batch in (None, batch)
+        if grid_ok and batch_ok:
+            return
+        h, w = camera_hw
+        res_differs = m.processing_res is not None and processing_res != m.processing_res
+        got = f"a {w}x{h} image" + (f" at processing_res {processing_res}" if res_differs else "")
+        got += "" if batch_ok else f", {batch} at once"
+        fixed, parts = m.image_hw is not None, ["sharpdepth export"]
+        parts += ["--engine aoti"] if self.format == "aoti" else ["--fixed"] if fixed else []
+        parts += ["--tensorrt"] if self.name == "tensorrt" else []
+        if fixed or self.name == "tensorrt":  # the grid follows from the camera size
+            parts += [f"--input-size {w}x{h}"] + ([f"--processing-res {processing_res}"] if processing_res else [])
+        parts += [f"--batch {batch}"] if self.format == "aoti" and batch != 1 else []  # onnx: dynamic by default
+        runs = self._runs() + ("" if batch_ok else f", {m.batch} at a time")
+        raise ValueError(f"engine {self.name!r}: export {self.folder} runs {runs}; got {got}: export again with `{' '.join(parts)} ...`")
+
+    def _runs(self) -> str:
+        """The image size the export runs, as its refusals say it: the camera size and processing_res where
+        export.json records them (`sharpdepth export` does), else the fixed grid."""
+        m = self.manifest
+        if m.image_hw is None:
+            return "images of any size"
+        if m.input_hw and m.processing_res:
+            return f"{m.input_hw[1]}x{m.input_hw[0]} camera images (processing_res {m.processing_res})"
+        return f"images on a fixed {m.image_hw[1]}x{m.image_hw[0]} (WxH) grid"
+
     def _call(self, graph: str, x: Tensor) -> Tensor:
         expected = self.manifest.input_shape(graph)
         f = self.downsample_factor
         if x.ndim == 4 and not self.manifest.graphs[graph].latent_input and (x.shape[-2] % f or x.shape[-1] % f):
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of {f} for the VAE (pad it first)")
-        if x.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, x.shape)):
-            raise ValueError(f"{self.name} engine: {graph} takes input [{shape_text(expected)}], got {tuple(x.shape)} (export again for this shape)")
+        if x.ndim != 4 or any(e is not None and e != s for e, s in zip(expected, x.shape)):  # direct calls: the pipeline
+            raise ValueError(f"engine {self.name!r}: {graph} takes input [{shape_text(expected)}], got {tuple(x.shape)}: "
+                             f"export {self.folder} runs {self._runs()}; export again for this shape")  # checks first
         return self._run(graph, x.detach().to(self.device, torch.float32).contiguous())
 
     def _run(self, graph: str, x: Tensor) -> Tensor:

@@ -15,10 +15,12 @@ leftovers are recognised by that marker, never by their name alone, so a user's 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Collection
 from contextlib import contextmanager
@@ -71,15 +73,28 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def open_regular_file(path) -> io.BufferedReader:
+    """`path` opened for reading, or ValueError unless it is a regular file: a FIFO named `1.png`
+    would block the reader forever waiting for a writer, a device never ends. O_NONBLOCK makes the
+    open itself return at once for a FIFO; fstat then judges what was opened, not what was listed."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most `max_bytes`: the bounded reading of small files the user
     names (poses, calibrations, manifests, records). ValueError, one line naming the file, for a FIFO
     (reading it would block), a device such as /dev/zero (it never ends), a folder, a larger file or
     one that cannot be read; only `max_bytes` + 1 bytes are ever read."""
-    from .images import _open_regular_file  # the one regular-file-only opener (O_NONBLOCK, then fstat)
-
     try:
-        with _open_regular_file(path) as f:
+        with open_regular_file(path) as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from exc

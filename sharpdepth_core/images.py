@@ -9,13 +9,13 @@ format whose size cannot be read so is refused. Anything else is a ValueError th
 from __future__ import annotations
 
 import io
-import os
 import re
-import stat
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .files import open_regular_file
 
 # encoding -> (channels, dtype of one channel)
 ENCODINGS: dict[str, tuple[int, np.dtype]] = {
@@ -138,21 +138,6 @@ def _pillow_rgb8(im, what: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _open_regular_file(path) -> io.BufferedReader:
-    """`path` opened for reading, or ValueError unless it is a regular file: a FIFO named `1.png`
-    would block the reader forever waiting for a writer, a device never ends. O_NONBLOCK makes the
-    open itself return at once for a FIFO; fstat then judges what was opened, not what was listed."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path}: not a regular file (a FIFO, device or folder); not read")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
     """An image file -> HxWx3 uint8 RGB, upright as its EXIF orientation says (as photo tools show it),
     the one reader of predict, the trainer's folders and the replay's folders; ValueError (one line,
@@ -160,7 +145,7 @@ def read_image_file(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with _open_regular_file(path) as f, Image.open(f) as im:
+        with open_regular_file(path) as f, Image.open(f) as im:
             check_size(im.height, im.width, max_pixels, str(path))  # a rotation keeps width x height
             im.load()
             ImageOps.exif_transpose(im, in_place=True)  # after load: a PNG's EXIF may follow its pixels

@@ -259,6 +259,7 @@ class SharpDepthPipeline:
         K = check_intrinsics(K, image.shape[0])  # on the host: checking it on the device would wait for it
         K = None if K is None else K.to(self.device)
         plan = plan_resize(tuple(image.shape[-2:]), res, self.engine.downsample_factor)  # the processing grid
+        self.engine.check_frame(plan.input_hw, res, image.shape[0])  # an export's fixed grid, said in camera sizes
         eps1, eps2 = self._noise(image.shape[0], plan, seed)
         inputs = (image, eps1, eps2) if K is None else (image, eps1, eps2, K)
         if self.fast is not None and self.fast.compile:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
-from .synthetic import render_scene
 
 H, W = 96, 128
 HFOV_DEG = 67.5
@@ -35,12 +34,15 @@ SEEDS = {  # (first seed, count)
 
 
 def camera() -> dict:
-    """The target camera as pipeline.json records it (tools render the same domain from it)."""
+    """The target camera as pipeline.json records it (tools render the same domain from it): the embedded
+    models' camera (train/nano wrote their pipeline.json from it; test_nano keeps the two equal)."""
     return {"width": W, "height": H, "K": CAMERA_K.tolist(), "hfov_deg": HFOV_DEG, "style": TARGET}
 
 
 def scenes(style: str, part: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 [N, H, W, 3], depth float32 [N, H, W] metres) of a seed range, cached as .npz in `cache`."""
+    from .synthetic import render_scene  # which renders with this module's camera by default
+
     first, count = SEEDS[part]
     path = cache / f"{style}_{first}_{count}_{W}x{H}_hfov{HFOV_DEG:g}.npz"
     if path.is_file():

@@ -159,7 +159,7 @@ def render_sequence(seed: int, frames: int = 30, width: int | None = None, heigh
     any other size). Deterministic in its arguments.
     """
     if width is None or height is None or style is None:
-        from .embedded import embedded_camera
+        from .small_scale import camera as embedded_camera  # the camera the embedded models were trained for
 
         camera = embedded_camera()
         width, height, style = width or camera["width"], height or camera["height"], style or camera["style"]

@@ -177,6 +177,10 @@ class _Run:
         )
         if len(loader) == 0:
             raise DataError(f"{len(self.dataset)} training images are fewer than one batch of {cfg.batch_size}")
+        if acc.is_main_process:  # one line for what loads (distill.py hides the libraries' per-shard bars)
+            student = f", the student {cfg.student_init}" if cfg.student_init else " (the student starts from it)"
+            metric = cfg.metric_model + (f" ({cfg.metric_path})" if cfg.metric_path else "")
+            log.info("loading the teacher %s%s and the metric model %s on %s", cfg.teacher, student, metric, dev)
         student = DiffusionDepthModel.from_pretrained(cfg.student_init or cfg.teacher, dtype=torch.float32, device=dev)
         student.unet.requires_grad_(True).train()
         if cfg.gradient_checkpointing:

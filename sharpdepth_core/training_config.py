@@ -22,9 +22,9 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from . import pipeline_config
+from . import pipeline_config, small_scale
 from .choices import METRIC_BACKENDS
-from .embedded import EMBEDDED_DIR, embedded_camera
+from .embedded import EMBEDDED_DIR
 from .hub_ids import DEFAULT_METRIC_IDS, LOTUS_G_ID
 from .limits import MAX_PROCESSING_RES  # the training grid is bounded like the inference grid
 
@@ -92,15 +92,6 @@ class TrainConfig:
     validation_images: int = _opt(2, "how many training images to picture at validation")
 
 
-def _embedded_resolution() -> tuple[int, int]:
-    """(H, W) of the camera the embedded models were trained for (their pipeline.json), else 96 x 128."""
-    try:
-        camera = embedded_camera()
-        return int(camera["height"]), int(camera["width"])
-    except (OSError, ValueError, KeyError, TypeError):  # CheckpointError and MissingWeightsError included
-        return 96, 128
-
-
 PRESETS: dict[str, TrainConfig] = {
     "reference": TrainConfig(),
     # The paper's text: Adam at a constant 1e-6, batch 1 x 16, 13k iterations, λ_rec 0.3, f_G replaced
@@ -119,7 +110,7 @@ PRESETS: dict[str, TrainConfig] = {
     "nano": dataclasses.replace(
         TrainConfig(),
         teacher=str(EMBEDDED_DIR / "teacher"), metric_model="small-conv", metric_path=str(EMBEDDED_DIR / "metric"),
-        resolution=_embedded_resolution(), depth_cache="runs/depth_cache", num_workers=2,
+        resolution=(small_scale.H, small_scale.W),  # the embedded models' camera depth_cache="runs/depth_cache", num_workers=2,
         lr=1e-4, scale_lr=False, lr_schedule="cosine", warmup_steps=20, batch_size=4, grad_accum=1, max_steps=300,
         epochs=None, mixed_precision="no", ema_beta=0.99, ema_update_after_step=10, ema_update_every=1,
         output_dir="runs/nano", checkpoint_every=100, log_every=10, validate_every=100,

@@ -87,14 +87,17 @@ def _colour(cmap: str, position: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return TABLES[cmap].take(position.astype(np.intp), axis=0)
 
 
+PERCENTILES = (2, 98)  # the colour scale's ends: `depth_range`
+
+
 def depth_range(*depths) -> tuple[float, float] | None:
-    """The 2nd-98th percentile of the valid values (finite, > 0) of all the given depth maps together,
+    """The PERCENTILES (2nd-98th) of the valid values (finite, > 0) of all the given depth maps together,
     so a few outliers do not wash the picture out; None when no value is valid."""
     values = [d[np.isfinite(d) & (d > 0)] for d in (_as_2d(x, "depth") for x in depths)]
     values = np.concatenate(values) if values else np.empty(0)
     if not values.size:
         return None
-    lo, hi = np.percentile(values, [2, 98])
+    lo, hi = np.percentile(values, PERCENTILES)
     return float(lo), float(hi)
 
 
@@ -132,31 +135,63 @@ def colorize_difference(e) -> np.ndarray:
     return _colour(DIFFERENCE_CMAP, e.copy(), np.isfinite(e))
 
 
-def colour_bar(width: int, cmap: str, left: float, right: float, left_label: str, right_label: str) -> np.ndarray:
-    """A strip to put under a coloured image: the colormap from position `left` to `right` across
-    `width` pixels, with the values at both ends written below it. uint8 [h, width, 3]."""
+_BACKGROUND = 24  # the strip's grey, also the padding `with_bar` adds
+
+
+def colour_bar(width: int, cmap: str, left: float, right: float, left_label: str, right_label: str,
+               notes: tuple[str, ...] = ()) -> np.ndarray:
+    """A strip to put under a coloured image: the colormap from position `left` to `right`, with the
+    values at both ends written below it (one above the other when they do not fit side by side), then
+    the `notes` ("; "-joined where they fit, else one a line). uint8 [h, w, 3] with w = `width`, or
+    wider when the widest label needs more: labels of a 1-pixel-wide image's bar stay whole and
+    readable (`with_bar` pads the image to the bar)."""
     import cv2
 
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(width / 900, 0.3, 0.8))
+    font, scale, margin = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(width / 900, 0.3, 0.8)), 2
+
+    def text_w(text: str) -> int:
+        return cv2.getTextSize(text, font, scale, 1)[0][0]
+
     (_, text_h), baseline = cv2.getTextSize("0.0 m", font, scale, 1)
-    bar_h = max(4, text_h)
-    strip = np.full((bar_h + text_h + baseline + 6, width, 3), 24, np.uint8)
+    width = max(width, *(text_w(t) + 2 * margin for t in (left_label, right_label, *notes)))
+    right_x = width - text_w(right_label) - margin
+    if text_w(left_label) + 3 * margin <= right_x:
+        rows = [[(left_label, margin), (right_label, right_x)]]
+    else:
+        rows = [[(left_label, margin)], [(right_label, right_x)]]
+    lines: list[str] = []
+    for note in notes:
+        if lines and text_w(f"{lines[-1]}; {note}") + 2 * margin <= width:
+            lines[-1] = f"{lines[-1]}; {note}"
+        else:
+            lines.append(note)
+    rows += [[(line, (width - text_w(line)) // 2)] for line in lines]
+    bar_h, row_h = max(4, text_h), text_h + baseline + 3
+    strip = np.full((bar_h + len(rows) * row_h + 3, width, 3), _BACKGROUND, np.uint8)
     strip[:bar_h] = _colour(cmap, np.linspace(left, right, width), np.ones(width, bool))[None]
-    y = bar_h + 3 + text_h
-    cv2.putText(strip, left_label, (2, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    (right_w, _), _ = cv2.getTextSize(right_label, font, scale, 1)
-    cv2.putText(strip, right_label, (max(width - right_w - 2, width // 2), y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    for i, row in enumerate(rows):
+        for text, x in row:
+            cv2.putText(strip, text, (x, bar_h + 3 + text_h + i * row_h), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return strip
 
 
-def depth_colour_bar(width: int, vmin: float, vmax: float) -> np.ndarray:
-    """`colour_bar` for `colorize_depth(..., vmin, vmax)`: near (vmin) on the left, far (vmax) on the right."""
-    return colour_bar(width, DEPTH_CMAP, 1.0, _FAR, f"{vmin:.2f} m", f"{vmax:.2f} m")
+def depth_colour_bar(width: int, vmin: float, vmax: float, notes: tuple[str, ...] = ()) -> np.ndarray:
+    """`colour_bar` for `colorize_depth(..., vmin, vmax)`: near (vmin) on the left, far (vmax) on the right,
+    then the `notes` (predict's: what the ends are, the map's full range)."""
+    return colour_bar(width, DEPTH_CMAP, 1.0, _FAR, f"{vmin:.2f} m", f"{vmax:.2f} m", notes)
 
 
 def difference_colour_bar(width: int) -> np.ndarray:
     """`colour_bar` for `colorize_difference`: e = 0 (agreement) on the left, 1 on the right."""
     return colour_bar(width, DIFFERENCE_CMAP, 0.0, 1.0, "e = 0", "1")
+
+
+def with_bar(picture: np.ndarray, bar: np.ndarray) -> np.ndarray:
+    """`picture` above `bar`, the narrower of the two padded on the right with the bar's grey (a tiny
+    image's bar is wider than the image)."""
+    width = max(picture.shape[1], bar.shape[1])
+    padded = [np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=_BACKGROUND) for a in (picture, bar)]
+    return np.vstack(padded)
 
 
 def _rotation(yaw_deg: float, pitch_deg: float) -> np.ndarray:

@@ -3,6 +3,9 @@ mistyped parameter shows there). No ROS here: settings are a dict of the node's 
 mapped one to one to `SharpDepthPipeline.from_pretrained`, where every pipeline is assembled."""
 from __future__ import annotations
 
+import gc
+import time
+
 import torch
 
 from sharpdepth_core.devices import DeviceUnavailable, check_device, torch_dtype
@@ -37,6 +40,47 @@ def load_pipeline(settings: dict) -> SharpDepthPipeline:
         engine_dir=settings["engine_dir"] or None,
         engine_cache=settings["engine_cache"] or None,
     )
+
+
+def ready(settings: dict, pipeline, supplied: bool, logger) -> None:
+    """Say what loaded (a warning for synthetic-scene or untrained models) and warm up a fixed-grid
+    export on the camera size it records (building TensorRT plans, proving the export runs); PyTorch
+    takes any size, so its first frame warms it up."""
+    line, embedded = describe(settings, pipeline, supplied)
+    (logger.warning if embedded else logger.info)(line)
+    if getattr(pipeline, "untrained", False):
+        logger.warning("UNTRAINED random-weight models: the depth means nothing, only the plumbing is real")
+    manifest = getattr(getattr(pipeline, "engine", None), "manifest", None)
+    if manifest is not None and manifest.image_hw is not None:
+        h, w = manifest.input_hw or manifest.image_hw
+        t0 = time.perf_counter()
+        pipeline(torch.zeros(1, 3, h, w, dtype=torch.uint8), seed=0)
+        logger.info(f"warmed up on {w}x{h} images in {time.perf_counter() - t0:.1f} s")
+
+
+class MemoryFreed:
+    """What a release gives back: resident memory (the CPU's), and CUDA's allocated memory where a GPU exists."""
+
+    def __init__(self) -> None:
+        self.rss, self.cuda = resident_mb(), _cuda_mb()
+
+    def collect(self) -> str:
+        """Collect what was let go (and empty CUDA's cache); the line that says how much it was."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cuda = f"; CUDA allocated {self.cuda:.0f} -> {_cuda_mb():.0f} MB" if torch.cuda.is_available() else ""
+        return f"resident memory {self.rss:.0f} -> {resident_mb():.0f} MB{cuda}"
+
+
+def _cuda_mb() -> float:
+    return torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def resident_mb() -> float:
+    """This process's resident memory (VmRSS), MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def _speed_parts(pipeline) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from rcl_interfaces.msg import ParameterDescriptor
+
 from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS
 from sharpdepth_core.devices import DEVICE_NAME, DTYPES
 from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
@@ -20,25 +22,34 @@ depth/camera_info, a point cloud (points) and pictures out, for one camera or se
         -r image_raw:=/my_cam/image_raw -r camera_info:=/my_cam/camera_info"""
 
 
-# name -> (default, descriptor). Model parameters are read-only: a new model means a restart.
+AT_CONFIGURE = "set while unconfigured"  # read at configure: a new model is a cleanup and a configure, not a restart
+
+
+def _at_configure(description: str, kind: int, **ranges) -> ParameterDescriptor:
+    return descriptor(description, kind, constraints=AT_CONFIGURE, **ranges)
+
+
+# name -> (default, descriptor). What the models and topics are made from is read at configure.
 PARAMETERS = {
-    "model": ("", descriptor("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR, read_only=True)),
-    "student": ("", descriptor("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR, read_only=True)),
-    "metric_backend": ("", descriptor(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR, read_only=True)),
-    "metric_model": ("", descriptor("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
-                                    "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
-                                    f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR, read_only=True)),
-    "engine": ("pytorch", descriptor("inference engine: pytorch, onnx, tensorrt or aoti (AOTInductor packages: no compilation at start)", STR, read_only=True)),
-    "engine_dir": ("", descriptor("onnx/tensorrt/aoti: the folder written by `sharpdepth export`", STR, read_only=True)),
-    "engine_cache": ("", descriptor("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR, read_only=True)),
-    "device": ("auto", descriptor("auto, cpu, cuda, cuda:N or mps", STR, read_only=True)),
-    "dtype": ("float32", descriptor("float32, float16 or bfloat16", STR, read_only=True)),
-    "num_threads": (1, descriptor("PyTorch CPU threads of this process: 1 unless the machine does nothing else (README: "
-                                  "ROS 2); 0 = PyTorch's default, one per core", INT, read_only=True, integer=(0, 1024))),
-    "cameras": ([""], descriptor("camera namespaces relative to the node's, each with image_raw and camera_info in and its "
-                                 "own outputs; their newest frames run as one batch per image size; [''] = the node's own "
-                                 "namespace (one camera)", STR_ARRAY, read_only=True)),
-    "image_transport": ("raw", descriptor("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR, read_only=True)),
+    "autostart": (True, descriptor("configure and activate at start (a plain node); false: wait for a lifecycle manager "
+                                   "or `ros2 lifecycle set` (README: Use with Nav2)", BOOL, read_only=True)),
+    "model": ("", _at_configure("SharpDepth pipeline folder (student/, metric/, pipeline.json); '' = the embedded models", STR)),
+    "student": ("", _at_configure("instead of `model`: student diffusers folder or hub id (SharpDepth release, Lotus-G)", STR)),
+    "metric_backend": ("", _at_configure(f"metric model f_D ({', '.join(METRIC_BACKENDS)}); '' = the pipeline folder's", STR)),
+    "metric_model": ("", _at_configure("metric model folder or hub id; '' = the pipeline folder's, or the backend's usual hub id "
+                                       "(depth-anything-v2: Indoor-Small, capped at 20 m; outdoors use "
+                                       f"{DEPTH_ANYTHING_OUTDOOR_ID}, 80 m)", STR)),
+    "engine": ("pytorch", _at_configure("inference engine: pytorch, onnx, tensorrt or aoti (AOTInductor packages: no compilation at start)", STR)),
+    "engine_dir": ("", _at_configure("onnx/tensorrt/aoti: the folder written by `sharpdepth export`", STR)),
+    "engine_cache": ("", _at_configure("tensorrt: engine cache folder; '' = <engine_dir>/tensorrt", STR)),
+    "device": ("auto", _at_configure("auto, cpu, cuda, cuda:N or mps", STR)),
+    "dtype": ("float32", _at_configure("float32, float16 or bfloat16", STR)),
+    "num_threads": (1, _at_configure("PyTorch CPU threads of this process: 1 unless the machine does nothing else (README: "
+                                     "ROS 2); 0 = PyTorch's default, one per core", INT, integer=(0, 1024))),
+    "cameras": ([""], _at_configure("camera namespaces relative to the node's, each with image_raw and camera_info in and its "
+                                    "own outputs; their newest frames run as one batch per image size; [''] = the node's own "
+                                    "namespace (one camera)", STR_ARRAY)),
+    "image_transport": ("raw", _at_configure("'raw' (image_raw) or 'compressed' (image_raw/compressed)", STR)),
     "max_input_pixels": (DEFAULT_MAX_INPUT_PIXELS, descriptor("largest image accepted, width x height, checked from the header "
                                                               "before any copy or decode; larger frames are skipped", INT,
                                                               integer=(1, 2**31 - 1))),
@@ -47,12 +58,12 @@ PARAMETERS = {
     "use_camera_intrinsics": (True, descriptor("give camera_info K to the metric model: a departure from the reference code, "
                                                "which passes none (UniDepth V2 and Depth Pro are built to use a calibrated "
                                                "camera); false: reference behaviour, and images need no camera_info", BOOL)),
-    "speed": ("exact", descriptor("exact (the reference computation) or fast (the cheaper settings whose measured accuracy cost "
-                                  f"stays within {BUDGET_TEXT}; on a GPU also bf16 and one compiled CUDA graph per frame, "
-                                  "minutes of compiling at the first frame): docs/METHOD.md, Speed presets", STR, read_only=True)),
-    "difference_map": ("", descriptor("how the difference map is made: exact (VAE decode, the reference), light (the "
-                                      "pipeline folder's light_decoder/) or latent (no decode); '' = the speed preset's",
-                                      STR, read_only=True)),
+    "speed": ("exact", _at_configure("exact (the reference computation) or fast (the cheaper settings whose measured accuracy cost "
+                                     f"stays within {BUDGET_TEXT}; on a GPU also bf16 and one compiled CUDA graph per frame, "
+                                     "minutes of compiling at the first frame): docs/METHOD.md, Speed presets", STR)),
+    "difference_map": ("", _at_configure("how the difference map is made: exact (VAE decode, the reference), light (the "
+                                         "pipeline folder's light_decoder/) or latent (no decode); '' = the speed preset's",
+                                         STR)),
     "fov_deg": (60.0, descriptor("horizontal field of view of the pinhole K assumed for depth/camera_info and the cloud when "
                                  "no camera_info arrives (use_camera_intrinsics false, or none within 2 s)", FLOAT,
                                  floating=(1.0, 179.0))),
@@ -87,6 +98,18 @@ def validate(name: str, value) -> str | None:
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
     return None
+
+
+def set_problem(name: str, value, settings: dict, pipeline, fqn: str) -> str | None:
+    """Why parameter `name` cannot be set to `value` now, or None: a bad value, a parameter read at
+    configure while the node is configured (`pipeline` loaded: the models and topics are made from
+    it), or a processing_res the loaded engine cannot run."""
+    reason = validate(name, value)
+    if reason or pipeline is None or value == settings.get(name):
+        return reason
+    if name in PARAMETERS and PARAMETERS[name][1].additional_constraints == AT_CONFIGURE:
+        return f"{name} is read at configure: set it while the node is unconfigured (ros2 lifecycle set {fqn} cleanup)"
+    return processing_res_problem(value, pipeline) if name == "processing_res" else None
 
 
 def processing_res_problem(value: int, pipeline) -> str | None:

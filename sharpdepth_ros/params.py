@@ -1,6 +1,7 @@
 """What the ROS entry points share: parameter descriptors with ranges, `--help` from them, the run loop."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -26,9 +27,11 @@ class ParameterTypeError(ValueError):
     """A start-up parameter value of the wrong type: one FATAL line naming the parameter and the type expected."""
 
 
-def descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None) -> ParameterDescriptor:
-    """A ParameterDescriptor whose range rclpy enforces at set time."""
-    d = ParameterDescriptor(description=description, type=kind, read_only=read_only)
+def descriptor(description: str, kind: int, *, read_only: bool = False, integer=None, floating=None,
+               constraints: str = "") -> ParameterDescriptor:
+    """A ParameterDescriptor whose range rclpy enforces at set time; `constraints` says what the node
+    enforces itself (`ros2 param describe` shows it)."""
+    d = ParameterDescriptor(description=description, type=kind, read_only=read_only, additional_constraints=constraints)
     if integer is not None:
         d.integer_range = [IntegerRange(from_value=integer[0], to_value=integer[1], step=1)]
     if floating is not None:
@@ -83,6 +86,27 @@ def declare_parameters(node: Node, parameters: dict[str, tuple[object, Parameter
     return {name: node.get_parameter(name).value for name in parameters}
 
 
+def declare_checked(node: Node, parameters: dict, check: Callable, apply: Callable[[list], None]) -> dict:
+    """`declare_parameters` with `check` refusing bad values (those given at start-up too) and `apply`
+    taking each accepted set; Humble's rclpy (the floor) has no post-set callback, so there `apply`
+    runs where `check` accepts."""
+    node.add_on_set_parameters_callback(check)
+    values = declare_parameters(node, parameters)
+    if hasattr(node, "add_post_set_parameters_callback"):
+        node.add_post_set_parameters_callback(apply)
+        return values
+
+    def check_and_apply(params):
+        result = check(params)
+        if result.successful:
+            apply(params)
+        return result
+
+    node.remove_on_set_parameters_callback(check)
+    node.add_on_set_parameters_callback(check_and_apply)
+    return values
+
+
 def help_text(doc: str, parameters: dict[str, tuple[object, ParameterDescriptor]]) -> str | None:
     """What `--help` prints: the module docstring and every parameter with its default, range and meaning."""
     lines = [doc.strip(), "", "parameters (--ros-args -p NAME:=VALUE, or --params-file FILE.yaml):"]
@@ -94,6 +118,8 @@ def help_text(doc: str, parameters: dict[str, tuple[object, ParameterDescriptor]
             extra.append(f"{d.floating_point_range[0].from_value:g}..{d.floating_point_range[0].to_value:g}")
         if d.read_only:
             extra.append("read-only")
+        if d.additional_constraints:
+            extra.append(d.additional_constraints)
         lines.append(f"  {name:<22} default {default!r}{' [' + ', '.join(extra) + ']' if extra else ''}: {d.description}")
     return "\n".join(lines)
 
@@ -141,3 +167,19 @@ def run(name: str, make_node: Callable[[], Node], spin: Callable[[Node], None], 
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run_to_exit(name: str, make_node: Callable[[], Node], doc: str, parameters: dict, args: list[str] | None = None) -> int:
+    """`run` with `rclpy.spin`, then the node's `farewell` lines and the process's end at once: ROS is shut
+    down and the node destroyed, and interpreter exit would tear torch and the models down for seconds
+    (1-4 s measured), or with the worker inside a model call kill it in torch's C++ frames (`terminate
+    called without an active exception`, exit 134) or wait minutes."""
+    nodes: list[Node] = []
+    code = run(name, lambda: nodes.append(make_node()) or nodes[-1], rclpy.spin, doc, parameters, args)
+    if not nodes:  # --help, or a start that failed (said in one line): nothing ran
+        return code
+    for line in nodes[0].farewell():
+        rclpy.logging.get_logger(name).info(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -141,7 +141,7 @@ def camera_info_message(t: int, h: int, w: int):
 
 def tiny_models(folder: Path) -> dict[str, str]:
     """Tiny random Lotus-G (teacher and student init) and Depth Anything V2 metric folders, saved once."""
-    from sharpdepth_core.models.tiny import tiny_depth_anything, tiny_student
+    from sharpdepth_core.tiny import tiny_depth_anything, tiny_student
 
     if not (folder / "lotus").is_dir():
         tiny_student().save_pretrained(folder / "lotus")

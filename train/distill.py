@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from sharpdepth_core.checkpoints import resolve_resume
+from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.trainer import train
 from sharpdepth_core.training_config import (
     PRESETS,
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="", flush=True)
             check_config(cfg)  # what training would refuse is refused here too
             return 0
+        quiet_loading()  # no "Loading checkpoint shards" bar per sharded model: the trainer's line says what loads
         result = train(cfg, resume=checkpoint and str(checkpoint))
     except (ValueError, OSError, ImportError) as exc:  # bad data, weights, config or output folder: one line
         print(f"distill.py: error: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,8 @@ def test_manifest_records_an_aoti_export(aoti_dir, tiny_dirs):
 def test_other_shapes_are_refused_in_one_line(aoti_dir):
     """A package given another shape would compute garbage rather than fail: the engine checks first."""
     engine = AotiEngine(aoti_dir)
-    with pytest.raises(ValueError, match=r"aoti engine: vae_encoder takes input \[1x3x48x64\], got \(1, 3, 40, 64\) \(export again"):
+    with pytest.raises(ValueError, match=r"^engine 'aoti': vae_encoder takes input \[1x3x48x64\], got \(1, 3, 40, 64\): export .* "
+                                         r"runs 64x48 camera images \(processing_res 64\); export again for this shape$"):
         engine.encode_image(torch.rand(1, 3, 40, 64))
     with pytest.raises(ValueError, match=r"unet takes input \[1x8x6x8\], got \(2, 8, 6, 8\)"):
         engine.unet(torch.zeros(2, 4, 6, 8), torch.zeros(2, 4, 6, 8))
@@ -171,6 +172,13 @@ def test_predict_on_the_aoti_engine_matches_pytorch(aoti_dir, tiny_dirs, tmp_pat
     err = capsys.readouterr().err
     assert "made with processing_res 64 for 64x48 camera images, but the pipeline runs at processing_res 56" in err
     assert "Traceback" not in err
+    # another camera size: said in camera sizes (the graphs see only the padded grid), with the export that fits
+    Image.fromarray(scene_image(0, width=64, height=40)[0]).save(tmp_path / "wide.png")
+    assert main(["predict", str(tmp_path / "wide.png"), "--out", str(tmp_path / "y"), *model,
+                 "--engine", "aoti", "--engine-dir", str(aoti_dir)]) == 1
+    assert (f"{tmp_path / 'wide.png'}: error: engine 'aoti': export {aoti_dir} runs 64x48 camera images (processing_res 64); "
+            "got a 64x40 image: export again with `sharpdepth export --engine aoti --input-size 64x40 --processing-res 64 ...`"
+            ) in capsys.readouterr().err.splitlines()
 
 
 def test_predict_engine_dir_goes_with_an_exported_engine(tmp_path, capsys):

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_cpu_bench_compares_like_with_like_and_reports_every_figure():
     run = subprocess.run([sys.executable, "bench/cpu.py", "--rounds", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]  # the bench asserts equal depth from both placements first
+    assert run.stderr.startswith("[bench] cpu: about ")  # its estimate, before it starts
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["colours"]["max_channel_diff"] <= 5  # the built-in table reproduces matplotlib's inferno
     assert set(result["threads_ms"]) == {f"{n} thread(s), {m}" for n in (1, 2) for m in ("idle", "shared")}
@@ -44,6 +45,7 @@ def test_vae_bench_times_every_variant_or_says_why_not(tmp_path):
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["results"]}
     assert list(rows) == ["fp32", "bf16", "bf16-cl", "bf16-cl-plain-attention"] and result["grid"] == [96, 128]
+    assert "[bench] vae: about " in run.stderr and "Dynamo" not in run.stderr
     skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
     assert skipped["bf16-cl-compile-graph"] == "needs CUDA (CUDA graphs)" and "--compile-on-cpu" in skipped["bf16-cl-compile"]
     assert set(rows) | set(skipped) == {"fp32", "bf16", "bf16-cl", "bf16-cl-cudnn-benchmark", "bf16-cl-plain-attention", "bf16-cl-compile",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -24,7 +25,7 @@ from helpers_models import scene_image
 from sharpdepth_core.cli import OUTPUT_SUFFIXES, PREDICT_RECORD, build_parser, default_threads, depth_to_millimetres, main
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
-from sharpdepth_core.visualize import colorize_depth
+from sharpdepth_core.visualize import colorize_depth, depth_colour_bar
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,9 +65,10 @@ def test_predict_writes_every_output_at_the_input_size(tiny_dirs, images, tmp_pa
         assert depth.dtype == metric.dtype == np.float32 and depth.shape == metric.shape == hw
         mm = np.asarray(Image.open(out / f"{stem}_depth.png"))
         assert mm.dtype == np.uint16 and np.array_equal(mm, depth_to_millimetres(depth))
-        for picture in ("depth_color", "metric_depth_color", "difference"):
-            image = np.asarray(Image.open(out / f"{stem}_{picture}.png"))
-            assert image.shape[1:] == (hw[1], 3) and image.shape[0] > hw[0]  # the picture, then its colour bar
+        for picture in ("depth_color", "metric_depth_color", "difference"):  # the picture, then its colour bar, as
+            image = np.asarray(Image.open(out / f"{stem}_{picture}.png"))  # wide as its labels need (depth: 157+ px)
+            assert image.shape[0] > hw[0] and image.shape[2] == 3
+            assert image.shape[1] == hw[1] if picture == "difference" else image.shape[1] >= max(hw[1], 157)
         assert any(line.startswith(str(images / f"{stem}.png")) for line in captured.out.splitlines())
     # the files hold the pipeline's output for that image and seed, f_D's depth included
     rgb = np.asarray(Image.open(images / "scene.png"))
@@ -79,11 +81,18 @@ def test_predict_writes_every_output_at_the_input_size(tiny_dirs, images, tmp_pa
     lo, hi = np.percentile(both, [2, 98])
     depth_png = np.asarray(Image.open(out / "scene_depth_color.png"))
     metric_png = np.asarray(Image.open(out / "scene_metric_depth_color.png"))
-    assert np.array_equal(depth_png[:48], colorize_depth(depth, lo, hi))
-    assert np.array_equal(metric_png[:48], colorize_depth(metric, lo, hi))
+    assert np.array_equal(depth_png[:48, :64], colorize_depth(depth, lo, hi)) and (depth_png[:48, 64:] == 24).all()
+    assert np.array_equal(metric_png[:48, :64], colorize_depth(metric, lo, hi)) and (metric_png[:48, 64:] == 24).all()
     near, far = colorize_depth(np.array([[lo, hi]]), lo, hi)[0]
     for png in (depth_png, metric_png):  # the bar runs from the near colour (lo) to the far one (hi)
         assert np.array_equal(png[48, 0], near) and np.array_equal(png[48, -1], far)
+    # its labels: those ends, what they are, and each map's full range (the depth's as stdout gives it)
+    line = next(line for line in captured.out.splitlines() if line.startswith(str(images / "scene.png")))
+    full = re.search(r"depth (\d+\.\d\d-\d+\.\d\d m)", line).group(1)
+    scale = "scale: 2-98th percentile of depth and f_D"
+    assert np.array_equal(depth_png[48:], depth_colour_bar(64, lo, hi, (scale, f"full range {full}")))
+    valid = metric[np.isfinite(metric) & (metric > 0)]
+    assert np.array_equal(metric_png[48:], depth_colour_bar(64, lo, hi, (scale, f"full range {valid.min():.2f}-{valid.max():.2f} m")))
     assert not list(out.glob(".*.tmp")) and not (out / "notes_depth.npy").exists()
     assert json.loads((out / PREDICT_RECORD).read_text())["files"] == sorted(p.name for p in out.iterdir() if p.name != PREDICT_RECORD)
 
@@ -782,3 +791,43 @@ def test_bad_poses_are_one_line_before_loading(walk, tmp_path, capsys, models_mu
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_tiny_images_get_pictures_with_whole_labels(tiny_dirs, tmp_path):
+    """A 1x1 and a 7x5 image (their bars' labels were cut off): each picture is its image (top left, padded
+    with the bar's grey) above `depth_colour_bar`, as wide as its labels need (test_visualize: whole labels)."""
+    for w, h in ((1, 1), (7, 5)):
+        Image.fromarray(scene_image(0, width=w, height=h)[0]).save(tmp_path / f"{w}x{h}.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "1x1.png"), str(tmp_path / "7x5.png"), "--out", str(out),
+                 "--model", str(tiny_dirs["pipeline"])]) == 0
+    for w, h in ((1, 1), (7, 5)):
+        depth, metric = np.load(out / f"{w}x{h}_depth.npy"), np.load(out / f"{w}x{h}_metric_depth.npy")
+        picture = np.asarray(Image.open(out / f"{w}x{h}_depth_color.png"))
+        assert picture.shape[1] >= 157 and (picture[:h, w:] == 24).all()
+        lo, hi = np.percentile(np.concatenate([depth.ravel(), metric.ravel()]), [2, 98])
+        notes = ("scale: 2-98th percentile of depth and f_D", f"full range {depth.min():.2f}-{depth.max():.2f} m")
+        assert np.array_equal(picture[h:], depth_colour_bar(w, lo, hi, notes))
+
+
+def sharded_copy(folder: Path, to: Path) -> Path:
+    """A copy of a student folder whose UNet is saved in several shards (each loads with a progress bar)."""
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(folder, to)
+    shutil.rmtree(to / "unet")
+    UNet2DConditionModel.from_pretrained(folder / "unet").save_pretrained(to / "unet", max_shard_size="1MB")
+    assert (to / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    return to
+
+
+def test_export_of_a_sharded_model_says_what_loads_in_one_line_without_loading_bars(tiny_dirs, tmp_path):
+    """export drew a "Loading checkpoint shards" bar per sharded model, which predict hides (in a fresh
+    process: hiding is process-wide, and an earlier test in this one may have done it)."""
+    student = sharded_copy(tiny_dirs["student"], tmp_path / "student")
+    done = subprocess.run([sys.executable, "-m", "sharpdepth_core.cli", "export", "--student", str(student), "--out",
+                           str(tmp_path / "export"), "--device", "cpu", "--processing-res", "64"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Loading checkpoint shards" not in done.stderr and "Loading weights" not in done.stderr
+    assert f"sharpdepth export: loading the student {student} on cpu\n" in done.stderr

@@ -18,7 +18,7 @@ from sharpdepth_core.engines import (
     load_engine,
 )
 from sharpdepth_core.export import export_onnx
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.speed import FastPath
 
@@ -119,7 +119,8 @@ def test_onnx_engine_input_errors(export_dir, tmp_path):
         engine.encode_depth(torch.rand(1, 3, 48, 64))
     fixed = tmp_path / "fixed"
     export_onnx(tiny.tiny_student(), fixed, image_hw=(48, 64), batch=1)
-    with pytest.raises(ValueError, match=r"vae_encoder takes input \[1x3x48x64\], got \(1, 3, 40, 56\)"):
+    with pytest.raises(ValueError, match=r"^engine 'onnx': vae_encoder takes input \[1x3x48x64\], got \(1, 3, 40, 56\): export "
+                       r".*fixed runs images on a fixed 64x48 \(WxH\) grid; export again for this shape$"):
         OnnxEngine(fixed).encode_image(torch.rand(1, 3, 40, 56))
     with pytest.raises(ValueError, match="CUDAExecutionProvider"):
         OnnxEngine(export_dir, device="cuda")
@@ -139,6 +140,34 @@ def test_pipeline_on_the_onnx_engine_matches_pytorch_end_to_end(export_dir):
     assert float((a.difference - b.difference).abs().max()) < 1e-4
     assert float((a.depth - b.depth).abs().max()) < 1e-4 * span
     assert set(b.timings) == set(a.timings)
+
+
+def test_a_fixed_grid_export_refuses_other_camera_sizes_in_camera_sizes(tmp_path):
+    """The graphs see only the padded grid ("takes input [1x3x96x128], got (1, 3, 72, 128)"); the pipeline
+    asks the engine first, with the camera size, and the refusal names the export command that fits."""
+    from sharpdepth_core.engines import TensorRTEngine
+
+    fixed = tmp_path / "fixed"
+    export_onnx(tiny.tiny_student(), fixed, image_hw=(48, 64), batch=1, input_hw=(48, 64), processing_res=64)
+    torch_pipe = tiny.tiny_pipeline(processing_res=64)
+    pipe = SharpDepthPipeline(torch_pipe.student, torch_pipe.metric_model, processing_res=64, untrained=True,
+                              engine=OnnxEngine(fixed))
+    assert pipe(scene_image(0, width=128, height=96)[0], seed=0).depth.shape == (1, 1, 96, 128)  # the same grid
+    with pytest.raises(ValueError) as refused:
+        pipe(scene_image(0, width=64, height=40)[0], seed=0)
+    assert str(refused.value) == (
+        f"engine 'onnx': export {fixed} runs 64x48 camera images (processing_res 64); got a 64x40 image: export again "
+        "with `sharpdepth export --fixed --input-size 64x40 --processing-res 64 ...`")
+    with pytest.raises(ValueError) as refused:
+        pipe(torch.rand(2, 3, 48, 64), processing_res=56)
+    assert str(refused.value) == (
+        f"engine 'onnx': export {fixed} runs 64x48 camera images (processing_res 64), 1 at a time; got a 64x48 image at "
+        "processing_res 56, 2 at once: export again with `sharpdepth export --fixed --input-size 64x48 --processing-res 56 ...`")
+    trt = TensorRTEngine.__new__(TensorRTEngine)  # its message without CUDA: only the manifest is needed
+    trt.folder, trt.manifest = fixed, pipe.engine.manifest
+    with pytest.raises(ValueError, match=r"^engine 'tensorrt': .* got a 64x40 image: export again with `sharpdepth export "
+                                         r"--fixed --tensorrt --input-size 64x40 --processing-res 64 \.\.\.`$"):
+        trt.check_frame((40, 64), 64, 1)
 
 
 def test_load_engine_errors(export_dir):

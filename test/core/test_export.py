@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sharpdepth_core.export import GRAPHS, MANIFEST, ExportManifest, _sha256, _single_data_file, export_onnx, student_weights_sha256
-from sharpdepth_core.models import DiffusionDepthModel, tiny
+from sharpdepth_core import tiny
+from sharpdepth_core.models import DiffusionDepthModel
 from sharpdepth_core.files import replacing_dir, write_recorded
 
 # onnxruntime fp32 against PyTorch fp32: the bound

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from helpers_models import image_folder, scene_image
 from sharpdepth_core.gating import latent_difference
-from sharpdepth_core.models import load_metric_model, tiny
+from sharpdepth_core import tiny
+from sharpdepth_core.models import load_metric_model
 from sharpdepth_core.models.conv_metric import ConvMetricBackend, ConvMetricNet
 from sharpdepth_core.models.light_decoder import LIGHT_DECODER_DIR, LightDepthDecoder
 from sharpdepth_core.pipeline import SharpDepthPipeline

@@ -11,7 +11,7 @@ from torch._dynamo.exc import TorchDynamoException
 
 from helpers_models import scene_image
 from sharpdepth_core.speed import FAST, FastPath, fast_path
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from helpers_models import image_folder, scene_image
-from sharpdepth_core.models import EMBEDDED_DIR, tiny
+from sharpdepth_core import tiny
+from sharpdepth_core.models import EMBEDDED_DIR
 from sharpdepth_core.models.hub import CheckpointError
 from sharpdepth_core.models.light_encoder import LIGHT_ENCODER_DIR, LightDepthEncoder
 from sharpdepth_core.normalization import normalize_depth

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from sharpdepth_core import tiny
 from sharpdepth_core.gating import TIMESTEP
 from sharpdepth_core.models import (
     PROMPT_EMBEDS_FILE,
@@ -20,7 +21,6 @@ from sharpdepth_core.models import (
     DiffusionDepthModel,
     MissingWeightsError,
     load_metric_model,
-    tiny,
 )
 from sharpdepth_core.geometry import nominal_intrinsics
 from sharpdepth_core.models.metric import (

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from sharpdepth_core import small_scale
 from sharpdepth_core.models import EMBEDDED_DIR, DiffusionDepthModel, load_metric_model
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
@@ -38,6 +39,7 @@ def test_shipped_weights_are_small_safetensors_and_load_through_the_public_loade
     assert not pipe.untrained and pipe.processing_res == 128 and pipe.light_decoder is not None
     camera = json.loads((EMBEDDED_DIR / "pipeline.json").read_text())["camera"]
     assert (camera["width"], camera["height"], camera["style"]) == (128, 96, "indoor")
+    assert camera == small_scale.camera()  # what synthetic scenes and the nano preset default to
     scene = render_scene(100_000, 128, 96, K=camera["K"])
     image = torch.from_numpy(scene.rgb).permute(2, 0, 1)[None].float() / 255
     torch.testing.assert_close(pipe.metric_model(image).depth, metric(image).depth)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers_models import scene_image
-from sharpdepth_core.models import CheckpointError, MissingWeightsError, tiny
+from sharpdepth_core import tiny
+from sharpdepth_core.models import CheckpointError, MissingWeightsError
 from sharpdepth_core import pipeline_config
 from sharpdepth_core.pipeline import (
     FIT_THRESHOLD,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers_models import scene_image
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:SharpDepth. degenerate final fit:RuntimeWarning")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from sharpdepth_core.embedded import EMBEDDED_DIR, embedded_camera
+from sharpdepth_core.embedded import EMBEDDED_DIR
+from sharpdepth_core.small_scale import camera as embedded_camera
 from sharpdepth_core.geometry import relative_pose, reproject
 from sharpdepth_core.metrics import temporal_alignment_error
 from sharpdepth_core.synthetic import CLEARANCE_M, Plane, render_scene, render_sequence

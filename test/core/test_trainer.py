@@ -517,6 +517,31 @@ def _unreadable_folder(folder: Path) -> Path:
     return folder
 
 
+def test_a_run_on_sharded_models_says_what_loads_in_one_line_without_loading_bars(models, tmp_path):
+    """distill.py drew a "Loading checkpoint shards" bar per sharded model (in a fresh process: hiding the
+    libraries' bars is process-wide)."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoModelForDepthEstimation
+
+    teacher, metric = tmp_path / "lotus", tmp_path / "metric"
+    shutil.copytree(models["teacher"], teacher, ignore=shutil.ignore_patterns("unet"))
+    UNet2DConditionModel.from_pretrained(Path(models["teacher"]) / "unet").save_pretrained(teacher / "unet", max_shard_size="1MB")
+    AutoModelForDepthEstimation.from_pretrained(models["metric_path"]).save_pretrained(metric, max_shard_size="100KB")
+    assert len(list((teacher / "unet").glob("*.safetensors"))) > 1 and len(list(metric.glob("*.safetensors"))) > 1
+    write_images(tmp_path / "imgs", 4)
+    cfg = tiny_config({**models, "teacher": str(teacher), "metric_path": str(metric)}, [tmp_path / "imgs"], tmp_path / "run",
+                      max_steps=1, grad_accum=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_dict(cfg)))
+    rc, err = finish(run_cli([str(REPO / "train" / "distill.py"), "--config", str(tmp_path / "cfg.yaml")]), 300)
+    assert rc == 0, err[-3000:]
+    assert "Loading checkpoint shards" not in err and "Loading weights" not in err
+    (line,) = [ln for ln in err.splitlines() if "loading the" in ln]
+    assert line.endswith(f"sharpdepth_core.trainer: loading the teacher {teacher} (the student starts from it) and the "
+                         f"metric model depth-anything-v2 ({metric}) on cpu")
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_unreadable_data_ends_the_run_with_one_line(models, tmp_path, workers):
     """It hung for good with data-loader workers (they ignored the signals the main process waited on)."""

@@ -14,10 +14,12 @@ from sharpdepth_core.visualize import (
     DIFFERENCE_CMAP,
     TABLES,
     colorize_depth,
+    colour_bar,
     colorize_difference,
     depth_colour_bar,
     depth_range,
     difference_colour_bar,
+    with_bar,
 )
 
 
@@ -67,6 +69,48 @@ def test_colour_bars_show_the_scale_and_its_ends():
     e_bar = difference_colour_bar(200)
     assert np.array_equal(e_bar[0, 0], colorize_difference(np.zeros((1, 1)))[0, 0])
     assert np.array_equal(e_bar[0, -1], colorize_difference(np.ones((1, 1)))[0, 0])
+
+
+def below_the_colours(bar: np.ndarray) -> np.ndarray:
+    """The label rows: from the first all-grey row (the colour rows end there)."""
+    return bar[int(np.argmax((bar == 24).all(axis=(1, 2)))):]
+
+
+def label_ink(bar: np.ndarray) -> int:
+    """The brightness the labels add to the grey."""
+    return int((below_the_colours(bar).astype(int) - 24).clip(0).sum())
+
+
+def text_lines(bar: np.ndarray) -> int:
+    inked = (below_the_colours(bar) > 24).any(axis=(1, 2))
+    return int((inked[1:] & ~inked[:-1]).sum() + inked[0])
+
+
+def test_depth_bar_notes_go_on_one_line_where_they_fit_else_one_a_line():
+    notes = ("scale: 2-98th percentile of depth and f_D", "full range 0.30-5.10 m")
+    bar = depth_colour_bar(400, 0.5, 4.0, notes)
+    assert np.array_equal(bar, colour_bar(400, DEPTH_CMAP, 1.0, 0.15, "0.50 m", "4.00 m", ("; ".join(notes),)))
+    assert text_lines(depth_colour_bar(400, 0.5, 4.0)) == 1 and text_lines(bar) == 2
+    narrow = depth_colour_bar(200, 0.5, 4.0, notes)
+    assert narrow.shape[1] == 200 and text_lines(narrow) == 3
+
+
+@pytest.mark.parametrize("width", [1, 7])
+def test_a_tiny_images_bar_is_wide_enough_for_whole_labels(width):
+    """A 1- or 7-pixel-wide image's bar cut its labels off: now it is as wide as its widest label (the ends
+    one above the other where they do not fit side by side); every label is whole (as much ink as on a 200-pixel bar, same font size)
+    and clear of the edges."""
+    notes = ("scale: 2-98th percentile of depth and f_D", "full range 0.30-15.10 m")
+    for make in (lambda w: depth_colour_bar(w, 0.5, 14.0, notes), difference_colour_bar):
+        bar, roomy = make(width), make(200)
+        assert bar.shape[1] > width and label_ink(bar) == label_ink(roomy) > 0
+        ink = below_the_colours(bar).max(axis=2) > 24
+        assert not ink[:, :1].any() and not ink[:, -1:].any() and not ink[-1].any()
+    picture = with_bar(colorize_depth(np.full((5, width), 2.0), 0.5, 14.0), bar := depth_colour_bar(width, 0.5, 14.0))
+    assert picture.shape == (5 + bar.shape[0], bar.shape[1], 3)  # the image padded with the bar's grey
+    assert np.array_equal(picture[:5, :width], colorize_depth(np.full((5, width), 2.0), 0.5, 14.0))
+    assert (picture[:5, width:] == 24).all() and np.array_equal(picture[5:], bar)
+    assert text_lines(difference_colour_bar(width)) == 2 == text_lines(difference_colour_bar(200)) + 1
 
 
 def test_depth_colours_near_warm_far_dark_invalid_black():

@@ -20,6 +20,6 @@ def ros_context():
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A SharpDepth pipeline folder of tiny random real models (processing_res 64), saved once per session."""
-    from sharpdepth_core.models import tiny
+    from sharpdepth_core import tiny
 
     return tiny.tiny_pipeline(processing_res=64).save_pretrained(tmp_path_factory.mktemp("ros_tiny") / "pipeline")

@@ -202,7 +202,7 @@ def test_calibration_refusals_of_many_frame_ids_are_one_throttled_line(system, c
     by frame_id): one kind of problem is one line per THROTTLE_S, whatever the frame_ids; every
     frame is still published on the fallback pinhole."""
     node, _, _, probe, pubs = system
-    node._last_log.clear()  # earlier tests refused calibrations less than THROTTLE_S ago
+    node._throttle.clear()  # earlier tests refused calibrations less than THROTTLE_S ago
     capfd.readouterr()
     published = 0
     for i in range(12):
@@ -219,7 +219,7 @@ def test_calibration_refusals_of_many_frame_ids_are_one_throttled_line(system, c
 
 
 def test_problem_key_blanks_names_and_numbers_only():
-    from sharpdepth_ros.node import problem_key
+    from sharpdepth_ros.statistics import problem_key
 
     a = problem_key("calibration", "camera_info of frame_id 'x1' refused: fx = 1e-06 px is impossible for 40 px wide images")
     b = problem_key("calibration", "camera_info of frame_id 'other' refused: fx = 2e-07 px is impossible for 64 px wide images")
@@ -232,7 +232,7 @@ def test_a_degenerate_aspect_ratio_does_not_get_the_fallback_pinhole(system, cap
     tall, and published points 2680 m out: such a frame is skipped with one line saying the bound,
     with a refused calibration and with none (use_camera_intrinsics false) alike."""
     node, _, _, probe, pubs = system
-    node._last_log.clear()
+    node._throttle.clear()
     capfd.readouterr()
     tall = np.zeros((5000, 1, 3), np.uint8)
     hdr = header(next(STAMP), "tall_cam")
@@ -288,7 +288,7 @@ def test_compressed_input_and_undecodable_bytes(system):
 def test_a_repeated_problem_is_logged_once_per_throttle_period(system, capfd):
     """One line per kind of problem: the names in it (encodings here, frame_ids below) do not count."""
     node, _, _, _, pubs = system
-    node._last_log.clear()  # earlier tests logged problems of this kind less than THROTTLE_S ago
+    node._throttle.clear()  # earlier tests logged problems of this kind less than THROTTLE_S ago
     capfd.readouterr()
     for encoding in ["bayer_rggb8", "yuv422", "bayer_rggb8", "nv21"]:
         image, info = _frame(encoding="rgb8")
@@ -373,7 +373,7 @@ def test_camera_info_of_many_frame_ids_stays_bounded_and_is_one_problem(system, 
         wait_for(lambda: f"random_{batch}_3" in node.cameras[0].infos, 10, f"camera_info batch {batch}")
     assert len(node.cameras[0].infos) == MAX_CAMERAS
     assert list(node.cameras[0].infos)[-1] == "random_9_3"  # the latest are kept
-    node._last_log.clear()  # earlier tests logged "no camera_info" less than THROTTLE_S ago
+    node._throttle.clear()  # earlier tests logged "no camera_info" less than THROTTLE_S ago
     capfd.readouterr()
     for i in range(12):
         image, _ = _frame(frame_id=f"unknown_{i}")

@@ -15,7 +15,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from sharpdepth_core.geometry import unproject
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_ros.conversions import image_to_numpy, pinhole_K, point_cloud_to_numpy
-from sharpdepth_ros.node import CAMERA_INFO_GRACE_S, SharpDepthNode
+from sharpdepth_ros.calibration import CAMERA_INFO_GRACE_S
+from sharpdepth_ros.node import SharpDepthNode
 
 W, H = 64, 48
 K = np.array([[52.0, 0, 31.5], [0, 52.0, 23.5], [0, 0, 1]])

@@ -17,7 +17,7 @@ from PIL import Image
 from helpers_models import card_figure
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.metrics import temporal_alignment_error
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.visualize import colorize_depth, depth_colormap, depth_range
 from sharpdepth_ros import demo, demo_record
 from sharpdepth_ros.conversions import image_to_numpy

@@ -33,8 +33,9 @@ def graph(ros_context, tiny_pipeline_dir):
     depth = SharpDepthNode(context=ros_context, parameter_overrides=node_parameters(tiny_pipeline_dir))
     replay = ReplayPublisher(context=ros_context, timer=False)  # the default namespace: the node's
     names = {}
-    for node, name in [(depth, "sharpdepth"), (replay, "replay")]:
-        wait_for(lambda: node.get_publisher_names_and_types_by_node(name, "/camera"), 10, f"{name} in the graph")
+    for node, name, topic in [(depth, "sharpdepth", "/camera/points"), (replay, "replay", "/camera/image_raw")]:
+        # a topic made last: the managed node's transition_event publisher comes well before its outputs
+        wait_for(lambda: topic in {t for t, _ in node.get_publisher_names_and_types_by_node(name, "/camera")}, 10, f"{name} in the graph")
         subs = {t for t, _ in node.get_subscriber_names_and_types_by_node(name, "/camera")}
         pubs = {t for t, _ in node.get_publisher_names_and_types_by_node(name, "/camera")}
         names[name] = (subs, pubs)
@@ -64,15 +65,19 @@ def test_launch_file_sets_only_what_the_nodes_declare(graph):
     declared = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
     used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
-    assert {"camera_ns", "params_file", "use_replay", "use_rviz", "replay_source", "image_topic", "camera_info_topic"} <= declared
+    assert {"camera_ns", "params_file", "use_replay", "use_rviz", "replay_source", "image_topic", "camera_info_topic", "autostart"} <= declared
 
     declares = {"sharpdepth_node": (node_entry, "sharpdepth"), "sharpdepth_replay": (replay_module, "replay")}
     scripts = console_scripts()
-    nodes = {ast.literal_eval(_kw(c, "executable")): c for c in _calls(tree, "Node")}
-    assert set(nodes) == {"sharpdepth_node", "sharpdepth_replay", "rviz2"}
-    for executable, (module, node_name) in declares.items():
+    calls = _calls(tree, "Node") + _calls(tree, "LifecycleNode")  # the depth node: one or the other, as launch_ros allows
+    assert sorted(ast.literal_eval(_kw(c, "executable")) for c in calls) == ["rviz2", "sharpdepth_node", "sharpdepth_node", "sharpdepth_replay"]
+    assert [ast.literal_eval(_kw(c, "executable")) for c in _calls(tree, "LifecycleNode")] == ["sharpdepth_node"]
+    for call in calls:
+        executable = ast.literal_eval(_kw(call, "executable"))
+        if executable not in declares:
+            continue
+        module, node_name = declares[executable]
         parameters = module.PARAMETERS
-        call = nodes[executable]
         assert scripts.get(executable) == f"{module.__name__}:main", f"{executable} is not a console script of this package"
         assert ast.literal_eval(_kw(call, "package")) == "sharpdepth_ros"
         assert ast.literal_eval(_kw(call, "name")) == node_name  # the YAML's /**/<name> section matches it

@@ -18,7 +18,7 @@ from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, p
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.geometry import unproject
-from sharpdepth_core.models import tiny
+from sharpdepth_core import tiny
 from sharpdepth_core.pipeline import SharpDepthPipeline
 from sharpdepth_core.synthetic import render_scene
 from sharpdepth_ros.conversions import image_intrinsics, image_to_numpy, point_cloud_to_numpy
@@ -136,7 +136,7 @@ def test_cloud_options_and_publish_toggles_apply_at_run_time(system):
 
 def test_camera_K_reaches_the_metric_model_only_when_enabled(ros_context, tmp_path):
     """Depth Pro uses a known focal length (f = K[0, 0]) for metric scale, so K visibly matters."""
-    from sharpdepth_core.models import tiny
+    from sharpdepth_core import tiny
 
     model_dir = tiny.tiny_pipeline(processing_res=64, metric="depth-pro").save_pretrained(tmp_path / "depth_pro_pipeline")
     node = SharpDepthNode(context=ros_context, namespace="dpcam", parameter_overrides=node_parameters(model_dir, publish_colored=False))
@@ -309,7 +309,7 @@ def test_node_refuses_an_export_for_another_grid_or_model_at_start_up(tmp_path, 
 def test_processing_res_problem_only_for_fixed_grid_exports():
     from types import SimpleNamespace
 
-    from sharpdepth_ros.node import processing_res_problem
+    from sharpdepth_ros.node_parameters import processing_res_problem
 
     def pipe(image_hw):
         return SimpleNamespace(processing_res=56, engine=SimpleNamespace(name="tensorrt", manifest=SimpleNamespace(image_hw=image_hw)))
@@ -340,16 +340,16 @@ def test_a_batch_is_published_while_the_next_is_computed(ros_context, tiny_pipel
     node = SharpDepthNode(pipeline, context=ros_context, namespace="overlap",
                           parameter_overrides=node_parameters(tiny_pipeline_dir, publish_colored=False))
     publications = []
-    real_publish = node._publish
+    real_messages = node_module.frame_messages
 
-    def slow_publish(frame, depth, difference, settings):
+    def slow_messages(frame, depth, difference, settings):
         start = time.monotonic()
         time.sleep(0.3)
-        done = real_publish(frame, depth, difference, settings)
+        messages = real_messages(frame, depth, difference, settings)
         publications.append((threading.current_thread().name, stamp_ns(frame.header), start, time.monotonic()))
-        return done
+        return messages
 
-    monkeypatch.setattr(node, "_publish", slow_publish)
+    monkeypatch.setattr(node_module, "frame_messages", slow_messages)
     probe = Probe(ros_context, {"/overlap/depth/image": Image}, name="overlap_probe")
     image_pub = probe.node.create_publisher(Image, "/overlap/image_raw", 5)
     info_pub = probe.node.create_publisher(CameraInfo, "/overlap/camera_info", 5)

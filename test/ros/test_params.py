@@ -68,8 +68,8 @@ def test_yaml_declares_only_known_parameters_and_loads_into_the_nodes(node, ros_
         ("processing_res", 4, "processing_res 4 is below 8"),  # the one bound (limits.MIN_PROCESSING_RES) of every entry point
         ("processing_res", 2049, "processing_res"),  # MAX_PROCESSING_RES + 1: 4096 stalled a CPU node for minutes
         ("seed", -2, "seed"),
-        ("device", "cuda:1", "read-only"),
-        ("metric_backend", "depth-pro", "read-only"),
+        ("device", "cuda:1", "device is read at configure: set it while the node is unconfigured"),
+        ("metric_backend", "depth-pro", "set it while the node is unconfigured"),
     ],
 )
 def test_invalid_values_are_refused_with_a_reason(node, name, value, reason):

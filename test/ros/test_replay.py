@@ -111,10 +111,10 @@ def test_publishes_synthetic_scenes_with_their_K_then_loops(ros_context):
     replay.destroy_node()
     assert results == [True, True, True, False] and replay.done  # count = 3
     assert [index for _, index in sent] == [5, 6, 5]  # two scenes, then the loop starts again
-    for image, info, (header, index) in zip(received["image"], received["info"], sent):
+    for image, info, (sent_header, index) in zip(received["image"], received["info"], sent):
         scene = render_scene(index, 32, 24)
         assert image.encoding == "rgb8" and image.header.frame_id == info.header.frame_id == "replay_frame"
-        assert image.header.stamp == info.header.stamp == header.stamp
+        assert image.header.stamp == info.header.stamp == sent_header.stamp
         np.testing.assert_array_equal(image_to_numpy(image), scene.rgb)
         np.testing.assert_allclose(np.reshape(info.k, (3, 3)), scene.K)
         np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], scene.K)
@@ -144,8 +144,8 @@ def test_sequence_mode_publishes_a_moving_camera_with_poses_stamped_like_its_fra
     replay.destroy_node()
     frames = render_sequence(8, 4, 32, 24, K=pinhole_K(32, 24, 67.5), style="indoor", rate=5.0)
     assert len({p.pose.position.x for p in received["pose"]}) > 1  # the camera moves
-    for image, pose, header, frame in zip(received["image"], received["pose"], sent, frames):
-        assert image.header.stamp == pose.header.stamp == header.stamp and pose.header.frame_id == "world"
+    for image, pose, sent_header, frame in zip(received["image"], received["pose"], sent, frames):
+        assert image.header.stamp == pose.header.stamp == sent_header.stamp and pose.header.frame_id == "world"
         np.testing.assert_array_equal(image_to_numpy(image), frame.rgb)
         p, q = pose.pose.position, pose.pose.orientation
         np.testing.assert_allclose([p.x, p.y, p.z], frame.camera_to_world[:3, 3], atol=1e-9)

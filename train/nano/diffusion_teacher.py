@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from common import OUT, batch, optimize, progress, scenes, setup
 from sharpdepth_core.small_scale import F_G_STYLE
 from sharpdepth_core.models.student import DiffusionDepthModel, empty_prompt_embedding
-from sharpdepth_core.models.tiny import tiny_clip, tiny_scheduler
+from sharpdepth_core.tiny import tiny_clip, tiny_scheduler
 from sharpdepth_core.normalization import normalize_depth
 
 DECODE_IMAGES = 4  # images per batch that also get the decoded-depth L1

@@ -1,4 +1,5 @@
-"""Small random-weight versions of every model, built from a config: for tests and the demo.
+"""Tiny random-weight versions of every model, built from a config: the test suite's models, and the
+benchmarks' `--config small`. Not part of the method: it sits above the pipeline (it builds one).
 
 They are the real diffusers/transformers classes with tiny widths, so every loader, save and
 pre/post-processing path runs as it does on the released weights. Their outputs mean nothing:
@@ -16,8 +17,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-from ..files import replacing_dir
-from .student import DiffusionDepthModel, empty_prompt_embedding
+from .files import replacing_dir
+from .models.student import DiffusionDepthModel, empty_prompt_embedding
 
 TEXT_DIM = 32
 
@@ -154,7 +155,7 @@ def tiny_depth_anything(seed: int = 0, max_depth: int = 20):
     """
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-    from .metric import DepthAnythingBackend
+    from .models.metric import DepthAnythingBackend
 
     backbone = Dinov2Config(**_tiny_dinov2(28, 14, 4, out_indices=[1, 2, 3, 4], reshape_hidden_states=False))
     config = DepthAnythingConfig(
@@ -193,7 +194,7 @@ def tiny_depth_pro(seed: int = 0):
         fov_model_config=dict(encoder),
         initializer_range=0.05,
     )
-    from .metric import DepthProBackend
+    from .models.metric import DepthProBackend
 
     with _seeded(seed):
         return DepthProBackend(DepthProForDepthEstimation(config).eval())
@@ -201,7 +202,7 @@ def tiny_depth_pro(seed: int = 0):
 
 def tiny_pipeline(seed: int = 0, processing_res: int = 64, metric: str = "depth-anything-v2"):
     """A SharpDepthPipeline of tiny random models, marked `untrained` (its output must be labelled so)."""
-    from ..pipeline import SharpDepthPipeline
+    from .pipeline import SharpDepthPipeline
 
     backend = tiny_depth_anything(seed) if metric == "depth-anything-v2" else tiny_depth_pro(seed)
     return SharpDepthPipeline(tiny_student(seed), backend, processing_res=processing_res, untrained=True)
