@@ -15,10 +15,16 @@ log depth, as two parts:
   `pixel_memory`, warped along with the depth) and a = exp(-½ (d / tolerance)²): a pixel whose past
   disagrees (an occlusion, an edge, a moving object) keeps its present value.
 
+The motion's alignment is cheap (2 pyramid levels from the first guess, 2 steps, 300 points: about
+2.5 % of a frame on CPU at the embedded size); where its result disagrees it runs once more thorough
+(3 levels, 5 steps, 800 points; image mode from standing still), so fast turns cost more, not fail.
+
 A cut (the camera jumped, frames were dropped, the scene changed: fewer than `min_agreement` of the
 pixels seen in both frames agree within `tolerance`, or less than `min_overlap` of the frame is seen
-at all, or a gap of more than `max_gap_s` between stamps, or a new image size or K) restarts the
-state: that frame's output is the per-frame result itself. Only past frames are used; one frame in,
+at all, or the depth histogram's scale-free shape changed by more than `max_histogram_change` (a
+scene change the alignment may explain away: the second check of the image-only mode), or a gap of
+more than `max_gap_s` between stamps, or a new image size or K) restarts the state: that frame's
+output is the per-frame result itself. Only past frames are used; one frame in,
 one out. Per camera: one object each (`TemporalCameras` keys them).
 """
 from __future__ import annotations
@@ -46,7 +52,18 @@ class TemporalSettings:
     min_agreement: float = 0.5  # fewer of the pixels seen in both frames within 2·tolerance: a cut
     min_overlap: float = 0.2  # less of the frame seen in the previous one: a cut
     max_gap_s: float = 0.5  # a longer gap between two frames' stamps: a cut
-    align_size: int = 64  # image mode: the longer edge (px) the photometric alignment runs at (its cost is fixed)
+    # a larger change of the depth histogram's shape (log depth's 5-95 % quantiles about their median, mean
+    # absolute change, last frame to this one, per-frame depth; scale-free, so f_D's scale flicker does not move it): a
+    # scene change, even one the alignment explains away. Validation walks (--first-seed 110000): at most
+    # 0.13 from frame to frame within a walk (a dropped second included), 0.19-0.29 at the scene changes
+    max_histogram_change: float = 0.16
+    align_size: int = 64  # the longer edge (px) the photometric alignment runs at (its cost is fixed)
+    # the alignment's cost (issue 29: <= 5 % of a frame on CPU): 800 points x 5 steps x 3 levels cost 6-7 %
+    # of a frame; these cost about 2.5 % for the same validation TAE (within 0.03 of f_D's per walk)
+    align_points: int = 300  # the alignment's pixels per pyramid level (the most textured)
+    align_iterations: int = 2  # Gauss-Newton steps per level at most
+    align_step: float = 1e-3  # a level stops once no component of a step is larger (metres at the depth's scale, radians)
+    skip_coarsest: bool = True  # with a first guess (odometry, the last motion) the alignment starts one level finer
 
 
 @dataclass
@@ -78,6 +95,7 @@ class TemporalDepth:
         self._pose: Tensor | None = None  # odometry mode: the last camera-to-world pose
         self._stamp: float | None = None
         self._velocity: Tensor | None = None  # image mode: the last motion, the next one's first guess
+        self._shape: np.ndarray | None = None  # the last output's depth histogram shape (`_histogram_shape`)
 
     def update(self, depth: Tensor, K, image=None, pose=None, stamp: float | None = None) -> TemporalResult:
         """depth: [H, W] (or [1, 1, H, W]) metres, this frame's per-frame output; K: 3x3; image: the
@@ -92,13 +110,19 @@ class TemporalDepth:
         gray = _gray(image, self.settings.align_size)
         pose = None if pose is None else torch.as_tensor(np.asarray(pose, dtype=np.float64) if not isinstance(pose, Tensor) else pose).double()
         reason = self._restart_reason(depth, K, stamp)
+        shape = _histogram_shape(depth)
+        if not reason and shape is not None and self._shape is not None:
+            change = float(np.abs(shape - self._shape).mean())
+            if change > self.settings.max_histogram_change:
+                reason = f"the depth histogram changed by {change:.2f} (a scene change)"
         motion, agreement = None, math.nan
         if not reason:
-            # image mode: from the last motion, and once more from standing still if that disagrees (a walk
-            # that stopped or turned the other way)
-            guesses = [self._velocity, None] if self.mode == "image" and self._velocity is not None else [self._velocity]
-            for guess in guesses:
-                motion = self._motion(K, gray, pose, guess)
+            # the cheap alignment from the first guess (odometry, else the last motion), and where that
+            # disagrees once more, thorough (every level, more points and steps) and, in image mode, from
+            # standing still (a walk that stopped or turned the other way): fast turns, hard frames, cuts
+            attempts = [(self._velocity, False), (None if self.mode == "image" else self._velocity, True)]
+            for guess, thorough in attempts:
+                motion = self._motion(K, gray, pose, guess, thorough)
                 reason = "" if motion is not None else "the images do not match"
                 if not reason:
                     fused, weight, agreement, reason = self._fuse(depth, K, motion)
@@ -110,6 +134,7 @@ class TemporalDepth:
         else:
             self._velocity = motion
         self._log_depth, self._weight, self._K, self._gray, self._pose, self._stamp = fused, weight, K, gray, pose, stamp
+        self._shape = shape
         self._frames += 1
         out = depth if reason else torch.where(torch.isfinite(fused), torch.exp(fused), depth)
         return TemporalResult(out, bool(reason), reason, agreement, motion)
@@ -123,20 +148,25 @@ class TemporalDepth:
             return f"a gap of {stamp - self._stamp:.3f} s between frames"
         return ""
 
-    def _motion(self, K: Tensor, gray: np.ndarray, pose: Tensor | None, last: Tensor | None) -> Tensor | None:
+    def _motion(self, K: Tensor, gray: np.ndarray, pose: Tensor | None, last: Tensor | None, thorough: bool = False) -> Tensor | None:
         """prev_from_cur: the previous camera's pose in the present one's frame, aligned on the images from
         a first guess: the odometry's motion, else `last` (the last frame's, prev_from_cur; None: still).
         Odometry alone is not used as it is: its translation is metric while the depth carries f_D's
         scale error (0.6-0.9 on the walks), and warping depth of the wrong scale by a metric translation
         makes the filtered scale drift frame after frame (AbsRel +3.6 % on the validation walks); the
-        alignment finds the translation at the depth's own scale. Where it fails the odometry stands."""
+        alignment finds the translation at the depth's own scale. Where it fails the odometry stands.
+        `thorough`: align_images' own defaults (3 levels x 5 steps x 800 points), else the settings' cheap run."""
         odometry = self.mode == "odometry"
         if odometry:
             guess = np.linalg.solve(pose.numpy(), self._pose.numpy())  # cur_from_prev
         else:
             guess = np.eye(4) if last is None else np.linalg.inv(last.numpy())
         past = torch.exp(self._log_depth).cpu().numpy()
-        aligned = align_images(self._gray, gray, past, K.numpy(), guess)
+        s = self.settings
+        informed = odometry or last is not None
+        cheap = {} if thorough else dict(iterations=s.align_iterations, points=s.align_points, step=s.align_step,
+                                         start_level=1 if informed and s.skip_coarsest else None)
+        aligned = align_images(self._gray, gray, past, K.numpy(), guess, **cheap)
         if aligned is not None and aligned[1] < self.settings.min_agreement:
             return None  # the images disagree however they are aligned: a cut
         cur_from_prev = aligned[0] if aligned is not None else guess if odometry else None
@@ -189,6 +219,20 @@ def _valid(depth: Tensor) -> Tensor:
     return torch.isfinite(depth) & (depth > 0)
 
 
+_QUANTILES = np.linspace(0.05, 0.95, 19)
+
+
+def _histogram_shape(depth: Tensor) -> np.ndarray | None:
+    """The shape of a depth map's histogram, scale removed: log depth's 5-95 % quantiles minus their
+    median (on every 4th pixel of every 2nd row: it is a histogram). None without enough valid depth."""
+    d = depth[::2, ::4].numpy().ravel()
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size < 64:
+        return None
+    q = np.quantile(np.log(d), _QUANTILES)
+    return q - q[len(q) // 2]
+
+
 def _gray(image, size: int) -> np.ndarray:
     """An RGB image (uint8 HxWx3, or float [3, H, W] in [0, 1]) as grey float32 [h, w] in [0, 1], its
     longer edge resized (area) to `size`, never up."""
@@ -224,7 +268,7 @@ def _bilinear(planes: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def align_images(gray_prev: np.ndarray, gray_cur: np.ndarray, depth_prev: np.ndarray, K: np.ndarray,
                  guess: np.ndarray, levels: int = 3, iterations: int = 5, points: int = 800,
-                 match: float = 0.05) -> tuple[np.ndarray, float] | None:
+                 match: float = 0.05, step: float = 1e-5, start_level: int | None = None) -> tuple[np.ndarray, float] | None:
     """cur_from_prev by direct photometric alignment (Gauss-Newton on SE(3), Huber-weighted, coarse to
     fine): the previous frame's most textured pixels, lifted with its depth, moved and projected into
     the present image until their grey values match. Why: the image-only mode needs the camera's
@@ -234,7 +278,7 @@ def align_images(gray_prev: np.ndarray, gray_cur: np.ndarray, depth_prev: np.nda
     grey values then match within `match`: low when the images show different things (a cut)."""
     T = np.array(guess, dtype=np.float64)
     full_h, full_w = depth_prev.shape
-    for level in reversed(range(levels)):
+    for level in reversed(range(min(levels - 1, levels - 1 if start_level is None else start_level) + 1)):
         prev, cur = gray_prev, gray_cur
         for _ in range(level):
             prev, cur = cv2.pyrDown(prev), cv2.pyrDown(cur)
@@ -250,7 +294,8 @@ def align_images(gray_prev: np.ndarray, gray_cur: np.ndarray, depth_prev: np.nda
         mag = np.hypot(px, py)
         mag[d <= 0] = -1
         mag[[0, -1]] = mag[:, [0, -1]] = -1
-        idx = np.argsort(mag.ravel())[::-1][:points]
+        flat = mag.ravel()
+        idx = np.argpartition(flat, flat.size - points)[flat.size - points:] if flat.size > points else np.arange(flat.size)
         idx = idx[mag.ravel()[idx] > 0]
         if idx.size < 32:
             return None
@@ -274,14 +319,15 @@ def align_images(gray_prev: np.ndarray, gray_cur: np.ndarray, depth_prev: np.nda
             gz = -(gu * X1[:, 0] + gv * X1[:, 1]) / z1
             x, y = X1[:, 0], X1[:, 1]  # the rotation's columns: X × (gu, gv, gz)
             J = np.stack([gu, gv, gz, y * gz - z1 * gv, z1 * gu - x * gz, x * gv - y * gu], -1)
-            k = 1.345 * 1.4826 * max(float(np.median(np.abs(r))), 1e-4)
-            wt = np.minimum(1.0, k / np.maximum(np.abs(r), 1e-12))
+            ar = np.abs(r)
+            k = 1.345 * 1.4826 * max(float(np.partition(ar, ar.size // 2)[ar.size // 2]), 1e-4)  # about the median
+            wt = np.minimum(1.0, k / np.maximum(ar, 1e-12))
             H = J.T @ (wt[:, None] * J)
             xi = -np.linalg.solve(H + 1e-6 * np.trace(H) / 6 * np.eye(6), J.T @ (wt * r))
             if not np.isfinite(xi).all():
                 return None
             T = _exp_se3(xi) @ T
-            if np.abs(xi).max() < 1e-5:
+            if np.abs(xi).max() < step:
                 break
         matched = float(np.sum(np.abs(r) < match)) / idx.size
     return (T, matched) if np.isfinite(T).all() else None

@@ -221,3 +221,19 @@ def test_a_static_camera_with_fresh_noise_converges_rather_than_wanders(walk):
     assert error_out < error_in  # nearer the truth, not drifting from it
     drift = abs(np.median(np.log(out[-1] / f.depth)) - np.median(np.log(out[20] / f.depth)))
     assert drift < 0.05
+
+
+def test_a_scene_change_the_alignment_explains_away_is_caught_by_the_depth_histogram(walk):
+    """The second check (issue 29): the histogram's shape is scale-free (f_D's scale flicker does not
+    move it), and a new room's depth under the same image (the alignment then matches perfectly)
+    restarts the state on it alone."""
+    from sharpdepth_core.temporal import _histogram_shape
+
+    d = torch.from_numpy(walk[3].depth.astype(np.float32))
+    np.testing.assert_allclose(_histogram_shape(d), _histogram_shape(1.3 * d), atol=1e-5)
+    other = torch.from_numpy(render_sequence(110001, 8)[0].depth.astype(np.float32))
+    state = TemporalDepth("image")
+    for t in range(3):
+        state.update(torch.from_numpy(walk[t].depth.astype(np.float32)), walk[t].K, image=walk[t].rgb)
+    r = state.update(other, walk[3].K, image=walk[2].rgb)
+    assert r.cut and "histogram" in r.reason and torch.equal(r.depth, other)
