@@ -9,10 +9,13 @@ co-visible pixels), the static-point flicker (mm: how far a point of the cloud o
 jumps between frames; every surface here is static) and the single-frame AbsRel. Models: the ground
 truth (the warp's own error), f_D, SharpDepth with the node's default noise (one seed, the same draw
 every frame), with fresh noise per frame (the node's seed -1), and with each cheaper difference map;
-every noisy model under two noise seeds, whose difference is the spread. Prints a table and one JSON
+every noisy model under two noise seeds, whose difference is the spread; the temporal mode
+(`sharpdepth_core.temporal`, issue 29) on the node default's frames: image only, odometry with exact
+poses and with drifting odometry; its cut streams (a scene change, a dropped second: is the cut
+flagged, is that frame the per-frame result) and its cost side by side with the frame's. Prints a table and one JSON
 line; writes a figure (consecutive frames per model, with their reprojection error into the next).
 
-    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames, 1 thread: ~3 min
+    .venv/bin/python bench/temporal.py                          # 4 eval sequences x 30 frames and their cut streams, 1 thread: ~5 min
     .venv/bin/python bench/temporal.py --quick                  # 1 sequence x 8 frames: ~20 s (a check, not a result)
     .venv/bin/python bench/temporal.py --first-seed 110000      # validation sequences: for choosing anything
 """
@@ -62,6 +65,9 @@ QUICK = {"sequences": 1, "frames": 8}
 # and the start (imports, loading), measured 2026-12-07 on the reference machine under other work
 # (load 2-4): `--sequences 1 --frames 8` against `--frames 3`.
 SECONDS_PER_FRAME, SECONDS_START = 1.5, 6.0
+# the cut streams (--frames >= 2 x CUT_AT): per frame of a walk, measured 2026-12-07 likewise (2 validation
+# walks x 30 frames: 147 s in all)
+SECONDS_PER_FRAME_CUTS = 0.85
 
 
 def drifting_odometry(poses: list[np.ndarray], seed: int, scale_error: float = 0.02, heading_deg_per_m: float = 1.0,
@@ -221,11 +227,17 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
                 r["flagged"] += int(flags[CUT_AT])
                 r["same_as_per_frame"] += int(np.array_equal(outs[CUT_AT], depths[CUT_AT]))
                 r["false_cuts"] += sum(flags[1:CUT_AT]) + sum(flags[CUT_AT + 1:])
+                if i == 0 and kind == "scene change" and mode == "image":
+                    CUT_FIGURE.update(frames=frames, per_frame=depths, temporal=outs, flags=flags)
     return rows
 
 
+CUT_FIGURE: dict = {}  # the first scene-change stream, image mode, for the figure
+
+
 def table(result: dict) -> str:
-    lines = [f"{result['sequences']} held-out sequences x {result['frames']} frames (seeds {result['first_seed']}..), "
+    which = "validation" if result["first_seed"] >= 110_000 else "held-out"
+    lines = [f"{result['sequences']} {which} sequences x {result['frames']} frames (seeds {result['first_seed']}..), "
              "mean over sequences and noise seeds, ± the spread of two noise seeds:",
              f"{'model':<52} {'TAE':>16} {'flicker mm':>12} {'AbsRel':>16} {'TAE, scaled':>16}"]
     for name, m in result["models"].items():
@@ -255,7 +267,7 @@ def table(result: dict) -> str:
 FONT_PT, FIGURE_DPI = 10, 100  # the figure was 6-7 pt at 64 dpi: letters ~4 px tall (issue 30 item 10)
 
 
-def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
+def figure(path: Path, seq, preds: dict, start: int, count: int = 5, cut: dict | None = None) -> None:
     """Per model two rows: depth of `count` consecutive frames (one colour scale), and each frame's
     reprojection error into the next (0-10 %, black where not scored). Text sized to be read at the
     PNG's own size (10 pt at 100 dpi: about 10 px capitals)."""
@@ -267,7 +279,8 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
     from sharpdepth_core.visualize import colorize_depth, colorize_difference
 
     lo, hi = min(float(f.depth.min()) for f in seq), max(float(f.depth.max()) for f in seq)
-    fig, axes = plt.subplots(2 * len(preds), count, figsize=(1.9 * count + 1.5, 1.5 * 2 * len(preds)), squeeze=False)
+    extra = 2 if cut else 0
+    fig, axes = plt.subplots(2 * len(preds) + extra, count, figsize=(1.9 * count + 1.5, 1.5 * (2 * len(preds) + extra)), squeeze=False)
     for r, (name, runs) in enumerate(preds.items()):
         depths = runs[0]
         for c, t in enumerate(range(start, start + count)):
@@ -282,6 +295,17 @@ def figure(path: Path, seq, preds: dict, start: int, count: int = 5) -> None:
                 axes[row, c].set_title(title, fontsize=FONT_PT)
         axes[2 * r, 0].text(-0.05, 0.5, name.replace(" (", "\n(").replace(", ", ",\n").replace(": ", ":\n"), fontsize=FONT_PT, ha="right",
                             va="center", transform=axes[2 * r, 0].transAxes)
+    if cut:  # the scene-change stream around its cut: the per-frame result and the image-only mode, which restarts on it
+        frames = cut["frames"]
+        c_lo, c_hi = min(float(f.depth.min()) for f in frames), max(float(f.depth.max()) for f in frames)
+        for row, (label, depths) in enumerate((("scene change:\nSharpDepth", cut["per_frame"]),
+                                               ("scene change:\ntemporal (image only)", cut["temporal"])), start=2 * len(preds)):
+            for c, t in enumerate(range(CUT_AT - count // 2, CUT_AT - count // 2 + count)):
+                axes[row, c].imshow(colorize_depth(depths[t], c_lo, c_hi), interpolation="nearest")
+                axes[row, c].set_axis_off()
+                flag = " CUT: per-frame" if cut["flags"][t] and row > 2 * len(preds) else (" (new room)" if t == CUT_AT else "")
+                axes[row, c].set_title(f"t={t}{flag}", fontsize=FONT_PT, color="red" if "CUT" in flag else "black")
+            axes[row, 0].text(-0.05, 0.5, label, fontsize=FONT_PT, ha="right", va="center", transform=axes[row, 0].transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, dpi=FIGURE_DPI, format="png")
@@ -306,8 +330,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     quiet_loading()
-    announce("temporal", SECONDS_START + SECONDS_PER_FRAME * args.sequences * args.frames,
-             f"{args.sequences} sequence(s) x {args.frames} frames", args.quick, f"{SECONDS_PER_FRAME} s a frame")
+    per_frame = SECONDS_PER_FRAME + (SECONDS_PER_FRAME_CUTS if args.frames >= 2 * CUT_AT else 0)
+    announce("temporal", SECONDS_START + per_frame * args.sequences * args.frames,
+             f"{args.sequences} sequence(s) x {args.frames} frames" + (", the cut streams" if args.frames >= 2 * CUT_AT else ""),
+             args.quick, f"{per_frame:.2f} s a frame")
     result, (seq, preds) = temporal(args.first_seed, args.sequences, args.frames)
     result["seconds"] = time.perf_counter() - start
     print(table(result))
@@ -315,7 +341,8 @@ def main(argv=None) -> None:
     if args.json:
         write_bytes(args.json, (line + "\n").encode())
     if args.figure:
-        figure(args.figure, seq, preds, start=min(10, args.frames - 6) if args.frames > 6 else 0, count=min(5, args.frames - 1))
+        figure(args.figure, seq, preds, start=min(10, args.frames - 6) if args.frames > 6 else 0, count=min(5, args.frames - 1),
+               cut=CUT_FIGURE or None)
     print(line)
 
 
