@@ -2,7 +2,7 @@
 adds its parser and sets `func`); `main` dispatches and turns expected errors into one line.
 
     sharpdepth predict INPUT... --out DIR [--model DIR | --student P [--metric NAME]] [--ply]
-    sharpdepth predict FRAMES/ --out DIR --sequence [--poses POSES.json --intrinsics fx,fy,cx,cy]
+    sharpdepth predict FRAMES/ --out DIR --sequence [--poses POSES.json --intrinsics fx,fy,cx,cy] [--temporal image|odometry]
     sharpdepth export --out DIR [--model DIR | --student P] [--precision fp16] [--input-size WxH [--fixed]] [--tensorrt | --engine aoti]
 
 Everything that can be checked without the models (arguments, devices, the output folder) is
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,6 +154,11 @@ def add_predict(sub) -> None:
                        f"optical frame: x right, y down, z forward); writes DIR/{SEQUENCE_SCORES}: the temporal alignment "
                        "error (TAE) of SharpDepth and f_D between consecutive frames. With no ground truth, occlusions count "
                        "as error: compare models on the same frames, not with published TAE figures")
+    video.add_argument("--temporal", choices=("off", "image", "odometry"), default="off",
+                       help="with --sequence: the causal temporal mode (docs/METHOD.md, Temporal mode): each frame's depth "
+                       "fused with the previous frames' output, moved by the camera's motion found from the images (image) "
+                       "or from --poses as the first guess (odometry); falls back to the frame's own result on a cut (a "
+                       "jump, a scene change). The written depth is the fused one (f_D's is not); default off")
     p.set_defaults(func=run_predict)
 
 
@@ -373,6 +379,10 @@ def read_predict_arguments(args) -> tuple[list[Path], int, tuple | None, torch.d
     check_processing_res(args.processing_res, "--processing-res")
     if args.poses and not (args.sequence and args.intrinsics):
         raise ValueError("--poses goes with --sequence and --intrinsics (the frames' order and the camera's K)")
+    if args.temporal != "off" and not args.sequence:
+        raise ValueError(f"--temporal {args.temporal} goes with --sequence (the frames of one video, in order)")
+    if args.temporal == "odometry" and not args.poses:
+        raise ValueError("--temporal odometry needs --poses (and --intrinsics): the camera's pose at each frame")
     images, problems, unusable = find_images(args.inputs)
     for line in problems:
         print(f"sharpdepth predict: {line}", file=sys.stderr)
@@ -567,6 +577,11 @@ def run_predict(args) -> int:
     ours = _read_record(out)
     done, left, stems = 0, 0, set()
     frames: list[tuple | None] = [None] * len(images)  # with --poses: each written frame's (depth, f_D depth, K)
+    temporal = None
+    if args.temporal != "off":
+        from .temporal import TemporalDepth
+
+        temporal = TemporalDepth(args.temporal)
     for i, path in enumerate(tqdm(images, desc="sharpdepth", unit="image", file=sys.stderr, disable=None)):
         stem, n = path.stem, 1
         while stem in stems:
@@ -584,8 +599,16 @@ def run_predict(args) -> int:
             continue
         predicted = predict_image(pipe, path, camera, args)
         if predicted is None:
+            if temporal is not None:
+                temporal.reset()  # a frame missing from the video: start again at the next one
             continue
         rgb, result = predicted
+        restart = ""
+        if temporal is not None:
+            fused = temporal.update(result.depth[0, 0].float().cpu(), result.K[0].cpu(), image=rgb,
+                                    pose=poses[i] if args.temporal == "odometry" else None)
+            result = replace(result, depth=fused.depth.to(result.depth)[None, None])
+            restart = f", temporal: restarted ({fused.reason})" if fused.cut and fused.reason != "first frame" else ""
         try:
             if not ours.issuperset(names):  # recorded before writing: a crash midway leaves files predict may overwrite
                 ours.update(names)
@@ -596,7 +619,7 @@ def run_predict(args) -> int:
             tqdm.write(f"{path}: error: cannot write to {out}: {exc.strerror or exc}; "
                        f"{left} later image(s) not processed", file=sys.stderr)
             break
-        tqdm.write(summary_line(path, rgb, depth, e, result), file=sys.stdout)
+        tqdm.write(summary_line(path, rgb, depth, e, result) + restart, file=sys.stdout)
         done += 1
         if poses:
             frames[i] = (depth, result.metric_depth[0, 0].float().cpu().numpy(), result.K[0].double().cpu().numpy())

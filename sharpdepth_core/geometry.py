@@ -279,3 +279,34 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) 
         f.write(header.encode("ascii"))
         f.write(out.tobytes())
     return len(out)
+
+
+def warp_depth(depth_src: Tensor, K_src: Tensor, depth_dst: Tensor, K_dst: Tensor, src_from_dst: Tensor,
+               extra: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A source camera's depth seen from a destination camera, per destination pixel: (z [H, W], the
+    source's depth surface along the destination's optical axis; extra [C, H, W] sampled at the same
+    places; seen [H, W] bool). The destination's own depth finds each pixel's place in the source
+    (`reproject`'s geometry, run backwards so that every destination pixel gets a value: no holes,
+    no splatting); the source depth there (bilinear, all four neighbours valid) is lifted to 3-D and
+    moved into the destination. z equals depth_dst where the two agree; torch, on their device."""
+    import torch.nn.functional as F
+
+    T = src_from_dst.to(depth_dst)
+    h, w = depth_src.shape[-2:]
+    xyz = unproject(depth_dst, K_dst.to(depth_dst)) @ T[:3, :3].T + T[:3, 3]
+    uv = project(xyz, K_src.to(depth_dst))
+    valid_src = torch.isfinite(depth_src) & (depth_src > 0)
+    planes = [torch.where(valid_src, depth_src, 0).to(depth_dst), valid_src.to(depth_dst)]
+    if extra is not None:
+        planes += list(extra.to(depth_dst))
+    grid = torch.stack([uv[..., 0] / max(w - 1, 1), uv[..., 1] / max(h - 1, 1)], -1) * 2 - 1
+    grid = torch.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0)  # NaN: an invalid destination pixel, not seen
+    sampled = F.grid_sample(torch.stack(planes)[None], grid[None], mode="bilinear", padding_mode="zeros",
+                            align_corners=True)[0]
+    z_src, full = sampled[0], sampled[1] > 1 - 1e-4
+    k = K_src.to(depth_dst)
+    ray = torch.stack([(uv[..., 0] - k[0, 2]) / k[0, 0], (uv[..., 1] - k[1, 2]) / k[1, 1], torch.ones_like(z_src)], -1)
+    back = torch.linalg.inv(T)
+    z = ((z_src[..., None] * ray) @ back[2, :3] + back[2, 3])
+    seen = full & (xyz[..., 2] > 0) & torch.isfinite(z) & (z > 0)
+    return torch.where(seen, z, torch.nan), (sampled[2:] if extra is not None else None), seen

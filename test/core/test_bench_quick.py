@@ -77,4 +77,4 @@ def test_temporal_quick_run_reports_every_model_in_one_estimate_line_and_no_warn
     assert run.stderr.strip().splitlines() == [ESTIMATE.search(run.stderr).group(0)]  # no progress bar off a terminal, no warnings
     result = json.loads(out.read_text())
     assert (result["sequences"], result["frames"]) == (1, 3)
-    assert "SharpDepth, light difference map" in result["models"] and len(result["models"]) == 6
+    assert "SharpDepth, light difference map" in result["models"] and len(result["models"]) == 9  # 6 + the 3 temporal rows

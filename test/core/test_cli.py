@@ -754,6 +754,41 @@ def test_sequence_without_poses_runs_in_order_and_says_what_tae_needs(tiny_dirs,
     assert not (out / "sequence.json").exists()
 
 
+def test_sequence_temporal_modes_fuse_causally_and_start_from_the_frames_own_result(tiny_dirs, walk, tmp_path, capsys):
+    """--temporal image|odometry (issue 29): the first frame is the per-frame result itself, every frame is
+    written, and a frame's output depends on no later frame (the run on the first two frames writes the
+    same two depths)."""
+    folder, poses, intrinsics, _ = walk
+    base = ["--model", str(tiny_dirs["pipeline"]), "--sequence", "--poses", str(poses), "--intrinsics", intrinsics]
+    assert main(["predict", str(folder), "--out", str(tmp_path / "off"), *base]) == 0
+    for mode in ("image", "odometry"):
+        out = tmp_path / mode
+        assert main(["predict", str(folder), "--out", str(out), *base, "--temporal", mode]) == 0
+        assert np.array_equal(np.load(out / "f8_depth.npy"), np.load(tmp_path / "off" / "f8_depth.npy"))
+        assert all(np.isfinite(np.load(out / f"f{n}_depth.npy")).any() for n in (8, 9, 10))
+        assert json.loads((out / "sequence.json").read_text())["pairs_scored"] == 2
+        two = tmp_path / f"{mode}_two"
+        two_poses = tmp_path / "two_poses.json"
+        two_poses.write_text(json.dumps({"camera_to_world": json.loads(poses.read_text())["camera_to_world"][:2]}))
+        assert main(["predict", str(folder / "f8.png"), str(folder / "f9.png"), "--out", str(two), *base[:3], "--poses",
+                     str(two_poses), "--intrinsics", intrinsics, "--temporal", mode]) == 0
+        for n in (8, 9):
+            assert np.array_equal(np.load(two / f"f{n}_depth.npy"), np.load(out / f"f{n}_depth.npy"))
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--temporal", "image"], "--temporal image goes with --sequence"),
+    (["--sequence", "--temporal", "odometry"], "--temporal odometry needs --poses"),
+])
+def test_temporal_without_what_it_needs_is_one_line_before_loading(walk, tmp_path, capsys, models_must_not_load, extra, message):
+    folder, _, _, _ = walk
+    assert main(["predict", str(folder), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sharpdepth predict: error:") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("case,message", [
     ("two poses", "2 poses for 3 frames"),
     ("scaled", "pose 1 is not a rigid transform"),

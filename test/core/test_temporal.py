@@ -107,3 +107,133 @@ def test_without_ground_truth_every_pixel_that_lands_is_scored_occlusions_includ
     assert np.nanmax(with_gt) < 1e-3 and np.nanmax(without) > 1.0  # the occluder is 3x nearer than the plane
     with pytest.raises(ValueError, match="two or more frames"):
         temporal_alignment_error(gts[:1], None, K, poses[:1])
+
+
+# --- the temporal mode (issue 29): sharpdepth_core.temporal -------------------------------------------
+
+import torch  # noqa: E402
+
+from sharpdepth_core.geometry import warp_depth  # noqa: E402
+from sharpdepth_core.synthetic import render_sequence  # noqa: E402
+from sharpdepth_core.temporal import TemporalCameras, TemporalDepth, align_images, _gray  # noqa: E402
+
+
+def test_warp_depth_moves_a_depth_map_into_another_camera_exactly():
+    (p0, p1), (d0, d1) = sequence(2)
+    z, _, seen = warp_depth(torch.tensor(d0), torch.tensor(K), torch.tensor(d1), torch.tensor(K),
+                            torch.tensor(relative_pose(p1, p0)))
+    assert seen.float().mean() > 0.7
+    np.testing.assert_allclose(z[seen].numpy(), d1[seen.numpy()], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def walk():
+    return render_sequence(110000, 8)
+
+
+def flickering(frames, seed: int = 0) -> list[np.ndarray]:
+    """A per-frame result that flickers: the true depth times a frame-wide scale (±5 %) and pixel noise (2 %)."""
+    rng = np.random.default_rng(seed)
+    return [(f.depth * (1 + 0.05 * rng.standard_normal()) * (1 + 0.02 * rng.standard_normal(f.depth.shape))).astype(np.float32)
+            for f in frames]
+
+
+def run(mode, frames, depths, poses=None, state=None):
+    state = state or TemporalDepth(mode)
+    return [state.update(torch.from_numpy(d), f.K, image=f.rgb, pose=None if poses is None else poses[t])
+            for t, (f, d) in enumerate(zip(frames, depths))]
+
+
+def test_align_images_recovers_the_cameras_motion(walk):
+    a, b = walk[2], walk[3]
+    true = relative_pose(a.camera_to_world, b.camera_to_world)  # cur_from_prev
+    T, matched = align_images(_gray(a.rgb, 64), _gray(b.rgb, 64), a.depth, a.K, np.eye(4))
+    assert matched > 0.8
+    assert np.linalg.norm(T[:3, 3] - true[:3, 3]) < 0.3 * np.linalg.norm(true[:3, 3])
+    assert np.degrees(np.arccos(np.clip((np.trace(T[:3, :3].T @ true[:3, :3]) - 1) / 2, -1, 1))) < 0.5
+
+
+@pytest.mark.parametrize("mode", ["image", "odometry"])
+def test_the_mode_is_causal_and_steadier_than_its_input(walk, mode):
+    depths, poses = flickering(walk), [f.camera_to_world for f in walk]
+    out = run(mode, walk, depths, poses)
+    changed = list(depths)
+    changed[-1] = changed[-1] * 1.3  # a different future frame
+    again = run(mode, walk, changed, poses)
+    for a, b in zip(out[:-1], again[:-1]):
+        assert torch.equal(a.depth, b.depth)
+    assert out[0].cut and not any(r.cut for r in out[1:])
+    gts = [f.depth for f in walk]
+    assert (temporal_alignment_error([r.depth.numpy() for r in out], gts, walk[0].K, poses)
+            < 0.7 * temporal_alignment_error(depths, gts, walk[0].K, poses))
+
+
+@pytest.mark.parametrize("mode", ["image", "odometry"])
+def test_a_scene_change_falls_back_to_the_per_frame_result_at_once(walk, mode):
+    other = render_sequence(110001, 8)[:4]  # a walk's first frames (a 4-frame walk would turn 30° a frame)
+    frames = list(walk[:4]) + list(other)
+    depths = flickering(frames)
+    anchor = walk[3].camera_to_world @ np.linalg.inv(other[0].camera_to_world)  # odometry: it saw no jump
+    poses = [f.camera_to_world for f in walk[:4]] + [anchor @ f.camera_to_world for f in other]
+    out = run(mode, frames, depths, poses)
+    assert out[4].cut and torch.equal(out[4].depth, torch.from_numpy(depths[4]))
+    assert not out[5].cut  # and it carries on from there
+
+
+def test_a_gap_in_the_stamps_and_reset_restart_the_state(walk):
+    state = TemporalDepth("image")
+    depths = flickering(walk)
+    for t in range(3):
+        assert state.update(torch.from_numpy(depths[t]), walk[t].K, image=walk[t].rgb, stamp=0.1 * t).cut == (t == 0)
+    gap = state.update(torch.from_numpy(depths[3]), walk[3].K, image=walk[3].rgb, stamp=1.5)
+    assert gap.cut and "gap" in gap.reason and torch.equal(gap.depth, torch.from_numpy(depths[3]))
+    state.reset()
+    again = state.update(torch.from_numpy(depths[4]), walk[4].K, image=walk[4].rgb)
+    assert again.cut and torch.equal(again.depth, torch.from_numpy(depths[4]))
+
+
+def test_state_is_per_camera(walk):
+    other = render_sequence(110001, 8)
+    a, b = flickering(walk, 0), flickering(other, 1)
+    cameras = TemporalCameras("image")
+    mixed = {"left": [], "right": []}
+    for t in range(len(walk)):  # interleaved, as the node's worker sees them
+        mixed["left"].append(cameras.update("left", torch.from_numpy(a[t]), walk[t].K, image=walk[t].rgb).depth)
+        mixed["right"].append(cameras.update("right", torch.from_numpy(b[t]), other[t].K, image=other[t].rgb).depth)
+    for name, frames, depths in (("left", walk, a), ("right", other, b)):
+        alone = run("image", frames, depths)
+        assert all(torch.equal(x, y.depth) for x, y in zip(mixed[name], alone))
+    cameras.reset("left")
+    assert cameras.update("left", torch.from_numpy(a[0]), walk[0].K, image=walk[0].rgb).cut
+    assert not cameras.update("right", torch.from_numpy(b[0]), other[0].K, image=other[0].rgb).reason.startswith("first")
+
+
+def test_a_static_camera_with_fresh_noise_converges_rather_than_wanders(walk):
+    f = walk[0]
+    frames = [f] * 40
+    depths = flickering(frames, 3)
+    out = [r.depth.numpy() for r in run("odometry", frames, depths, [f.camera_to_world] * 40)]
+    steps_in = [np.median(np.abs(np.log(b / a))) for a, b in zip(depths[20:], depths[21:])]
+    steps_out = [np.median(np.abs(np.log(b / a))) for a, b in zip(out[20:], out[21:])]
+    assert np.mean(steps_out) < 0.4 * np.mean(steps_in)  # steadier frame to frame
+    error_in = np.mean([np.abs(np.log(d / f.depth)).mean() for d in depths[20:]])
+    error_out = np.mean([np.abs(np.log(d / f.depth)).mean() for d in out[20:]])
+    assert error_out < error_in  # nearer the truth, not drifting from it
+    drift = abs(np.median(np.log(out[-1] / f.depth)) - np.median(np.log(out[20] / f.depth)))
+    assert drift < 0.05
+
+
+def test_a_scene_change_the_alignment_explains_away_is_caught_by_the_depth_histogram(walk):
+    """The second check (issue 29): the histogram's shape is scale-free (f_D's scale flicker does not
+    move it), and a new room's depth under the same image (the alignment then matches perfectly)
+    restarts the state on it alone."""
+    from sharpdepth_core.temporal import _histogram_shape
+
+    d = torch.from_numpy(walk[3].depth.astype(np.float32))
+    np.testing.assert_allclose(_histogram_shape(d), _histogram_shape(1.3 * d), atol=1e-5)
+    other = torch.from_numpy(render_sequence(110001, 8)[0].depth.astype(np.float32))
+    state = TemporalDepth("image")
+    for t in range(3):
+        state.update(torch.from_numpy(walk[t].depth.astype(np.float32)), walk[t].K, image=walk[t].rgb)
+    r = state.update(other, walk[3].K, image=walk[2].rgb)
+    assert r.cut and "histogram" in r.reason and torch.equal(r.depth, other)
