@@ -10,7 +10,7 @@ CORE = ROOT / "sharpdepth_core"
 # the table of docs/ARCHITECTURE.md; a module may import its own layer or lower ones
 LAYERS = {
     0: ["limits", "choices", "hub_ids", "devices", "files", "embedded"],
-    1: ["normalization", "alignment", "gating", "preprocessing", "geometry", "metrics", "losses"],
+    1: ["normalization", "alignment", "gating", "preprocessing", "geometry", "metrics", "losses", "temporal"],
     2: ["images", "recordings", "synthetic", "small_scale", "visualize", "data"],
     3: ["models", "pipeline_config"],
     4: ["export", "engines", "speed"],
