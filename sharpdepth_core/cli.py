@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import pipeline_config
-from .choices import DIFFERENCE_METHODS, ENGINES
+from .choices import DIFFERENCE_METHODS, ENGINES, TEMPORAL_MODES
 from .devices import DTYPES
 from .hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from .images import DEFAULT_MAX_INPUT_PIXELS, list_images
@@ -154,7 +154,7 @@ def add_predict(sub) -> None:
                        f"optical frame: x right, y down, z forward); writes DIR/{SEQUENCE_SCORES}: the temporal alignment "
                        "error (TAE) of SharpDepth and f_D between consecutive frames. With no ground truth, occlusions count "
                        "as error: compare models on the same frames, not with published TAE figures")
-    video.add_argument("--temporal", choices=("off", "image", "odometry"), default="off",
+    video.add_argument("--temporal", choices=TEMPORAL_MODES, default="off",
                        help="with --sequence: the causal temporal mode (docs/METHOD.md, Temporal mode): each frame's depth "
                        "fused with the previous frames' output, moved by the camera's motion found from the images (image) "
                        "or from --poses as the first guess (odometry); falls back to the frame's own result on a cut (a "

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .choices import TEMPORAL_MODES
 from .geometry import warp_depth
 
-MODES = ("off", "image", "odometry")
+MODES = TEMPORAL_MODES
 
 
 @dataclass(frozen=True)

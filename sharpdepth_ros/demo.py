@@ -7,7 +7,8 @@ scene's ground truth beside the metric teacher f_D's (AbsRel, δ1, depth-boundar
 overview picture (image, ground truth, f_D, SharpDepth, difference map, point cloud). Then a moving
 camera: the replay's sequence mode walks through the first scene's room, its poses go into the bag
 with the frames (scrub it in Foxglove), and each pair of consecutive frames is scored with the
-temporal alignment error (TAE, ground-truth depth and poses) for f_D and SharpDepth (sequence.png).
+temporal alignment error (TAE, ground-truth depth and poses) for f_D, SharpDepth and SharpDepth temporal
+(the node's `temporal: odometry` with the walk's exact poses, run over its recorded depths; sequence.png).
 With `--cameras N` one node serves N cameras (`/camera/cam0`, ...; its `cameras` parameter): each
 frame is N scenes at once, run as one batch, each camera's outputs on its own namespace, scored and
 recorded per camera (the walk goes to the first camera).

@@ -85,8 +85,8 @@ def write_overview(rows: list[dict], panels: list[dict[str, np.ndarray]], out: P
 
 def write_sequence_picture(frames, depths: dict[str, list[np.ndarray]], tae: dict[str, list[float]], out: Path,
                            untrained: bool) -> None:
-    """sequence.png: a column per consecutive frame; rows image | ground truth | f_D | SharpDepth on one
-    depth colour scale, each depth labelled with its TAE into the next frame."""
+    """sequence.png: a column per consecutive frame; rows image | ground truth | f_D | SharpDepth | SharpDepth
+    temporal on one depth colour scale, each depth labelled with its TAE into the next frame."""
     plt = _pyplot()
     rows = {"image": [f.rgb for f in frames], "ground truth": [f.depth for f in frames], **depths}
     lo, hi = np.percentile(np.stack(rows["ground truth"]), [1, 99])
@@ -104,7 +104,7 @@ def write_sequence_picture(frames, depths: dict[str, list[np.ndarray]], tae: dic
                 ax.set_title(f"t = {t}", fontsize=9)
             if name in tae and t < len(frames) - 1:
                 ax.set_xlabel(f"TAE {t}→{t + 1}: {tae[name][t]:.4f}", fontsize=7)
-        axes[r, 0].set_ylabel(name, fontsize=8)
+        axes[r, 0].set_ylabel(name.replace(" temporal", "\ntemporal"), fontsize=8)
     _colour_bar(fig, shown, axes[1:, :].ravel().tolist(), "depth [m]")
     fig.suptitle("moving camera: consecutive frames" + (" (UNTRAINED random-weight models: plumbing check only)" if untrained else ""),
                  color="red" if untrained else "black", fontsize=10)

@@ -71,14 +71,31 @@ def score_frame(depth: np.ndarray, metric: np.ndarray, truth: np.ndarray) -> dic
     return row
 
 
+TEMPORAL = "SharpDepth temporal (odometry)"  # the walk's third row: the node's `temporal: odometry` with exact poses
+
+
+def temporal_pass(sharp: list[np.ndarray], frames) -> list[np.ndarray]:
+    """SharpDepth's walk as the node's `temporal: odometry` would publish it with the replay's (exact) poses:
+    the same causal state (`TemporalDepth`) run over the node's per-frame depths in order, each with its
+    frame's image, K, pose and stamp. A pass over the recorded outputs rather than a second node: the
+    same computation, at no second model run."""
+    import torch
+
+    from sharpdepth_core.temporal import TemporalDepth
+
+    state = TemporalDepth("odometry")
+    return [state.update(torch.from_numpy(np.array(d, np.float32)), f.K, image=f.rgb, pose=f.camera_to_world,
+                         stamp=t / SEQUENCE_RATE_HZ).depth.numpy() for t, (d, f) in enumerate(zip(sharp, frames))]
+
+
 def score_sequence(sharp: list[np.ndarray], node, scenes: Scenes) -> tuple[dict, list, dict[str, list[np.ndarray]]]:
-    """The moving camera's TAE, per pair of consecutive frames and averaged, for f_D and SharpDepth
-    (ground-truth depth and poses: the frames the replay sent, rendered again); also those frames and
-    both models' depths, for the picture."""
+    """The moving camera's TAE, per pair of consecutive frames and averaged, for f_D, SharpDepth and
+    SharpDepth temporal (`temporal_pass`; ground-truth depth and poses: the frames the replay sent,
+    rendered again); also those frames and the three depths, for the picture."""
     frames = synthetic_sequence(len(sharp), scenes.width, scenes.height, scenes.seed, scenes.style, scenes.fov_deg,
                                 SEQUENCE_RATE_HZ)
     gts, poses, K = [f.depth for f in frames], [f.camera_to_world for f in frames], frames[0].K
-    depths = {"f_D": [teacher_depth(node, f) for f in frames], "SharpDepth": sharp}
+    depths = {"f_D": [teacher_depth(node, f) for f in frames], "SharpDepth": sharp, TEMPORAL: temporal_pass(sharp, frames)}
     tae = {name: [temporal_alignment_error(d[t:t + 2], gts[t:t + 2], K, poses[t:t + 2]) for t in range(len(d) - 1)]
            for name, d in depths.items()}
     sequence = {"scene": scenes.seed, "frames": len(frames), "rate_hz": SEQUENCE_RATE_HZ, "tae": tae,

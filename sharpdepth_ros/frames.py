@@ -10,13 +10,17 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
-from sensor_msgs.msg import CameraInfo
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from sharpdepth_core.images import check_size, message_size
 from sharpdepth_core.visualize import colorize_depth
 from sharpdepth_ros.calibration import CalibrationRefused
 from sharpdepth_ros.conversions import PointCloudBuilder, Rectifier, depth_camera_info, numpy_to_image
 from sharpdepth_ros.statistics import Stats
+
+OUTPUTS = {"depth": (Image, "depth/image"), "info": (CameraInfo, "depth/camera_info"), "points": (PointCloud2, "points"),
+           "colored": (Image, "depth/colored"), "difference": (Image, "depth/difference"), "confidence": (Image, "depth/confidence")}
+# a camera's publishers: key (`frame_messages`) -> (message type, topic under the camera's namespace)
 
 
 class BadModelOutput(ValueError):
@@ -147,16 +151,19 @@ def masked_depth(depth: np.ndarray, confidence: np.ndarray | None, min_confidenc
     return np.where(low, np.float32(np.nan), depth).astype(np.float32, copy=False) if low.any() else depth
 
 
-def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict) -> dict:
+def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict, temporal=None) -> dict:
     """publisher key -> message of image `i` of a batch's outputs, one camera's frame, as `settings` ask
     (the cloud from the depth CameraInfo's K: a rectified camera has K = P). Pixels whose confidence is
     below `min_confidence` are NaN in the cloud and, with `mask_depth`, in the depth image and its
-    picture; the confidence image itself is never masked."""
+    picture; the confidence image itself is never masked. `temporal` (`temporal.TemporalStep`, the
+    node's temporal mode): the depth fused with the camera's past, which every output then shows."""
     depth = published_depth(out, i, frame.seen)
-    confidence = published_confidence(out, i, depth)
-    difference = None if out.difference is None else out.difference[i]
     header, rgb = frame.header, frame.rgb
     info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
+    if temporal is not None:
+        depth = temporal(frame, depth, np.reshape(info.k, (3, 3)))
+    confidence = published_confidence(out, i, depth)
+    difference = None if out.difference is None else out.difference[i]
     trusted = masked_depth(depth, confidence, settings["min_confidence"])
     shown = trusted if settings["mask_depth"] else depth
     messages = {"depth": numpy_to_image(shown, "32FC1", header), "info": info}

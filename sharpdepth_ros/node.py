@@ -4,7 +4,7 @@ A managed (lifecycle) node and a thin adapter around `SharpDepthPipeline` (loade
 configure loads the models or exported engines and makes the lifecycle publishers, activate
 subscribes and starts the worker, deactivate unsubscribes (the frame in the model is dropped, not
 published), cleanup releases the models; `autostart` (default) configures and activates at start.
-The calibration policy is `calibration`, counters and reports `statistics`, a frame's messages `frames`.
+Calibration policy: `calibration`; counters and reports: `statistics`; messages: `frames`; temporal mode: `temporal`.
 
 Inference runs in one worker thread the node owns (not an executor callback: `torch.compile` and long
 calls misbehave there, and the lifecycle services would wait behind it); the image callback keeps only
@@ -26,17 +26,18 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_ros.calibration import camera_model, fallback_notice, frame_info
 from sharpdepth_ros.conversions import compressed_to_rgb8, image_to_rgb8, remember
-from sharpdepth_ros.frames import Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem
+from sharpdepth_ros.frames import OUTPUTS, Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem
 from sharpdepth_ros.loaders import MemoryFreed, load_pipeline, ready
 from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, set_problem
 from sharpdepth_ros.params import declare_checked, fatal_text, run_to_exit
 from sharpdepth_ros.scheduling import FairShare
-from sharpdepth_ros.statistics import Stats, Throttle, diagnostic_rows, problem_key, report
+from sharpdepth_ros.statistics import Stats, Throttle, diagnostic_rows, farewell, problem_key, report
+from sharpdepth_ros.temporal import TemporalStep
 
 try:  # diagnostic_msgs is optional: the periodic log line carries the same numbers
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -46,8 +47,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 SUCCESS, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
 MAX_CAMERAS = 8  # camera_info kept for this many frame_ids (the latest ones): memory stays bounded
 SHUTDOWN_GRACE_S = 2.0  # how long cleanup and shutdown wait for a frame in progress to finish
-OUTPUTS = {"depth": (Image, "depth/image"), "info": (CameraInfo, "depth/camera_info"), "points": (PointCloud2, "points"),
-           "colored": (Image, "depth/colored"), "difference": (Image, "depth/difference"), "confidence": (Image, "depth/confidence")}
 
 
 class SharpDepthNode(LifecycleNode):
@@ -60,7 +59,7 @@ class SharpDepthNode(LifecycleNode):
         node_kwargs.setdefault("namespace", "camera")
         super().__init__("sharpdepth", **node_kwargs)
         self._lock, self._reporting = threading.Condition(), threading.Lock()  # _lock: the cameras' frames, activation, run
-        self._supplied, self.pipeline, self.cameras, self._fair = pipeline, None, [], None
+        self._supplied, self.pipeline, self.cameras, self._fair, self._temporal = pipeline, None, [], None, None
         self._subscriptions_made, self._worker, self._senders = [], None, []
         self._run: object | None = None  # the worker's and senders' token: they end when it changes
         self._activations, self._activation, self._autostarting = 0, 0, False  # _activation: its number, 0 while inactive
@@ -96,7 +95,7 @@ class SharpDepthNode(LifecycleNode):
                 self.get_logger().error(f"{self._why}; fix it and configure again (ros2 lifecycle set {self.get_fully_qualified_name()} configure)")
             return FAILURE
         self.cameras = [Camera(name) for name in self._settings["cameras"]]
-        self._fair = FairShare(self.cameras)
+        self._fair, self._temporal = FairShare(self.cameras), TemporalStep.from_settings(self._settings, self.get_logger().warning)
         out = QoSProfile(depth=2)  # reliable, small: RViz and best-effort consumers both match
         override = QoSOverridingOptions.with_default_policies()
         for camera in self.cameras:
@@ -132,6 +131,8 @@ class SharpDepthNode(LifecycleNode):
             self._activation = 0
             for camera in self.cameras:
                 camera.pending = camera.outbox = None
+            if self._temporal is not None:  # the first frame after activate is its own per-frame result
+                self._temporal.reset()
             self._lock.notify_all()
         for camera in self.cameras:
             with camera.publishing:
@@ -171,6 +172,8 @@ class SharpDepthNode(LifecycleNode):
             info = self.create_subscription(CameraInfo, camera.topic("camera_info"), lambda msg, c=camera: self._on_camera_info(c, msg),
                                             sensor, qos_overriding_options=override)
             self._subscriptions_made += [made, info]
+            for pose_kind, pose_topic, on_pose in self._temporal.pose_inputs(camera.name) if self._temporal else []:  # its poses
+                self._subscriptions_made.append(self.create_subscription(pose_kind, pose_topic, on_pose, sensor))
             topics.append(f"{image_topic} -> {self.resolve_topic_name(camera.topic('depth/image'))}, "
                           f"{self.resolve_topic_name(camera.topic('points'))}")
         self.get_logger().info("SharpDepth active: " + "; ".join(topics))
@@ -196,7 +199,7 @@ class SharpDepthNode(LifecycleNode):
             for publisher in camera.publishers.values():
                 self.destroy_lifecycle_publisher(publisher)
         with self._lock:
-            self.cameras, self._fair, self.pipeline = [], None, None
+            self.cameras, self._fair, self.pipeline, self._temporal = [], None, None, None
         freed = memory.collect()
         if say:
             running = "; a model call still runs: its memory goes when it ends" if self.busy else ""
@@ -372,7 +375,7 @@ class SharpDepthNode(LifecycleNode):
         the frame was taken, or is stopping; its counters. The 'publish' stage is this thread's CPU time
         (the node's own cost, apart from other threads holding the GIL); 'publish_wall' includes them."""
         t2, cpu0 = time.perf_counter(), time.thread_time()
-        messages = frame_messages(frame, out, i, settings)  # BadModelOutput for a non-finite depth
+        messages = frame_messages(frame, out, i, settings, self._temporal)  # BadModelOutput for a non-finite depth
         with frame.camera.publishing:
             if frame.activation != self._activation or self._run is None or not self.context.ok():
                 return
@@ -407,10 +410,7 @@ class SharpDepthNode(LifecycleNode):
 
     def farewell(self) -> list[str]:
         """What the node did, said when the process ends."""
-        s = self.stats
-        return ([f"shutdown: {s.received} frames received, {s.published} published, {s.dropped} dropped (a newer frame arrived "
-                 f"first), {sum(s.rejected.values())} skipped"]
-                + (["shutdown: a model call was still running; exiting without waiting for it"] if self.busy else []))
+        return farewell(self.stats, self.busy)
 
     @property
     def stats(self) -> Stats:

@@ -7,13 +7,14 @@ import sys
 
 from rcl_interfaces.msg import ParameterDescriptor
 
-from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS
+from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS, TEMPORAL_MODES
 from sharpdepth_core.devices import DEVICE_NAME, DTYPES
 from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS
 from sharpdepth_core.limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
 from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
-from sharpdepth_ros.params import BOOL, FLOAT, INT, STR, STR_ARRAY, camera_names_problem, descriptor, help_text, wants_help
+from sharpdepth_ros.params import BOOL, FLOAT, FLOAT_ARRAY, INT, STR, STR_ARRAY, camera_names_problem, descriptor, help_text, wants_help
+from sharpdepth_ros.temporal import IDENTITY_EXTRINSIC, extrinsic_problem
 
 DESCRIPTION = """sharpdepth_node: camera image + CameraInfo in; metric depth (depth/image, 32FC1 metres),
 depth/camera_info, its confidence (depth/confidence), a point cloud (points) and pictures out, for one
@@ -81,6 +82,14 @@ PARAMETERS = {
     "cloud_rgb": (True, descriptor("xyzrgb cloud (point_step 32) instead of xyz (16)", BOOL)),
     "cloud_decimation": (1, descriptor("keep every n-th pixel in both directions", INT, integer=(1, 16))),
     "cloud_max_range": (0.0, descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
+    "temporal": ("off", _at_configure("off, image or odometry: fuse each camera's depth with its own past frames (causal; a cut "
+                                      "falls back to the frame's own depth): docs/METHOD.md, Temporal mode; bench/RESULTS.md", STR)),
+    "odometry_topic": ("pose", _at_configure("temporal odometry: the camera poses, geometry_msgs/PoseStamped camera-to-world "
+                                             "(stamped as the images); relative: under each camera's namespace, absolute: "
+                                             "one topic for all cameras", STR)),
+    "camera_extrinsic": (IDENTITY_EXTRINSIC, _at_configure("temporal odometry: x y z qx qy qz qw of the camera's optical frame "
+                                                           "in the frame the poses give (the robot base); the identity: the "
+                                                           "poses are the camera's own", FLOAT_ARRAY)),
     "stats_period": (5.0, descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
 }
 
@@ -105,6 +114,10 @@ def validate(name: str, value) -> str | None:
         return camera_names_problem(value)
     if name == "image_transport" and value not in ("raw", "compressed"):
         return f"image_transport '{value}' is not 'raw' or 'compressed'"
+    if name == "temporal" and value not in TEMPORAL_MODES:
+        return f"temporal '{value}' is not one of {', '.join(TEMPORAL_MODES)}"
+    if name == "camera_extrinsic":
+        return extrinsic_problem(value)
     return None
 
 

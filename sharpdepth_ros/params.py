@@ -16,11 +16,12 @@ from rclpy.parameter import Parameter
 
 STR, INT = ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_INTEGER
 FLOAT, BOOL = ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_BOOL
-STR_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+STR_ARRAY, FLOAT_ARRAY = ParameterType.PARAMETER_STRING_ARRAY, ParameterType.PARAMETER_DOUBLE_ARRAY
 CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")  # a relative namespace
 MAX_CAMERA_NAME = 64  # characters: the topics under it stay far below rcl's 247-character limit
 EXPECTED = {STR: "a string", INT: "an integer", FLOAT: "a floating-point number (write 60.0, not 60)",
-            BOOL: "true or false", STR_ARRAY: "a list of strings (such as ['front', 'rear'])"}
+            BOOL: "true or false", STR_ARRAY: "a list of strings (such as ['front', 'rear'])",
+            FLOAT_ARRAY: "a list of floating-point numbers (such as [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])"}
 
 
 class ParameterTypeError(ValueError):

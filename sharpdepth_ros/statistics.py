@@ -117,3 +117,9 @@ class Throttle:
     def __len__(self) -> int:
         return len(self._last)
 
+
+def farewell(s: Stats, busy: bool) -> list[str]:
+    """What a node with counters `s` did, said when the process ends; `busy`: a model call still runs."""
+    return ([f"shutdown: {s.received} frames received, {s.published} published, {s.dropped} dropped (a newer frame arrived "
+             f"first), {sum(s.rejected.values())} skipped"]
+            + (["shutdown: a model call was still running; exiting without waiting for it"] if busy else []))

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers_models import card_figure
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.metrics import temporal_alignment_error
+from sharpdepth_core.temporal import TemporalDepth
 from sharpdepth_core import tiny
 from sharpdepth_core.visualize import colorize_depth, depth_colormap, depth_range
 from sharpdepth_ros import demo, demo_record
@@ -91,9 +93,16 @@ def test_demo_runs_untrained_and_records_everything(tmp_path, capsys):
     assert sequence["tae"]["SharpDepth"] == pytest.approx(expected, rel=1e-6) and len(sequence["tae"]["f_D"]) == 2
     assert all(0 < v < 10 for v in sequence["tae"]["f_D"])
     assert sequence["mean_tae"]["SharpDepth"] == pytest.approx(sum(expected) / 2, rel=1e-6)
-    assert re.search(r"moving camera: 3 frames .* a small sample .*f_D \d\.\d{4}, SharpDepth \d\.\d{4}", printed)
-    width, height = Image.open(out / "sequence.png").size  # 3 columns, 4 rows (image, ground truth, f_D, SharpDepth)
-    assert width > 3 * 64 and height > 4 * 48
+    state = TemporalDepth("odometry")  # the node's temporal odometry mode with the walk's exact poses, over the same depths
+    fused = [state.update(torch.from_numpy(d.copy()), K, image=f.rgb, pose=f.camera_to_world, stamp=t / 10.0).depth.numpy()
+             for t, (d, f) in enumerate(zip(sharp, walk))]
+    np.testing.assert_array_equal(fused[0], sharp[0])  # the first frame is its own
+    temporal = [temporal_alignment_error(fused[t:t + 2], gts[t:t + 2], K, cams[t:t + 2]) for t in range(2)]
+    assert sequence["tae"]["SharpDepth temporal (odometry)"] == pytest.approx(temporal, rel=1e-5)
+    assert re.search(r"moving camera: 3 frames .* a small sample .*f_D \d\.\d{4}, SharpDepth \d\.\d{4}, "
+                     r"SharpDepth temporal \(odometry\) \d\.\d{4}", printed)
+    width, height = Image.open(out / "sequence.png").size  # 3 columns, 5 rows (image, ground truth, f_D, SharpDepth, temporal)
+    assert width > 3 * 64 and height > 5 * 48
 
     width, height = Image.open(out / "overview.png").size  # labelled: 6 columns, 2 rows, colour bars
     assert width > 6 * 64 and height > 2 * 48
