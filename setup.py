@@ -49,7 +49,7 @@ setup(
         "rosbags",
     ],
     extras_require={
-        "ros": ["ros-rclpy[fastrtps]", "ros-sensor-msgs", "ros-std-msgs", "ros-geometry-msgs", "ros-diagnostic-msgs"],
+        "ros": ["ros-rclpy[fastrtps]", "ros-sensor-msgs", "ros-std-msgs", "ros-geometry-msgs", "ros-nav-msgs", "ros-diagnostic-msgs"],
         "onnx": ["onnx", "onnxruntime"],
         "test": ["pytest", "hypothesis"],
     },

@@ -15,7 +15,7 @@ python3 -m pip wheel --no-deps -w "$DEST" "empy==4.2.1"
 python3 -m pip download --only-binary=:all: "${TARGET[@]}" -d "$DEST" \
     diffusers transformers accelerate safetensors huggingface_hub numpy scipy scikit-image opencv-python-headless \
     pillow matplotlib tqdm pyyaml ema-pytorch onnx onnxruntime-gpu \
-    "ros-rclpy[fastrtps]" ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-diagnostic-msgs pytest hypothesis \
+    "ros-rclpy[fastrtps]" ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-nav-msgs ros-diagnostic-msgs pytest hypothesis \
     -c <(grep -v -e '^#' -e '^onnxruntime==' requirements.lock | grep '==')
 rm -f "$DEST"/torch-*.whl "$DEST"/nvidia_*.whl "$DEST"/triton-*.whl
 ls "$DEST" | wc -l
