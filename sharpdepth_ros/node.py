@@ -95,7 +95,7 @@ class SharpDepthNode(LifecycleNode):
                 self.get_logger().error(f"{self._why}; fix it and configure again (ros2 lifecycle set {self.get_fully_qualified_name()} configure)")
             return FAILURE
         self.cameras = [Camera(name) for name in self._settings["cameras"]]
-        self._fair, self._temporal = FairShare(self.cameras), TemporalStep.from_settings(self._settings, self.get_logger().warning)
+        self._fair, self._temporal = FairShare(self.cameras), TemporalStep.from_settings(self._settings, self.get_logger().warning, self)
         out = QoSProfile(depth=2)  # reliable, small: RViz and best-effort consumers both match
         override = QoSOverridingOptions.with_default_policies()
         for camera in self.cameras:

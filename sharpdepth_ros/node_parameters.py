@@ -14,7 +14,7 @@ from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS
 from sharpdepth_core.limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
 from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
 from sharpdepth_ros.params import BOOL, FLOAT, FLOAT_ARRAY, INT, STR, STR_ARRAY, camera_names_problem, descriptor, help_text, wants_help
-from sharpdepth_ros.temporal import IDENTITY_EXTRINSIC, extrinsic_problem
+from sharpdepth_ros.temporal import IDENTITY_EXTRINSIC, ODOMETRY_TYPES, extrinsic_problem, odometry_type_problem
 
 DESCRIPTION = """sharpdepth_node: camera image + CameraInfo in; metric depth (depth/image, 32FC1 metres),
 depth/camera_info, its confidence (depth/confidence), a point cloud (points) and pictures out, for one
@@ -84,12 +84,18 @@ PARAMETERS = {
     "cloud_max_range": (0.0, descriptor("NaN for points deeper than this along z, metres; 0 = no limit", FLOAT, floating=(0.0, 1000.0))),
     "temporal": ("off", _at_configure("off, image or odometry: fuse each camera's depth with its own past frames (causal; a cut "
                                       "falls back to the frame's own depth): docs/METHOD.md, Temporal mode; bench/RESULTS.md", STR)),
-    "odometry_topic": ("pose", _at_configure("temporal odometry: the camera poses, geometry_msgs/PoseStamped camera-to-world "
-                                             "(stamped as the images); relative: under each camera's namespace, absolute: "
-                                             "one topic for all cameras", STR)),
+    "odometry_type": (ODOMETRY_TYPES[0], _at_configure("temporal odometry: the poses' message type, nav_msgs/Odometry (a robot's "
+                                                       "odometry: the pose of its child_frame_id, the robot base) or "
+                                                       "geometry_msgs/PoseStamped (the camera's own pose, or with "
+                                                       "camera_extrinsic the base's)", STR)),
+    "odometry_topic": ("/odom", _at_configure("temporal odometry: the poses, base- (or camera-) to-world, stamped as the images; "
+                                              "absolute: one topic for all cameras (a robot's odometry), relative: under each "
+                                              "camera's namespace (each camera's own poses, such as the replay's 'pose')", STR)),
     "camera_extrinsic": (IDENTITY_EXTRINSIC, _at_configure("temporal odometry: x y z qx qy qz qw of the camera's optical frame "
-                                                           "in the frame the poses give (the robot base); the identity: the "
-                                                           "poses are the camera's own", FLOAT_ARRAY)),
+                                                           "in the frame the poses give (the robot base); the identity: for "
+                                                           "Odometry, TF's transform from its child_frame_id to the image's "
+                                                           "frame where tf2_ros is installed, else the poses are the "
+                                                           "camera's own", FLOAT_ARRAY)),
     "stats_period": (5.0, descriptor("seconds between statistics log lines and /diagnostics", FLOAT, read_only=True, floating=(0.5, 3600.0))),
 }
 
@@ -118,6 +124,8 @@ def validate(name: str, value) -> str | None:
         return f"temporal '{value}' is not one of {', '.join(TEMPORAL_MODES)}"
     if name == "camera_extrinsic":
         return extrinsic_problem(value)
+    if name == "odometry_type":
+        return odometry_type_problem(value)
     return None
 
 

@@ -184,6 +184,7 @@ LONG_NAME = "a" * 5000
         ("node", "publish_points:=1", "parameter publish_points: expected true or false, got 1 (an integer)"),
         ("node", "max_input_pixels:=[]", "parameter max_input_pixels: expected an integer, got [], an empty list"),
         ("node", f"cameras:=[{LONG_NAME}]", "cameras: a name of 5000 characters ('aaaaaaaaaaaaaaaaaaaa...'); at most 64"),
+        ("node", "odometry_type:=nav_msgs/Path", "odometry_type 'nav_msgs/Path' is not one of nav_msgs/Odometry, geometry_msgs/PoseStamped"),
         ("node", 'cameras:=[1, "x"]', "bad command line: failed to initialize rcl: Couldn't parse parameter override rule"),
         ("replay", "rate:=5", "parameter rate: expected a floating-point number (write 60.0, not 60), got 5 (an integer)"),
         ("replay", "cameras:=[]", "parameter cameras: expected a list of strings (such as ['front', 'rear']), got [], an empty list"),

@@ -1,19 +1,22 @@
 """The node's temporal mode (issue 29): its ROS-free part (`sharpdepth_ros.temporal`: poses, extrinsic,
-the per-frame step), then end to end over real rclpy with tiny real models. The noise is fresh every
+TF, the per-frame step), then end to end over real rclpy with tiny real models. The noise is fresh every
 frame (a new `seed` per frame: reproducible, unlike -1), so the per-frame depth of a still camera
 changes from frame to frame and each frame's per-frame result is known."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from contextlib import contextmanager
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from scipy.spatial.transform import Rotation
 from helpers_ros import Probe, Spinner, encode_image, header, node_parameters, pinhole_info, stamp_ns, wait_for
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 
 from sharpdepth_core.pipeline import SharpDepthPipeline
@@ -23,10 +26,12 @@ from sharpdepth_ros.conversions import image_to_numpy, pose_stamped
 from sharpdepth_ros.node import SharpDepthNode
 from sharpdepth_ros.node_parameters import validate
 from sharpdepth_ros.replay import ReplayPublisher
-from sharpdepth_ros.temporal import PoseBuffer, TemporalStep, extrinsic_problem, pose_matrix, pose_topic, transform
+from sharpdepth_ros.temporal import (IDENTITY_EXTRINSIC, PoseBuffer, TemporalStep, extrinsic_problem, pose_matrix, pose_topic,
+                                     transform)
 
 W, H = 48, 36
 T0 = 1_000_000_000  # the first stamp, ns; frames 0.1 s apart (the mode's gap check allows 0.5 s)
+OPTICAL = [-0.5, 0.5, -0.5, 0.5]  # qx qy qz qw of a camera optical frame (z ahead, x right, y down) on a base (x ahead, z up)
 
 
 # --- ROS-free -----------------------------------------------------------------------------------
@@ -41,11 +46,14 @@ def test_transform_and_pose_messages_match_scipy_and_compose_the_extrinsic():
     extrinsic = [0.1, 0.0, 0.2, *Rotation.from_euler("x", -90, degrees=True).as_quat()]
     step = TemporalStep("odometry", extrinsic)
     step.add_pose("", pose_stamped(base, header(T0)))
-    np.testing.assert_allclose(step.poses[""].at(1.0, wait=0), base @ transform(*extrinsic), atol=1e-12)
+    pose, pose_frame = step.poses[""].at(1.0, wait=0)  # a PoseStamped names no frame of its own: the fixed extrinsic
+    assert pose_frame == ""
+    np.testing.assert_allclose(pose @ step.camera_on_robot(pose_frame, "cam"), base @ transform(*extrinsic), atol=1e-12)
     assert extrinsic_problem([0, 0, 0, 0, 0, 0, 1]) is None
     assert "7 finite" in extrinsic_problem([0, 0, 0])
     assert "no direction" in extrinsic_problem([0, 0, 0, 0, 0, 0, 0])
     assert validate("temporal", "odometry") is None and "not one of" in validate("temporal", "video")
+    assert validate("odometry_type", "geometry_msgs/PoseStamped") is None and validate("odometry_type", "nav_msgs/Odometry") is None
     assert (pose_topic("", "pose"), pose_topic("front", "pose"), pose_topic("front", "/odom")) == ("pose", "front/pose", "/odom")
 
 
@@ -86,6 +94,138 @@ def test_step_without_a_pose_restarts_the_camera_and_returns_its_depth_and_a_new
     assert TemporalStep.from_settings({"temporal": "off"}) is None
     with pytest.raises(ValueError):
         TemporalStep("off")
+
+
+def _odometry(base_to_world: np.ndarray, stamp: int, child: str = "base_link") -> Odometry:
+    """nav_msgs/Odometry: the pose of `child` (the robot base) in "odom"."""
+    msg = Odometry(header=header(stamp, "odom"), child_frame_id=child)
+    msg.pose.pose = pose_stamped(base_to_world, msg.header).pose
+    return msg
+
+
+def _fused_poses(step: TemporalStep) -> list:
+    """The poses `step` hands its temporal state (its `update` recorded, the depth passed through)."""
+    import torch
+
+    poses = []
+    step.cameras.update = lambda camera, depth, K, image, pose, stamp: poses.append(pose) or SimpleNamespace(depth=torch.as_tensor(depth))
+    return poses
+
+
+def _frame(camera: str, k: int, frame_id: str = "front_optical", activation: int = 1):
+    scene = render_scene(0, W, H)
+    return SimpleNamespace(camera=SimpleNamespace(name=camera, said=lambda m: f"{camera}: {m}"), rgb=scene.rgb,
+                           header=header(T0 + k * 10**8, frame_id), activation=activation), scene.K
+
+
+# The robot base at (1, 2, 0) turned 90 degrees left; the camera 0.2 m ahead of its centre and 0.5 m up, looking ahead:
+BASE = transform(1.0, 2.0, 0.0, 0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4))
+MOUNT = [0.2, 0.0, 0.5, *OPTICAL]
+CAMERA = np.array([[1.0, 0.0, 0.0, 1.0],  # its x (right) along the world's x: the robot faces the world's y
+                   [0.0, 0.0, 1.0, 2.2],  # its z (ahead) along the world's y, 0.2 m ahead of the base
+                   [0.0, -1.0, 0.0, 0.5],  # its y (down) along the world's -z, 0.5 m up
+                   [0.0, 0.0, 0.0, 1.0]])
+
+
+def test_an_odometry_of_the_base_with_the_fixed_extrinsic_gives_the_camera_pose():
+    said = []
+    step = TemporalStep("odometry", MOUNT, warn=said.append)
+    poses, (frame, K) = _fused_poses(step), _frame("front", 0)
+    step.add_pose("front", _odometry(BASE, T0))
+    depth = np.full((H, W), 2.0, np.float32)
+    step(frame, depth, K)
+    np.testing.assert_allclose(poses[0], CAMERA, atol=1e-12)
+    bad = _odometry(BASE, T0 + 10**8)
+    q = bad.pose.pose.orientation
+    q.z = q.w = 0.0  # a zero quaternion: dropped, said once per camera, the node goes on
+    step.add_pose("front", bad)
+    step.add_pose("", bad)
+    step.add_pose("front", bad)
+    assert len(step.poses["front"]._poses) == 1 and "" not in step.poses
+    assert len(said) == 2 and said[0].startswith("front: temporal odometry: a pose message dropped (the quaternion")
+
+
+class StandInTF:
+    """tf2_ros cannot be installed here (no wheel on PyPI for this ROS set), so a stand-in for its `Buffer`:
+    `lookup_transform(target, source, time)` answers a real geometry_msgs/TransformStamped of `mount`
+    (source's pose in target), or raises `error`."""
+
+    def __init__(self, mount=None, error: Exception | None = None):
+        self.mount, self.error, self.calls = mount, error, []
+
+    def lookup_transform(self, target, source, time):
+        self.calls.append((target, source, time))
+        if self.error is not None:
+            raise self.error
+        msg = TransformStamped(header=header(0, target), child_frame_id=source)
+        t, r = msg.transform.translation, msg.transform.rotation
+        t.x, t.y, t.z, r.x, r.y, r.z, r.w = (float(v) for v in self.mount)
+        return msg
+
+
+def test_tf_gives_the_camera_on_the_robot_and_a_failed_lookup_gives_the_per_frame_depth():
+    from rclpy.time import Time
+
+    tf = StandInTF(MOUNT)
+    said = []
+    step = TemporalStep("odometry", warn=said.append, tf=tf)
+    poses, depth = _fused_poses(step), np.full((H, W), 2.0, np.float32)
+    for k in range(2):
+        step.add_pose("front", _odometry(BASE, T0 + k * 10**8))
+        frame, K = _frame("front", k)
+        assert step(frame, depth, K) is not depth  # fused
+    np.testing.assert_allclose(poses[0], CAMERA, atol=1e-12)
+    (target, source, time), _ = tf.calls  # from the odometry's child frame to the image's frame, the latest
+    assert (target, source) == ("base_link", "front_optical") and time == Time()
+    step.add_pose("front", pose_stamped(BASE, header(T0 + 2 * 10**8)))  # a PoseStamped names no frame: no lookup
+    step(_frame("front", 2)[0], depth, K)
+    assert len(tf.calls) == 2 and np.allclose(poses[-1], BASE)  # the fixed extrinsic, the identity
+
+    tf.error = LookupError('"base_link" passed to lookupTransform argument target_frame does not exist')
+    for k in (3, 4):
+        step.add_pose("front", _odometry(BASE, T0 + k * 10**8))
+        assert step(_frame("front", k)[0], depth, K) is depth  # per-frame, the camera's past forgotten
+        assert "front" not in step.cameras._cameras
+    assert len(poses) == 3 and len(said) == 1  # said once per camera
+    assert said[0].startswith("front: temporal odometry: no transform from the odometry's frame 'base_link' to the image's "
+                              "'front_optical' in TF (LookupError: ")
+
+
+def test_from_settings_uses_tf_only_for_odometry_without_an_extrinsic_and_says_when_tf2_ros_is_missing(monkeypatch):
+    settings = {"temporal": "odometry", "odometry_type": "nav_msgs/Odometry", "odometry_topic": "/odom",
+                "camera_extrinsic": IDENTITY_EXTRINSIC}
+    said = []
+    step = TemporalStep.from_settings(settings, said.append, node=object())  # tf2_ros: not installed here
+    assert step.tf is None and len(said) == 1 and "tf2_ros is not installed" in said[0]
+    ((kind, topic, _),) = step.pose_inputs("front")
+    assert (kind, topic) == (Odometry, "/odom")
+    ((kind, topic, _),) = TemporalStep.from_settings({**settings, "odometry_type": "geometry_msgs/PoseStamped",
+                                                      "odometry_topic": "pose"}).pose_inputs("front")
+    assert (kind, topic) == (PoseStamped, "front/pose")
+
+    made = []  # a stand-in tf2_ros module (it cannot be installed here): its Buffer and TransformListener
+    fake = ModuleType("tf2_ros")
+    fake.Buffer = lambda: "buffer"
+    fake.TransformListener = lambda buffer, node: made.append(SimpleNamespace(args=(buffer, node), unregistered=[])) or SimpleNamespace(
+        unregister=lambda: made[-1].unregistered.append(True))
+    monkeypatch.setitem(sys.modules, "tf2_ros", fake)
+    node, said = object(), []
+    step = TemporalStep.from_settings(settings, said.append, node)
+    assert step.tf == "buffer" and not said and not made  # the listener starts with the subscriptions (activate)
+    step.pose_inputs("a")
+    step.pose_inputs("b")
+    assert [m.args for m in made] == [("buffer", node)]  # one listener for all cameras, on the node
+    step.reset("a")
+    assert not made[0].unregistered
+    step.reset()  # deactivate
+    assert made[0].unregistered == [True]
+    step.pose_inputs("a")
+    assert len(made) == 2
+    for other in ({"camera_extrinsic": MOUNT}, {"odometry_type": "geometry_msgs/PoseStamped"}, {"temporal": "image"}):
+        assert TemporalStep.from_settings({**settings, **other}, said.append, node).tf is None  # the fixed extrinsic
+    assert not said
+    with pytest.raises(ValueError, match="odometry_type 'nav_msgs/Path' is not one of"):
+        TemporalStep("odometry", odometry_type="nav_msgs/Path")
 
 
 # --- over rclpy ---------------------------------------------------------------------------------
@@ -177,26 +317,41 @@ def test_two_cameras_keep_separate_state(ros_context, tiny_pipeline_dir, referen
         assert not np.allclose(receive("a", 3), expected, rtol=1e-3)
 
 
-def test_odometry_mode_reads_the_replays_poses_and_publishes(ros_context, tiny_pipeline_dir, reference):
-    node = SharpDepthNode(context=ros_context, namespace="todo", parameter_overrides=node_parameters(
-        tiny_pipeline_dir, temporal="odometry", publish_colored=False, publish_points=False))
+@pytest.mark.parametrize("odometry_type", ["geometry_msgs/PoseStamped", "nav_msgs/Odometry"])
+def test_odometry_mode_reads_the_replays_poses_and_publishes(ros_context, tiny_pipeline_dir, reference, odometry_type):
+    """PoseStamped: the replay's own poses on `pose` under the camera's namespace. Odometry: the same poses as a
+    robot's odometry on one absolute topic, the camera's frame as its child frame (no tf2_ros here: the
+    fixed identity extrinsic)."""
+    odometry = odometry_type == "nav_msgs/Odometry"
+    ns = "todom" if odometry else "todo"
+    topic = f"/{ns}/odom" if odometry else "pose"
+    node = SharpDepthNode(context=ros_context, namespace=ns, parameter_overrides=node_parameters(
+        tiny_pipeline_dir, temporal="odometry", odometry_type=odometry_type, odometry_topic=topic, publish_colored=False,
+        publish_points=False))
     # the replay stamps with wall time: on a busy machine two frames may lie more than 0.5 s apart (a cut)
     node._temporal.cameras.settings = TemporalSettings(max_gap_s=30.0)
     sent = []
-    replay = ReplayPublisher(context=ros_context, namespace="todo", timer=False, on_frame=lambda h, f: sent.append((stamp_ns(h), f)),
+
+    def on_frame(h, f):
+        sent.append((stamp_ns(h), f))
+        if odometry:  # a robot's odometry, just after the image, like the replay's PoseStamped
+            odom_pub.publish(_odometry(f.pose, stamp_ns(h), child=h.frame_id))
+
+    replay = ReplayPublisher(context=ros_context, namespace=ns, timer=False, on_frame=on_frame,
                              parameter_overrides=[Parameter("sequence", value=5), Parameter("width", value=W),
                                                   Parameter("height", value=H), Parameter("seed", value=2)])
-    probe = Probe(ros_context, {"/todo/depth/image": Image}, name="todo_probe")
+    probe = Probe(ros_context, {f"/{ns}/depth/image": Image}, name=f"{ns}_probe")
+    odom_pub = probe.node.create_publisher(Odometry, topic, 5) if odometry else None
+    poses_heard = (lambda: odom_pub.get_subscription_count() >= 1) if odometry else (lambda: replay.count_subscribers(f"/{ns}/pose") >= 1)
     try:
         with Spinner(ros_context, node, replay, probe.node):
-            wait_for(lambda: probe.connected() and replay.count_subscribers("/todo/image_raw") >= 1
-                     and replay.count_subscribers("/todo/pose") >= 1, 20, "discovery")
+            wait_for(lambda: probe.connected() and replay.count_subscribers(f"/{ns}/image_raw") >= 1 and poses_heard(), 20, "discovery")
             for _ in range(5):
                 assert replay.publish_next()
                 stamp = sent[-1][0]
-                wait_for(lambda: probe.by_stamp("/todo/depth/image", stamp) is not None, 60, "a depth")
-        assert len(node._temporal.poses[""]._poses) == 5
-        outputs = [image_to_numpy(probe.by_stamp("/todo/depth/image", s)) for s, _ in sent]
+                wait_for(lambda: probe.by_stamp(f"/{ns}/depth/image", stamp) is not None, 60, "a depth")
+        assert len(node._temporal.poses[""]._poses) == 5 and node._temporal.tf is None
+        outputs = [image_to_numpy(probe.by_stamp(f"/{ns}/depth/image", s)) for s, _ in sent]
         per_frame = [reference(f.rgb, f.K, 0) for _, f in sent]
         np.testing.assert_allclose(outputs[0], per_frame[0], rtol=1e-5)
         assert all(np.isfinite(o).all() and (o > 0).all() for o in outputs)
