@@ -205,11 +205,18 @@ def test_from_settings_uses_tf_only_for_odometry_without_an_extrinsic_and_says_w
                                                       "odometry_topic": "pose"}).pose_inputs("front")
     assert (kind, topic) == (PoseStamped, "front/pose")
 
-    made = []  # a stand-in tf2_ros module (it cannot be installed here): its Buffer and TransformListener
-    fake = ModuleType("tf2_ros")
-    fake.Buffer = lambda: "buffer"
-    fake.TransformListener = lambda buffer, node: made.append(SimpleNamespace(args=(buffer, node), unregistered=[])) or SimpleNamespace(
-        unregister=lambda: made[-1].unregistered.append(True))
+    made = []
+
+    class Listener:  # tf2_ros.TransformListener's part here
+        def __init__(self, buffer, node):
+            self.args, self.unregistered = (buffer, node), 0
+            made.append(self)
+
+        def unregister(self):
+            self.unregistered += 1
+
+    fake = ModuleType("tf2_ros")  # a stand-in tf2_ros module (it cannot be installed here)
+    fake.Buffer, fake.TransformListener = lambda: "buffer", Listener
     monkeypatch.setitem(sys.modules, "tf2_ros", fake)
     node, said = object(), []
     step = TemporalStep.from_settings(settings, said.append, node)
@@ -218,9 +225,9 @@ def test_from_settings_uses_tf_only_for_odometry_without_an_extrinsic_and_says_w
     step.pose_inputs("b")
     assert [m.args for m in made] == [("buffer", node)]  # one listener for all cameras, on the node
     step.reset("a")
-    assert not made[0].unregistered
+    assert made[0].unregistered == 0
     step.reset()  # deactivate
-    assert made[0].unregistered == [True]
+    assert made[0].unregistered == 1
     step.pose_inputs("a")
     assert len(made) == 2
     for other in ({"camera_extrinsic": MOUNT}, {"odometry_type": "geometry_msgs/PoseStamped"}, {"temporal": "image"}):
