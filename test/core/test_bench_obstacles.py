@@ -15,9 +15,14 @@ def test_obstacles_bench_scores_every_row_and_confidence(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert len(rows) == 9 and rows["f_D"]["flying_vs_f_D"] == 1.0 and rows["f_D"]["kept"] == 1.0
+    assert len(rows) == 11 and rows["f_D"]["flying_vs_f_D"] == 1.0 and rows["f_D"]["kept"] == 1.0
     masked = [r for name, r in rows.items() if "min_confidence" in name]
-    assert len(masked) == 4 and all(0 < r["kept"] < 1 for r in masked)
+    assert len(masked) == 6 and all(0 < r["kept"] < 1 for r in masked)
+    # the threshold with a margin keeps more than the plain 10 % quantile of the same scenes, and at least 90 % of them
+    q = result["confidence_quantiles"]
+    for name in ("SharpDepth exact", "f_D only"):
+        assert 0 <= q[f"{name}, >= 90 % kept with margin"] < q[name]["90 %"]
+    assert all(r["kept"] >= 0.9 for name, r in rows.items() if "with margin" in name)
     # masking only removes points: never more flying points or phantom voxels than the same depth unmasked
     exact = rows["SharpDepth exact"]
     for name, r in rows.items():
