@@ -38,7 +38,7 @@ from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.metrics import (boundary_error, depth_edges, depth_metrics, reprojection_error, static_point_flicker,
                                      temporal_alignment_error)
 from sharpdepth_core.pipeline import SharpDepthPipeline
-from sharpdepth_core.synthetic import render_sequence
+from sharpdepth_core.synthetic import SEQUENCE_RATE_HZ, render_sequence
 from sharpdepth_core.temporal import TemporalDepth
 
 from timing import add_quick, announce, progress, quick_defaults  # bench/timing.py
@@ -88,11 +88,13 @@ def drifting_odometry(poses: list[np.ndarray], seed: int, scale_error: float = 0
     return out
 
 
-def temporal_run(frames, depths: list[np.ndarray], mode: str, poses: list[np.ndarray] | None) -> tuple[list[np.ndarray], list[bool]]:
+def temporal_run(frames, depths: list[np.ndarray], mode: str, poses: list[np.ndarray] | None,
+                 stamps: list[float] | None = None) -> tuple[list[np.ndarray], list[bool]]:
     """The temporal mode over one stream, frame by frame as the node runs it: (outputs, cut flags)."""
     state, outs, cuts = TemporalDepth(mode), [], []
     for t, (f, d) in enumerate(zip(frames, depths)):
-        r = state.update(torch.from_numpy(d), f.K, image=f.rgb, pose=None if poses is None else poses[t])
+        r = state.update(torch.from_numpy(d), f.K, image=f.rgb, pose=None if poses is None else poses[t],
+                         stamp=None if stamps is None else stamps[t])
         outs.append(r.depth.numpy())
         cuts.append(r.cut)
     return outs, cuts
@@ -186,6 +188,7 @@ def temporal(first_seed: int, sequences: int, frames: int) -> tuple[dict, dict]:
         row["per_noise_seed"] = by_seed
         row["spread"] = {k: abs(by_seed[0][k] - by_seed[-1][k]) for k in by_seed[0]}
         row["per_sequence_tae"] = [float(np.mean([run[j]["tae"] for run in runs])) for j in range(sequences)]
+        row["per_sequence_tae_by_seed"] = [[run[j]["tae"] for j in range(sequences)] for run in runs]
         out[name] = row
     cost = {"frame_ms": 1000 * float(np.mean(COST["frame_s"]))}
     cost.update({name: 1000 * float(np.mean(COST[name])) for name in TEMPORAL})
@@ -198,7 +201,9 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
     output is then the per-frame result itself), how many frames elsewhere were flagged, and the TAE
     within the two halves against f_D's. A stream is CUT_AT frames of walk i, then: `scene change`
     CUT_AT frames of walk i+1, the odometry carrying on as if nothing happened (a jump it missed, a
-    new room); `dropped second` the same walk 1 s (10 frames) later, the odometry right. Noise seed 0."""
+    new room); `dropped second` the same walk 1 s (10 frames) later, the odometry right, without stamps
+    (the images alone must show it); `dropped second, stamped` the same stream with each frame's stamp,
+    as the node has them (the 1.1 s gap itself is a cut). Noise seed 0."""
     rows: dict = {}
     for i, (seq, preds) in enumerate(walks):
         other, other_preds = walks[(i + 1) % len(walks)]
@@ -211,7 +216,9 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
                              [f.camera_to_world for f in seq[:CUT_AT]] + [anchor @ f.camera_to_world for f in other[:CUT_AT]]),
             "dropped second": (dropped, dropped_depths, [f.camera_to_world for f in dropped]),
         }
+        streams["dropped second, stamped"] = streams["dropped second"]
         for kind, (frames, depths, odometry) in streams.items():
+            stamps = [t / SEQUENCE_RATE_HZ for t in list(range(CUT_AT)) + list(range(CUT_AT + 10, 2 * CUT_AT + 10))] if "stamped" in kind else None
             gts, true = [f.depth for f in frames], [f.camera_to_world for f in frames]
             halves = (slice(0, CUT_AT), slice(CUT_AT, None))
             tae = lambda ds: float(np.mean([temporal_alignment_error(ds[h], gts[h], frames[0].K, true[h]) for h in halves]))
@@ -221,7 +228,7 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
             row[DEFAULT].append(tae(depths))
             for name, (mode, kind_of_odometry) in TEMPORAL.items():
                 poses = None if mode == "image" else (odometry if kind_of_odometry == "exact" else drifting_odometry(odometry, frames[0].seed))
-                outs, flags = temporal_run(frames, depths, mode, poses)
+                outs, flags = temporal_run(frames, depths, mode, poses, stamps)
                 r = row.setdefault(name, {"tae": [], "flagged": 0, "same_as_per_frame": 0, "false_cuts": 0})
                 r["tae"].append(tae(outs))
                 r["flagged"] += int(flags[CUT_AT])
@@ -245,10 +252,11 @@ def table(result: dict) -> str:
                  for k in ("tae", "flicker_mm", "abs_rel", "tae_scaled")]
         lines.append(f"{name:<52} {cells[0]:>16} {cells[1]:>12} {cells[2]:>16} {cells[3]:>16}")
     fd = result["models"]["f_D"]["per_sequence_tae"]
-    lines.append("TAE / f_D's per walk (mean of the noise seeds), DBE acc / compl:")
+    lines.append("TAE / f_D's per walk: mean of the noise seeds (each seed's), DBE acc / compl:")
     for name, m in result["models"].items():
         if name not in ("ground truth", "f_D"):
-            ratios = " ".join(f"{a / b:.2f}" for a, b in zip(m["per_sequence_tae"], fd))
+            ratios = " ".join(f"{a / b:.2f} ({'/'.join(f'{run[j] / b:.2f}' for run in m['per_sequence_tae_by_seed'])})"
+                              for j, (a, b) in enumerate(zip(m["per_sequence_tae"], fd)))
             lines.append(f"  {name:<50} {ratios}   DBE {m['dbe_acc']:.2f} / {m['dbe_compl']:.2f}")
     for kind, row in result.get("cuts", {}).items():
         n = len(row["f_D"])
