@@ -272,3 +272,27 @@ def test_several_cameras_on_an_exported_engine_behave_the_same_under_transitions
             assert lc.set(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) and lc.state() == "finalized"
     finally:
         _close(node, lc, probe)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it there)")
+def test_cleanup_gives_the_cuda_memory_back(ros_context, tiny_pipeline_dir, capfd):
+    """On a GPU: configure loads the tiny models onto CUDA and a frame runs; cleanup lets go of them and
+    empties the cache, so `torch.cuda.memory_allocated` returns to what it was before configure (within
+    1 MB: the CUDA context and cuBLAS workspaces are not counted there), and the log says so."""
+    import torch
+
+    node, lc, probe = _managed(ros_context, "lccuda", model=str(tiny_pipeline_dir), device="cuda")
+    try:
+        with Spinner(ros_context, node, lc.caller, probe.node):
+            before = torch.cuda.memory_allocated()
+            assert lc.set(Transition.TRANSITION_CONFIGURE) and lc.set(Transition.TRANSITION_ACTIVATE)
+            wait_for(lambda: lc.subscribed("/lccuda"), 10, "the subscriptions")
+            stamp = lc.frame("/lccuda")
+            wait_for(lambda: probe.has(["/lccuda/depth/image"], stamp), 60, "the frame")
+            loaded = torch.cuda.memory_allocated()
+            assert lc.set(Transition.TRANSITION_DEACTIVATE) and lc.set(Transition.TRANSITION_CLEANUP)
+            after = torch.cuda.memory_allocated()
+        assert loaded > before + 2**20 and after - before < 2**20, (before, loaded, after)
+        assert "CUDA allocated" in capfd.readouterr().err
+    finally:
+        _close(node, lc, probe)
