@@ -264,6 +264,18 @@ def test_help_and_argument_checks_load_neither_torch_nor_the_models():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+def test_replay_help_and_a_bad_value_import_no_torch():
+    """`sharpdepth_replay --help` took 2.4 s, torch's import (through conversions -> geometry) before argparse;
+    its help and a refused value (one FATAL line, exit 1) now answer without torch."""
+    code = ("import contextlib, io, sys; from sharpdepth_ros.replay import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out: codes = [main(['sharpdepth_replay', '--help']), "
+            "main(['sharpdepth_replay', '--ros-args', '-p', 'rate:=0.0'])]\n"
+            "print(codes, 'rate' in out.getvalue(), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[0, 1] True False", done.stdout + done.stderr
+    assert "FATAL" in done.stderr and "rate" in done.stderr, done.stderr
+
+
 def _settings(**overrides) -> dict:
     settings = {name: default for name, (default, _) in node_module.PARAMETERS.items()}
     settings.update(device="cpu", **overrides)
