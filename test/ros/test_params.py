@@ -255,6 +255,21 @@ def test_entry_points_print_parameter_help_without_starting(module_name, capsys)
     assert not wants_help(["--ros-args", "--help"])
 
 
+def test_help_has_one_owner_for_every_entry_point(monkeypatch, capsys):
+    """`--help` is answered in one place, `params.run`: `node.main` is the entry point `node_parameters.main`
+    (it checked --help, then node.main checked it again), and the replay goes the same way."""
+    import importlib
+
+    from sharpdepth_ros import node_parameters, params
+
+    assert node_module.main is node_parameters.main
+    monkeypatch.setattr(params, "help_text", lambda doc, parameters: f"help of {len(parameters)} parameters")
+    for name in ("sharpdepth_ros.node_parameters", "sharpdepth_ros.node", "sharpdepth_ros.replay"):
+        module = importlib.import_module(name)
+        assert module.main(["prog", "--help"]) == 0
+        assert capsys.readouterr().out == f"help of {len(module.PARAMETERS)} parameters\n", name
+
+
 def test_help_and_argument_checks_load_neither_torch_nor_the_models():
     """`sharpdepth_node --help` and predict's argument errors took 10 s of imports (issue 30 item 3): their
     modules import no torch, diffusers or transformers; bench/startup.py measures the seconds."""
