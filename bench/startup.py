@@ -3,7 +3,7 @@ each). Every command runs in a fresh process, as a user types it; the median of 
 beside the same command's exit status (each must fail fast, with its one line, or print help). Prints a
 table and one JSON line. Measure on an idle machine: Python start-up itself is most of the time.
 
-    .venv/bin/python bench/startup.py            # about 30 s on 2 cores (15 commands x 3 runs)
+    .venv/bin/python bench/startup.py            # about 30 s on 2 cores (11 commands x 3 runs)
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def commands(tmp: Path) -> dict[str, list[str]]:
         "predict --student unknown/hub-id": [*predict, "--student", "nobody/no-such-model", "--metric", "depth-pro"],
         "export --help": [str(BIN / "sharpdepth"), "export", "--help"],
         "sharpdepth_node --help": [str(BIN / "sharpdepth_node"), "--help"],
+        "sharpdepth_replay --help": [str(BIN / "sharpdepth_replay"), "--help"],
+        "sharpdepth_replay -p rate:=0.0": [str(BIN / "sharpdepth_replay"), "--ros-args", "-p", "rate:=0.0"],
     }
 
 

@@ -356,15 +356,13 @@ def _check_model_arguments(args) -> None:
 def _check_model_sources(args) -> None:
     """A --student folder or hub id, and the metric weights named with it, found (cache, else download)
     or refused in one line before torch and diffusers load (seconds) rather than after."""
-    from .hub_ids import DEFAULT_METRIC_IDS
     from .models.hub import resolve_model_dir
 
     if not args.student:
         return
     resolve_model_dir(args.student, "student model (--student)")
     beside = pipeline_config.beside_student(args.student)  # a trainer's checkpoint names its f_D
-    metric = args.metric or beside.get("metric_backend")
-    path = args.metric_path or beside.get("metric_path") or DEFAULT_METRIC_IDS.get(metric or "")  # as from_pretrained finds it
+    metric, path = pipeline_config.metric_source(beside, args.metric, args.metric_path)  # as from_pretrained finds them
     if path and not (metric or "").startswith("unidepth"):  # UniDepth's own loader finds its weights
         resolve_model_dir(path, f"metric model {metric} (--metric-path)")
 

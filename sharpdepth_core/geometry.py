@@ -7,14 +7,17 @@ operation is an affine map of pixel coordinates `A`, and intrinsics (K 3x3 or P 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
 from .files import atomic_write
+
+if TYPE_CHECKING:  # torch loads in the functions that use it: the replay and --help import this module without it
+    from torch import Tensor
 
 MAX_FOCAL_PX = 1e6  # a 0.1° field of view at 4k: anything larger is a unit or calibration error (size unknown)
 NOMINAL_HFOV_DEG = 60.0  # the camera assumed when none is given or predicted
@@ -43,9 +46,17 @@ def crop_transform(x0: float, y0: float) -> np.ndarray:
     return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
 
 
+def _is_tensor(x) -> bool:
+    """Whether `x` is a torch tensor, without importing torch (none exists before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def transform_intrinsics(m, transform: np.ndarray):
     """Apply a pixel map to K ([..., 3, 3]) or P ([..., 3, 4]); numpy in, numpy out; torch likewise."""
-    if isinstance(m, Tensor):
+    if _is_tensor(m):
+        import torch
+
         return torch.as_tensor(transform, dtype=m.dtype, device=m.device) @ m
     return transform @ np.asarray(m, dtype=np.float64)
 
@@ -58,6 +69,8 @@ def scale_intrinsics(m, input_hw: tuple[int, int], output_hw: tuple[int, int]):
 
 def focal_intrinsics(f: Tensor, hw: tuple[int, int]) -> Tensor:
     """K [B, 3, 3] with fx = fy = f [B] and the principal point at the image centre."""
+    import torch
+
     h, w = hw
     K = torch.zeros(f.shape[0], 3, 3, dtype=torch.float32, device=f.device)
     K[:, 0, 0] = K[:, 1, 1] = f.float()
@@ -67,6 +80,8 @@ def focal_intrinsics(f: Tensor, hw: tuple[int, int]) -> Tensor:
 
 def nominal_intrinsics(batch: int, hw: tuple[int, int], device=None, hfov_deg: float = NOMINAL_HFOV_DEG) -> Tensor:
     """The documented default camera when none is given or predicted: 60° horizontal field of view."""
+    import torch
+
     f = 0.5 * hw[1] / math.tan(math.radians(hfov_deg) / 2)
     return focal_intrinsics(torch.full((batch,), f, device=device), hw)
 
@@ -75,6 +90,8 @@ def check_intrinsics(K, batch: int, device=None) -> Tensor | None:
     """None, or K [3, 3] / [B, 3, 3] (numpy or torch) as float32 [B, 3, 3]; a bad K is a ValueError."""
     if K is None:
         return None
+    import torch
+
     K = torch.as_tensor(K, dtype=torch.float32, device=device)
     if K.shape == (3, 3):
         K = K.expand(batch, 3, 3)
@@ -192,6 +209,8 @@ def _rectified_coverage(K, image_hw, D, R, model, rectified_K, samples: int = 24
 
 
 def _check_focal(fx, fy) -> None:
+    import torch
+
     if bool((fx == 0).any()) or bool((fy == 0).any()) or not bool(torch.isfinite(fx).all() & torch.isfinite(fy).all()):
         raise ValueError("camera intrinsics have a zero or non-finite focal length")
 
@@ -203,7 +222,9 @@ def unproject(depth, K):
     <= 0) gives NaN xyz, kept in the grid. K is [3, 3] or batched [..., 3, 3] matching depth's
     leading dims. numpy in, numpy out; torch likewise.
     """
-    as_numpy = not isinstance(depth, Tensor)
+    import torch
+
+    as_numpy = not _is_tensor(depth)
     d = torch.as_tensor(depth)
     if not d.is_floating_point():
         d = d.float()
@@ -223,7 +244,9 @@ def unproject(depth, K):
 
 def project(xyz, K):
     """Pinhole projection xyz [..., 3] -> pixel coordinates uv [..., 2] (inverse of `unproject`)."""
-    as_numpy = not isinstance(xyz, Tensor)
+    import torch
+
+    as_numpy = not _is_tensor(xyz)
     p = torch.as_tensor(xyz)
     k = torch.as_tensor(K, dtype=p.dtype, device=p.device)
     fx, fy, cx, cy = k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]
@@ -289,6 +312,7 @@ def warp_depth(depth_src: Tensor, K_src: Tensor, depth_dst: Tensor, K_dst: Tenso
     (`reproject`'s geometry, run backwards so that every destination pixel gets a value: no holes,
     no splatting); the source depth there (bilinear, all four neighbours valid) is lifted to 3-D and
     moved into the destination. z equals depth_dst where the two agree; torch, on their device."""
+    import torch
     import torch.nn.functional as F
 
     T = src_from_dst.to(depth_dst)

@@ -494,17 +494,15 @@ class SharpDepthPipeline:
                 raise MissingWeightsError(f"SharpDepth pipeline: no folder {folder} (pass a pipeline folder, or a student and a metric backend)")
             config = pipeline_config.read(folder)
             student = folder / "student"
-            local_metric = folder / "metric"
+            own_metric = folder / "metric"
         elif path is not None:
             raise ValueError("pass either a pipeline folder or a student, not both")
         else:
             config = pipeline_config.beside_student(student)
-            local_metric = None
-        metric = metric or config.get("metric_backend")
+            own_metric = None
+        metric, metric_path = pipeline_config.metric_source(config, metric, metric_path, own_metric)
         if metric is None:
             raise ValueError("a metric backend name is needed (e.g. 'depth-anything-v2'): --metric / metric_backend")
-        if metric_path is None:
-            metric_path = local_metric if local_metric is not None and local_metric.is_dir() else config.get("metric_path")
         beside = Path(student).parent if config else None  # a saved pipeline keeps its light networks beside the student
         exported = engine != "pytorch"
         settings = resolve(speed, device, beside, exported=exported, difference=difference, depth_encoder=depth_encoder, fast=fast)

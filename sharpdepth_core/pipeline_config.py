@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from .files import write_text
+from .hub_ids import DEFAULT_METRIC_IDS
 from .limits import check_processing_res
 
 FILE = "pipeline.json"
@@ -55,3 +56,16 @@ def beside_student(student) -> dict:
     """The pipeline.json the trainer writes beside a student folder; {} for a hub id or a bare student."""
     student = Path(student).expanduser()
     return read(student.parent) if student.is_dir() and (student.parent / FILE).is_file() else {}
+
+
+def metric_source(config: dict, metric: str | None = None, metric_path: str | Path | None = None,
+                  own_metric: Path | None = None) -> tuple[str | None, str | Path | None]:
+    """(metric backend, its weights) a pipeline loads, the one rule of `SharpDepthPipeline.from_pretrained`
+    and of predict's check before loading: the given ones; else those `config` names (a pipeline folder's
+    pipeline.json, or `beside_student`'s), the folder's own `own_metric` folder first for the weights; else
+    for the weights the backend's usual hub id. None: no backend named, or weights for one without a
+    published checkpoint (`models.metric.metric_weights` then says which in one line)."""
+    metric = metric or config.get("metric_backend")
+    if metric_path is None:
+        metric_path = own_metric if own_metric is not None and own_metric.is_dir() else config.get("metric_path")
+    return metric, metric_path or DEFAULT_METRIC_IDS.get(metric or "")

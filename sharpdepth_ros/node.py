@@ -33,8 +33,8 @@ from sharpdepth_ros.calibration import camera_model, fallback_notice, frame_info
 from sharpdepth_ros.conversions import compressed_to_rgb8, image_to_rgb8, remember
 from sharpdepth_ros.frames import OUTPUTS, Camera, HostOutputs, ReadyFrame, batch_key, frame_messages, image_batch, on_host, problem
 from sharpdepth_ros.loaders import MemoryFreed, load_pipeline, ready
-from sharpdepth_ros.node_parameters import DESCRIPTION, PARAMETERS, set_problem
-from sharpdepth_ros.params import declare_checked, fatal_text, run_to_exit
+from sharpdepth_ros.node_parameters import PARAMETERS, main, set_problem  # main: the entry point (--help, then this node)
+from sharpdepth_ros.params import declare_checked, fatal_text
 from sharpdepth_ros.scheduling import FairShare
 from sharpdepth_ros.statistics import Stats, Throttle, diagnostic_rows, farewell, problem_key, report
 from sharpdepth_ros.temporal import TemporalStep
@@ -440,10 +440,6 @@ class SharpDepthNode(LifecycleNode):
                     for name, level, text, values in diagnostic_rows(reports, self._state, self._why)])
                 array.header.stamp = self.get_clock().now().to_msg()
                 self._pub_diag.publish(array)
-
-
-def main(args: list[str] | None = None) -> int:
-    return run_to_exit("sharpdepth", SharpDepthNode, DESCRIPTION, PARAMETERS, args)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@ checks of their values, in a module that loads neither torch nor the models: `sh
 answers at once, and the node (`node.py`) loads only when it starts."""
 from __future__ import annotations
 
-import sys
-
 from rcl_interfaces.msg import ParameterDescriptor
 
 from sharpdepth_core.choices import DIFFERENCE_METHODS, ENGINES, METRIC_BACKENDS, TEMPORAL_MODES
@@ -13,7 +11,7 @@ from sharpdepth_core.hub_ids import DEPTH_ANYTHING_OUTDOOR_ID
 from sharpdepth_core.images import DEFAULT_MAX_INPUT_PIXELS
 from sharpdepth_core.limits import MAX_PROCESSING_RES, MIN_PROCESSING_RES
 from sharpdepth_core.speed import BUDGET_TEXT, SPEEDS
-from sharpdepth_ros.params import BOOL, FLOAT, FLOAT_ARRAY, INT, STR, STR_ARRAY, camera_names_problem, descriptor, help_text, wants_help
+from sharpdepth_ros.params import BOOL, FLOAT, FLOAT_ARRAY, INT, STR, STR_ARRAY, camera_names_problem, descriptor, run_to_exit
 from sharpdepth_ros.temporal import IDENTITY_EXTRINSIC, ODOMETRY_TYPES, extrinsic_problem, odometry_type_problem
 
 DESCRIPTION = """sharpdepth_node: camera image + CameraInfo in; metric depth (depth/image, 32FC1 metres),
@@ -153,11 +151,13 @@ def processing_res_problem(value: int, pipeline) -> str | None:
             f"{pipeline.processing_res}, the only value it runs (or 0); export again with --processing-res {value} for another")
 
 
-def main(args: list[str] | None = None) -> int:
-    """`sharpdepth_node`: `--help` from the table alone; anything else starts the node (torch and the models load then)."""
-    if wants_help((sys.argv if args is None else args)[1:]):
-        print(help_text(DESCRIPTION, PARAMETERS))
-        return 0
-    from sharpdepth_ros.node import main as node_main
+def _node():
+    from sharpdepth_ros.node import SharpDepthNode  # torch and the node's modules load here, after any --help
 
-    return node_main(args)
+    return SharpDepthNode()
+
+
+def main(args: list[str] | None = None) -> int:
+    """`sharpdepth_node` (and `python -m sharpdepth_ros.node`): `--help` from the table alone (`params.run`, as
+    for the replay); anything else starts the node (torch and the models load then)."""
+    return run_to_exit("sharpdepth", _node, DESCRIPTION, PARAMETERS, args)

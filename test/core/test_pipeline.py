@@ -233,6 +233,30 @@ def test_bad_inputs_are_clear_errors(pipe, tmp_path):
         SharpDepthPipeline.from_pretrained(tmp_path)
 
 
+def test_metric_source_takes_the_given_then_the_pipeline_json_then_the_default_id(tmp_path):
+    """The one rule from_pretrained and predict's check share (pipeline_config.metric_source): given values,
+    else the pipeline.json beside the student (or a pipeline folder's own metric/), else the usual hub id."""
+    from sharpdepth_core.hub_ids import DEFAULT_METRIC_IDS
+
+    bare, trained = tmp_path / "bare" / "student", tmp_path / "run" / "student"
+    bare.mkdir(parents=True)
+    trained.mkdir(parents=True)
+    pipeline_config.write(trained.parent, pipeline_config.make("depth-pro", 64, False, True, metric_path="run/fd"))
+    source = pipeline_config.metric_source
+    assert source(pipeline_config.beside_student(trained)) == ("depth-pro", "run/fd")
+    assert source(pipeline_config.beside_student(trained), "depth-anything-v2") == ("depth-anything-v2", "run/fd")
+    assert source(pipeline_config.beside_student(trained), metric_path="given") == ("depth-pro", "given")
+    assert source(pipeline_config.beside_student(bare), "depth-pro") == ("depth-pro", DEFAULT_METRIC_IDS["depth-pro"])
+    assert source(pipeline_config.beside_student(bare)) == (None, None)
+    assert source(pipeline_config.beside_student(bare), "small-conv") == ("small-conv", None)  # no published checkpoint
+    assert source(pipeline_config.beside_student("someone/a-hub-id"), "depth-pro")[1] == DEFAULT_METRIC_IDS["depth-pro"]
+    own = tmp_path / "run" / "metric"
+    assert source(pipeline_config.read(trained.parent), own_metric=own) == ("depth-pro", "run/fd")  # no metric/ folder
+    own.mkdir()
+    assert source(pipeline_config.read(trained.parent), own_metric=own) == ("depth-pro", own)
+    assert source(pipeline_config.read(trained.parent), metric_path="given", own_metric=own) == ("depth-pro", "given")
+
+
 def test_confidence_by_hand_and_on_a_frame(pipe):
     # a flat, agreeing pair is fully trusted; a 1 m -> 2 m step makes span 1 beside it: u = 2 (both teachers
     # step), c = 1 / (1 + 2 / 0.1); half a metre of disagreement on 2 m adds u = 0.125; invalid depth gets 0

@@ -255,6 +255,21 @@ def test_entry_points_print_parameter_help_without_starting(module_name, capsys)
     assert not wants_help(["--ros-args", "--help"])
 
 
+def test_help_has_one_owner_for_every_entry_point(monkeypatch, capsys):
+    """`--help` is answered in one place, `params.run`: `node.main` is the entry point `node_parameters.main`
+    (it checked --help, then node.main checked it again), and the replay goes the same way."""
+    import importlib
+
+    from sharpdepth_ros import node_parameters, params
+
+    assert node_module.main is node_parameters.main
+    monkeypatch.setattr(params, "help_text", lambda doc, parameters: f"help of {len(parameters)} parameters")
+    for name in ("sharpdepth_ros.node_parameters", "sharpdepth_ros.node", "sharpdepth_ros.replay"):
+        module = importlib.import_module(name)
+        assert module.main(["prog", "--help"]) == 0
+        assert capsys.readouterr().out == f"help of {len(module.PARAMETERS)} parameters\n", name
+
+
 def test_help_and_argument_checks_load_neither_torch_nor_the_models():
     """`sharpdepth_node --help` and predict's argument errors took 10 s of imports (issue 30 item 3): their
     modules import no torch, diffusers or transformers; bench/startup.py measures the seconds."""
@@ -262,6 +277,18 @@ def test_help_and_argument_checks_load_neither_torch_nor_the_models():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_replay_help_and_a_bad_value_import_no_torch():
+    """`sharpdepth_replay --help` took 2.4 s, torch's import (through conversions -> geometry) before argparse;
+    its help and a refused value (one FATAL line, exit 1) now answer without torch."""
+    code = ("import contextlib, io, sys; from sharpdepth_ros.replay import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out: codes = [main(['sharpdepth_replay', '--help']), "
+            "main(['sharpdepth_replay', '--ros-args', '-p', 'rate:=0.0'])]\n"
+            "print(codes, 'rate' in out.getvalue(), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[0, 1] True False", done.stdout + done.stderr
+    assert "FATAL" in done.stderr and "rate" in done.stderr, done.stderr
 
 
 def _settings(**overrides) -> dict:
