@@ -60,7 +60,7 @@ def test_vae_bench_times_every_variant_or_says_why_not(tmp_path):
 def test_vae_bench_stopped_by_sigterm_reports_what_it_measured(tmp_path):
     """gpu_check.sh bounds the step with `timeout` (SIGTERM): the variants measured before it still count."""
     out = tmp_path / "vae.json"
-    bench = subprocess.Popen([sys.executable, "bench/vae.py", "--config", "small", "--device", "cpu", "--resolution", "768", "--calls", "3",
+    bench = subprocess.Popen([sys.executable, "bench/vae.py", "--config", "small", "--device", "cpu", "--resolution", "256", "--calls", "3",
                               "--warmup", "1", "--json", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress = []
     for line in bench.stderr:  # fp32 and bf16 are measured once the third variant starts (seconds of work left)
