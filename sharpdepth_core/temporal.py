@@ -91,14 +91,12 @@ class TemporalDepth:
     the fused depth; `reset` forgets the past (a lifecycle deactivate, a new recording)."""
 
     def __init__(self, mode: str, settings: TemporalSettings | None = None):
-        if mode not in MODES[1:]:
-            raise ValueError(f"temporal mode must be one of {MODES[1:]}, got {mode!r}")
-        self.mode = mode
+        self.mode = _checked(mode)
         self.settings = settings or TemporalSettings()
         self.reset()
 
     def reset(self) -> None:
-        self._log_depth: Tensor | None = None  # [H, W] the last output, log metres (NaN invalid)
+        self._past: Tensor | None = None  # [H, W] the last output, metres (NaN invalid)
         self._weight: Tensor | None = None  # [H, W] each pixel's count of fused frames
         self._frames = 0  # frames since the last restart
         self._K: Tensor | None = None
@@ -137,16 +135,17 @@ class TemporalDepth:
             self._velocity = None
         else:
             self._velocity = motion
-        self._log_depth, self._weight, self._K, self._gray, self._pose, self._stamp = fused, weight, K, gray, pose, stamp
+        self._weight, self._K, self._gray, self._pose, self._stamp = weight, K, gray, pose, stamp
         self._shape = shape
         self._frames += 1
-        out = depth if reason else torch.where(torch.isfinite(fused), torch.exp(fused), depth)
+        self._past = torch.exp(fused)  # once a frame: the output, and the next frame's alignment and warp
+        out = depth if reason else torch.where(torch.isfinite(self._past), self._past, depth)
         return TemporalResult(out, bool(reason), reason, agreement, motion)
 
     def _restart_reason(self, depth: Tensor, K: Tensor, stamp: float | None) -> str:
-        if self._log_depth is None:
+        if self._past is None:
             return "first frame"
-        if self._log_depth.shape != depth.shape or not torch.allclose(self._K, K):
+        if self._past.shape != depth.shape or not torch.allclose(self._K, K):
             return "the image size or K changed"
         if stamp is not None and self._stamp is not None and not 0 < stamp - self._stamp <= self.settings.max_gap_s:
             return f"a gap of {stamp - self._stamp:.3f} s between frames"
@@ -164,7 +163,7 @@ class TemporalDepth:
             guess = np.linalg.solve(pose.numpy(), self._pose.numpy())  # cur_from_prev
         else:
             guess = np.eye(4) if last is None else np.linalg.inv(last.numpy())
-        past = torch.exp(self._log_depth).cpu().numpy()
+        past = self._past.cpu().numpy()
         s = self.settings
         informed = odometry or last is not None
         aligned = align_images(self._gray, gray, past, K.numpy(), guess, iterations=s.align_iterations, points=s.align_points,
@@ -174,21 +173,21 @@ class TemporalDepth:
         cur_from_prev = aligned[0] if aligned is not None else guess if odometry else None
         return None if cur_from_prev is None else torch.from_numpy(np.linalg.inv(cur_from_prev))
 
-    def _fuse(self, depth: Tensor, K: Tensor, prev_from_cur: Tensor) -> tuple[Tensor, Tensor, float, str]:
-        """(log depth out, weights, agreement, a cut's reason or "")."""
+    def _fuse(self, depth: Tensor, K: Tensor, prev_from_cur: Tensor) -> tuple[Tensor | None, Tensor | None, float, str]:
+        """(log depth out, weights, agreement, "") or, on a cut, (None, None, agreement, its reason)."""
         s = self.settings
-        past, weight, seen = warp_depth(torch.exp(self._log_depth), K, depth, K, prev_from_cur, extra=self._weight[None])
+        past, weight, seen = warp_depth(self._past, K, depth, K, prev_from_cur, extra=self._weight[None])
         seen &= _valid(depth)
         overlap = float(seen.float().mean())
         if overlap < s.min_overlap:
-            return self._log_depth, self._weight, math.nan, f"only {100 * overlap:.0f} % of the frame seen before"
+            return None, None, math.nan, f"only {100 * overlap:.0f} % of the frame seen before"
         now = torch.log(depth.clamp_min(1e-6))
         r = torch.where(seen, torch.log(past) - now, 0.0)
         delta = torch.median(r[seen])
         d = r - delta
         agreement = float((d[seen].abs() < s.agreement_band).float().mean())
         if agreement < s.min_agreement:
-            return self._log_depth, self._weight, agreement, f"only {100 * agreement:.0f} % of the pixels agree with the past"
+            return None, None, agreement, f"only {100 * agreement:.0f} % of the pixels agree with the past"
         n = min(self._frames, s.scale_memory)
         tol = torch.where(d > 0, s.nearer_tolerance, s.farther_tolerance)  # d > 0: the past was farther
         wa = torch.where(seen, weight[0].clamp(0, s.pixel_memory) * torch.exp(-0.5 * (d / tol) ** 2), 0.0)
@@ -202,8 +201,7 @@ class TemporalCameras:
     never crosses cameras; `reset` forgets one camera or all."""
 
     def __init__(self, mode: str, settings: TemporalSettings | None = None):
-        TemporalDepth(mode, settings)  # checks the mode now, not at the first frame
-        self.mode, self.settings = mode, settings
+        self.mode, self.settings = _checked(mode), settings  # checked now, not at the first frame
         self._cameras: dict[str, TemporalDepth] = {}
 
     def update(self, camera: str, depth: Tensor, K, image=None, pose=None, stamp: float | None = None) -> TemporalResult:
@@ -216,6 +214,12 @@ class TemporalCameras:
             self._cameras.clear()
         else:
             self._cameras.pop(camera, None)
+
+
+def _checked(mode: str) -> str:
+    if mode not in MODES[1:]:
+        raise ValueError(f"temporal mode must be one of {MODES[1:]}, got {mode!r}")
+    return mode
 
 
 def _valid(depth: Tensor) -> Tensor:
@@ -260,7 +264,8 @@ def _exp_se3(xi: np.ndarray) -> np.ndarray:
 
 
 def _bilinear(planes: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """planes [C, h, w] sampled at pixel coordinates (u, v), all inside [0, w-1] x [0, h-1]."""
+    """planes [C, h, w] sampled at pixel coordinates (u, v), all inside [0, w-1] x [0, h-1]. Not cv2.remap:
+    it rounds positions to 1/32 pixel, which the Gauss-Newton steps of the alignment would feel."""
     h, w = planes.shape[-2:]
     u0 = np.clip(np.floor(u).astype(np.intp), 0, w - 2)
     v0 = np.clip(np.floor(v).astype(np.intp), 0, h - 2)
