@@ -741,7 +741,6 @@ def _manifest_format(path: Path) -> str | None:
 def _model_processing_res(args) -> int:
     """The processing_res of the model being exported: its pipeline.json's (pipeline folder, or beside
     the student folder as the trainer writes it), else 768."""
-    from . import pipeline_config
     from .models import EMBEDDED_DIR
     from .pipeline import DEFAULT_PROCESSING_RES
 
