@@ -276,12 +276,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     report a full disk as "N requested and M written", with no errno: a full disk must say so)."""
     import io
 
-    from .files import atomic_write
+    from .files import write_bytes
 
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    with atomic_write(path) as f:
-        f.write(buffer.getbuffer())
+    write_bytes(path, buffer.getbuffer())
 
 
 def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
@@ -742,7 +741,6 @@ def _manifest_format(path: Path) -> str | None:
 def _model_processing_res(args) -> int:
     """The processing_res of the model being exported: its pipeline.json's (pipeline folder, or beside
     the student folder as the trainer writes it), else 768."""
-    from . import pipeline_config
     from .models import EMBEDDED_DIR
     from .pipeline import DEFAULT_PROCESSING_RES
 

@@ -264,15 +264,21 @@ def relative_pose(pose_src: np.ndarray, pose_dst: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.asarray(pose_dst, dtype=np.float64)) @ np.asarray(pose_src, dtype=np.float64)
 
 
-def reproject(depth: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray, dst_from_src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reproject(depth, K_src, K_dst, dst_from_src):
     """Where each pixel of a depth image lands in another camera: (uv [H, W, 2] in the destination's
     pixel coordinates, z [H, W] the point's depth along the destination's optical axis). NaN where
-    the source depth is invalid."""
-    xyz = unproject(np.asarray(depth, dtype=np.float64), K_src)
-    T = np.asarray(dst_from_src, dtype=np.float64)
+    the source depth is invalid. numpy in (as float64), numpy out; torch likewise, in depth's dtype
+    and on its device."""
+    if _is_tensor(depth):
+        import torch
+
+        K_src, K_dst, T = (torch.as_tensor(m).to(depth) for m in (K_src, K_dst, dst_from_src))
+    else:
+        depth, K_dst, T = (np.asarray(m, dtype=np.float64) for m in (depth, K_dst, dst_from_src))
+    xyz = unproject(depth, K_src)
     moved = xyz @ T[:3, :3].T + T[:3, 3]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return project(moved, np.asarray(K_dst, dtype=np.float64)), moved[..., 2]
+        return project(moved, K_dst), moved[..., 2]
 
 
 def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> int:
@@ -317,8 +323,7 @@ def warp_depth(depth_src: Tensor, K_src: Tensor, depth_dst: Tensor, K_dst: Tenso
 
     T = src_from_dst.to(depth_dst)
     h, w = depth_src.shape[-2:]
-    xyz = unproject(depth_dst, K_dst.to(depth_dst)) @ T[:3, :3].T + T[:3, 3]
-    uv = project(xyz, K_src.to(depth_dst))
+    uv, z_in_src = reproject(depth_dst, K_dst, K_src, T)  # each destination pixel's place in the source
     valid_src = torch.isfinite(depth_src) & (depth_src > 0)
     planes = [torch.where(valid_src, depth_src, 0).to(depth_dst), valid_src.to(depth_dst)]
     if extra is not None:
@@ -332,5 +337,5 @@ def warp_depth(depth_src: Tensor, K_src: Tensor, depth_dst: Tensor, K_dst: Tenso
     ray = torch.stack([(uv[..., 0] - k[0, 2]) / k[0, 0], (uv[..., 1] - k[1, 2]) / k[1, 1], torch.ones_like(z_src)], -1)
     back = torch.linalg.inv(T)
     z = ((z_src[..., None] * ray) @ back[2, :3] + back[2, 3])
-    seen = full & (xyz[..., 2] > 0) & torch.isfinite(z) & (z > 0)
+    seen = full & (z_in_src > 0) & torch.isfinite(z) & (z > 0)
     return torch.where(seen, z, torch.nan), (sampled[2:] if extra is not None else None), seen
