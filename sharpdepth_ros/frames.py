@@ -40,6 +40,7 @@ class Camera:
     outbox: tuple | None = None  # (frame, its batch's outputs, index in the batch, model seconds, settings)
     publishing: threading.Lock = field(default_factory=threading.Lock)  # held while outputs go out; deactivate waits for it
     first_image: float | None = None  # when the first image arrived (the camera_info grace)
+    info_topic: str = ""  # camera_info's resolved topic name (set at configure), for the lines about its frames
     said_fallback: bool = False
     rectifier: Rectifier = field(default_factory=Rectifier)
     cloud: PointCloudBuilder = field(default_factory=PointCloudBuilder)
