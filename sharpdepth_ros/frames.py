@@ -161,8 +161,9 @@ def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict, 
     depth = published_depth(out, i, frame.seen)
     header, rgb = frame.header, frame.rgb
     info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
+    K = np.reshape(info.k, (3, 3))  # the depth grid's intrinsics: the temporal step's and the cloud's
     if temporal is not None:
-        depth = temporal(frame, depth, np.reshape(info.k, (3, 3)))
+        depth = temporal(frame, depth, K)
     confidence = published_confidence(out, i, depth)
     difference = None if out.difference is None else out.difference[i]
     trusted = masked_depth(depth, confidence, settings["min_confidence"])
@@ -174,7 +175,7 @@ def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict, 
         color = None
         if settings["cloud_rgb"]:
             color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
-        messages["points"] = frame.camera.cloud(trusted, np.reshape(info.k, (3, 3)), header, color, settings["cloud_decimation"],
+        messages["points"] = frame.camera.cloud(trusted, K, header, color, settings["cloud_decimation"],
                                                 settings["cloud_max_range"])
     if settings["publish_colored"]:
         messages["colored"] = numpy_to_image(colorize_depth(shown), "rgb8", header)
