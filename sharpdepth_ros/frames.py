@@ -40,6 +40,7 @@ class Camera:
     outbox: tuple | None = None  # (frame, its batch's outputs, index in the batch, model seconds, settings)
     publishing: threading.Lock = field(default_factory=threading.Lock)  # held while outputs go out; deactivate waits for it
     first_image: float | None = None  # when the first image arrived (the camera_info grace)
+    info_topic: str = ""  # camera_info's resolved topic name (set at configure), for the lines about its frames
     said_fallback: bool = False
     rectifier: Rectifier = field(default_factory=Rectifier)
     cloud: PointCloudBuilder = field(default_factory=PointCloudBuilder)
@@ -160,8 +161,9 @@ def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict, 
     depth = published_depth(out, i, frame.seen)
     header, rgb = frame.header, frame.rgb
     info = depth_camera_info(frame.info, rgb.shape[:2], depth.shape, header)
+    K = np.reshape(info.k, (3, 3))  # the depth grid's intrinsics: the temporal step's and the cloud's
     if temporal is not None:
-        depth = temporal(frame, depth, np.reshape(info.k, (3, 3)))
+        depth = temporal(frame, depth, K)
     confidence = published_confidence(out, i, depth)
     difference = None if out.difference is None else out.difference[i]
     trusted = masked_depth(depth, confidence, settings["min_confidence"])
@@ -173,7 +175,7 @@ def frame_messages(frame: ReadyFrame, out: HostOutputs, i: int, settings: dict, 
         color = None
         if settings["cloud_rgb"]:
             color = rgb if rgb.shape[:2] == depth.shape else cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
-        messages["points"] = frame.camera.cloud(trusted, np.reshape(info.k, (3, 3)), header, color, settings["cloud_decimation"],
+        messages["points"] = frame.camera.cloud(trusted, K, header, color, settings["cloud_decimation"],
                                                 settings["cloud_max_range"])
     if settings["publish_colored"]:
         messages["colored"] = numpy_to_image(colorize_depth(shown), "rgb8", header)

@@ -99,6 +99,7 @@ class SharpDepthNode(LifecycleNode):
         out = QoSProfile(depth=2)  # reliable, small: RViz and best-effort consumers both match
         override = QoSOverridingOptions.with_default_policies()
         for camera in self.cameras:
+            camera.info_topic = self.resolve_topic_name(camera.topic("camera_info"))  # once: the frames' lines name it
             camera.publishers = {key: self.create_lifecycle_publisher(kind, camera.topic(topic), out, qos_overriding_options=override)
                                  for key, (kind, topic) in OUTPUTS.items()}
         self._state, self._why = "inactive", ""
@@ -325,11 +326,10 @@ class SharpDepthNode(LifecycleNode):
         rgb = decode(msg)
         with self._lock:
             infos, waited = dict(camera.infos), time.monotonic() - (camera.first_image or time.monotonic())
-        info_topic = self.resolve_topic_name(camera.topic("camera_info"))
-        info, calibrated = frame_info(infos, msg.header.frame_id, rgb.shape[:2], msg.header, settings, waited, info_topic)
+        info, calibrated = frame_info(infos, msg.header.frame_id, rgb.shape[:2], msg.header, settings, waited, camera.info_topic)
         if not calibrated and not camera.said_fallback:
             camera.said_fallback = True
-            self.get_logger().warning(camera.said(fallback_notice(settings, info_topic)))
+            self.get_logger().warning(camera.said(fallback_notice(settings, camera.info_topic)))
         model = camera_model(rgb, info, calibrated, msg.header, settings["fov_deg"], camera.rectifier)
         if model.refused:
             self._say(camera, "calibration", model.refused)

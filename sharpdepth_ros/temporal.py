@@ -189,7 +189,13 @@ class TemporalStep:
             self._say_once((camera, "bad pose"), f"{camera + ': ' if camera else ''}temporal odometry: a pose message "
                            f"dropped ({error}); later ones are dropped without a word")
             return
-        self.poses.setdefault(camera, PoseBuffer()).add(stamp_seconds(msg.header), (pose, getattr(msg, "child_frame_id", "")))
+        self._buffer(camera).add(stamp_seconds(msg.header), (pose, getattr(msg, "child_frame_id", "")))
+
+    def _buffer(self, camera: str) -> PoseBuffer:
+        """`camera`'s poses, made at its first pose or frame (not a new buffer per call; setdefault keeps the
+        first of two threads' at once)."""
+        buffer = self.poses.get(camera)
+        return buffer if buffer is not None else self.poses.setdefault(camera, PoseBuffer())
 
     def camera_on_robot(self, pose_frame: str, image_frame: str) -> np.ndarray:
         """The camera optical frame's pose in the frame a pose message gives (`pose_frame`: an Odometry's child
@@ -223,7 +229,7 @@ class TemporalStep:
             self._activation[camera] = frame.activation
         pose = None
         if self.mode == "odometry":
-            found = self.poses.setdefault(camera, PoseBuffer()).at(stamp)
+            found = self._buffer(camera).at(stamp)
             if found is None:
                 return self._per_frame(frame, depth, camera, f"temporal odometry: no pose within {POSE_TOLERANCE_S} s before "
                                        "the image stamp; that frame's per-frame depth goes out and the camera's past restarts")
