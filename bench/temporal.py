@@ -209,8 +209,8 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
         other, other_preds = walks[(i + 1) % len(walks)]
         long = render_sequence(seq[0].seed, 2 * CUT_AT + 10)
         dropped = list(long[:CUT_AT]) + list(long[CUT_AT + 10:])
-        dropped_depths = [pipe(f.rgb, K=f.K, seed=NOISE_SEEDS[0]).depth[0, 0].numpy() for f in dropped]
-        dropped_fd = [pipe.metric_depth(f.rgb, K=f.K)[0, 0].numpy() for f in dropped]
+        per_frame = [pipe(f.rgb, K=f.K, seed=NOISE_SEEDS[0]) for f in dropped]  # each with f_D's depth (its metric_depth)
+        dropped_depths, dropped_fd = [o.depth[0, 0].numpy() for o in per_frame], [o.metric_depth[0, 0].numpy() for o in per_frame]
         anchor = seq[CUT_AT - 1].camera_to_world @ np.linalg.inv(other[0].camera_to_world)
         streams = {  # frames, per-frame depths, f_D's depths (the walks' own where predictions() has them), odometry
             "scene change": (list(seq[:CUT_AT]) + list(other[:CUT_AT]), preds[DEFAULT][0][:CUT_AT] + other_preds[DEFAULT][0][:CUT_AT],
