@@ -35,10 +35,11 @@ from sharpdepth_core.metrics import depth_scores, flying_points, phantom_voxels,
 from sharpdepth_core.models import DiffusionDepthModel
 from sharpdepth_core.models.hub import quiet_loading
 from sharpdepth_core.pipeline import SharpDepthPipeline, confidence_map
-from sharpdepth_core.preprocessing import resize_and_pad, unpad_and_resize
 from sharpdepth_core.embedded import EMBEDDED_DIR
 from sharpdepth_core.small_scale import CAMERA_K, H, SEEDS, TARGET, W
 from sharpdepth_core.synthetic import render_scene
+
+from nano_report import affine_pass  # bench/nano_report.py: f_G's affine-invariant pass
 
 TRUTH_SCALE = 4  # the true surface for phantom voxels: rendered this much finer than the camera
 # min_confidence keeping about 95 % and 90 % of the points: the 5 % and 10 % quantiles of each
@@ -48,16 +49,6 @@ TRUTH_SCALE = 4  # the true surface for phantom voxels: rendered this much finer
 MIN_CONFIDENCE = {"SharpDepth exact": {"95 % kept": 0.238, "90 % kept": 0.295, ">= 90 % kept, with margin": 0.284},
                   "f_D only": {"95 % kept": 0.303, "90 % kept": 0.362, ">= 90 % kept, with margin": 0.352}}
 MASKED = {"SharpDepth exact": "SharpDepth exact", "f_D only": "f_D"}  # confidence -> the depth it masks
-
-
-@torch.no_grad()
-def affine_pass(model: DiffusionDepthModel, rgb: np.ndarray, seed: int) -> torch.Tensor:
-    """f_G's affine-invariant depth dec(G([z_i, ε])) at the input size (as bench/nano_report.py)."""
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    x, plan = resize_and_pad(image, max(image.shape[-2:]), model.codec.downsample_factor)
-    z_i = model.codec.encode_image(x)
-    eps = torch.randn(z_i.shape, generator=torch.Generator().manual_seed(seed))
-    return unpad_and_resize(model.codec.decode_depth(model(z_i, eps)), plan)
 
 
 def fitted(pred: torch.Tensor | np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -90,7 +81,8 @@ def predictions(split: str, n: int) -> tuple[list, dict[str, list[np.ndarray]], 
             out, quick = exact(sc.rgb, seed=0), fast(sc.rgb, seed=0)
             d, m = out.depth[0, 0].numpy(), out.metric_depth[0, 0].numpy()
             depth["f_D"].append(m)
-            depth["f_G fitted to GT"].append(fitted(affine_pass(f_g, sc.rgb, i), sc.depth))
+            image = torch.from_numpy(sc.rgb).permute(2, 0, 1)[None].float() / 255
+            depth["f_G fitted to GT"].append(fitted(affine_pass(f_g, image, i), sc.depth))
             depth["SharpDepth exact"].append(d)
             depth["SharpDepth fast"].append(quick.depth[0, 0].numpy())
             depth["SharpDepth exact, scale and shift fitted to GT (diagnostic)"].append(fitted(d, sc.depth))

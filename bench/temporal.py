@@ -209,23 +209,28 @@ def cuts(pipe: SharpDepthPipeline, walks: list) -> dict:
         other, other_preds = walks[(i + 1) % len(walks)]
         long = render_sequence(seq[0].seed, 2 * CUT_AT + 10)
         dropped = list(long[:CUT_AT]) + list(long[CUT_AT + 10:])
-        dropped_depths = [pipe(f.rgb, K=f.K, seed=NOISE_SEEDS[0]).depth[0, 0].numpy() for f in dropped]
+        per_frame = [pipe(f.rgb, K=f.K, seed=NOISE_SEEDS[0]) for f in dropped]  # each with f_D's depth (its metric_depth)
+        dropped_depths, dropped_fd = [o.depth[0, 0].numpy() for o in per_frame], [o.metric_depth[0, 0].numpy() for o in per_frame]
         anchor = seq[CUT_AT - 1].camera_to_world @ np.linalg.inv(other[0].camera_to_world)
-        streams = {
+        streams = {  # frames, per-frame depths, f_D's depths (the walks' own where predictions() has them), odometry
             "scene change": (list(seq[:CUT_AT]) + list(other[:CUT_AT]), preds[DEFAULT][0][:CUT_AT] + other_preds[DEFAULT][0][:CUT_AT],
+                             preds["f_D"][0][:CUT_AT] + other_preds["f_D"][0][:CUT_AT],
                              [f.camera_to_world for f in seq[:CUT_AT]] + [anchor @ f.camera_to_world for f in other[:CUT_AT]]),
-            "dropped second": (dropped, dropped_depths, [f.camera_to_world for f in dropped]),
+            "dropped second": (dropped, dropped_depths, dropped_fd, [f.camera_to_world for f in dropped]),
         }
         streams["dropped second, stamped"] = streams["dropped second"]
-        for kind, (frames, depths, odometry) in streams.items():
+        baselines: dict[int, tuple[float, float]] = {}  # id(stream) -> f_D's and the per-frame TAE: once per stream
+        for kind, stream in streams.items():
+            frames, depths, fd, odometry = stream
             stamps = [t / SEQUENCE_RATE_HZ for t in list(range(CUT_AT)) + list(range(CUT_AT + 10, 2 * CUT_AT + 10))] if "stamped" in kind else None
             gts, true = [f.depth for f in frames], [f.camera_to_world for f in frames]
             halves = (slice(0, CUT_AT), slice(CUT_AT, None))
             tae = lambda ds: float(np.mean([temporal_alignment_error(ds[h], gts[h], frames[0].K, true[h]) for h in halves]))
-            fd = [pipe.metric_depth(f.rgb, K=f.K)[0, 0].numpy() for f in frames]
+            if id(stream) not in baselines:
+                baselines[id(stream)] = tae(fd), tae(depths)
             row = rows.setdefault(kind, {"f_D": [], DEFAULT: []})
-            row["f_D"].append(tae(fd))
-            row[DEFAULT].append(tae(depths))
+            row["f_D"].append(baselines[id(stream)][0])
+            row[DEFAULT].append(baselines[id(stream)][1])
             for name, (mode, kind_of_odometry) in TEMPORAL.items():
                 poses = None if mode == "image" else (odometry if kind_of_odometry == "exact" else drifting_odometry(odometry, frames[0].seed))
                 outs, flags = temporal_run(frames, depths, mode, poses, stamps)
