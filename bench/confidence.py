@@ -22,11 +22,6 @@ from sharpdepth_core.small_scale import CAMERA_K, H, TARGET, W
 from sharpdepth_core.synthetic import render_scene
 
 
-def pooled_span(depth: torch.Tensor, radius: int) -> torch.Tensor:
-    high, low = pipeline._square_max(depth, radius), -pipeline._square_max(-depth, radius)
-    return (high - low) / low.clamp_min(1e-3)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,12 +34,12 @@ def main(argv=None) -> None:
     quiet_loading()
     pipe = pipeline.SharpDepthPipeline.from_pretrained()
     rgb = cv2.resize(render_scene(100000, W, H, K=CAMERA_K, style=TARGET).rgb, (640, 480))
-    variants = {"max pools": pooled_span, "OpenCV": pipeline._relative_span}
+    variants = {"max pools": pipeline.square_extremes_pooled, "OpenCV": pipeline.square_extremes_opencv}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     pipe(rgb, seed=0)  # warm-up
     for _ in range(args.runs):
-        for name, span in variants.items():
-            pipeline._relative_span = span
+        for name, extremes in variants.items():
+            pipeline.square_extremes_opencv = extremes  # what the CPU frame's confidence calls
             start = time.perf_counter()
             pipe(rgb, seed=0)
             seconds[name].append(time.perf_counter() - start)

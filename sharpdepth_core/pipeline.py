@@ -95,22 +95,30 @@ def fit_to_metric(d_hat_n: Tensor, metric_depth: Tensor, e: Tensor, threshold: f
 def _relative_span(depth: Tensor, radius: int) -> Tensor:
     """(max - min) / min of the depth in the (2 radius + 1)² square around each pixel: how far apart the
     surfaces a pixel could belong to are, relative to the nearer one (0 on a flat patch)."""
-    if depth.device.type == "cpu" and not torch.compiler.is_compiling():
-        # OpenCV's dilate/erode: the same values as the max pools below, 30-50x faster on CPU, where torch's
-        # max_pool2d made the confidence a quarter of a 640x480 frame (the embedded models; bench/RESULTS.md)
-        kernel = np.ones((2 * radius + 1,) * 2, np.uint8)
-        planes = depth.detach().float().reshape(-1, *depth.shape[-2:]).contiguous().numpy()
-        high = torch.from_numpy(np.stack([cv2.dilate(p, kernel) for p in planes])).reshape(depth.shape).to(depth.dtype)
-        low = torch.from_numpy(np.stack([cv2.erode(p, kernel) for p in planes])).reshape(depth.shape).to(depth.dtype)
-    else:
-        high, low = _square_max(depth, radius), -_square_max(-depth, radius)
+    on_cpu = depth.device.type == "cpu" and not torch.compiler.is_compiling()
+    high, low = (square_extremes_opencv if on_cpu else square_extremes_pooled)(depth, radius)
     return (high - low) / low.clamp_min(1e-3)
 
 
-def _square_max(x: Tensor, radius: int) -> Tensor:
-    """The max over the (2 radius + 1)² square, outside the image ignored; separable: O(radius) not O(radius²)."""
-    x = F.max_pool2d(x, (1, 2 * radius + 1), stride=1, padding=(0, radius))
-    return F.max_pool2d(x, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+def square_extremes_opencv(depth: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """(max, min) over the (2 radius + 1)² square, on CPU: the same values as `square_extremes_pooled`
+    from OpenCV's dilate/erode, 30-50x faster, where torch's max pools made the confidence a quarter of
+    a 640x480 frame (the embedded models; bench/confidence.py)."""
+    kernel = np.ones((2 * radius + 1,) * 2, np.uint8)
+    planes = depth.detach().float().reshape(-1, *depth.shape[-2:]).contiguous().numpy()
+    high = torch.from_numpy(np.stack([cv2.dilate(p, kernel) for p in planes])).reshape(depth.shape).to(depth.dtype)
+    low = torch.from_numpy(np.stack([cv2.erode(p, kernel) for p in planes])).reshape(depth.shape).to(depth.dtype)
+    return high, low
+
+
+def square_extremes_pooled(depth: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """(max, min) over the (2 radius + 1)² square, outside the image ignored: device ops (a compiled or
+    GPU frame); separable max pools, O(radius) not O(radius²)."""
+    def square_max(x: Tensor) -> Tensor:
+        x = F.max_pool2d(x, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+
+    return square_max(depth), -square_max(-depth)
 
 
 def confidence_map(depth: Tensor, metric_depth: Tensor, radius: int = 1) -> Tensor:

@@ -284,10 +284,10 @@ def test_confidence_by_hand_and_on_a_frame(pipe):
 def test_the_cpu_span_is_the_max_pools_value_exactly():
     # on CPU the confidence's spans run through OpenCV's dilate/erode (the frame's cost); anywhere else, and
     # inside a compiled frame, through max pools: both must give the same numbers, borders and batches included
-    from sharpdepth_core.pipeline import _relative_span, _square_max
+    from sharpdepth_core.pipeline import _relative_span, square_extremes_pooled
 
     depth = torch.rand(2, 1, 23, 31, generator=torch.Generator().manual_seed(0)) * 5 + 0.1
     for radius in (1, 2, 5):
-        high, low = _square_max(depth, radius), -_square_max(-depth, radius)
+        high, low = square_extremes_pooled(depth, radius)
         assert torch.equal(_relative_span(depth, radius), (high - low) / low.clamp_min(1e-3))
     assert not torch.equal(_relative_span(depth, 1), _relative_span(depth, 2))  # the radius reaches the span
